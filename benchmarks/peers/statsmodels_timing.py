@@ -1,0 +1,95 @@
+"""Wall-clock timings of statsmodels MixedLM fits, for side-by-side comparison with jaxhlm.
+
+Usage: python statsmodels_timing.py DATADIR CASE [REPS]
+
+CASE
+  sleepstudy_reml  MixedLM.from_formula("Reaction ~ Days", groups=Subject, re_formula="~Days")
+                   .fit(reml=True) on sleepstudy: REPS timed calls (default 50) of model building + fit
+                   after 3 warm-ups, data already loaded.
+  one_design_many  the design of lme4_timing.R (120 obs: 12 donors x 10, condition a 2-level factor,
+                   5 rows of each per donor), REPS responses (default 200) drawn from
+                   y ~ condition + (1|donor) with beta = (0, 0.5), donor sd 1, residual sd 1, by
+                   numpy.random.default_rng(1). Same model and parameters as the R script but NOT the
+                   same draws. Times a loop of REML fits (model built from arrays once per fit).
+
+Each call is timed with time.perf_counter(). Prints ONE JSON object on stdout, including the
+objective reached (-2 * llf; the REML criterion when reml=True, comparable with lme4's REMLcrit)
+and how many fits warned or did not report convergence.
+"""
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import statsmodels
+from statsmodels.regression.mixed_linear_model import MixedLM
+
+DEFAULT_REPS = {"sleepstudy_reml": 50, "one_design_many": 200}
+
+
+def time_each(n, f):
+    """Per-call times of f(i) for i < n, the whole loop's wall time, and the last result."""
+    times, t_loop, res = [], time.perf_counter(), None
+    for i in range(n):
+        t0 = time.perf_counter()
+        res = f(i)
+        times.append(time.perf_counter() - t0)
+    return times, time.perf_counter() - t_loop, res
+
+
+def main(datadir, case, reps=None):
+    reps = DEFAULT_REPS[case] if reps is None else reps
+    fits = []  # every fitted result, to count convergence failures
+    n_warn = 0
+
+    def fit(model):
+        nonlocal n_warn
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            r = model.fit(reml=True)
+        n_warn += len(w)
+        fits.append(r)
+        return r
+
+    if case == "sleepstudy_reml":
+        ss = pd.read_csv(f"{datadir}/sleepstudy.csv", dtype={"Subject": str})
+
+        def one(i):
+            return fit(MixedLM.from_formula("Reaction ~ Days", ss, groups=ss["Subject"], re_formula="~Days"))
+
+        for i in range(3):
+            one(i)
+        fits.clear(); n_warn = 0
+    elif case == "one_design_many":
+        rng = np.random.default_rng(1)
+        donor = np.repeat(np.arange(12), 10)
+        cond = np.tile(np.repeat([0.0, 1.0], 5), 12)
+        X = np.column_stack([np.ones(120), cond])
+        Y = 0.5 * cond + rng.standard_normal((reps, 12))[:, donor] + rng.standard_normal((reps, 120))
+
+        def one(i):
+            return fit(MixedLM(Y[i], X, groups=donor))
+    else:
+        raise SystemExit(f"unknown CASE: {case}")
+
+    times, loop, res = time_each(reps, one)
+    objectives = [-2 * r.llf for r in fits]
+    return {
+        "case": case, "peer": "statsmodels", "statsmodels_version": statsmodels.__version__,
+        "python_version": sys.version.split()[0], "numpy_version": np.__version__, "reps": reps,
+        "method": "MixedLM.fit(reml=True), default optimizer settings",
+        "median_seconds": float(np.median(times)), "min_seconds": min(times), "loop_seconds": loop,
+        "fits_per_second": reps / loop, "times_seconds": times,
+        "objective": objectives[-1], "objective_median": float(np.median(objectives)),
+        "n_not_converged": sum(not r.converged for r in fits), "n_warnings": n_warn,
+        "fe_params_last": [float(v) for v in np.asarray(res.fe_params)],
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    out = main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    print(json.dumps(out))

@@ -1,0 +1,48 @@
+"""Process-wide JAX settings jaxhlm needs: float64, and a persistent compilation cache.
+
+Mixed-model criteria need double precision (lme4 and MixedModels.jl work in it), so
+importing jaxhlm turns on ``jax_enable_x64``.  Compilation dominates short fits, so
+jaxhlm also points JAX's persistent compilation cache at ``~/.cache/jaxhlm/xla``
+(``$XDG_CACHE_HOME`` respected) unless the user has set a cache directory already or
+sets ``JAXHLM_COMPILATION_CACHE=0``; ``JAXHLM_COMPILATION_CACHE=/some/dir`` picks the
+directory.  A second process then loads compiled fits from disk instead of compiling.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "jaxhlm" / "xla"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in ``path`` (default: :func:`default_cache_dir`)."""
+    path = Path(path) if path is not None else default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _configure_from_environment() -> None:
+    setting = os.environ.get("JAXHLM_COMPILATION_CACHE", "1")
+    if setting in ("0", "false", "no", "off"):
+        return
+    if jax.config.jax_compilation_cache_dir:  # the user chose one already
+        return
+    try:
+        enable_compilation_cache(None if setting in ("1", "true", "yes", "on") else setting)
+    except OSError:  # an unwritable home: run without the cache
+        pass
+
+
+_configure_from_environment()

@@ -1,0 +1,226 @@
+"""Cross-product blocks of ``[Z X y]``, computed once per model so that evaluating the
+objective costs nothing in n.
+
+Write the random-effects terms in lme4's order, term 1 (the one with most levels)
+first.  Term k has ell_k levels and p_k covariates, so q_k = ell_k p_k columns of Z.
+Split the columns of ``[Z X y]`` into
+
+- term 1's columns, in ell_1 blocks of p_1 (one block per level), and
+- the *rest*: the columns of terms 2..K (level-major, then covariate, as lme4
+  orders Z), then X's p columns, then y: m = sum_{k>=2} q_k + p + 1 columns.
+
+The blocks (MixedModels.jl's ``A``, arranged for that split) are
+
+- ``A11`` (ell_1, p_1, p_1): Z_1'Z_1, block diagonal because each row has one level;
+- ``coo_*``: [Z_rest X]'Z_1 as a sparse list of nonzeros, each a row of the rest
+  (``row`` < m - 1), a level j of term 1 (``level``) and a p_1-vector (``val``); X's
+  columns are (dense) entries for every level;
+- ``zy1`` (ell_1, p_1): Z_1'y, the response's part of the same cross-product;
+- ``pair_*``: every pair (a, b) of those nonzeros that share a level j with
+  row_a <= row_b, with ``out = row_a * (m - 1) + row_b`` (sorted) and
+  ``val = a_a a_b'`` (p_1 x p_1).  Eliminating term 1 subtracts
+  sum_j a_a' W_j a_b from entry (row_a, row_b) of the rest's matrix, which is linear
+  in the small per-level matrices W_j: these pairs turn that Schur complement into
+  one segment sum, with no q_1 x q_1 (or n x q) matrix;
+- ``Arr`` (m, m): the rest's own cross-products [Z_rest X y]'[Z_rest X y], dense.
+
+The pairs and the COO depend on the design alone; a new response changes only
+``zy1``, the last row and column of ``Arr`` and ``nobs``.
+
+``nobs`` is an array (not static) so that responses with different numbers of
+observed rows can share a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from .frame import ModelFrame, TermSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+    """The static shape of a model: its random-effects terms and the number of fixed effects.
+
+    Hashable, so it is a static argument of jit: two models with the same structure
+    (and the same array shapes) share one compilation.
+    """
+
+    terms: tuple[TermSpec, ...]
+    p: int
+
+    @property
+    def rest_terms(self) -> tuple[TermSpec, ...]:
+        return self.terms[1:]
+
+    @property
+    def m_rand(self) -> int:
+        """Number of random-effect columns after term 1."""
+        return sum(t.q for t in self.rest_terms)
+
+    @property
+    def m(self) -> int:
+        """Size of the rest's dense block: m_rand + p + 1."""
+        return self.m_rand + self.p + 1
+
+    @property
+    def ntheta(self) -> int:
+        return sum(t.ntheta for t in self.terms)
+
+    def theta_lower(self) -> np.ndarray:
+        """Lower bounds of theta: 0 for diagonal elements of each lambda_k, -inf below it."""
+        out = []
+        for t in self.terms:
+            out += [0.0 if i == j else -np.inf for j in range(t.p) for i in range(j, t.p)]
+        return np.array(out)
+
+    def theta_start(self) -> np.ndarray:
+        """lme4's starting value: lambda_k = identity."""
+        return np.where(self.theta_lower() == 0, 1.0, 0.0)
+
+    def theta_names(self) -> list[str]:
+        """lme4's names of theta: ``group.var`` on the diagonal, ``group.var_i.var_j`` below."""
+        out = []
+        for t in self.terms:
+            for j in range(t.p):
+                for i in range(j, t.p):
+                    c = t.columns
+                    out.append(f"{t.group}.{c[i]}" if i == j else f"{t.group}.{c[i]}.{c[j]}")
+        return out
+
+
+class Blocks(NamedTuple):
+    """The arrays of the cross-product blocks (see the module docstring for their meaning)."""
+
+    A11: np.ndarray        # (ell_1, p_1, p_1)
+    coo_row: np.ndarray    # (nnz,) int32: row of the rest (< m - 1)
+    coo_level: np.ndarray  # (nnz,) int32: level of term 1
+    coo_val: np.ndarray    # (nnz, p_1)
+    zy1: np.ndarray        # (ell_1, p_1): Z_1'y
+    pair_level: np.ndarray  # (npairs,) int32: the level j the pair shares
+    pair_out: np.ndarray   # (npairs,) int32: row_a * (m - 1) + row_b, row_a <= row_b, sorted
+    pair_val: np.ndarray   # (npairs, p_1, p_1): a_a a_b'
+    pair_rand: np.ndarray  # (npairs,) bool: both rows belong to random terms
+    Arr: np.ndarray        # (m, m)
+    nobs: np.ndarray       # () float
+
+
+def _rest_columns(frame: ModelFrame, st: Structure) -> tuple[np.ndarray, np.ndarray]:
+    """Per observation, the rest columns it touches and its values there: (n, w) each.
+
+    Term k >= 2 contributes its p_k columns at level code_k(i); X and y contribute all
+    of theirs.  w = sum_{k>=2} p_k + p + 1.
+    """
+    n = frame.nobs
+    idx, val, offset = [], [], 0
+    for term in frame.terms[1:]:
+        p = term.spec.p
+        idx.append(offset + term.codes[:, None].astype(np.int64) * p + np.arange(p)[None, :])
+        val.append(term.Z)
+        offset += term.spec.q
+    idx.append(np.broadcast_to(offset + np.arange(st.p + 1), (n, st.p + 1)))
+    val.append(np.column_stack([frame.X, frame.y]))
+    return np.concatenate(idx, axis=1), np.concatenate(val, axis=1)
+
+
+def build(frame: ModelFrame) -> tuple[Structure, Blocks]:
+    """Compute the structure and the cross-product blocks of a model frame (NumPy, once)."""
+    st = Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1])
+    first = frame.terms[0]
+    ell1, p1, m, m_rand = first.spec.nlevels, first.spec.p, st.m, st.m_rand
+    codes1, Z1 = first.codes.astype(np.int64), first.Z
+
+    A11 = np.zeros((ell1, p1, p1))
+    np.add.at(A11, codes1, Z1[:, :, None] * Z1[:, None, :])
+
+    cols, vals = _rest_columns(frame, st)
+    n, w = cols.shape
+
+    # Arr: dense cross-products of the rest's columns.
+    flat = (cols[:, :, None] * m + cols[:, None, :]).reshape(-1)
+    prod = (vals[:, :, None] * vals[:, None, :]).reshape(-1)
+    Arr = np.bincount(flat, weights=prod, minlength=m * m).reshape(m, m)
+
+    # [Z_rest X]'Z_1 as nonzeros keyed by (row of the rest, level of term 1); y apart.
+    rows = cols[:, :-1].reshape(-1)
+    levels = np.repeat(codes1, w - 1)
+    contrib = (vals[:, :-1, None] * Z1[:, None, :]).reshape(-1, p1)
+    key = levels * m + rows
+    ukey, inv = np.unique(key, return_inverse=True)
+    coo_val = np.zeros((ukey.size, p1))
+    np.add.at(coo_val, inv.reshape(-1), contrib)
+    coo_level, coo_row = ukey // m, ukey % m
+    zy1 = np.zeros((ell1, p1))
+    np.add.at(zy1, codes1, frame.y[:, None] * Z1)
+
+    pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
+    upper = coo_row[pair_a] <= coo_row[pair_b]
+    pair_a, pair_b = pair_a[upper], pair_b[upper]
+    pair_out = coo_row[pair_a] * (m - 1) + coo_row[pair_b]
+    order = np.argsort(pair_out, kind="stable")
+    pair_a, pair_b = pair_a[order], pair_b[order]
+    blocks = Blocks(
+        A11=A11, coo_row=coo_row.astype(np.int32), coo_level=coo_level.astype(np.int32),
+        coo_val=coo_val, zy1=zy1,
+        pair_level=coo_level[pair_a].astype(np.int32), pair_out=pair_out[order].astype(np.int32),
+        pair_val=coo_val[pair_a][:, :, None] * coo_val[pair_b][:, None, :],
+        pair_rand=(coo_row[pair_b] < m_rand),
+        Arr=Arr, nobs=np.asarray(float(n)))
+    return st, blocks
+
+
+def _pairs_sharing_level(level: np.ndarray, nlevels: int) -> tuple[np.ndarray, np.ndarray]:
+    """All ordered pairs (a, b) of entries with ``level[a] == level[b]`` (vectorised)."""
+    order = np.argsort(level, kind="stable")
+    counts = np.bincount(level, minlength=nlevels)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    c = counts[level[order]]                      # group size of each sorted entry
+    a = np.repeat(order, c)
+    first = np.repeat(starts[level[order]], c)    # start of the partner's group
+    offset = np.arange(a.size) - np.repeat(np.cumsum(c) - c, c)
+    b = order[first + offset]
+    return a, b
+
+
+RESPONSE_FIELDS = ("zy1", "Arr", "nobs")
+"""The fields of :class:`Blocks` that depend on the response (the rest is the design's)."""
+
+
+def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarray) -> Blocks:
+    """Blocks for B responses on one design: the response fields gain a leading axis B.
+
+    Only Z_1'y, the last row and column of Arr ([Z_rest X y]'y) and nobs change, each
+    one sparse product per response (O(n)); the pairs and the COO are shared.  Vmap
+    over the result with ``in_axes=response_axes()``.
+    """
+    from scipy import sparse
+
+    Y = np.atleast_2d(np.asarray(Y, dtype=float))
+    B, n = Y.shape
+    if n != frame.nobs:
+        raise ValueError(f"responses have {n} rows; the model has {frame.nobs} observations")
+    first = frame.terms[0]
+    p1, ell1 = first.spec.p, first.spec.nlevels
+    rows = np.repeat(np.arange(n), p1)
+    z1 = sparse.csr_matrix((first.Z.reshape(-1), (rows, (first.codes[:, None] * p1 + np.arange(p1)).reshape(-1))),
+                           shape=(n, ell1 * p1))
+    cols, vals = _rest_columns(frame, st)
+    cols, vals = cols[:, :-1], vals[:, :-1]   # without y itself
+    rest = sparse.csr_matrix((vals.reshape(-1), (np.repeat(np.arange(n), cols.shape[1]), cols.reshape(-1))),
+                             shape=(n, st.m - 1))
+    zy1 = np.asarray((z1.T @ Y.T).T).reshape(B, ell1, p1)
+    ry = np.asarray((rest.T @ Y.T).T)
+    yy = np.einsum("bi,bi->b", Y, Y)
+    Arr = np.broadcast_to(blocks.Arr, (B,) + blocks.Arr.shape).copy()
+    Arr[:, -1, :-1] = ry
+    Arr[:, :-1, -1] = ry
+    Arr[:, -1, -1] = yy
+    return blocks._replace(zy1=zy1, Arr=Arr, nobs=np.full(B, float(n)))
+
+
+def response_axes() -> Blocks:
+    """``in_axes`` for vmapping over the output of :func:`with_responses`."""
+    return Blocks(*[0 if f in RESPONSE_FIELDS else None for f in Blocks._fields])

@@ -1,0 +1,248 @@
+"""The model frame: a formula and a DataFrame become y, X and the random-effects terms.
+
+This is lme4's ``lFormula`` stage, in NumPy, run once per model:
+
+1. parse the formula (:mod:`jaxhlm.formula`) and check that every variable exists;
+2. drop rows with missing values in the variables used, with a warning that counts
+   them (lme4's default ``na.action = na.omit``);
+3. build X with formulaic (R's intercept rules, ``*`` and ``:``, treatment contrasts
+   named as formulaic names them, e.g. ``recipe[T.B]``) and drop aliased columns of
+   a rank-deficient X with a warning naming them, as lme4 does;
+4. build each random-effects term: the grouping factor's codes (grouping variables
+   are categorical whatever their dtype) and the per-row covariates Z_k (n x p_k);
+5. order the terms as lme4 does (by decreasing number of levels, ties in formula
+   order) and run lme4's identifiability checks.
+
+No dense n x q matrix is formed: a term is its codes plus its n x p_k covariates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+from formulaic import Formula, model_matrix
+from formulaic.errors import FormulaicError
+
+from . import formula as _formula
+from .errors import DataError, FormulaError, explain_formulaic
+
+INTERCEPT = "(Intercept)"
+
+
+@dataclasses.dataclass(frozen=True)
+class TermSpec:
+    """What a random-effects term is, without its data (hashable, static under jit).
+
+    ``group``: the grouping factor as lme4 names it (``Subject``, ``cask:batch``);
+    ``name``: the name used in ``VarCorr`` (lme4 makes repeated names unique with
+    ``.1``, ``.2``: ``Subject``, ``Subject.1`` for ``(Days || Subject)``);
+    ``columns``: the covariate names (p_k of them); ``nlevels``: ell_k.
+    """
+
+    group: str
+    name: str
+    columns: tuple[str, ...]
+    nlevels: int
+
+    @property
+    def p(self) -> int:
+        return len(self.columns)
+
+    @property
+    def q(self) -> int:
+        return self.p * self.nlevels
+
+    @property
+    def ntheta(self) -> int:
+        return self.p * (self.p + 1) // 2
+
+
+@dataclasses.dataclass
+class Term:
+    """A random-effects term with its data: codes (n,) in [0, ell) and covariates Z (n, p)."""
+
+    spec: TermSpec
+    codes: np.ndarray
+    Z: np.ndarray
+    levels: list[str]
+
+
+@dataclasses.dataclass
+class ModelFrame:
+    """y (n,), X (n, p) with its column names, and the random terms in lme4's order."""
+
+    formula: _formula.ParsedFormula
+    y: np.ndarray
+    X: np.ndarray
+    fixef_names: list[str]
+    terms: list[Term]
+    data: pd.DataFrame
+    dropped_columns: list[str] = dataclasses.field(default_factory=list)
+    n_dropped_rows: int = 0
+
+    @property
+    def nobs(self) -> int:
+        return self.y.shape[0]
+
+
+def _required(expr: str, where: str, text: str) -> set[str]:
+    try:
+        return set(Formula(expr).required_variables)
+    except FormulaicError as err:
+        raise FormulaError(f"cannot parse the {where} '{expr}' of formula '{text}': "
+                           f"{explain_formulaic(err)}") from None
+
+
+def _check_columns(needed: set[str], data: pd.DataFrame, text: str) -> None:
+    missing = sorted(v for v in needed if v not in data.columns)
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise FormulaError(f"formula '{text}' names {names}, not a column of the data; "
+                           f"the columns are: {', '.join(map(str, data.columns))}")
+
+
+def _matrix(expr: str, data: pd.DataFrame, text: str, what: str):
+    try:
+        return model_matrix(expr, data, na_action="ignore")
+    except FormulaicError as err:
+        raise FormulaError(f"cannot build {what} from '{expr}' in formula '{text}': "
+                           f"{explain_formulaic(err)}") from None
+
+
+def _rename_intercept(columns) -> list[str]:
+    return [INTERCEPT if c == "Intercept" else str(c) for c in columns]
+
+
+def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Codes and level labels of a grouping factor (an interaction for several variables).
+
+    Levels are sorted as R sorts a factor's levels (numbers numerically, strings
+    lexically); an interaction ``b:a`` has labels ``"b_value:a_value"`` with its
+    first variable varying slowest, and only the combinations that occur.
+    """
+    codes, labels = [], []
+    for name in factors:
+        cat = pd.Categorical(data[name])
+        codes.append(cat.codes.astype(np.int64))
+        labels.append([str(c) for c in cat.categories])
+    if len(factors) == 1:
+        used, inverse = np.unique(codes[0], return_inverse=True)
+        return inverse.astype(np.int32), [labels[0][u] for u in used]
+    keys = np.stack(codes, axis=1)
+    used, inverse = np.unique(keys, axis=0, return_inverse=True)
+    names = [":".join(labels[i][k] for i, k in enumerate(row)) for row in used]
+    return inverse.reshape(-1).astype(np.int32), names
+
+
+def _drop_aliased(X: np.ndarray, names: list[str], tol: float = 1e-7):
+    """Keep the columns of X that are not linear combinations of earlier ones.
+
+    Greedy Gram-Schmidt with relative tolerance ``tol``: this keeps the same columns
+    as R's pivoting QR (``qr(X, tol = 1e-7)``) that lme4 uses to drop aliased columns.
+    """
+    keep, basis = [], []
+    for j in range(X.shape[1]):
+        v = X[:, j].astype(float)
+        norm = np.linalg.norm(v)
+        for b in basis:
+            v = v - (b @ v) * b
+        for b in basis:  # re-orthogonalise once for stability
+            v = v - (b @ v) * b
+        r = np.linalg.norm(v)
+        if norm > 0 and r > tol * norm:
+            keep.append(j)
+            basis.append(v / r)
+    dropped = [names[j] for j in range(X.shape[1]) if j not in keep]
+    return X[:, keep], [names[j] for j in keep], dropped
+
+
+def build(text: str, data: pd.DataFrame) -> ModelFrame:
+    """Build the model frame of formula ``text`` on ``data`` (see the module docstring)."""
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+    parsed = _formula.parse(text)
+    needed = _required(parsed.fixed, "fixed part", text)
+    for term in parsed.random:
+        needed |= _required("~ " + term.expr, "random-effects term", text)
+        needed |= set(term.factors)
+    _check_columns(needed, data, text)
+    if len(data) == 0:
+        raise DataError("the data have no rows")
+
+    used = [c for c in data.columns if c in needed]
+    complete = data[used].notna().all(axis=1).to_numpy()
+    n_dropped = int((~complete).sum())
+    if n_dropped:
+        if n_dropped == len(data):
+            raise DataError(f"every row has a missing value in the columns used ({', '.join(used)})")
+        bad = [c for c in used if data[c].isna().any()]
+        warnings.warn(f"dropped {n_dropped} of {len(data)} rows with missing values in "
+                      f"{', '.join(bad)} (as lme4's na.omit does)", stacklevel=3)
+    frame = data.loc[complete].reset_index(drop=True)
+
+    response = parsed.response
+    if response in frame.columns and not (
+        pd.api.types.is_numeric_dtype(frame[response]) and not isinstance(
+            frame[response].dtype, pd.CategoricalDtype)):
+        raise DataError(f"the response '{response}' is not numeric (dtype "
+                        f"{frame[response].dtype}); a linear mixed model needs a numeric response")
+    mm = _matrix(parsed.fixed, frame, text, "the fixed-effects matrix")
+    if mm.lhs.shape[1] != 1:
+        raise DataError(f"the response '{response}' must be one numeric column; it gives "
+                        f"{mm.lhs.shape[1]} columns ({', '.join(map(str, mm.lhs.columns))})")
+    y = np.asarray(mm.lhs, dtype=float).reshape(-1)
+    X = np.asarray(mm.rhs, dtype=float)
+    X, fixef_names, dropped = _drop_aliased(X, _rename_intercept(mm.rhs.columns))
+    if dropped:
+        warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
+                      f"column{'s' if len(dropped) > 1 else ''} / coefficient"
+                      f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}", stacklevel=3)
+
+    terms = _random_terms(parsed, frame, text)
+    _check_identifiable(terms, y.shape[0])
+    return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped)
+
+
+def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str) -> list[Term]:
+    raw = []
+    for term in parsed.random:
+        codes, levels = _grouping(frame, term.factors)
+        Z = _matrix("~ " + term.expr, frame, text, f"the random-effects term ({term.expr} | {term.group})")
+        columns = _rename_intercept(Z.columns)
+        Z = np.asarray(Z, dtype=float)
+        if Z.shape[1] == 0:
+            raise FormulaError(f"random-effects term ({term.expr} | {term.group}) has no columns")
+        if term.correlated:
+            raw.append((term.group, tuple(columns), codes, Z, levels))
+        else:  # (x || g): one uncorrelated term per column
+            raw.extend((term.group, (c,), codes, Z[:, [j]], levels) for j, c in enumerate(columns))
+    # lme4 orders terms by decreasing number of levels; R's order() is stable.
+    raw.sort(key=lambda t: -len(t[4]))
+    seen: dict[str, int] = {}
+    terms = []
+    for group, columns, codes, Z, levels in raw:
+        k = seen.get(group, 0)
+        seen[group] = k + 1
+        name = group if k == 0 else f"{group}.{k}"
+        terms.append(Term(TermSpec(group, name, columns, len(levels)), codes, Z, levels))
+    return terms
+
+
+def _check_identifiable(terms: list[Term], n: int) -> None:
+    """lme4's checks ``check.nlev.gtr.1``, ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE``."""
+    few = [t.spec.group for t in terms if t.spec.nlevels < 2]
+    if few:
+        raise DataError(f"grouping factors must have > 1 sampled level (problems: {', '.join(few)})")
+    many = [t.spec.group for t in terms if t.spec.nlevels >= n]
+    if many:
+        raise DataError("number of levels of each grouping factor must be < number of "
+                        f"observations (problems: {', '.join(many)}; {n} observations)")
+    for t in terms:
+        if t.spec.q >= n:
+            expr = " + ".join(t.spec.columns)
+            raise DataError(f"number of observations (={n}) <= number of random effects "
+                            f"(={t.spec.q}) for term ({expr} | {t.spec.group}); the random-effects "
+                            "parameters and the residual variance are probably unidentifiable")

@@ -1,0 +1,257 @@
+"""The profiled deviance and REML criterion of a linear mixed model, as pure functions of theta.
+
+The model (Bates, Maechler, Bolker and Walker 2015, "Fitting linear mixed-effects
+models using lme4", J. Stat. Softw. 67(1), section 3) is
+
+    y = X beta + Z b + e,   b = Lambda_theta u,   u ~ N(0, sigma^2 I),   e ~ N(0, sigma^2 I),
+
+with Lambda_theta block diagonal: I_{ell_k} (x) lambda_k for term k, lambda_k lower
+triangular with theta (column-major lower triangle) as its elements.  Factor
+
+    L L' = [Lambda'Z'Z Lambda + I   Lambda'Z'X   Lambda'Z'y]
+           [X'Z Lambda              X'X          X'y       ]
+           [y'Z Lambda              y'X          y'y       ]
+
+blockwise, as MixedModels.jl does: term 1 stays block diagonal (ell_1 factors C_j of
+lambda_1' Z_1j'Z_1j lambda_1 + I), its Schur complement on the rest is the segment
+sum of :mod:`jaxhlm.blocks`, and the rest is one dense Cholesky factor L_rr.  Then,
+with r_yy the last diagonal element of L (r_yy^2 = the penalised residual sum of
+squares), log|L_theta|^2 the log-determinant of Lambda'Z'Z Lambda + I and
+log|R_X|^2 that of X'V^{-1}X / sigma^2:
+
+    ML deviance     d(theta) = log|L_theta|^2 + n (1 + log(2 pi r_yy^2 / n))
+    REML criterion  d(theta) = log|L_theta|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r_yy^2 / (n-p)))
+
+(lme4's ``deviance``/``REMLcrit``; equations 34 and 41 of Bates et al. 2015).  Every
+function here is jit-compiled, differentiable and vmap-able over theta and over the
+blocks (several responses).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .blocks import Blocks, Structure
+from .linalg import cholesky, log_diag_sum, solve_lower, solve_upper_t
+
+LOG_2PI = 1.8378770664093453
+
+
+def lambdas(theta: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
+    """The lower-triangular lambda_k (p_k x p_k) of each term, filled column-major from theta."""
+    out, i = [], 0
+    for t in st.terms:
+        rows, cols = zip(*[(r, c) for c in range(t.p) for r in range(c, t.p)])
+        lam = jnp.zeros((t.p, t.p), theta.dtype).at[rows, cols].set(theta[i:i + t.ntheta])
+        out.append(lam)
+        i += t.ntheta
+    return out
+
+
+def _scale_rows(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool) -> jnp.ndarray:
+    """Multiply the rest's rows by Lambda_rest' (or Lambda_rest if ``transpose``); X and y rows as they are."""
+    parts, offset = [], 0
+    for t, lam in zip(st.rest_terms, lams):
+        block = d[offset:offset + t.q].reshape(t.nlevels, t.p, -1)
+        lam_t = lam if transpose else lam.T
+        parts.append(jnp.einsum("ac,lcm->lam", lam_t, block).reshape(t.q, -1))
+        offset += t.q
+    parts.append(d[offset:])
+    return jnp.concatenate(parts, axis=0)
+
+
+def scale_rest(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool = False) -> jnp.ndarray:
+    """Lambda_rest' d Lambda_rest (or Lambda d Lambda' if ``transpose``) for a symmetric (m, m) d."""
+    return _scale_rows(_scale_rows(d, lams, st, transpose).T, lams, st, transpose).T
+
+
+class Factor(NamedTuple):
+    """The blocked Cholesky factor at theta and what the objective reads off it."""
+
+    C: jnp.ndarray          # (ell_1, p_1, p_1): factors of term 1's diagonal blocks
+    T: jnp.ndarray          # (ell_1, p_1, p_1): C_j^{-1} lambda_1'
+    L: jnp.ndarray          # (m, m): dense factor of the rest
+    logdet_theta: jnp.ndarray  # log|L_theta|^2
+    logdet_x: jnp.ndarray   # log|R_X|^2
+    pwrss: jnp.ndarray      # r_yy^2
+
+
+def _schur_term1(W: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+    """S = sum_j A_r1^(j) W_j A_1r^(j) (m x m), with W_j = lambda_1 (C_j C_j')^{-1} lambda_1'.
+
+    The design part is one segment sum over the pairs (upper triangle, then mirrored);
+    y's column is a segment sum over the COO entries, since it pairs each entry with
+    Z_1j'y alone.
+    """
+    mm = m - 1
+    pv = jnp.einsum("eab,eab->e", W[blocks.pair_level], blocks.pair_val)
+    Su = jax.ops.segment_sum(pv, blocks.pair_out, num_segments=mm * mm,
+                             indices_are_sorted=True).reshape(mm, mm)
+    Sd = Su + Su.T - jnp.diag(jnp.diagonal(Su))
+    Wc = jnp.einsum("jab,jb->ja", W, blocks.zy1)
+    sy = jax.ops.segment_sum(jnp.sum(blocks.coo_val * Wc[blocks.coo_level], axis=-1),
+                             blocks.coo_row, num_segments=mm)
+    syy = jnp.sum(blocks.zy1 * Wc)
+    return jnp.block([[Sd, sy[:, None]], [sy[None, :], syy[None, None]]])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def dense_parts(M: jnp.ndarray, mr: int, p: int):
+    """(L, log|M_RR|, log|M_RX| - log|M_RR|, pwrss) from the rest's matrix M = L L'.
+
+    R indexes the first ``mr`` rows (random terms), X the next ``p``, y the last.  The
+    three scalars are what the criterion needs; their gradient with respect to M is
+    written out (JAX's generic Cholesky adjoint costs about ten Cholesky factorizations):
+
+        d log|M_RR| = M_RR^{-1},   d pwrss = v v' with v = [-M_RX^{-1} M_RX,y; 1].
+
+    Both inverses come from one triangular inverse of L's leading (m-1) block: with
+    N = M_RX^{-1}, M_RR^{-1} = N_RR - N_RX N_XX^{-1} N_XR.  L itself carries no gradient.
+    """
+    return _dense_fwd(M, mr, p)[0]
+
+
+def _dense_fwd(M, mr, p):
+    L = cholesky(M)
+    m = M.shape[0]
+    log_d = jnp.log(jnp.diagonal(L))
+    out = (lax.stop_gradient(L), 2.0 * jnp.sum(log_d[:mr]), 2.0 * jnp.sum(log_d[mr:mr + p]),
+           L[m - 1, m - 1] ** 2)
+    return out, L
+
+
+def _dense_bwd(mr, p, L, cts):
+    _, c_r, c_x, c_pw = cts
+    m = L.shape[0]
+    k = m - 1
+    Lk = L[:k, :k]
+    Linv = solve_lower(Lk, jnp.eye(k, dtype=L.dtype))
+    N = Linv.T @ Linv                                   # M_RX^{-1}
+    x = solve_upper_t(Lk, L[k, :k, None])[:, 0]        # M_RX^{-1} M_RX,y
+    if p:
+        corr = N[:, mr:] @ jnp.linalg.solve(N[mr:, mr:], N[mr:, :])
+        Rinv = (N - corr).at[mr:, :].set(0.0).at[:, mr:].set(0.0)  # M_RR^{-1}, padded
+    else:
+        Rinv = N
+    v = jnp.concatenate([-x, jnp.ones(1, L.dtype)])
+    G = jnp.zeros((m, m), L.dtype)
+    G = G.at[:k, :k].add((c_r - c_x) * Rinv + c_x * N)
+    G = G + c_pw * jnp.outer(v, v)
+    return (G,)
+
+
+dense_parts.defvjp(_dense_fwd, _dense_bwd)
+
+
+def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
+    """Update the blocked Cholesky factor for theta: MixedModels.jl's ``updateL!``.
+
+    Term 1: C_j C_j' = lambda_1' A11_j lambda_1 + I.  Eliminating it subtracts
+    S = sum_j A_r1^(j) W_j A_1r^(j) from the rest's cross-products, with
+    W_j = T_j' T_j, T_j = C_j^{-1} lambda_1' (:func:`_schur_term1`).  Then
+    L_rr L_rr' = Lambda_rest' (Arr - S) Lambda_rest + [I 0; 0 0].
+    """
+    lams = lambdas(theta, st)
+    lam1 = lams[0]
+    p1 = lam1.shape[0]
+    P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=theta.dtype)[None]
+    C = cholesky(P1)
+    T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
+    W = jnp.einsum("jca,jcb->jab", T, T)
+    m = st.m
+    M = scale_rest(blocks.Arr - _schur_term1(W, blocks, m), lams[1:], st)
+    M = M + jnp.diag((jnp.arange(m) < st.m_rand).astype(M.dtype))
+    L, logdet_r, logdet_x, pwrss = dense_parts(M, st.m_rand, st.p)
+    logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
+    return Factor(C, T, L, logdet_theta, logdet_x, pwrss)
+
+
+def criterion(f: Factor, nobs: jnp.ndarray, p: int, reml: bool) -> jnp.ndarray:
+    """The ML deviance or REML criterion read off a factor (module docstring)."""
+    if reml:
+        dof = nobs - p
+        return f.logdet_theta + f.logdet_x + dof * (1.0 + LOG_2PI + jnp.log(f.pwrss / dof))
+    return f.logdet_theta + nobs * (1.0 + LOG_2PI + jnp.log(f.pwrss / nobs))
+
+
+def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -> jnp.ndarray:
+    """-2 log-likelihood (ML) or the REML criterion at theta, profiled over beta and sigma.
+
+    lme4: ``mkLmerDevfun(...)(theta)``; MixedModels.jl: ``objective(updateL!(setθ!(m, θ)))``.
+    """
+    return criterion(factorize(theta, blocks, st), blocks.nobs, st.p, reml)
+
+
+class Conditional(NamedTuple):
+    """Estimates given theta: fixed effects, sigma, and the conditional modes of b."""
+
+    beta: jnp.ndarray        # (p,)
+    sigma: jnp.ndarray       # ()
+    vcov: jnp.ndarray        # (p, p): sigma^2 (X'V^{-1}X)^{-1}
+    b: list[jnp.ndarray]     # per term (ell_k, p_k): conditional modes (lme4's ranef)
+    b_var: list[jnp.ndarray]  # per term (ell_k, p_k, p_k): conditional covariances
+
+
+def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -> Conditional:
+    """beta-hat, sigma-hat, vcov(beta) and the conditional modes and covariances of b.
+
+    From the factor: [u_rest; beta] solves L_rr[:-1,:-1]' x = L_rr[-1, :-1]; then
+    u_1j = (C_j C_j')^{-1} lambda_1' (Z_1j'y - sum_{a in j} a_a w[row_a]) with
+    w = [Lambda_rest u_rest; beta]; b = Lambda u.  Conditional covariances are
+    lme4's ``condVar``: sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda' (diagonal
+    blocks), with beta held at its estimate.
+    """
+    f = factorize(theta, blocks, st)
+    lams = lambdas(theta, st)
+    m, mr, p = st.m, st.m_rand, st.p
+    dof = blocks.nobs - p if reml else blocks.nobs
+    sigma2 = f.pwrss / dof
+    L = f.L
+    x = solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0]
+    u_rest, beta = x[:mr], x[mr:]
+    b_rest = _scale_rows(u_rest[:, None], lams[1:], st, transpose=True)[:mr, 0] if mr else u_rest
+    w = jnp.concatenate([b_rest, beta])
+    ell1 = f.C.shape[0]
+    h = jax.ops.segment_sum(blocks.coo_val * w[blocks.coo_row][:, None], blocks.coo_level,
+                            num_segments=ell1) - blocks.zy1
+    th = jnp.einsum("jab,jb->ja", f.T, h)
+    u1 = -solve_upper_t(f.C, th[..., None])[..., 0]
+    lam1 = lams[0]
+    b = [u1 @ lam1.T]
+
+    Lx = L[mr:mr + p, mr:mr + p]
+    Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype))
+    vcov = sigma2 * Lx_inv.T @ Lx_inv
+
+    # Term 1: V_j = K_j + K_j lambda_1' (sum_pairs a_a G~[r_a, r_b] a_b') lambda_1 K_j,
+    # K_j = (C_j C_j')^{-1}; G~ = Lambda_rest (L_RR L_RR')^{-1} Lambda_rest'.
+    Cinv = solve_lower(f.C, jnp.broadcast_to(jnp.eye(lam1.shape[0], dtype=L.dtype), f.C.shape))
+    K = jnp.einsum("jba,jbc->jac", Cinv, Cinv)
+    V = K
+    b_var_rest = []
+    if mr:
+        Lr_inv = solve_lower(L[:mr, :mr], jnp.eye(mr, dtype=L.dtype))
+        G = Lr_inv.T @ Lr_inv
+        Gt = scale_rest(jnp.pad(G, ((0, m - mr), (0, m - mr))), lams[1:], st, transpose=True)
+        # Ordered pairs (a, b) and (b, a) both count: mirror the off-diagonal ones.
+        ra, rb = blocks.pair_out // (m - 1), blocks.pair_out % (m - 1)
+        g = jnp.where(blocks.pair_rand, Gt[ra, rb], 0.0)
+        val = blocks.pair_val
+        sym = val + jnp.where((ra != rb)[:, None, None], jnp.swapaxes(val, 1, 2), 0.0)
+        Q = jax.ops.segment_sum(g[:, None, None] * sym, blocks.pair_level, num_segments=ell1)
+        V = K + jnp.einsum("jab,bc,jcd,ed,jef->jaf", K, lam1.T, Q, lam1.T, K)
+        offset = 0
+        for t, lam in zip(st.rest_terms, lams[1:]):
+            Gk = G[offset:offset + t.q, offset:offset + t.q].reshape(t.nlevels, t.p, t.nlevels, t.p)
+            diag_blocks = jnp.einsum("lalb->lab", Gk)
+            b_var_rest.append(sigma2 * jnp.einsum("ac,lcd,bd->lab", lam, diag_blocks, lam))
+            b.append(b_rest[offset:offset + t.q].reshape(t.nlevels, t.p))
+            offset += t.q
+    b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
+    return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)

@@ -1,0 +1,60 @@
+"""``LMM``: a linear mixed model from an lme4 formula and a DataFrame (lme4's ``lmer``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pandas as pd
+
+from . import blocks as _blocks
+from . import frame as _frame
+from .fitting import Options, fit_blocks
+from .kernel import objective
+from .results import LMMResult
+
+
+class LMM:
+    """A linear mixed model ``y = X beta + Z b + e``, ``b ~ N(0, sigma^2 Lambda Lambda')``.
+
+    ``LMM(formula, data)`` builds the model frame and the cross-product blocks once
+    (lme4's ``lFormula`` and ``mkLmerDevfun``); :meth:`fit` optimises the profiled
+    objective (lme4's ``lmer``).  Example::
+
+        model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+        res = model.fit(reml=True)
+        print(res.summary())
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame):
+        self.formula = formula
+        self.frame = _frame.build(formula, data)
+        self.structure, blocks = _blocks.build(self.frame)
+        self.blocks = jax.tree_util.tree_map(jnp.asarray, blocks)
+
+    @property
+    def nobs(self) -> int:
+        return self.frame.nobs
+
+    def objective(self, theta, reml: bool = True) -> float:
+        """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta."""
+        return float(objective(jnp.asarray(theta, dtype=jnp.float64), self.blocks,
+                               self.structure, reml))
+
+    def fit(self, reml: bool = True, *, options: Options = Options()) -> LMMResult:
+        """Fit by REML (default, as lme4) or by maximum likelihood (``reml=False``)."""
+        out = fit_blocks(self.blocks, self.structure, bool(reml), options)
+        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml))
+
+    def __repr__(self) -> str:
+        return f"LMM({self.formula!r}, nobs={self.nobs})"
+
+
+def _fit_many_arrays(model: LMM, Y, reml: bool, options: Options = Options()):
+    """Fit B responses on the model's design in one vmapped call; raw arrays back."""
+    from .blocks import response_axes, with_responses
+
+    many = with_responses(model.frame, model.structure, jax.device_get(model.blocks), Y)
+    many = jax.tree_util.tree_map(jnp.asarray, many)
+    fit = jax.vmap(lambda b: fit_blocks(b, model.structure, reml, options),
+                   in_axes=(response_axes(),))
+    return fit(many)

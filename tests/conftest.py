@@ -1,0 +1,41 @@
+"""Shared test set-up: float64 JAX (jaxhlm turns it on), strict promotion, lme4 references.
+
+The reference files in ``tests/reference/`` are lme4 1.1-31 fits (optimizer bobyqa),
+copied from the project's shared material (``shared/reference/lme4``), made with
+``shared/tools/refs.R``; the data sets are jaxhlm's bundled copies of lme4's.
+"""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("JAXHLM_COMPILATION_CACHE", "0")  # tests compile for real
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+import jaxhlm  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REFERENCE = Path(__file__).parent / "reference"
+
+
+def load_reference(name: str) -> dict:
+    return json.loads((REFERENCE / f"{name}.json").read_text())
+
+
+def reference_names() -> list[str]:
+    return sorted(p.stem for p in REFERENCE.glob("*.json"))
+
+
+def lme4_name(name: str) -> str:
+    """formulaic's coefficient name in lme4's spelling: ``recipe[T.B]:temp`` -> ``recipeB:temp``."""
+    import re
+
+    return re.sub(r"([A-Za-z_.][\w.]*)\[T\.([^\]]+)\]", r"\1\2", name)
+
+
+@pytest.fixture(scope="session")
+def sleepstudy():
+    return jaxhlm.datasets.load("sleepstudy")
