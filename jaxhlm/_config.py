@@ -2,25 +2,48 @@
 
 Mixed-model criteria need double precision (lme4 and MixedModels.jl work in it), so
 importing jaxhlm turns on ``jax_enable_x64``.  Compilation dominates short fits, so
-jaxhlm also points JAX's persistent compilation cache at ``~/.cache/jaxhlm/xla``
-(``$XDG_CACHE_HOME`` respected) unless the user has set a cache directory already or
-sets ``JAXHLM_COMPILATION_CACHE=0``; ``JAXHLM_COMPILATION_CACHE=/some/dir`` picks the
+jaxhlm also points JAX's persistent compilation cache at
+``~/.cache/jaxhlm/xla/<jaxlib version>-<CPU fingerprint>`` (``$XDG_CACHE_HOME``
+respected) unless the user has set a cache directory already or sets
+``JAXHLM_COMPILATION_CACHE=0``; ``JAXHLM_COMPILATION_CACHE=/some/dir`` picks the
 directory.  A second process then loads compiled fits from disk instead of compiling.
+
+The CPU fingerprint (architecture and instruction-set flags) keeps machines with
+different CPUs that share a home directory from loading each other's machine code.
+XLA logs a benign line on every load from the cache (it compares tuning flags such as
+``+prefer-no-gather`` with the CPU's features); when jaxhlm is imported before jax,
+``TF_CPP_MIN_LOG_LEVEL`` defaults to 3 (fatal messages only) so that it stays quiet.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
 from pathlib import Path
 
-import jax
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jaxlib  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
 
+def _cpu_fingerprint() -> str:
+    """Architecture plus instruction-set flags (Linux: /proc/cpuinfo), hashed."""
+    text = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text += next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "jaxhlm" / "xla"
+    return Path(base) / "jaxhlm" / "xla" / f"jaxlib-{jaxlib.__version__}-{_cpu_fingerprint()}"
 
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
@@ -28,7 +51,7 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     path = Path(path) if path is not None else default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # the fit programs, not every eager op
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
 

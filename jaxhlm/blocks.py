@@ -72,10 +72,7 @@ class Structure:
 
     def theta_lower(self) -> np.ndarray:
         """Lower bounds of theta: 0 for diagonal elements of each lambda_k, -inf below it."""
-        out = []
-        for t in self.terms:
-            out += [0.0 if i == j else -np.inf for j in range(t.p) for i in range(j, t.p)]
-        return np.array(out)
+        return np.array([0.0 if r == c else -np.inf for t in self.terms for r, c in t.tri_indices])
 
     def theta_start(self) -> np.ndarray:
         """lme4's starting value: lambda_k = identity."""
@@ -83,13 +80,8 @@ class Structure:
 
     def theta_names(self) -> list[str]:
         """lme4's names of theta: ``group.var`` on the diagonal, ``group.var_i.var_j`` below."""
-        out = []
-        for t in self.terms:
-            for j in range(t.p):
-                for i in range(j, t.p):
-                    c = t.columns
-                    out.append(f"{t.group}.{c[i]}" if i == j else f"{t.group}.{c[i]}.{c[j]}")
-        return out
+        return [f"{t.group}.{t.columns[r]}" if r == c else f"{t.group}.{t.columns[r]}.{t.columns[c]}"
+                for t in self.terms for r, c in t.tri_indices]
 
 
 class Blocks(NamedTuple):

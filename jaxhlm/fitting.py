@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from .blocks import Blocks, Structure
-from .kernel import Conditional, conditional, objective
+from .kernel import Conditional, canonical_theta, conditional, objective
 from .optimize import Minimum, minimize
 
 
@@ -27,14 +27,27 @@ from .optimize import Minimum, minimize
 class Options:
     """Optimiser settings (static: changing one recompiles).
 
-    ``max_iter``: Newton iterations at most; ``ftol``: stop when the predicted decrease
-    is below ftol (1 + |objective|); ``snap``: bounded theta elements this close to 0
-    are set to 0 when that does not raise the objective (MixedModels.jl's rule).
+    ``method``: ``"newton"`` (finite-difference Hessian of the gradient every iteration),
+    ``"bfgs"`` (that Hessian once, then BFGS updates: one gradient per iteration), or
+    ``"auto"``: Newton unless the dense block after the first term is large
+    (m > ``BFGS_ABOVE``), where a gradient costs several factorizations;
+    ``max_iter``: iterations at most; ``ftol``: stop when the predicted decrease is
+    below ftol (1 + |objective|); ``snap``: diagonal theta elements this close to 0 are
+    set to 0 when that does not raise the objective (MixedModels.jl's rule).
     """
 
-    max_iter: int = 100
+    method: str = "auto"
+    max_iter: int = 200
     ftol: float = 1e-12
     snap: float = 1e-4
+
+    def resolve(self, st: Structure) -> str:
+        if self.method != "auto":
+            return self.method
+        return "bfgs" if st.m > BFGS_ABOVE else "newton"
+
+
+BFGS_ABOVE = 200
 
 
 class FitArrays(NamedTuple):
@@ -54,11 +67,12 @@ def trace_count() -> int:
 
 @functools.partial(jax.jit, static_argnames=("st", "reml", "options"))
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options()) -> FitArrays:
-    """Fit one model given its blocks: minimise the profiled objective over theta (bounded
-    below by 0 on the diagonals of lambda_k), then evaluate beta, sigma and b there."""
+    """Fit one model given its blocks: minimise the profiled objective over theta (the
+    diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
+    sigma and b there."""
     _TRACES["fit_blocks"] += 1
-    lower = jnp.asarray(st.theta_lower())
-    x0 = jnp.asarray(st.theta_start())
-    opt = minimize(lambda th: objective(th, blocks, st, reml), x0, lower,
+    opt = minimize(lambda th: objective(th, blocks, st, reml), jnp.asarray(st.theta_start()),
+                   canonical=lambda th: canonical_theta(th, st),
+                   snap_mask=st.theta_lower() == 0, method=options.resolve(st),
                    max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
     return FitArrays(opt, conditional(opt.x, blocks, st, reml))

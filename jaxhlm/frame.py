@@ -19,11 +19,12 @@ No dense n x q matrix is formed: a term is its codes plus its n x p_k covariates
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula, model_matrix
+from formulaic import Formula
 from formulaic.errors import FormulaicError
 
 from . import formula as _formula
@@ -59,6 +60,12 @@ class TermSpec:
     def ntheta(self) -> int:
         return self.p * (self.p + 1) // 2
 
+    @property
+    def tri_indices(self) -> tuple[tuple[int, int], ...]:
+        """(row, column) of lambda_k for each of the term's theta elements, in lme4's
+        order: the lower triangle, column by column."""
+        return tuple((r, c) for c in range(self.p) for r in range(c, self.p))
+
 
 @dataclasses.dataclass
 class Term:
@@ -88,9 +95,15 @@ class ModelFrame:
         return self.y.shape[0]
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(expr: str) -> Formula:
+    """formulaic's parse of ``expr`` (pure, so cached: refits skip the parser)."""
+    return Formula(expr)
+
+
 def _required(expr: str, where: str, text: str) -> set[str]:
     try:
-        return set(Formula(expr).required_variables)
+        return set(_parsed(expr).required_variables)
     except FormulaicError as err:
         raise FormulaError(f"cannot parse the {where} '{expr}' of formula '{text}': "
                            f"{explain_formulaic(err)}") from None
@@ -106,7 +119,7 @@ def _check_columns(needed: set[str], data: pd.DataFrame, text: str) -> None:
 
 def _matrix(expr: str, data: pd.DataFrame, text: str, what: str):
     try:
-        return model_matrix(expr, data, na_action="ignore")
+        return _parsed(expr).get_model_matrix(data, na_action="ignore")
     except FormulaicError as err:
         raise FormulaError(f"cannot build {what} from '{expr}' in formula '{text}': "
                            f"{explain_formulaic(err)}") from None

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .blocks import Blocks, Structure
-from .linalg import cholesky, log_diag_sum, solve_lower, solve_upper_t
+from .linalg import cholesky, inv_from_cholesky, log_diag_sum, solve_lower, solve_upper_t
 
 LOG_2PI = 1.8378770664093453
 
@@ -47,11 +47,27 @@ def lambdas(theta: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
     """The lower-triangular lambda_k (p_k x p_k) of each term, filled column-major from theta."""
     out, i = [], 0
     for t in st.terms:
-        rows, cols = zip(*[(r, c) for c in range(t.p) for r in range(c, t.p)])
+        rows, cols = zip(*t.tri_indices)
         lam = jnp.zeros((t.p, t.p), theta.dtype).at[rows, cols].set(theta[i:i + t.ntheta])
         out.append(lam)
         i += t.ntheta
     return out
+
+
+def canonical_theta(theta: jnp.ndarray, st: Structure) -> jnp.ndarray:
+    """theta with every column of each lambda_k that has a negative diagonal negated.
+
+    Lambda Lambda' (so the objective) is unchanged; the result lies in lme4's parameter
+    space (diagonal elements >= 0).
+    """
+    parts, i = [], 0
+    for t in st.terms:
+        cols = [c for _, c in t.tri_indices]                                  # column of each element
+        diag = [i + k for k, (r, c) in enumerate(t.tri_indices) if r == c]   # where lambda_cc sits
+        sign = jnp.where(theta[jnp.asarray(diag)] < 0, -1.0, 1.0)
+        parts.append(theta[i:i + t.ntheta] * sign[jnp.asarray(cols)])
+        i += t.ntheta
+    return jnp.concatenate(parts)
 
 
 def _scale_rows(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool) -> jnp.ndarray:
@@ -93,7 +109,8 @@ def _schur_term1(W: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     pv = jnp.einsum("eab,eab->e", W[blocks.pair_level], blocks.pair_val)
     Su = jax.ops.segment_sum(pv, blocks.pair_out, num_segments=mm * mm,
                              indices_are_sorted=True).reshape(mm, mm)
-    Sd = Su + Su.T - jnp.diag(jnp.diagonal(Su))
+    diag = jnp.arange(mm)
+    Sd = (Su + Su.T).at[diag, diag].add(-jnp.diagonal(Su))  # 1-d indices: no m x m constant
     Wc = jnp.einsum("jab,jb->ja", W, blocks.zy1)
     sy = jax.ops.segment_sum(jnp.sum(blocks.coo_val * Wc[blocks.coo_level], axis=-1),
                              blocks.coo_row, num_segments=mm)
@@ -131,8 +148,7 @@ def _dense_bwd(mr, p, L, cts):
     m = L.shape[0]
     k = m - 1
     Lk = L[:k, :k]
-    Linv = solve_lower(Lk, jnp.eye(k, dtype=L.dtype))
-    N = Linv.T @ Linv                                   # M_RX^{-1}
+    N = inv_from_cholesky(Lk)                           # M_RX^{-1}
     x = solve_upper_t(Lk, L[k, :k, None])[:, 0]        # M_RX^{-1} M_RX,y
     if p:
         corr = N[:, mr:] @ jnp.linalg.solve(N[mr:, mr:], N[mr:, :])
@@ -166,7 +182,8 @@ def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
     W = jnp.einsum("jca,jcb->jab", T, T)
     m = st.m
     M = scale_rest(blocks.Arr - _schur_term1(W, blocks, m), lams[1:], st)
-    M = M + jnp.diag((jnp.arange(m) < st.m_rand).astype(M.dtype))
+    rand = jnp.arange(st.m_rand)
+    M = M.at[rand, rand].add(1.0)
     L, logdet_r, logdet_x, pwrss = dense_parts(M, st.m_rand, st.p)
     logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
     return Factor(C, T, L, logdet_theta, logdet_x, pwrss)
@@ -236,8 +253,7 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -
     V = K
     b_var_rest = []
     if mr:
-        Lr_inv = solve_lower(L[:mr, :mr], jnp.eye(mr, dtype=L.dtype))
-        G = Lr_inv.T @ Lr_inv
+        G = inv_from_cholesky(L[:mr, :mr])
         Gt = scale_rest(jnp.pad(G, ((0, m - mr), (0, m - mr))), lams[1:], st, transpose=True)
         # Ordered pairs (a, b) and (b, a) both count: mirror the off-diagonal ones.
         ra, rb = blocks.pair_out // (m - 1), blocks.pair_out % (m - 1)

@@ -29,7 +29,7 @@ class LMM:
         self.formula = formula
         self.frame = _frame.build(formula, data)
         self.structure, blocks = _blocks.build(self.frame)
-        self.blocks = jax.tree_util.tree_map(jnp.asarray, blocks)
+        self.blocks = jax.device_put(blocks)  # one batched transfer of all the arrays
 
     @property
     def nobs(self) -> int:
@@ -43,7 +43,7 @@ class LMM:
     def fit(self, reml: bool = True, *, options: Options = Options()) -> LMMResult:
         """Fit by REML (default, as lme4) or by maximum likelihood (``reml=False``)."""
         out = fit_blocks(self.blocks, self.structure, bool(reml), options)
-        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml))
+        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options)
 
     def __repr__(self) -> str:
         return f"LMM({self.formula!r}, nobs={self.nobs})"

@@ -10,6 +10,7 @@ Every field has lme4's meaning: ``objective`` is ``REMLcrit(m)`` for a REML fit 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,11 @@ SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4)
 
 @dataclasses.dataclass
 class LMMResult:
-    """A fitted linear mixed model (see the module docstring for each field's meaning)."""
+    """A fitted linear mixed model (see the module docstring for each field's meaning).
+
+    The tables (``varcorr``, ``ranef``) are built on first access: a fit that only
+    needs the estimates does not pay for pandas.
+    """
 
     formula: str
     reml: bool
@@ -39,8 +44,6 @@ class LMMResult:
     theta: np.ndarray
     theta_names: list[str]
     sigma: float
-    varcorr: pd.DataFrame
-    ranef: pd.DataFrame
     ngroups: dict[str, int]
     singular: bool
     status: int
@@ -48,6 +51,21 @@ class LMMResult:
     evaluations: int
     gradient: np.ndarray
     dropped_columns: list[str]
+    _model: "LMM" = dataclasses.field(repr=False)
+    _cond: Any = dataclasses.field(repr=False)
+    _options: Any = dataclasses.field(repr=False)
+
+    @property
+    def _method(self) -> str:
+        return self._options.resolve(self._model.structure)
+
+    @functools.cached_property
+    def varcorr(self) -> pd.DataFrame:
+        return _varcorr(self._model.structure, self.theta, self.sigma)
+
+    @functools.cached_property
+    def ranef(self) -> pd.DataFrame:
+        return _ranef(self._model.frame, self._cond.b, self._cond.b_var)
 
     @property
     def npar(self) -> int:
@@ -78,7 +96,7 @@ class LMMResult:
         return Status(self.status).name.lower()
 
     @classmethod
-    def from_arrays(cls, model: "LMM", out: "FitArrays", reml: bool) -> "LMMResult":
+    def from_arrays(cls, model: "LMM", out: "FitArrays", reml: bool, options) -> "LMMResult":
         st, frame = model.structure, model.frame
         opt, cond = out.opt, out.cond
         theta = np.asarray(opt.x, dtype=float)
@@ -90,13 +108,12 @@ class LMMResult:
             fixef=pd.Series(np.asarray(cond.beta), index=names, name="fixef"),
             vcov=pd.DataFrame(np.asarray(cond.vcov), index=names, columns=names),
             theta=theta, theta_names=st.theta_names(), sigma=sigma,
-            varcorr=_varcorr(st, theta, sigma),
-            ranef=_ranef(frame, cond.b, cond.b_var),
             ngroups=_ngroups(frame),
             singular=bool(np.any(theta[lower == 0] < SINGULAR_TOL)),
             status=int(opt.status), iterations=int(opt.iterations),
-            evaluations=int(opt.evaluations), gradient=np.asarray(opt.projected_grad, dtype=float),
-            dropped_columns=list(frame.dropped_columns))
+            evaluations=int(opt.evaluations), gradient=np.asarray(opt.grad, dtype=float),
+            dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
+            _options=options)
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
@@ -140,8 +157,8 @@ class LMMResult:
         if self.singular:
             lines.append("boundary (singular) fit: see help('isSingular')")
         grad = float(np.max(np.abs(self.gradient))) if self.gradient.size else 0.0
-        lines.append(f"optimizer: projected Newton, {self.status_name} after {self.iterations} "
-                     f"iterations ({self.evaluations} evaluations); max |projected gradient| {grad:.2e}")
+        lines.append(f"optimizer: {self._method}, {self.status_name} after {self.iterations} "
+                     f"iterations ({self.evaluations} gradient evaluations); max |gradient| {grad:.2e}")
         if self.dropped_columns:
             lines.append(f"dropped aliased fixed-effect columns: {', '.join(self.dropped_columns)}")
         return "\n".join(lines)
@@ -158,8 +175,7 @@ def _varcorr(st, theta: np.ndarray, sigma: float) -> pd.DataFrame:
     rows, i = [], 0
     for t in st.terms:
         lam = np.zeros((t.p, t.p))
-        idx = [(r, c) for c in range(t.p) for r in range(c, t.p)]
-        for (r, c), v in zip(idx, theta[i:i + t.ntheta]):
+        for (r, c), v in zip(t.tri_indices, theta[i:i + t.ntheta]):
             lam[r, c] = v
         i += t.ntheta
         cov = sigma ** 2 * lam @ lam.T

@@ -68,13 +68,18 @@ def dense_parts(model, theta):
     return np.hstack(Zs), block_diag(*Ls), frame.X, frame.y
 
 
-def dense_criterion(model, theta, reml):
+def dense_gls(model, theta):
+    """V = I + Z Lambda Lambda' Z', its inverse, and the GLS fit beta-hat, r = y - X beta-hat."""
     Z, Lam, X, y = dense_parts(model, theta)
-    n, p = X.shape
-    V = np.eye(n) + Z @ Lam @ Lam.T @ Z.T
+    V = np.eye(X.shape[0]) + Z @ Lam @ Lam.T @ Z.T
     Vi = np.linalg.inv(V)
     beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
-    r = y - X @ beta
+    return Z, Lam, X, y, V, Vi, beta, y - X @ beta
+
+
+def dense_criterion(model, theta, reml):
+    Z, Lam, X, y, V, Vi, beta, r = dense_gls(model, theta)
+    n, p = X.shape
     q = r @ Vi @ r
     if not reml:
         sigma2 = q / n
@@ -108,12 +113,8 @@ def test_objective_equals_dense_density(name, formula, make, reml):
 def test_conditional_modes_equal_dense(name, formula, make):
     model = jaxhlm.LMM(formula, _data(name, make))
     theta = _thetas(model.structure, np.random.default_rng(2), 1)[0]
-    Z, Lam, X, y = dense_parts(model, theta)
+    Z, Lam, X, y, V, Vi, beta, r = dense_gls(model, theta)
     n, p = X.shape
-    V = np.eye(n) + Z @ Lam @ Lam.T @ Z.T
-    Vi = np.linalg.inv(V)
-    beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
-    r = y - X @ beta
     sigma2 = r @ Vi @ r / (n - p)
     b = Lam @ Lam.T @ Z.T @ Vi @ r
     P = Lam.T @ Z.T @ Z @ Lam + np.eye(Lam.shape[0])
