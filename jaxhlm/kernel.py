@@ -71,20 +71,38 @@ def canonical_theta(theta: jnp.ndarray, st: Structure) -> jnp.ndarray:
 
 
 def _scale_rows(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool) -> jnp.ndarray:
-    """Multiply the rest's rows by Lambda_rest' (or Lambda_rest if ``transpose``); X and y rows as they are."""
+    """Multiply the rows of vector-valued rest terms (p_k > 1) by Lambda_k' (or Lambda_k if
+    ``transpose``); every other row as it is."""
     parts, offset = [], 0
     for t, lam in zip(st.rest_terms, lams):
-        block = d[offset:offset + t.q].reshape(t.nlevels, t.p, -1)
-        lam_t = lam if transpose else lam.T
-        parts.append(jnp.einsum("ac,lcm->lam", lam_t, block).reshape(t.q, -1))
+        block = d[offset:offset + t.q]
+        if t.p > 1:
+            lam_t = lam if transpose else lam.T
+            block = jnp.einsum("ac,lcm->lam", lam_t, block.reshape(t.nlevels, t.p, -1)).reshape(t.q, -1)
+        parts.append(block)
         offset += t.q
     parts.append(d[offset:])
     return jnp.concatenate(parts, axis=0)
 
 
+def _scalar_scales(lams: list[jnp.ndarray], st: Structure, dtype) -> jnp.ndarray:
+    """Per rest column: lambda_k for a scalar term (p_k = 1), 1 for vector terms, X and y."""
+    pieces = [jnp.full(t.q, lam[0, 0], dtype) if t.p == 1 else jnp.ones(t.q, dtype)
+              for t, lam in zip(st.rest_terms, lams)]
+    return jnp.concatenate(pieces + [jnp.ones(st.p + 1, dtype)])
+
+
 def scale_rest(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool = False) -> jnp.ndarray:
-    """Lambda_rest' d Lambda_rest (or Lambda d Lambda' if ``transpose``) for a symmetric (m, m) d."""
-    return _scale_rows(_scale_rows(d, lams, st, transpose).T, lams, st, transpose).T
+    """Lambda_rest' d Lambda_rest (or Lambda d Lambda' if ``transpose``) for a symmetric (m, m) d.
+
+    Scalar terms (p_k = 1, the common case) scale entries elementwise, d_ij s_i s_j;
+    vector-valued terms mix the p_k rows and columns of each level with lambda_k.
+    """
+    s = _scalar_scales(lams, st, d.dtype)
+    d = d * s[:, None] * s[None, :]
+    if any(t.p > 1 for t in st.rest_terms):
+        d = _scale_rows(_scale_rows(d, lams, st, transpose).T, lams, st, transpose).T
+    return d
 
 
 class Factor(NamedTuple):
@@ -232,7 +250,8 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -
     L = f.L
     x = solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0]
     u_rest, beta = x[:mr], x[mr:]
-    b_rest = _scale_rows(u_rest[:, None], lams[1:], st, transpose=True)[:mr, 0] if mr else u_rest
+    b_rest = (_scale_rows(u_rest[:, None], lams[1:], st, transpose=True)[:, 0]
+              * _scalar_scales(lams[1:], st, u_rest.dtype)[:mr]) if mr else u_rest
     w = jnp.concatenate([b_rest, beta])
     ell1 = f.C.shape[0]
     h = jax.ops.segment_sum(blocks.coo_val * w[blocks.coo_row][:, None], blocks.coo_level,

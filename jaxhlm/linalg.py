@@ -13,6 +13,7 @@ pivot), never an exception: callers turn NaN into a status code.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -71,47 +72,39 @@ def log_diag_sum(l: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(jnp.log(jnp.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
 
 
-def _tri_solve_right(l: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """Solve X L = b for lower-triangular L."""
-    return lax.linalg.triangular_solve(l, b, left_side=False, lower=True)
+def _potri_host(l):
+    """LAPACK dpotri on the host: (L L')^{-1} from the lower factor L (any leading axes)."""
+    import numpy as np
+    from scipy.linalg import lapack
 
-
-def inv_lower(l: jnp.ndarray, leaf: int = 128) -> jnp.ndarray:
-    """Inverse of a lower-triangular matrix (LAPACK's ``trtri``), by recursive halving.
-
-    inv([A 0; B C]) = [A^-1 0; -C^-1 B A^-1  C^-1], with both products as triangular
-    solves: about n^3/3 flops, against n^3 for a triangular solve with the identity.
-    """
-    n = l.shape[-1]
-    if n <= leaf:
-        return solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
-    h = n // 2
-    a, b, c = l[..., :h, :h], l[..., h:, :h], l[..., h:, h:]
-    ai, ci = inv_lower(a, leaf), inv_lower(c, leaf)
-    off = -lax.linalg.triangular_solve(c, _tri_solve_right(a, b), left_side=True, lower=True)
-    top = jnp.concatenate([ai, jnp.zeros(a.shape[:-1] + (n - h,), l.dtype)], axis=-1)
-    return jnp.concatenate([top, jnp.concatenate([off, ci], axis=-1)], axis=-2)
-
-
-def gram_lower(k: jnp.ndarray, leaf: int = 128) -> jnp.ndarray:
-    """K' K for lower-triangular K (LAPACK's ``lauum``), by recursive halving.
-
-    With K = [P 0; Q R]: K'K = [P'P + Q'Q  Q'R; R'Q  R'R].  For K = L^-1 this is
-    (L L')^-1, the inverse of a matrix from its Cholesky factor.
-    """
-    n = k.shape[-1]
-    if n <= leaf:
-        return jnp.swapaxes(k, -1, -2) @ k
-    h = n // 2
-    p, q, r = k[..., :h, :h], k[..., h:, :h], k[..., h:, h:]
-    qt = jnp.swapaxes(q, -1, -2)
-    tl = gram_lower(p, leaf) + qt @ q
-    tr = qt @ r
-    br = gram_lower(r, leaf)
-    return jnp.concatenate([jnp.concatenate([tl, tr], axis=-1),
-                            jnp.concatenate([jnp.swapaxes(tr, -1, -2), br], axis=-1)], axis=-2)
+    l = np.asarray(l)
+    out = np.empty_like(l)
+    for index in np.ndindex(l.shape[:-2]):
+        inv, info = lapack.dpotri(l[index], lower=1)
+        inv = np.tril(inv) + np.tril(inv, -1).T
+        out[index] = inv if info == 0 else np.nan
+    return out
 
 
 def inv_from_cholesky(l: jnp.ndarray) -> jnp.ndarray:
-    """(L L')^{-1} from the lower Cholesky factor L (LAPACK's ``potri``)."""
-    return gram_lower(inv_lower(l))
+    """(L L')^{-1} from the lower Cholesky factor L: LAPACK's ``potri``.
+
+    On CPU, matrices larger than ``UNROLL`` go to LAPACK's dpotri on the host (through
+    ``jax.pure_callback``; about n^3 * 2/3 flops, 3-4 times faster here than two
+    triangular solves with the identity, which is what JAX offers).  Elsewhere (GPU,
+    TPU) and for small matrices: L^{-1} by a triangular solve, then L^{-T} L^{-1}.
+    """
+    n = l.shape[-1]
+
+    def generic(l):
+        li = solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
+        return jnp.swapaxes(li, -1, -2) @ li
+
+    if n <= UNROLL or l.dtype != jnp.float64:
+        return generic(l)
+
+    def host(l):
+        return jax.pure_callback(_potri_host, jax.ShapeDtypeStruct(l.shape, l.dtype), l,
+                                 vmap_method="expand_dims")
+
+    return lax.platform_dependent(l, cpu=host, default=generic)

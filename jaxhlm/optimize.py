@@ -58,13 +58,25 @@ class Minimum(NamedTuple):
 
 
 class _State(NamedTuple):
-    x: jnp.ndarray
-    f: jnp.ndarray
-    g: jnp.ndarray
-    H: jnp.ndarray            # Hessian model at x
+    x: jnp.ndarray            # accepted point
+    f: jnp.ndarray            # objective there (+inf before the first evaluation)
+    g: jnp.ndarray            # gradient there
+    H: jnp.ndarray            # Hessian model there
+    d: jnp.ndarray            # search direction from x
+    alpha: jnp.ndarray        # current step length along d
+    halvings: jnp.ndarray
+    phase: jnp.ndarray        # see _PHASES
     iteration: jnp.ndarray
     evaluations: jnp.ndarray
-    status: jnp.ndarray       # -1 while running
+    status: jnp.ndarray
+
+
+_PHASES = """Phases of the loop, each step evaluating one candidate point:
+    -(n+1)          BFGS only: x0 itself;
+    -n .. -1        BFGS only: x0 + h e_i, a column of the starting Hessian;
+    0               optimising: x + alpha d (a line-search trial);
+    1 .. n          snapping: x with coordinate phase - 1 set to 0;
+    n + 1           done."""
 
 
 def _fd_hessian(value_and_grad, x, g, rel_step: float = 1e-6):
@@ -124,82 +136,124 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
              canonical: Callable[[jnp.ndarray], jnp.ndarray] = lambda x: x,
              snap_mask: jnp.ndarray | None = None, method: str = "newton",
              max_iter: int = 100, ftol: float = 1e-12, snap: float = 1e-4,
-             max_halvings: int = 40) -> Minimum:
+             max_halvings: int = 40, rel_step: float = 1e-6) -> Minimum:
     """Minimise ``fun`` (see the module docstring); pure, for ``jax.jit`` and ``jax.vmap``.
 
     ``canonical`` maps a point to its equivalent in the canonical half-space (a symmetry
-    of ``fun``); ``snap_mask`` marks the coordinates that are set exactly to 0 when within
-    ``snap`` of it and that does not raise ``fun``.
+    of ``fun`` that only flips signs of coordinates); ``snap_mask`` marks the coordinates
+    set exactly to 0 when within ``snap`` of it and that does not raise ``fun``.
+
+    The whole run is one ``lax.while_loop`` whose every step evaluates ``fun`` and its
+    gradient at one candidate point (Newton: with the n neighbours of the
+    finite-difference Hessian, in one ``vmap``), so the compiled program holds a single
+    copy of the gradient: compilation, which dominates short fits, stays small.
     """
     if method not in ("newton", "bfgs"):
         raise ValueError(f"method must be 'newton' or 'bfgs', not {method!r}")
     vg = jax.value_and_grad(fun)
     n = x0.shape[0]
-    running = jnp.asarray(-1, jnp.int32)
+    dtype = x0.dtype
+    mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
+    newton = method == "newton"
+    done = n + 1
+
+    def steps(x):
+        return rel_step * (1.0 + jnp.abs(x))
+
+    def evaluate(x):
+        """f, g and (Newton) the finite-difference Hessian at x."""
+        if not newton:
+            f, g = vg(x)
+            return f, g, None
+        h = steps(x)
+        points = jnp.concatenate([x[None, :], x[None, :] + jnp.eye(n, dtype=dtype) * h[None, :]])
+        fs, gs = jax.vmap(vg)(points)
+        H = (gs[1:] - gs[0][None, :]) / h[:, None]
+        return fs[0], gs[0], 0.5 * (H + H.T)
+
+    def next_snap(x, start):
+        """First phase >= start (1-based coordinate) whose coordinate may snap; else done."""
+        i = jnp.arange(n)
+        ok = mask & (x != 0) & (jnp.abs(x) < snap) & (i + 1 >= start)
+        return jnp.where(jnp.any(ok), jnp.argmax(ok) + 1, done).astype(jnp.int32)
+
+    def finish_optimising(s: _State, status):
+        """Leave phase 0: fold into the canonical half-space, then go snapping."""
+        x = canonical(s.x)
+        sign = jnp.where(s.x != 0, x / jnp.where(s.x != 0, s.x, 1.0), 1.0)
+        return s._replace(x=x, g=s.g * sign, phase=next_snap(x, 1), status=status.astype(jnp.int32))
 
     def body(s: _State) -> _State:
-        d, predicted = _direction(s.g, s.H)
-        search = predicted > ftol * (1.0 + jnp.abs(s.f))
-
-        def ls_cond(c):
-            alpha, f_new, g_new, k = c
-            armijo = f_new <= s.f + 1e-4 * alpha * jnp.dot(s.g, d)
-            return search & ~(armijo & _finite(f_new, g_new)) & (k < max_halvings)
-
-        def ls_body(c):
-            alpha, _, _, k = c
-            alpha = jnp.where(k == 0, alpha, 0.5 * alpha)
-            f_new, g_new = vg(s.x + alpha * d)
-            return alpha, f_new, g_new, k + 1
-
-        alpha, f_new, g_new, k = lax.while_loop(
-            ls_cond, ls_body, (jnp.asarray(1.0, s.x.dtype), jnp.asarray(jnp.inf, s.x.dtype),
-                               jnp.zeros_like(s.x), 0))
-        accepted = search & _finite(f_new, g_new) & (f_new <= s.f)
-        x_new = s.x + alpha * d
-        if method == "newton":
-            H_new = _fd_hessian(vg, x_new, g_new)
-            extra = n
+        phase = s.phase
+        i = jnp.clip(jnp.abs(phase) - 1, 0, n - 1)
+        if newton:
+            candidate = jnp.where(phase == 0, s.x + s.alpha * s.d, s.x.at[i].set(0.0))
         else:
-            H_new = _bfgs_update(s.H, alpha * d, g_new - s.g)
-            extra = 0
-        finite = _finite(H_new)
-        status = jnp.where(
-            ~search, Status.CONVERGED,
-            jnp.where(~accepted, Status.LINE_SEARCH_FAILED,
-                      jnp.where(~finite, Status.NONFINITE,
-                                jnp.where(s.iteration + 1 >= max_iter, Status.MAX_ITERATIONS,
-                                          running))))
-        keep = accepted & finite
-        return _State(jnp.where(keep, x_new, s.x), jnp.where(keep, f_new, s.f),
-                      jnp.where(keep, g_new, s.g), jnp.where(keep, H_new, s.H),
-                      s.iteration + jnp.where(search, 1, 0),
-                      s.evaluations + k + jnp.where(accepted, extra, 0),
-                      status.astype(jnp.int32))
+            col = jnp.clip(phase + n, 0, n - 1)
+            probe = s.x.at[col].add(steps(s.x)[col])
+            candidate = jnp.where(phase == -(n + 1), s.x,
+                                  jnp.where(phase < 0, probe,
+                                            jnp.where(phase == 0, s.x + s.alpha * s.d,
+                                                      s.x.at[i].set(0.0))))
+        f_c, g_c, H_c = evaluate(candidate)
+        finite = _finite(f_c, g_c) if H_c is None else _finite(f_c, g_c, H_c)
+        s = s._replace(evaluations=s.evaluations + (n + 1 if newton else 1))
 
-    f0, g0 = vg(x0)
-    H0 = _fd_hessian(vg, x0, g0)
-    if method == "bfgs":  # BFGS keeps a positive definite model: start from one
-        H0 = _positive(H0)
-    status0 = jnp.where(_finite(f0, g0, H0), running, Status.NONFINITE).astype(jnp.int32)
-    state = _State(x0, f0, g0, H0, jnp.asarray(0, jnp.int32), jnp.asarray(n + 1, jnp.int32), status0)
-    s = lax.while_loop(lambda s: s.status < 0, body, state)
-    # A line search that fails where the gradient is negligible is a minimum reached
-    # to rounding: call it converged.
-    rounding = jnp.max(jnp.abs(s.g)) <= 1e-6 * (1.0 + jnp.abs(s.f))
-    status = jnp.where((s.status == Status.LINE_SEARCH_FAILED) & rounding, Status.CONVERGED, s.status)
+        def start_hessian(s):      # BFGS: x0 evaluated
+            ok = finite
+            return s._replace(f=f_c, g=g_c, phase=jnp.where(ok, -n, done).astype(jnp.int32),
+                              status=jnp.where(ok, s.status, Status.NONFINITE).astype(jnp.int32))
 
-    x = canonical(s.x)
-    mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
+        def hessian_column(s):     # BFGS: column col of the starting Hessian
+            column = (g_c - s.g) / steps(s.x)[col]
+            H = s.H.at[:, col].set(column)
+            last = phase == -1
+            H = jnp.where(last, _positive(0.5 * (H + H.T)), H)
+            d, _ = _direction(s.g, H)
+            return s._replace(H=H, d=jnp.where(last, d, s.d), alpha=jnp.asarray(1.0, dtype),
+                              phase=(phase + 1).astype(jnp.int32))
 
-    def snap_one(i, c):
-        x, f = c
-        near = mask[i] & (x[i] != 0) & (jnp.abs(x[i]) < snap)
-        x_try = x.at[i].set(0.0)
-        f_try = jnp.where(near, fun(x_try), jnp.inf)
-        take = near & (f_try <= f + 1e-10 * (1.0 + jnp.abs(f)))
-        return jnp.where(take, x_try, x), jnp.where(take, f_try, f)
+        def optimising(s):
+            first = ~jnp.isfinite(s.f)
+            armijo = f_c <= s.f + 1e-4 * s.alpha * jnp.dot(s.g, s.d)
+            accept = finite & (first | armijo)
+            H_new = H_c if newton else _bfgs_update(s.H, candidate - s.x, g_c - s.g)
+            x = jnp.where(accept, candidate, s.x)
+            f = jnp.where(accept, f_c, s.f)
+            g = jnp.where(accept, g_c, s.g)
+            H = jnp.where(accept, H_new, s.H)
+            d, predicted = _direction(g, H)
+            iteration = s.iteration + jnp.where(accept & ~first, 1, 0)
+            halvings = jnp.where(accept, 0, s.halvings + 1)
+            converged = accept & (predicted <= ftol * (1.0 + jnp.abs(f)))
+            stalled = ~accept & (halvings >= max_halvings)
+            rounding = jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(f))
+            status = jnp.where(
+                first & ~finite, Status.NONFINITE,
+                jnp.where(converged | (stalled & rounding), Status.CONVERGED,
+                          jnp.where(stalled, Status.LINE_SEARCH_FAILED,
+                                    jnp.where(iteration >= max_iter, Status.MAX_ITERATIONS, -1))))
+            s = s._replace(x=x, f=f, g=g, H=H, d=jnp.where(accept, d, s.d),
+                           alpha=jnp.where(accept, 1.0, 0.5 * s.alpha).astype(dtype),
+                           halvings=halvings.astype(jnp.int32), iteration=iteration.astype(jnp.int32))
+            return lax.cond(status >= 0, lambda s: finish_optimising(s, status), lambda s: s, s)
 
-    x, f = lax.fori_loop(0, n, snap_one, (x, s.f))
-    f, g = vg(x)
-    return Minimum(x, f, g, s.iteration, s.evaluations + n + 1, status.astype(jnp.int32))
+        def snapping(s):
+            take = finite & (f_c <= s.f + 1e-10 * (1.0 + jnp.abs(s.f)))
+            s = s._replace(x=jnp.where(take, candidate, s.x), f=jnp.where(take, f_c, s.f),
+                           g=jnp.where(take, g_c, s.g))
+            return s._replace(phase=next_snap(s.x, phase + 1))
+
+        branches = [optimising, snapping] if newton else [start_hessian, hessian_column,
+                                                          optimising, snapping]
+        index = (jnp.where(phase == 0, 0, 1) if newton else
+                 jnp.where(phase == -(n + 1), 0, jnp.where(phase < 0, 1, jnp.where(phase == 0, 2, 3))))
+        return lax.switch(index, branches, s)
+
+    zero = jnp.asarray(0, jnp.int32)
+    state = _State(x=x0, f=jnp.asarray(jnp.inf, dtype), g=jnp.zeros_like(x0),
+                   H=jnp.eye(n, dtype=dtype), d=jnp.zeros_like(x0), alpha=jnp.asarray(1.0, dtype),
+                   halvings=zero, phase=jnp.asarray(0 if newton else -(n + 1), jnp.int32),
+                   iteration=zero, evaluations=zero, status=jnp.asarray(-1, jnp.int32))
+    s = lax.while_loop(lambda s: s.phase < done, body, state)
+    return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status)

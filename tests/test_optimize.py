@@ -1,0 +1,56 @@
+"""The in-jit optimiser: known minima, status codes instead of exceptions or silent NaNs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxhlm.optimize import Status, minimize
+
+
+def even_quartic(x):
+    """Even in x[0] (like a variance component), minimum at (0, 1): a boundary optimum."""
+    return x[0] ** 2 + x[0] ** 4 + (x[1] - 1.0) ** 2 + 0.5 * x[0] ** 2 * x[1] ** 2
+
+
+@pytest.mark.parametrize("method", ["newton", "bfgs"])
+def test_boundary_minimum_is_snapped_exactly_to_zero(method):
+    out = jax.jit(lambda x0: minimize(even_quartic, x0, snap_mask=jnp.array([True, False]),
+                                      canonical=jnp.abs, method=method))(jnp.array([0.8, 0.0]))
+    assert int(out.status) == Status.CONVERGED
+    assert float(out.x[0]) == 0.0
+    assert float(out.x[1]) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["newton", "bfgs"])
+def test_saddle_start_is_left(method):
+    """Started on the symmetry plane x0 = 0 where the gradient vanishes in x0 but the
+    curvature is negative: the minimum is off the plane, and the optimiser finds it."""
+    def f(x):
+        return -x[0] ** 2 + x[0] ** 4 + (x[1] - 1.0) ** 2
+    out = minimize(f, jnp.array([0.0, 3.0]), method=method, canonical=jnp.abs)
+    if method == "newton":  # Newton sees the negative curvature and leaves the plane
+        assert float(out.x[0]) == pytest.approx(np.sqrt(0.5), rel=1e-6)
+    assert float(out.x[1]) == pytest.approx(1.0, abs=1e-6)
+    assert int(out.status) == Status.CONVERGED
+
+
+def test_nonfinite_start_is_a_status_not_an_exception():
+    out = jax.jit(lambda x0: minimize(lambda x: jnp.log(x[0]) + x[1] ** 2, x0))(jnp.array([-1.0, 0.0]))
+    assert int(out.status) == Status.NONFINITE
+
+
+def test_max_iterations_is_reported():
+    rosen = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+    out = minimize(rosen, jnp.array([-1.2, 1.0]), method="bfgs", max_iter=3)
+    assert int(out.status) == Status.MAX_ITERATIONS
+    full = minimize(rosen, jnp.array([-1.2, 1.0]), method="newton")
+    assert int(full.status) == Status.CONVERGED
+    np.testing.assert_allclose(full.x, [1.0, 1.0], atol=1e-6)
+
+
+def test_vmapped_batch_with_a_failure_returns_the_others():
+    x0 = jnp.array([[-1.0, 0.5], [2.0, 0.5], [3.0, -0.5]])
+    out = jax.vmap(lambda x: minimize(lambda x: (jnp.log(x[0]) - 1.0) ** 2 + x[1] ** 2, x))(x0)
+    np.testing.assert_array_equal(np.asarray(out.status), [Status.NONFINITE, Status.CONVERGED, Status.CONVERGED])
+    np.testing.assert_allclose(np.asarray(out.x[1:, 0]), np.e, rtol=1e-6)
