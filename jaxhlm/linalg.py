@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 UNROLL = 8
+HOST_POTRI_FROM = 64
 
 
 def cholesky(a: jnp.ndarray) -> jnp.ndarray:
@@ -89,10 +90,11 @@ def _potri_host(l):
 def inv_from_cholesky(l: jnp.ndarray) -> jnp.ndarray:
     """(L L')^{-1} from the lower Cholesky factor L: LAPACK's ``potri``.
 
-    On CPU, matrices larger than ``UNROLL`` go to LAPACK's dpotri on the host (through
+    On CPU, matrices from ``HOST_POTRI_FROM`` rows go to LAPACK's dpotri on the host (through
     ``jax.pure_callback``; about n^3 * 2/3 flops, 3-4 times faster here than two
     triangular solves with the identity, which is what JAX offers).  Elsewhere (GPU,
-    TPU) and for small matrices: L^{-1} by a triangular solve, then L^{-T} L^{-1}.
+    TPU) and for small matrices, where a host call's fixed cost (tens of microseconds)
+    would dominate: L^{-1} by a triangular solve, then L^{-T} L^{-1}.
     """
     n = l.shape[-1]
 
@@ -100,7 +102,7 @@ def inv_from_cholesky(l: jnp.ndarray) -> jnp.ndarray:
         li = solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
         return jnp.swapaxes(li, -1, -2) @ li
 
-    if n <= UNROLL or l.dtype != jnp.float64:
+    if n < HOST_POTRI_FROM or l.dtype != jnp.float64:
         return generic(l)
 
     def host(l):

@@ -45,16 +45,13 @@ class LMM:
         out = fit_blocks(self.blocks, self.structure, bool(reml), options)
         return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options)
 
+    def fit_many(self, Y, reml: bool = True, *, batch_size: int = 4096,
+                 options: Options = Options()):
+        """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
+        from .batch import fit_many
+
+        return fit_many(self, Y, reml, batch_size=batch_size, options=options)
+
     def __repr__(self) -> str:
         return f"LMM({self.formula!r}, nobs={self.nobs})"
 
-
-def _fit_many_arrays(model: LMM, Y, reml: bool, options: Options = Options()):
-    """Fit B responses on the model's design in one vmapped call; raw arrays back."""
-    from .blocks import response_axes, with_responses
-
-    many = with_responses(model.frame, model.structure, jax.device_get(model.blocks), Y)
-    many = jax.tree_util.tree_map(jnp.asarray, many)
-    fit = jax.vmap(lambda b: fit_blocks(b, model.structure, reml, options),
-                   in_axes=(response_axes(),))
-    return fit(many)

@@ -115,6 +115,18 @@ class LMMResult:
             dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
             _options=options)
 
+    def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
+        """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``)."""
+        from .batch import simulate
+
+        return simulate(self, nsim, seed)
+
+    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int = 4096):
+        """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``)."""
+        from .batch import bootstrap
+
+        return bootstrap(self, nsim, seed, batch_size=batch_size, options=self._options)
+
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
         """The fit as plain JSON-able data, with the fields of lme4's reference files."""

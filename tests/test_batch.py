@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import jaxhlm
-from jaxhlm.model import _fit_many_arrays
 
 F = "Reaction ~ Days + (Days | Subject)"
 
@@ -19,10 +18,58 @@ def test_thousand_vmapped_fits_complete_and_match_looped(sleepstudy):
     model = jaxhlm.LMM(F, sleepstudy)
     rng = np.random.default_rng(0)
     Y = model.frame.y[None] + rng.normal(0, 30, (1000, model.nobs))
-    out = _fit_many_arrays(model, Y, True)
-    status = np.asarray(out.opt.status)
-    assert (status == 0).all()
+    out = model.fit_many(Y)
+    assert out.converged.all()
     for i in (0, 1, 999):
         single = jaxhlm.LMM(F, sleepstudy.assign(Reaction=Y[i])).fit()
-        assert float(out.opt.fun[i]) == pytest.approx(single.objective, rel=1e-8)
-        np.testing.assert_allclose(np.asarray(out.cond.beta[i]), single.fixef, rtol=1e-7)
+        assert out.objective[i] == pytest.approx(single.objective, rel=1e-8)
+        np.testing.assert_allclose(out.fixef[i], single.fixef, rtol=1e-7)
+        np.testing.assert_allclose(out.fixef_se[i], single.fixef_se, rtol=1e-6)
+        np.testing.assert_allclose(out.sigma[i], single.sigma, rtol=1e-7)
+
+
+@pytest.mark.parametrize("formula,dataset", [
+    ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin"),
+    ("strength ~ 1 + (1 | batch/cask)", "Pastes"),
+])
+def test_batched_equals_looped_and_chunking_does_not_matter(formula, dataset):
+    """Every field of a batch equals a single fit; chunk size changes nothing."""
+    df = jaxhlm.datasets.load(dataset)
+    res = jaxhlm.LMM(formula, df).fit()
+    Y = res.simulate(12, seed=3)
+    whole = res._model.fit_many(Y)
+    chunked = res._model.fit_many(Y, batch_size=5)
+    np.testing.assert_array_equal(whole.objective, chunked.objective)
+    response = formula.split("~")[0].strip()
+    for i in range(len(Y)):
+        single = jaxhlm.LMM(formula, df.assign(**{response: Y[i]})).fit()
+        assert whole.objective[i] == pytest.approx(single.objective, rel=1e-8)
+        np.testing.assert_allclose(whole.theta[i], single.theta, rtol=1e-4, atol=1e-6)
+        assert whole.singular[i] == single.singular
+        np.testing.assert_allclose(whole.sd[i], single.varcorr["sdcor"][single.varcorr["var2"].isna()].to_numpy()[:-1],
+                                   rtol=1e-4, atol=1e-8)
+
+
+def test_simulation_is_reproducible_and_moments_match(sleepstudy):
+    res = jaxhlm.LMM(F, sleepstudy).fit()
+    a, b = res.simulate(4000, seed=7), res.simulate(4000, seed=7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, res.simulate(4000, seed=8))
+    np.testing.assert_array_equal(a[:10], res.simulate(10, seed=7))
+    # Var(y_i) = sigma^2 (1 + z_i' lambda lambda' z_i): at Days = 0, sd^2 = sigma^2 + sd(Intercept)^2.
+    day0 = (sleepstudy.Days == 0).to_numpy()
+    expected = res.sigma ** 2 + res.varcorr.loc[0, "vcov"]
+    assert a[:, day0].var() == pytest.approx(expected, rel=0.05)
+    np.testing.assert_allclose(a.mean(axis=0)[day0], res.fixef["(Intercept)"], rtol=0.02)
+
+
+def test_bootstrap_intervals(sleepstudy):
+    res = jaxhlm.LMM(F, sleepstudy).fit()
+    boot = res.bootstrap(300, seed=1)
+    ci = boot.confint(0.95)
+    lo, hi = ci.loc["Days", ["percentile_lower", "percentile_upper"]]
+    assert lo < res.fixef["Days"] < hi
+    assert (ci["shortest_upper"] - ci["shortest_lower"] <= ci["percentile_upper"] - ci["percentile_lower"] + 1e-12).all()
+    assert boot.converged.mean() > 0.99
+    assert "300 fits" in boot.summary()

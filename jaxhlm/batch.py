@@ -1,0 +1,233 @@
+"""Many fits at once: one design with many responses, simulation, parametric bootstrap.
+
+A response enters the blocks only through Z_1'y, the last row and column of ``Arr``
+and nobs (:func:`jaxhlm.blocks.with_responses`), so B responses on one design are B
+copies of those small arrays around one shared design; ``jax.vmap`` of
+:func:`jaxhlm.fitting.fit_blocks` fits them all in one compiled program, and a
+replicate costs nothing in n.  Batches run in chunks of ``batch_size`` (the last one
+padded, so every chunk reuses one compilation) to bound memory.  Inside a batch
+nothing raises: each fit carries its ``status``.
+
+Simulation follows lme4's ``simulate.merMod``: y* = X beta-hat + Z Lambda-hat u + e
+with u ~ N(0, sigma-hat^2 I) and e ~ N(0, sigma-hat^2 I).  Replicate i draws from
+``jax.random.fold_in(key, i)``, so the same seed gives the same replicates whatever the
+chunking.  The parametric bootstrap (lme4's ``bootMer``, MixedModels.jl's
+``parametricbootstrap``) simulates, then refits each replicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .blocks import response_axes, with_responses
+from .fitting import Options, fit_blocks
+from .kernel import lambdas
+from .optimize import Status
+from .results import SINGULAR_TOL
+
+if TYPE_CHECKING:
+    from .model import LMM
+    from .results import LMMResult
+
+
+@functools.partial(jax.jit, static_argnames=("st", "reml", "options"))
+def _fit_chunk(blocks, st, reml, options):
+    return jax.vmap(lambda b: fit_blocks(b, st, reml, options), in_axes=(response_axes(),))(blocks)
+
+
+@dataclasses.dataclass
+class BatchResult:
+    """B fits of one model: arrays with the batch on the first axis.
+
+    ``objective`` (B,), ``fixef`` and ``fixef_se`` (B, p), ``theta`` (B, ntheta),
+    ``sigma`` (B,), ``sd`` (B, k) and ``corr`` (B, c) named by ``sd_names`` and
+    ``corr_names`` (the rows of ``varcorr``), ``status``, ``iterations``,
+    ``converged`` and ``singular`` (B,).
+    """
+
+    model: "LMM"
+    reml: bool
+    objective: np.ndarray
+    fixef: np.ndarray
+    fixef_se: np.ndarray
+    theta: np.ndarray
+    sigma: np.ndarray
+    status: np.ndarray
+    iterations: np.ndarray
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return list(self.model.frame.fixef_names)
+
+    @property
+    def converged(self) -> np.ndarray:
+        return self.status == Status.CONVERGED
+
+    @property
+    def singular(self) -> np.ndarray:
+        lower = self.model.structure.theta_lower()
+        return np.any(self.theta[:, lower == 0] < SINGULAR_TOL, axis=1)
+
+    def __len__(self) -> int:
+        return self.objective.shape[0]
+
+    @functools.cached_property
+    def _sd_corr(self):
+        return _sd_corr(self.model.structure, self.theta, self.sigma)
+
+    @property
+    def sd(self) -> np.ndarray:
+        return self._sd_corr[0]
+
+    @property
+    def sd_names(self) -> list[str]:
+        return self._sd_corr[1]
+
+    @property
+    def corr(self) -> np.ndarray:
+        return self._sd_corr[2]
+
+    @property
+    def corr_names(self) -> list[str]:
+        return self._sd_corr[3]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per fit: objective, fixed effects and SEs, sigma, SDs, correlations, status."""
+        cols = {"objective": self.objective}
+        for j, name in enumerate(self.fixef_names):
+            cols[name] = self.fixef[:, j]
+        for j, name in enumerate(self.fixef_names):
+            cols[f"se({name})"] = self.fixef_se[:, j]
+        cols["sigma"] = self.sigma
+        for j, name in enumerate(self.sd_names):
+            cols[name] = self.sd[:, j]
+        for j, name in enumerate(self.corr_names):
+            cols[name] = self.corr[:, j]
+        cols.update(converged=self.converged, singular=self.singular,
+                    status=[Status(s).name.lower() for s in self.status], iterations=self.iterations)
+        return pd.DataFrame(cols)
+
+    def summary(self) -> str:
+        """Counts by status, and the mean, SD and quantiles of each estimate over the batch."""
+        frame = self.to_frame()
+        numeric = frame.drop(columns=["converged", "singular", "status", "iterations"])
+        stats = numeric.describe(percentiles=[0.025, 0.5, 0.975]).T[["mean", "std", "2.5%", "50%", "97.5%"]]
+        counts = frame["status"].value_counts().to_dict()
+        return (f"{len(self)} fits by {'REML' if self.reml else 'ML'} of {self.model.formula}\n"
+                f"status: {counts}; singular: {int(self.singular.sum())}\n"
+                f"{stats.to_string(float_format=lambda v: f'{v:.5g}')}")
+
+    def confint(self, level: float = 0.95) -> pd.DataFrame:
+        """Bootstrap intervals per parameter: percentile and shortest coverage.
+
+        Percentile: the (1-level)/2 and (1+level)/2 quantiles of the converged
+        replicates.  Shortest: the narrowest interval holding ``level`` of them
+        (MixedModels.jl's ``shortestcovint``).
+        """
+        frame = self.to_frame()
+        frame = frame[frame["converged"]]
+        params = self.fixef_names + ["sigma"] + self.sd_names + self.corr_names
+        rows = []
+        for name in params:
+            v = np.sort(frame[name].dropna().to_numpy())
+            lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+            k = max(int(np.ceil(level * v.size)), 1)
+            widths = v[k - 1:] - v[:v.size - k + 1]
+            j = int(np.argmin(widths))
+            rows.append((name, lo, hi, v[j], v[j + k - 1]))
+        return pd.DataFrame(rows, columns=["parameter", "percentile_lower", "percentile_upper",
+                                           "shortest_lower", "shortest_upper"]).set_index("parameter")
+
+
+def _sd_corr(st, theta: np.ndarray, sigma: np.ndarray):
+    """Random-effect SDs and correlations for a batch of theta (names as varcorr's rows)."""
+    sds, sd_names, corrs, corr_names, i = [], [], [], [], 0
+    for t in st.terms:
+        lam = np.zeros((theta.shape[0], t.p, t.p))
+        for k, (r, c) in enumerate(t.tri_indices):
+            lam[:, r, c] = theta[:, i + k]
+        i += t.ntheta
+        cov = np.einsum("bij,bkj->bik", lam, lam) * (sigma ** 2)[:, None, None]
+        sd = np.sqrt(np.einsum("bii->bi", cov))
+        for a, col in enumerate(t.columns):
+            sds.append(sd[:, a])
+            sd_names.append(f"sd({t.name}:{col})")
+        for a in range(t.p):
+            for b in range(a + 1, t.p):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    corrs.append(cov[:, b, a] / (sd[:, a] * sd[:, b]))
+                corr_names.append(f"corr({t.name}:{t.columns[a]},{t.columns[b]})")
+    empty = np.zeros((theta.shape[0], 0))
+    return (np.stack(sds, 1) if sds else empty, sd_names,
+            np.stack(corrs, 1) if corrs else empty, corr_names)
+
+
+def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
+             options: Options = Options()) -> BatchResult:
+    """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns."""
+    if isinstance(Y, pd.DataFrame):
+        Y = Y.to_numpy(dtype=float).T
+    Y = np.atleast_2d(np.asarray(Y, dtype=float))
+    if Y.shape[1] != model.nobs:
+        raise ValueError(f"each response needs {model.nobs} values (one per observation of the "
+                         f"model); got responses of length {Y.shape[1]}")
+    if not np.all(np.isfinite(Y)):
+        bad = int((~np.isfinite(Y)).any(axis=1).sum())
+        raise ValueError(f"{bad} of {Y.shape[0]} responses contain missing or infinite values; "
+                         "fitting responses with missing values is not supported yet")
+    B = Y.shape[0]
+    size = max(1, min(batch_size, B))
+    design = jax.device_get(model.blocks)
+    parts = []
+    for start in range(0, B, size):
+        chunk = Y[start:start + size]
+        pad = size - chunk.shape[0]
+        if pad:  # same shape for every chunk: one compilation
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        blocks = jax.device_put(with_responses(model.frame, model.structure, design, chunk))
+        out = jax.device_get(_fit_chunk(blocks, model.structure, bool(reml), options))
+        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size - pad], out))
+    out = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+    return BatchResult(model=model, reml=bool(reml), objective=out.opt.fun,
+                       fixef=out.cond.beta, fixef_se=np.sqrt(np.einsum("bii->bi", out.cond.vcov)),
+                       theta=out.opt.x, sigma=out.cond.sigma, status=out.opt.status,
+                       iterations=out.opt.iterations)
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
+    lams = lambdas(theta, st)
+    k_e, *k_u = jax.random.split(key, 1 + len(st.terms))
+    y = X @ beta + sigma * jax.random.normal(k_e, (X.shape[0],), X.dtype)
+    for t, lam, key_u, code, Z in zip(st.terms, lams, k_u, codes, Zs):
+        u = sigma * jax.random.normal(key_u, (t.nlevels, t.p), X.dtype)
+        b = u @ lam.T
+        y = y + jnp.sum(Z * b[code], axis=1)
+    return y
+
+
+def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
+    """``nsim`` responses from the fitted model (lme4's ``simulate``): array (nsim, nobs)."""
+    model = result._model
+    st, frame = model.structure, model.frame
+    key = jax.random.key(seed)
+    args = (jnp.asarray(result.fixef.to_numpy()), jnp.asarray(result.theta),
+            jnp.asarray(result.sigma), jnp.asarray(frame.X),
+            tuple(jnp.asarray(t.codes) for t in frame.terms),
+            tuple(jnp.asarray(t.Z) for t in frame.terms))
+    draw = jax.jit(jax.vmap(lambda i: _simulate_one(jax.random.fold_in(key, i), *args, st)))
+    return np.asarray(draw(jnp.arange(nsim)))
+
+
+def bootstrap(result: "LMMResult", nsim: int, seed: int = 0, *, batch_size: int = 4096,
+              options: Options = Options()) -> BatchResult:
+    """Parametric bootstrap: simulate ``nsim`` responses, refit each (lme4's ``bootMer``)."""
+    Y = simulate(result, nsim, seed)
+    return fit_many(result._model, Y, result.reml, batch_size=batch_size, options=options)
