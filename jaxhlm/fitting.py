@@ -65,11 +65,19 @@ def trace_count() -> int:
     return _TRACES["fit_blocks"]
 
 
-@functools.partial(jax.jit, static_argnames=("st", "reml", "options"))
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options()) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
-    sigma and b there."""
+    sigma and b there.
+
+    Arguments are normalised before the jitted call (jit keys its cache on how they are
+    passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
+    """
+    return _fit_blocks(blocks, st, bool(reml), options)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options) -> FitArrays:
     _TRACES["fit_blocks"] += 1
     opt = minimize(lambda th: objective(th, blocks, st, reml), jnp.asarray(st.theta_start()),
                    canonical=lambda th: canonical_theta(th, st),

@@ -18,6 +18,7 @@ it never evaluates anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from .errors import FormulaError, caret, explain_formulaic
 
@@ -98,8 +99,12 @@ def _expand_group(group: str, where: int, text: str) -> list[tuple[str, tuple[st
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def parse(text: str) -> ParsedFormula:
-    """Parse an lme4 formula.  Raises :class:`FormulaError` showing where it fails."""
+    """Parse an lme4 formula.  Raises :class:`FormulaError` showing where it fails.
+
+    Pure and returning a frozen value, so cached: refitting a formula skips the parsers.
+    """
     if not isinstance(text, str) or not text.strip():
         raise FormulaError("the formula is empty; write it as 'response ~ terms', e.g. "
                            "'Reaction ~ Days + (Days | Subject)'")

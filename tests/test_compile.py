@@ -27,3 +27,15 @@ def test_reml_and_ml_compile_once_each(sleepstudy):
         model.fit(reml=False)
         model.fit(reml=True)
     assert trace_count() <= before + 1
+
+
+def test_keyword_and_positional_calls_share_one_compilation(sleepstudy):
+    from jaxhlm.fitting import Options, fit_blocks
+
+    model = jaxhlm.LMM(F, sleepstudy)
+    fit_blocks(model.blocks, model.structure, True)
+    before = trace_count()
+    fit_blocks(model.blocks, model.structure, reml=True)
+    fit_blocks(model.blocks, model.structure, True, Options())
+    fit_blocks(model.blocks, st=model.structure, reml=1)
+    assert trace_count() == before
