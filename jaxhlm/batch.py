@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .blocks import response_axes, with_responses
+from .blocks import Blocks, response_axes, with_responses
 from .fitting import Options, fit_blocks
 from .kernel import lambdas
 from .optimize import Status
@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from .results import LMMResult
 
 
-@functools.partial(jax.jit, static_argnames=("st", "reml", "options"))
-def _fit_chunk(blocks, st, reml, options):
-    return jax.vmap(lambda b: fit_blocks(b, st, reml, options), in_axes=(response_axes(),))(blocks)
+@functools.partial(jax.jit, static_argnames=("st", "reml", "options", "axes"))
+def _fit_chunk(blocks, st, reml, options, axes):
+    return jax.vmap(lambda b: fit_blocks(b, st, reml, options), in_axes=(Blocks(*axes),))(blocks)
 
 
 @dataclasses.dataclass
@@ -171,17 +171,20 @@ def _sd_corr(st, theta: np.ndarray, sigma: np.ndarray):
 
 def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
              options: Options = Options()) -> BatchResult:
-    """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns."""
+    """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns.
+
+    A response with missing values (NaN) is fitted on its observed rows (its own blocks,
+    same shapes), without failing the batch; one with too few observed rows to fit gets
+    a non-converged status.
+    """
     if isinstance(Y, pd.DataFrame):
         Y = Y.to_numpy(dtype=float).T
     Y = np.atleast_2d(np.asarray(Y, dtype=float))
     if Y.shape[1] != model.nobs:
         raise ValueError(f"each response needs {model.nobs} values (one per observation of the "
                          f"model); got responses of length {Y.shape[1]}")
-    if not np.all(np.isfinite(Y)):
-        bad = int((~np.isfinite(Y)).any(axis=1).sum())
-        raise ValueError(f"{bad} of {Y.shape[0]} responses contain missing or infinite values; "
-                         "fitting responses with missing values is not supported yet")
+    if np.isinf(Y).any():
+        raise ValueError("responses contain infinite values; use NaN for a missing value")
     B = Y.shape[0]
     size = max(1, min(batch_size, B))
     design = jax.device_get(model.blocks)
@@ -191,8 +194,10 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
         pad = size - chunk.shape[0]
         if pad:  # same shape for every chunk: one compilation
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        blocks = jax.device_put(with_responses(model.frame, model.structure, design, chunk))
-        out = jax.device_get(_fit_chunk(blocks, model.structure, bool(reml), options))
+        many = with_responses(model.frame, model.structure, design, chunk)
+        axes = response_axes(many)
+        out = jax.device_get(_fit_chunk(jax.device_put(many), model.structure, bool(reml), options,
+                                        tuple(axes)))
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size - pad], out))
     out = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     return BatchResult(model=model, reml=bool(reml), objective=out.opt.fun,
@@ -223,7 +228,7 @@ def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
             tuple(jnp.asarray(t.codes) for t in frame.terms),
             tuple(jnp.asarray(t.Z) for t in frame.terms))
     draw = jax.jit(jax.vmap(lambda i: _simulate_one(jax.random.fold_in(key, i), *args, st)))
-    return np.asarray(draw(jnp.arange(nsim)))
+    return np.array(draw(jnp.arange(nsim)))  # a writable copy
 
 
 def bootstrap(result: "LMMResult", nsim: int, seed: int = 0, *, batch_size: int = 4096,

@@ -100,7 +100,7 @@ class Blocks(NamedTuple):
     nobs: np.ndarray       # () float
 
 
-def _rest_columns(frame: ModelFrame, st: Structure) -> tuple[np.ndarray, np.ndarray]:
+def _rest_columns(frame: ModelFrame, st: Structure, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per observation, the rest columns it touches and its values there: (n, w) each.
 
     Term k >= 2 contributes its p_k columns at level code_k(i); X and y contribute all
@@ -114,26 +114,35 @@ def _rest_columns(frame: ModelFrame, st: Structure) -> tuple[np.ndarray, np.ndar
         val.append(term.Z)
         offset += term.spec.q
     idx.append(np.broadcast_to(offset + np.arange(st.p + 1), (n, st.p + 1)))
-    val.append(np.column_stack([frame.X, frame.y]))
+    val.append(np.column_stack([frame.X, frame.y if y is None else y]))
     return np.concatenate(idx, axis=1), np.concatenate(val, axis=1)
 
 
-def build(frame: ModelFrame) -> tuple[Structure, Blocks]:
-    """Compute the structure and the cross-product blocks of a model frame (NumPy, once)."""
+def build(frame: ModelFrame, y: np.ndarray | None = None,
+          weights: np.ndarray | None = None) -> tuple[Structure, Blocks]:
+    """Compute the structure and the cross-product blocks of a model frame (NumPy, once).
+
+    ``y`` replaces the frame's response; ``weights`` (0 or 1 per row) leaves rows out of
+    every cross-product (a response's missing values) without changing the structure:
+    the COO entries and pairs come from all rows, so blocks of one design with different
+    missing rows share their shapes and index arrays.
+    """
     st = Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1])
     first = frame.terms[0]
     ell1, p1, m, m_rand = first.spec.nlevels, first.spec.p, st.m, st.m_rand
-    codes1, Z1 = first.codes.astype(np.int64), first.Z
+    codes1 = first.codes.astype(np.int64)
+    w_row = np.ones(frame.nobs) if weights is None else np.asarray(weights, dtype=float)
+    Z1 = first.Z * w_row[:, None]   # the weighted factor of each product with term 1
 
     A11 = np.zeros((ell1, p1, p1))
-    np.add.at(A11, codes1, Z1[:, :, None] * Z1[:, None, :])
+    np.add.at(A11, codes1, Z1[:, :, None] * first.Z[:, None, :])
 
-    cols, vals = _rest_columns(frame, st)
+    cols, vals = _rest_columns(frame, st, y)
     n, w = cols.shape
 
-    # Arr: dense cross-products of the rest's columns.
+    # Arr: dense (weighted) cross-products of the rest's columns.
     flat = (cols[:, :, None] * m + cols[:, None, :]).reshape(-1)
-    prod = (vals[:, :, None] * vals[:, None, :]).reshape(-1)
+    prod = (vals[:, :, None] * (vals * w_row[:, None])[:, None, :]).reshape(-1)
     Arr = np.bincount(flat, weights=prod, minlength=m * m).reshape(m, m)
 
     # [Z_rest X]'Z_1 as nonzeros keyed by (row of the rest, level of term 1); y apart.
@@ -146,7 +155,7 @@ def build(frame: ModelFrame) -> tuple[Structure, Blocks]:
     np.add.at(coo_val, inv.reshape(-1), contrib)
     coo_level, coo_row = ukey // m, ukey % m
     zy1 = np.zeros((ell1, p1))
-    np.add.at(zy1, codes1, frame.y[:, None] * Z1)
+    np.add.at(zy1, codes1, vals[:, -1:] * Z1)
 
     pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
     upper = coo_row[pair_a] <= coo_row[pair_b]
@@ -160,7 +169,7 @@ def build(frame: ModelFrame) -> tuple[Structure, Blocks]:
         pair_level=coo_level[pair_a].astype(np.int32), pair_out=pair_out[order].astype(np.int32),
         pair_val=coo_val[pair_a][:, :, None] * coo_val[pair_b][:, None, :],
         pair_rand=(coo_row[pair_b] < m_rand),
-        Arr=Arr, nobs=np.asarray(float(n)))
+        Arr=Arr, nobs=np.asarray(float(w_row.sum())))
     return st, blocks
 
 
@@ -186,7 +195,9 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
 
     Only Z_1'y, the last row and column of Arr ([Z_rest X y]'y) and nobs change, each
     one sparse product per response (O(n)); the pairs and the COO are shared.  Vmap
-    over the result with ``in_axes=response_axes()``.
+    over the result with ``in_axes=response_axes(blocks)``.  When any response has
+    missing values (NaN), each response gets its own full blocks, built on its observed
+    rows (same shapes), and every field gains the leading axis.
     """
     from scipy import sparse
 
@@ -194,6 +205,10 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     B, n = Y.shape
     if n != frame.nobs:
         raise ValueError(f"responses have {n} rows; the model has {frame.nobs} observations")
+    observed = np.isfinite(Y)
+    if not observed.all():  # rows missing in some response: full blocks per response
+        per = [build(frame, np.where(o, yb, 0.0), o)[1] for yb, o in zip(Y, observed)]
+        return Blocks(*[np.stack(f) for f in zip(*per)])
     first = frame.terms[0]
     p1, ell1 = first.spec.p, first.spec.nlevels
     rows = np.repeat(np.arange(n), p1)
@@ -213,6 +228,7 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     return blocks._replace(zy1=zy1, Arr=Arr, nobs=np.full(B, float(n)))
 
 
-def response_axes() -> Blocks:
+def response_axes(many: Blocks) -> Blocks:
     """``in_axes`` for vmapping over the output of :func:`with_responses`."""
-    return Blocks(*[0 if f in RESPONSE_FIELDS else None for f in Blocks._fields])
+    full = many.A11.ndim == 4  # per-response blocks (missing values)
+    return Blocks(*[0 if full or f in RESPONSE_FIELDS else None for f in Blocks._fields])

@@ -73,3 +73,18 @@ def test_bootstrap_intervals(sleepstudy):
     assert (ci["shortest_upper"] - ci["shortest_lower"] <= ci["percentile_upper"] - ci["percentile_lower"] + 1e-12).all()
     assert boot.converged.mean() > 0.99
     assert "300 fits" in boot.summary()
+
+
+def test_missing_values_fit_on_observed_rows_without_failing_the_batch(sleepstudy):
+    model = jaxhlm.LMM(F, sleepstudy)
+    Y = model.fit().simulate(4, seed=5)
+    Y[1, [3, 50, 100]] = np.nan
+    Y[2, :] = np.nan                  # nothing observed: a status, not an exception
+    out = model.fit_many(Y)
+    assert out.converged[[0, 1, 3]].all() and not out.converged[2]
+    with pytest.warns(UserWarning, match="dropped 3 of 180 rows"):
+        single = jaxhlm.LMM(F, sleepstudy.assign(Reaction=Y[1])).fit()
+    assert out.objective[1] == pytest.approx(single.objective, rel=1e-8)
+    np.testing.assert_allclose(out.fixef[1], single.fixef, rtol=1e-7)
+    full = jaxhlm.LMM(F, sleepstudy.assign(Reaction=Y[0])).fit()
+    assert out.objective[0] == pytest.approx(full.objective, rel=1e-8)
