@@ -5,8 +5,10 @@ and nobs (:func:`jaxhlm.blocks.with_responses`), so B responses on one design ar
 copies of those small arrays around one shared design; ``jax.vmap`` of
 :func:`jaxhlm.fitting.fit_blocks` fits them all in one compiled program, and a
 replicate costs nothing in n.  Batches run in chunks of ``batch_size`` (the last one
-padded, so every chunk reuses one compilation) to bound memory.  Inside a batch
-nothing raises: each fit carries its ``status``.
+padded, so every chunk reuses one compilation) to bound memory, and each chunk's batch
+axis is sharded across all visible devices (``jax.sharding``: a one-axis Mesh and
+NamedSharding; the design is replicated).  Inside a batch nothing raises: each fit
+carries its ``status``.
 
 Simulation follows lme4's ``simulate.merMod``: y* = X beta-hat + Z Lambda-hat u + e
 with u ~ N(0, sigma-hat^2 I) and e ~ N(0, sigma-hat^2 I).  Replicate i draws from
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
+import time
 from typing import TYPE_CHECKING
 
 import jax
@@ -169,8 +173,21 @@ def _sd_corr(st, theta: np.ndarray, sigma: np.ndarray):
             np.stack(corrs, 1) if corrs else empty, corr_names)
 
 
+def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
+    """Place the batch axis across all devices (a one-axis Mesh, NamedSharding); the
+    design's shared arrays are replicated.  One device: a plain transfer."""
+    if len(devices) == 1:
+        return jax.device_put(many)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(devices), ("batch",))
+    spec = Blocks(*[NamedSharding(mesh, PartitionSpec("batch") if a == 0 else PartitionSpec())
+                    for a in axes])
+    return jax.device_put(many, spec)
+
+
 def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
-             options: Options = Options()) -> BatchResult:
+             options: Options = Options(), progress: bool = False) -> BatchResult:
     """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns.
 
     A response with missing values (NaN) is fitted on its observed rows (its own blocks,
@@ -186,9 +203,13 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
     if np.isinf(Y).any():
         raise ValueError("responses contain infinite values; use NaN for a missing value")
     B = Y.shape[0]
+    devices = jax.devices()
+    ndev = len(devices)
     size = max(1, min(batch_size, B))
+    size = -(-size // ndev) * ndev          # a multiple of the device count
     design = jax.device_get(model.blocks)
     parts = []
+    started = time.perf_counter()
     for start in range(0, B, size):
         chunk = Y[start:start + size]
         pad = size - chunk.shape[0]
@@ -196,9 +217,14 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
         many = with_responses(model.frame, model.structure, design, chunk)
         axes = response_axes(many)
-        out = jax.device_get(_fit_chunk(jax.device_put(many), model.structure, bool(reml), options,
-                                        tuple(axes)))
+        out = jax.device_get(_fit_chunk(_shard(many, axes, devices), model.structure, bool(reml),
+                                        options, tuple(axes)))
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size - pad], out))
+        if progress:
+            done = min(start + size, B)
+            rate = done / (time.perf_counter() - started)
+            print(f"\rfitted {done:,}/{B:,} ({rate:,.0f} fits/s)", end="" if done < B else "\n",
+                  file=sys.stderr, flush=True)
     out = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     return BatchResult(model=model, reml=bool(reml), objective=out.opt.fun,
                        fixef=out.cond.beta, fixef_se=np.sqrt(np.einsum("bii->bi", out.cond.vcov)),
@@ -232,7 +258,8 @@ def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
 
 
 def bootstrap(result: "LMMResult", nsim: int, seed: int = 0, *, batch_size: int = 4096,
-              options: Options = Options()) -> BatchResult:
+              options: Options = Options(), progress: bool = False) -> BatchResult:
     """Parametric bootstrap: simulate ``nsim`` responses, refit each (lme4's ``bootMer``)."""
     Y = simulate(result, nsim, seed)
-    return fit_many(result._model, Y, result.reml, batch_size=batch_size, options=options)
+    return fit_many(result._model, Y, result.reml, batch_size=batch_size, options=options,
+                    progress=progress)

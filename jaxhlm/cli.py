@@ -1,8 +1,16 @@
-"""Command line: ``jaxhlm fit DATA "FORMULA" [--ml] [--json PATH]``.
+"""Command line.
 
-DATA is a CSV or Parquet file, or the name of a bundled data set (``jaxhlm datasets``
-lists them).  The summary goes to stdout; ``--json PATH`` writes the fit as JSON
-(``--json -``: JSON alone to stdout).  Errors are one line on stderr, exit status 2.
+    jaxhlm fit DATA "FORMULA" [--ml] [--json PATH]
+    jaxhlm fit-many DATA "FORMULA" --responses Y.csv --out fits.csv [--ml] [--batch-size N]
+    jaxhlm bootstrap DATA "FORMULA" --nsim N [--seed S] --out boot.csv [--ml] [--level L]
+    jaxhlm datasets
+
+DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
+summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout).
+``fit-many`` fits every column of Y.csv (rows aligned with DATA) as a response;
+``bootstrap`` refits N parametric-bootstrap replicates; both write one row per fit
+and print a summary (and, for the bootstrap, the confidence intervals).  Errors are
+one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -51,6 +59,34 @@ def _fit(args) -> int:
     return 0
 
 
+def _fit_many(args) -> int:
+    from .model import LMM
+
+    model = LMM(args.formula, read_data(args.data))
+    Y = pd.read_csv(args.responses)
+    if len(Y) != model.nobs:
+        raise JaxhlmError(f"{args.responses} has {len(Y)} rows; the model has {model.nobs} "
+                          "observations (rows with missing values in DATA are dropped first)")
+    batch = model.fit_many(Y, reml=not args.ml, batch_size=args.batch_size, progress=True)
+    frame = batch.to_frame()
+    frame.insert(0, "response", list(Y.columns))
+    frame.to_csv(args.out, index=False)
+    print(batch.summary())
+    return 0
+
+
+def _bootstrap(args) -> int:
+    from .model import LMM
+
+    res = LMM(args.formula, read_data(args.data)).fit(reml=not args.ml)
+    boot = res.bootstrap(args.nsim, args.seed, batch_size=args.batch_size, progress=True)
+    boot.to_frame().to_csv(args.out, index=False)
+    print(boot.summary())
+    print(f"\n{args.level:.0%} bootstrap intervals")
+    print(boot.confint(args.level).to_string(float_format=lambda v: f"{v:.5g}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxhlm", description="Linear mixed models on JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", metavar="PATH", help="write the fit as JSON to PATH ('-' for stdout)")
     fit.set_defaults(run=_fit)
+    many = sub.add_parser("fit-many", help="fit many responses on one design")
+    many.add_argument("data")
+    many.add_argument("formula")
+    many.add_argument("--responses", required=True, help="CSV, one column per response")
+    many.add_argument("--out", required=True, help="CSV of fits, one row per response")
+    many.add_argument("--ml", action="store_true")
+    many.add_argument("--batch-size", type=int, default=4096)
+    many.set_defaults(run=_fit_many)
+    boot = sub.add_parser("bootstrap", help="parametric bootstrap of a fit")
+    boot.add_argument("data")
+    boot.add_argument("formula")
+    boot.add_argument("--nsim", type=int, required=True)
+    boot.add_argument("--seed", type=int, default=0)
+    boot.add_argument("--out", required=True, help="CSV of refits, one row per replicate")
+    boot.add_argument("--ml", action="store_true")
+    boot.add_argument("--level", type=float, default=0.95)
+    boot.add_argument("--batch-size", type=int, default=4096)
+    boot.set_defaults(run=_bootstrap)
     ls = sub.add_parser("datasets", help="list the bundled data sets")
     ls.set_defaults(run=lambda a: print("\n".join(datasets.names())) or 0)
     args = parser.parse_args(argv)

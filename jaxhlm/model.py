@@ -46,11 +46,11 @@ class LMM:
         return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options)
 
     def fit_many(self, Y, reml: bool = True, *, batch_size: int = 4096,
-                 options: Options = Options()):
+                 options: Options = Options(), progress: bool = False):
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
         from .batch import fit_many
 
-        return fit_many(self, Y, reml, batch_size=batch_size, options=options)
+        return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)
 
     def __repr__(self) -> str:
         return f"LMM({self.formula!r}, nobs={self.nobs})"

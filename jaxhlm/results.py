@@ -121,11 +121,12 @@ class LMMResult:
 
         return simulate(self, nsim, seed)
 
-    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int = 4096):
+    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int = 4096, progress: bool = False):
         """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``)."""
         from .batch import bootstrap
 
-        return bootstrap(self, nsim, seed, batch_size=batch_size, options=self._options)
+        return bootstrap(self, nsim, seed, batch_size=batch_size, options=self._options,
+                         progress=progress)
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:

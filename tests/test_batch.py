@@ -88,3 +88,84 @@ def test_missing_values_fit_on_observed_rows_without_failing_the_batch(sleepstud
     np.testing.assert_allclose(out.fixef[1], single.fixef, rtol=1e-7)
     full = jaxhlm.LMM(F, sleepstudy.assign(Reaction=Y[0])).fit()
     assert out.objective[0] == pytest.approx(full.objective, rel=1e-8)
+
+
+SHARDED = """
+import os, json, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAXHLM_COMPILATION_CACHE"] = "0"
+import jax, numpy as np, jaxhlm
+assert len(jax.devices()) == 4, jax.devices()
+df = jaxhlm.datasets.load(sys.argv[1])
+res = jaxhlm.LMM(sys.argv[2], df).fit()
+out = res._model.fit_many(res.simulate(10, seed=11), batch_size=6)
+print(json.dumps({"objective": out.objective.tolist(), "theta": out.theta.tolist()}))
+"""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("dataset,formula", [("sleepstudy", F),
+                                             ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
+def test_sharded_on_four_cpu_devices_equals_single_device(dataset, formula):
+    """Acceptance: the batch axis sharded over 4 forced CPU devices gives the same fits."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", SHARDED, dataset, formula], capture_output=True,
+                         text=True, timeout=500)
+    assert run.returncode == 0, run.stderr[-2000:]
+    sharded = json.loads(run.stdout.strip().splitlines()[-1])
+    res = jaxhlm.LMM(formula, jaxhlm.datasets.load(dataset)).fit()
+    single = res._model.fit_many(res.simulate(10, seed=11))
+    np.testing.assert_allclose(sharded["objective"], single.objective, rtol=1e-10)
+    np.testing.assert_allclose(sharded["theta"], single.theta, rtol=1e-6, atol=1e-8)
+
+
+LME4_BATCH = ["sleepstudy_reml", "penicillin_reml", "pastes_reml", "sleepstudy_uncorr_ml"]
+
+
+@pytest.mark.parametrize("name", LME4_BATCH)
+def test_batch_against_lme4_refits(name):
+    """Responses simulated by lme4 (simulate(), seed 20261121) and lme4's refits of each
+    (tests/reference/make_batch_refs.R): jaxhlm's batch objective is never above lme4's by
+    more than 1e-6 relative, and fixed effects match where lme4 converged.  The JSON
+    carries 15 significant digits, so agreement is checked to 1e-9 relative, theta to
+    1e-3 (BOBYQA's stopping rule), and singular flags only away from the 1e-4 cutoff.
+
+    lme4 1.1-31's refit() of a REML fit with p > 1 fixed effects optimises the wrong
+    criterion (it sets REML = 1 where lmer sets p); for sleepstudy REML the references
+    are lmer() fits started at the original theta ("method": "lmer_start_theta")."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    ref_dir = Path(__file__).parent / "reference" / "batch"
+    ref = json.loads((ref_dir / f"{name}_fits.json").read_text())
+    with gzip.open(ref_dir / f"{name}_responses.csv.gz", "rt") as fh:
+        Y = pd.read_csv(fh)
+    model = jaxhlm.LMM(ref["formula"], jaxhlm.datasets.load(ref["dataset"]))
+    out = model.fit_many(Y, reml=ref["reml"])
+    lme4_obj = np.asarray(ref["objective"])
+    rel = (out.objective - lme4_obj) / np.abs(lme4_obj)
+    assert rel.max() <= 1e-6
+    assert np.abs(rel).max() <= 1e-9
+    assert out.converged.all()
+    ok = np.asarray(ref["converged"], bool)
+    np.testing.assert_allclose(out.fixef[ok], np.asarray(ref["fixef"])[ok], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(out.theta, np.asarray(ref["theta"]), atol=1e-3)
+    theta_min = np.asarray(ref["theta"])[:, model.structure.theta_lower() == 0].min(axis=1)
+    clear = (theta_min < 1e-5) | (theta_min > 1e-3)
+    np.testing.assert_array_equal(out.singular[clear], np.asarray(ref["singular"], bool)[clear])
+
+
+@pytest.mark.timeout(600)
+def test_ten_thousand_bootstrap_refits(sleepstudy):
+    """Acceptance: a batch of 10,000 sleepstudy bootstrap refits completes on this CPU."""
+    res = jaxhlm.LMM(F, sleepstudy).fit()
+    boot = res.bootstrap(10_000, seed=1)
+    assert len(boot) == 10_000
+    assert boot.converged.mean() > 0.999
+    assert abs(np.median(boot.fixef[:, 1]) - res.fixef["Days"]) < 0.1

@@ -39,3 +39,26 @@ def test_errors_are_one_line_exit_2(capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "jaxhlm", "datasets"], capture_output=True, text=True)
     assert out.returncode == 0 and "sleepstudy" in out.stdout.split()
+
+
+def test_fit_many_and_bootstrap_commands(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+
+    import jaxhlm
+
+    res = jaxhlm.LMM(F, jaxhlm.datasets.load("sleepstudy")).fit()
+    Y = pd.DataFrame(res.simulate(5, seed=2).T, columns=[f"gene{i}" for i in range(5)])
+    Y.to_csv(tmp_path / "Y.csv", index=False)
+    assert main(["fit-many", "sleepstudy", F, "--responses", str(tmp_path / "Y.csv"),
+                 "--out", str(tmp_path / "fits.csv")]) == 0
+    fits = pd.read_csv(tmp_path / "fits.csv")
+    assert list(fits["response"]) == list(Y.columns) and fits["converged"].all()
+    single = jaxhlm.LMM(F, jaxhlm.datasets.load("sleepstudy").assign(Reaction=Y["gene3"])).fit()
+    assert fits.loc[3, "objective"] == pytest.approx(single.objective, rel=1e-8)
+    assert main(["bootstrap", "sleepstudy", F, "--nsim", "40", "--seed", "3",
+                 "--out", str(tmp_path / "boot.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "95% bootstrap intervals" in out and "percentile_lower" in out
+    assert len(pd.read_csv(tmp_path / "boot.csv")) == 40
+    assert np.isfinite(pd.read_csv(tmp_path / "boot.csv")["objective"]).all()
