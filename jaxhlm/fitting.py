@@ -32,14 +32,14 @@ class Options:
     ``"auto"``: Newton unless the dense block after the first term is large
     (m > ``BFGS_ABOVE``), where a gradient costs several factorizations;
     ``max_iter``: iterations at most; ``ftol``: stop when the predicted decrease is
-    below ftol (1 + |objective|); ``snap``: diagonal theta elements this close to 0 are
+    below ftol (1 + |objective|); ``snap``: diagonal theta elements this close to 0 (1e-3) are
     set to 0 when that does not raise the objective (MixedModels.jl's rule).
     """
 
     method: str = "auto"
     max_iter: int = 200
     ftol: float = 1e-12
-    snap: float = 1e-4
+    snap: float = 1e-3
 
     def resolve(self, st: Structure) -> str:
         if self.method != "auto":
@@ -65,21 +65,28 @@ def trace_count() -> int:
     return _TRACES["fit_blocks"]
 
 
-def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options()) -> FitArrays:
+def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options(),
+               theta0=None) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
     sigma and b there.
 
+    ``theta0`` is the starting point (default lme4's: lambda_k = I); refits of simulated
+    responses start at the original estimate, as lme4's ``refit`` does, with diagonal
+    elements floored at 0.01 (at exactly 0 the even objective has no gradient there).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
     """
-    return _fit_blocks(blocks, st, bool(reml), options)
+    start = st.theta_start() if theta0 is None else theta0
+    return _fit_blocks(blocks, st, bool(reml), options, jnp.asarray(start, dtype=jnp.float64))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options) -> FitArrays:
+def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0) -> FitArrays:
     _TRACES["fit_blocks"] += 1
-    opt = minimize(lambda th: objective(th, blocks, st, reml), jnp.asarray(st.theta_start()),
+    diagonal = jnp.asarray(st.theta_lower() == 0)
+    theta0 = jnp.where(diagonal, jnp.maximum(jnp.abs(theta0), 0.01), theta0)
+    opt = minimize(lambda th: objective(th, blocks, st, reml), theta0,
                    canonical=lambda th: canonical_theta(th, st),
                    snap_mask=st.theta_lower() == 0, method=options.resolve(st),
                    max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
