@@ -164,13 +164,18 @@ def run_child(args, env, timeout=1800):
     return res
 
 
-def own_peak_rss():
+def _proc_bytes(path, key):
+    """A ``key: N kB`` line of a /proc file, in bytes (None where there is no /proc)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         return None
+
+
+def own_peak_rss():
+    return _proc_bytes("/proc/self/status", "VmHWM")
 
 
 def source_fingerprint():
@@ -240,12 +245,7 @@ def cpu_model():
 
 
 def mem_total_bytes():
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
+    return _proc_bytes("/proc/meminfo", "MemTotal")
 
 
 def version(dist):

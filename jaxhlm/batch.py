@@ -76,6 +76,14 @@ class BatchResult:
     sigma: np.ndarray
     status: np.ndarray
     iterations: np.ndarray
+    sd: np.ndarray = dataclasses.field(init=False)
+    sd_names: list[str] = dataclasses.field(init=False)
+    corr: np.ndarray = dataclasses.field(init=False)
+    corr_names: list[str] = dataclasses.field(init=False)
+
+    def __post_init__(self):
+        self.sd, self.sd_names, self.corr, self.corr_names = _sd_corr(
+            self.model.structure, self.theta, self.sigma)
 
     @property
     def fixef_names(self) -> list[str]:
@@ -92,26 +100,6 @@ class BatchResult:
 
     def __len__(self) -> int:
         return self.objective.shape[0]
-
-    @functools.cached_property
-    def _sd_corr(self):
-        return _sd_corr(self.model.structure, self.theta, self.sigma)
-
-    @property
-    def sd(self) -> np.ndarray:
-        return self._sd_corr[0]
-
-    @property
-    def sd_names(self) -> list[str]:
-        return self._sd_corr[1]
-
-    @property
-    def corr(self) -> np.ndarray:
-        return self._sd_corr[2]
-
-    @property
-    def corr_names(self) -> list[str]:
-        return self._sd_corr[3]
 
     def to_frame(self) -> pd.DataFrame:
         """One row per fit: objective, fixed effects and SEs, sigma, SDs, correlations, status."""
