@@ -22,7 +22,7 @@ gradient together, so the accepted point's gradient costs nothing more.  The Hes
   (one gradient per iteration; Nocedal and Wright 2006, eq. 6.19), skipped when
   the curvature condition y's > 0 fails.  For large models, whose gradient is costly.
 
-Iteration stops when the predicted decrease g'(H^-1)g / 2 is below ftol (1 + |f|).
+Iteration stops when the predicted decrease g' H^-1 g is below ftol (1 + |f|).
 Nothing raises: the outcome is an integer :class:`Status`.
 """
 
@@ -65,33 +65,18 @@ class _State(NamedTuple):
     d: jnp.ndarray            # search direction from x
     alpha: jnp.ndarray        # current step length along d
     halvings: jnp.ndarray
-    phase: jnp.ndarray        # see _PHASES
+    phase: jnp.ndarray        # see the phases below
     iteration: jnp.ndarray
     evaluations: jnp.ndarray
     status: jnp.ndarray
 
 
-_PHASES = """Phases of the loop, each step evaluating one candidate point:
-    -(n+1)          BFGS only: x0 itself;
-    -n .. -1        BFGS only: x0 + h e_i, a column of the starting Hessian;
-    0               optimising: x + alpha d (a line-search trial);
-    1 .. n          snapping: x with coordinate phase - 1 set to 0;
-    n + 1           done."""
-
-
-def _fd_hessian(value_and_grad, x, g, rel_step: float = 1e-6):
-    """Hessian by forward differences of the autodiff gradient (n gradients, one vmap).
-
-    h_i = rel_step (1 + |x_i|): error O(h) from truncation plus O(eps |g| / h) from
-    rounding, about 1e-6 relative, which keeps Newton superlinear; the answer itself
-    rests on the exact gradient.
-    """
-    n = x.shape[0]
-    h = rel_step * (1.0 + jnp.abs(x))
-    points = x[None, :] + jnp.eye(n, dtype=x.dtype) * h[None, :]
-    _, gs = jax.vmap(value_and_grad)(points)
-    H = (gs - g[None, :]) / h[:, None]
-    return 0.5 * (H + H.T)
+# Phases of the loop (_State.phase); each step evaluates one candidate point:
+#   -(n+1)      BFGS only: x0 itself;
+#   -n .. -1    BFGS only: x0 + h e_i, a column of the starting Hessian;
+#   0           optimising: x + alpha d (a line-search trial);
+#   1 .. n      snapping: x with coordinate phase - 1 set to 0;
+#   n + 1       done.
 
 
 def _direction(g, H):
@@ -161,7 +146,13 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
         return rel_step * (1.0 + jnp.abs(x))
 
     def evaluate(x):
-        """f, g and (Newton) the finite-difference Hessian at x."""
+        """f, g and (Newton) the Hessian at x by forward differences of the gradient.
+
+        The n + 1 gradients (x and x + h_i e_i) come from one vmap.  With
+        h_i = rel_step (1 + |x_i|) the Hessian's error is O(h) from truncation plus
+        O(eps |g| / h) from rounding, about 1e-6 relative: Newton's steps stay
+        superlinear, and the answer itself rests on the exact gradient.
+        """
         if not newton:
             f, g = vg(x)
             return f, g, None
