@@ -34,7 +34,7 @@ from .blocks import Blocks, response_axes, with_responses
 from .fitting import Options, fit_blocks
 from .kernel import lambdas
 from .optimize import Status
-from .results import SINGULAR_TOL
+from .results import SINGULAR_TOL, term_covariances
 
 if TYPE_CHECKING:
     from .model import LMM
@@ -151,21 +151,14 @@ class BatchResult:
 
 def _sd_corr(st, theta: np.ndarray, sigma: np.ndarray):
     """Random-effect SDs and correlations for a batch of theta (names as varcorr's rows)."""
-    sds, sd_names, corrs, corr_names, i = [], [], [], [], 0
-    for t in st.terms:
-        lam = np.zeros((theta.shape[0], t.p, t.p))
-        for k, (r, c) in enumerate(t.tri_indices):
-            lam[:, r, c] = theta[:, i + k]
-        i += t.ntheta
-        cov = np.einsum("bij,bkj->bik", lam, lam) * (sigma ** 2)[:, None, None]
-        sd = np.sqrt(np.einsum("bii->bi", cov))
+    sds, sd_names, corrs, corr_names = [], [], [], []
+    for t, _, sd, corr in term_covariances(st, theta, sigma):
         for a, col in enumerate(t.columns):
             sds.append(sd[:, a])
             sd_names.append(f"sd({t.name}:{col})")
         for a in range(t.p):
             for b in range(a + 1, t.p):
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    corrs.append(cov[:, b, a] / (sd[:, a] * sd[:, b]))
+                corrs.append(corr[:, b, a])
                 corr_names.append(f"corr({t.name}:{t.columns[a]},{t.columns[b]})")
     empty = np.zeros((theta.shape[0], 0))
     return (np.stack(sds, 1) if sds else empty, sd_names,

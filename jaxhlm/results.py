@@ -182,23 +182,36 @@ class LMMResult:
                 f"sigma={self.sigma:.4g}, {self.status_name}>")
 
 
+def term_covariances(st, theta: np.ndarray, sigma: np.ndarray):
+    """Per term: (covariance sigma^2 lambda_k lambda_k', SDs, correlations) for a batch.
+
+    ``theta`` is (B, ntheta), ``sigma`` (B,); the covariance is (B, p, p), the SDs
+    (B, p), the correlations (B, p, p) (NaN where an SD is 0).
+    """
+    out, i = [], 0
+    for t in st.terms:
+        lam = np.zeros((theta.shape[0], t.p, t.p))
+        for k, (r, c) in enumerate(t.tri_indices):
+            lam[:, r, c] = theta[:, i + k]
+        i += t.ntheta
+        cov = np.einsum("bij,bkj->bik", lam, lam) * (sigma ** 2)[:, None, None]
+        sd = np.sqrt(np.einsum("bii->bi", cov))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / (sd[:, :, None] * sd[:, None, :])
+        out.append((t, cov, sd, corr))
+    return out
+
+
 def _varcorr(st, theta: np.ndarray, sigma: float) -> pd.DataFrame:
     """``as.data.frame(VarCorr(m))``: variances, then covariances (lower triangle,
     column-major) per term, then the residual."""
-    rows, i = [], 0
-    for t in st.terms:
-        lam = np.zeros((t.p, t.p))
-        for (r, c), v in zip(t.tri_indices, theta[i:i + t.ntheta]):
-            lam[r, c] = v
-        i += t.ntheta
-        cov = sigma ** 2 * lam @ lam.T
-        sd = np.sqrt(np.diag(cov))
+    rows = []
+    for t, cov, sd, corr in term_covariances(st, theta[None, :], np.array([sigma])):
         for a in range(t.p):
-            rows.append((t.name, t.columns[a], None, cov[a, a], sd[a]))
+            rows.append((t.name, t.columns[a], None, cov[0, a, a], sd[0, a]))
         for a in range(t.p):
             for b in range(a + 1, t.p):
-                corr = cov[b, a] / (sd[a] * sd[b]) if sd[a] > 0 and sd[b] > 0 else float("nan")
-                rows.append((t.name, t.columns[a], t.columns[b], cov[b, a], corr))
+                rows.append((t.name, t.columns[a], t.columns[b], cov[0, b, a], corr[0, b, a]))
     rows.append(("Residual", None, None, sigma ** 2, sigma))
     df = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
     for c in ("var1", "var2"):  # missing names are None, as R's NA in as.data.frame(VarCorr)
