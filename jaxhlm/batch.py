@@ -8,7 +8,16 @@ replicate costs nothing in n.  Batches run in chunks of ``batch_size`` (the last
 padded, so every chunk reuses one compilation) to bound memory, and each chunk's batch
 axis is sharded across all visible devices (``jax.sharding``: a one-axis Mesh and
 NamedSharding; the design is replicated).  Inside a batch nothing raises: each fit
-carries its ``status``.
+carries its ``status``.  :func:`fit_datasets` fits one formula to many data sets the
+same way, each data set's blocks padded to common shapes (:mod:`jaxhlm.stacking`).
+
+Several processes or hosts: call ``jax.distributed.initialize(coordinator_address,
+num_processes, process_id)`` in each, before any JAX computation, then make the same
+calls on the same data (same responses, same seeds) in every process.  ``jax.devices()``
+is then global: each chunk is sharded over every process's devices, each process
+computes its shards, and the results are gathered so that every process gets them all
+(tested with two CPU processes on one machine, jax 0.9.2, whose CPU collectives are
+gloo's).
 
 Simulation follows lme4's ``simulate.merMod``: y* = X beta-hat + Z Lambda-hat u + e
 with u ~ N(0, sigma-hat^2 I) and e ~ N(0, sigma-hat^2 I).  Replicate i draws from
@@ -35,6 +44,7 @@ from .fitting import Options, fit_blocks
 from .kernel import lambdas
 from .optimize import Status
 from .results import SINGULAR_TOL, term_covariances
+from .stacking import Stacked, stack
 
 if TYPE_CHECKING:
     from .model import LMM
@@ -64,10 +74,12 @@ class BatchResult:
     ``objective`` (B,), ``fixef`` and ``fixef_se`` (B, p), ``theta`` (B, ntheta),
     ``sigma`` (B,), ``sd`` (B, k) and ``corr`` (B, c) named by ``sd_names`` and
     ``corr_names`` (the rows of ``varcorr``), ``status``, ``iterations``,
-    ``converged`` and ``singular`` (B,).
+    ``converged`` and ``singular`` (B,).  ``model``: the :class:`~jaxhlm.model.LMM` of
+    :func:`fit_many`, or the :class:`~jaxhlm.stacking.Stacked` data sets of
+    :func:`fit_datasets` (either gives ``formula``, ``structure`` and the fixed-effect names).
     """
 
-    model: "LMM"
+    model: "LMM | Stacked"
     reml: bool
     objective: np.ndarray
     fixef: np.ndarray
@@ -87,7 +99,8 @@ class BatchResult:
 
     @property
     def fixef_names(self) -> list[str]:
-        return list(self.model.frame.fixef_names)
+        names = getattr(self.model, "fixef_names", None)  # Stacked data sets have their own
+        return list(self.model.frame.fixef_names if names is None else names)
 
     @property
     def converged(self) -> np.ndarray:
@@ -178,43 +191,74 @@ def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
     return jax.device_put(many, spec)
 
 
+def _fetch(out):
+    """The chunk's results as NumPy arrays.  With several processes (``jax.distributed``)
+    each holds only its own devices' shards: they are gathered, so every process gets all."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(out, tiled=True)
+    return jax.device_get(out)
+
+
 def _put(a, index, b):
     a = np.array(a)
     a[index] = b
     return a
 
 
-def _run_chunks(model, Y, starts, reml, options, batch_size, progress, fixed=False):
-    """vmapped fits of the rows of Y from the rows of ``starts``, chunk by chunk.
+def _run_chunks(take, B, st, starts, reml, options, batch_size, progress, fixed=False):
+    """vmapped fits of B models from the rows of ``starts``, chunk by chunk.
 
-    Chunks hold ``batch_size`` fits (``fixed``) or the next power of two above B when
-    that is smaller, padded, so that batches of varied sizes share a few compilations;
-    always a multiple of the device count."""
-    B = Y.shape[0]
+    ``take(index)`` gives the blocks of the fits at ``index`` (positions in 0..B-1) and
+    their vmap axes.  Chunks hold ``batch_size`` fits (``fixed``) or the next power of
+    two above B when that is smaller, padded (the last fit repeated), so that batches of
+    varied sizes share a few compilations; always a multiple of the device count."""
     devices = jax.devices()
     ndev = len(devices)
     size = batch_size if fixed else min(batch_size, 1 << max(0, int(B - 1).bit_length()))
     size = -(-size // ndev) * ndev
-    design = jax.device_get(model.blocks)
     parts = []
     began = time.perf_counter()
     for lo in range(0, B, size):
-        chunk, theta0 = Y[lo:lo + size], starts[lo:lo + size]
-        pad = size - chunk.shape[0]
-        if pad:  # same shape for every chunk: one compilation
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            theta0 = np.concatenate([theta0, np.repeat(theta0[-1:], pad, axis=0)])
-        many = with_responses(model.frame, model.structure, design, chunk)
-        axes = response_axes(many)
-        out = jax.device_get(_fit_chunk(_shard(many, axes, devices), jnp.asarray(theta0),
-                                        model.structure, bool(reml), options, tuple(axes)))
-        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:size - pad], out))
+        index = np.minimum(np.arange(lo, lo + size), B - 1)  # same shape every chunk: one compilation
+        many, axes = take(index)
+        out = _fetch(_fit_chunk(_shard(many, axes, devices), jnp.asarray(starts[index]),
+                                st, bool(reml), options, tuple(axes)))
+        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], out))
         if progress:
             done = min(lo + size, B)
             rate = done / (time.perf_counter() - began)
             print(f"\rfitted {done:,}/{B:,} ({rate:,.0f} fits/s)", end="" if done < B else "\n",
                   file=sys.stderr, flush=True)
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
+def _fit_batch(take, B, st, starts, reml, options, batch_size, progress):
+    """B vmapped fits (``take`` as in :func:`_run_chunks`): a first pass of at most
+    ``STRAGGLER_AFTER`` iterations, then the fits still running continue from where
+    they stopped in small chunks."""
+    if options.method == "auto":
+        # Vmapped fits step together until the slowest is done; BFGS's one gradient per
+        # step beats Newton's n + 1 there (2x in refits/s on sleepstudy).
+        options = dataclasses.replace(options, method="bfgs")
+    first = dataclasses.replace(options, max_iter=min(options.max_iter, STRAGGLER_AFTER))
+    out = _run_chunks(take, B, st, starts, reml, first, batch_size, progress)
+    late = np.flatnonzero(out.opt.status == Status.MAX_ITERATIONS)
+    if late.size and options.max_iter > first.max_iter:
+        rest = dataclasses.replace(options, max_iter=options.max_iter - first.max_iter)
+        more = _run_chunks(lambda index: take(late[index]), late.size, st, out.opt.x[late], reml,
+                           rest, min(batch_size, STRAGGLER_CHUNK), False, fixed=True)
+        more = more._replace(opt=more.opt._replace(iterations=more.opt.iterations + first.max_iter))
+        out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
+    return out
+
+
+def _fields(out) -> dict:
+    """The arrays a :class:`BatchResult` keeps, from vmapped fits."""
+    return dict(objective=out.opt.fun, fixef=out.cond.beta,
+                fixef_se=np.sqrt(np.einsum("bii->bi", out.cond.vcov)), theta=out.opt.x,
+                sigma=out.cond.sigma, status=out.opt.status, iterations=out.opt.iterations)
 
 
 def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
@@ -233,26 +277,60 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
                          f"model); got responses of length {Y.shape[1]}")
     if np.isinf(Y).any():
         raise ValueError("responses contain infinite values; use NaN for a missing value")
-    if options.method == "auto":
-        # Vmapped fits step together until the slowest is done; BFGS's one gradient per
-        # step beats Newton's n + 1 there (2x in refits/s on sleepstudy).
-        options = dataclasses.replace(options, method="bfgs")
     B = Y.shape[0]
     start = model.structure.theta_start() if theta0 is None else np.asarray(theta0, float)
     starts = np.broadcast_to(start, (B, start.size))
-    first = dataclasses.replace(options, max_iter=min(options.max_iter, STRAGGLER_AFTER))
-    out = _run_chunks(model, Y, starts, reml, first, batch_size, progress)
-    late = np.flatnonzero(out.opt.status == Status.MAX_ITERATIONS)
-    if late.size and options.max_iter > first.max_iter:
-        rest = dataclasses.replace(options, max_iter=options.max_iter - first.max_iter)
-        more = _run_chunks(model, Y[late], out.opt.x[late], reml, rest,
-                           min(batch_size, STRAGGLER_CHUNK), False, fixed=True)
-        more = more._replace(opt=more.opt._replace(iterations=more.opt.iterations + first.max_iter))
-        out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
-    return BatchResult(model=model, reml=bool(reml), objective=out.opt.fun,
-                       fixef=out.cond.beta, fixef_se=np.sqrt(np.einsum("bii->bi", out.cond.vcov)),
-                       theta=out.opt.x, sigma=out.cond.sigma, status=out.opt.status,
-                       iterations=out.opt.iterations)
+    design = jax.device_get(model.blocks)
+
+    def take(index):
+        many = with_responses(model.frame, model.structure, design, Y[index])
+        return many, response_axes(many)
+
+    out = _fit_batch(take, B, model.structure, starts, reml, options, batch_size, progress)
+    return BatchResult(model=model, reml=bool(reml), **_fields(out))
+
+
+def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int = 4096,
+                 options: Options = Options(), progress: bool = False, buckets: int = 1) -> BatchResult:
+    """Fit one formula to each of many data sets with the same columns (a simulation
+    study's replicates) in one compiled, vmapped batch: lme4's ``lmer`` on each.
+
+    ``datasets``: a sequence of DataFrames.  Each gets its own model frame and blocks, as
+    ``LMM(formula, df)`` would; data sets of different sizes and numbers of groups share
+    one batch by *padding*: every data set's blocks are padded to the largest shapes
+    (each term's largest number of levels, with padded levels that add exactly 0 to the
+    objective; :mod:`jaxhlm.stacking`), so one compilation serves them all and each fit
+    equals that data set's own fit.  Padding costs the largest data set's work for every
+    fit; ``buckets`` > 1 sorts the data sets by size and pads each of that many groups to
+    its own largest (one compilation per bucket) when sizes vary widely.
+
+    Returns a :class:`BatchResult` in the order of ``datasets``; its ``model`` is the
+    :class:`jaxhlm.stacking.Stacked` data sets (frames, per data set structures).  Terms
+    are in one common order (decreasing largest number of levels): where a data set's
+    own lme4 order differs (crossed factors whose level counts swap rank), its theta,
+    SDs and correlations are the same fit in the common order.  Inside the batch nothing
+    raises: a fit that fails has a non-converged ``status``.  Before it, a data set that
+    cannot be fitted alone (an lme4 check, a non-numeric response), or that gives other
+    fixed-effect columns or random terms than data set 0, raises
+    :class:`jaxhlm.errors.DataError` (or ``FormulaError``) naming its index.  The batch is
+    sharded across devices and chunked as in :func:`fit_many`; results do not depend on
+    ``batch_size``.
+    """
+    stacked = stack(formula, list(datasets), buckets)
+    axes = Blocks(*[0] * len(Blocks._fields))
+    parts = []
+    for bucket in stacked.buckets:
+        B = bucket.index.size
+        starts = np.broadcast_to(bucket.structure.theta_start(), (B, bucket.structure.ntheta))
+
+        def take(index, blocks=bucket.blocks):
+            return jax.tree_util.tree_map(lambda a: a[index], blocks), axes
+
+        parts.append(_fields(_fit_batch(take, B, bucket.structure, starts, reml, options,
+                                        batch_size, progress)))
+    order = np.argsort(np.concatenate([b.index for b in stacked.buckets]))
+    fields = {k: np.concatenate([p[k] for p in parts])[order] for k in parts[0]}
+    return BatchResult(model=stacked, reml=bool(reml), **fields)
 
 
 @functools.partial(jax.jit, static_argnames=("st",))

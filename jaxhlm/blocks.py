@@ -51,6 +51,7 @@ class Structure:
 
     terms: tuple[TermSpec, ...]
     p: int
+    sigma: float | None = None  # the residual SD when known (weights then give each row's variance)
 
     @property
     def rest_terms(self) -> tuple[TermSpec, ...]:
@@ -97,7 +98,8 @@ class Blocks(NamedTuple):
     pair_val: np.ndarray   # (npairs, p_1, p_1): a_a a_b'
     pair_rand: np.ndarray  # (npairs,) bool: both rows belong to random terms
     Arr: np.ndarray        # (m, m)
-    nobs: np.ndarray       # () float
+    nobs: np.ndarray       # () float: observations with a positive weight
+    logw: np.ndarray       # () float: sum of log w_i over them (0 without prior weights)
 
 
 def _rest_columns(frame: ModelFrame, st: Structure, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -119,19 +121,23 @@ def _rest_columns(frame: ModelFrame, st: Structure, y: np.ndarray | None = None)
 
 
 def build(frame: ModelFrame, y: np.ndarray | None = None,
-          weights: np.ndarray | None = None) -> tuple[Structure, Blocks]:
+          observed: np.ndarray | None = None) -> tuple[Structure, Blocks]:
     """Compute the structure and the cross-product blocks of a model frame (NumPy, once).
 
-    ``y`` replaces the frame's response; ``weights`` (0 or 1 per row) leaves rows out of
+    ``y`` replaces the frame's response; ``observed`` (a boolean mask) leaves rows out of
     every cross-product (a response's missing values) without changing the structure:
     the COO entries and pairs come from all rows, so blocks of one design with different
-    missing rows share their shapes and index arrays.
+    missing rows share their shapes and index arrays.  Prior weights w_i (the frame's
+    ``weights``: row i has residual variance sigma^2 / w_i) weight every cross-product,
+    [Z X y]' W [Z X y], as lme4's ``weights =`` does.
     """
-    st = Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1])
+    st = Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1], frame.sigma)
     first = frame.terms[0]
     ell1, p1, m, m_rand = first.spec.nlevels, first.spec.p, st.m, st.m_rand
     codes1 = first.codes.astype(np.int64)
-    w_row = np.ones(frame.nobs) if weights is None else np.asarray(weights, dtype=float)
+    w_row = np.ones(frame.nobs) if frame.weights is None else frame.weights.copy()
+    if observed is not None:
+        w_row = np.where(observed, w_row, 0.0)
     Z1 = first.Z * w_row[:, None]   # the weighted factor of each product with term 1
 
     A11 = np.zeros((ell1, p1, p1))
@@ -169,7 +175,8 @@ def build(frame: ModelFrame, y: np.ndarray | None = None,
         pair_level=coo_level[pair_a].astype(np.int32), pair_out=pair_out[order].astype(np.int32),
         pair_val=coo_val[pair_a][:, :, None] * coo_val[pair_b][:, None, :],
         pair_rand=(coo_row[pair_b] < m_rand),
-        Arr=Arr, nobs=np.asarray(float(w_row.sum())))
+        Arr=Arr, nobs=np.asarray(float(np.count_nonzero(w_row))),
+        logw=np.asarray(float(np.log(w_row[w_row > 0]).sum())))
     return st, blocks
 
 
@@ -218,9 +225,10 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     cols, vals = cols[:, :-1], vals[:, :-1]   # without y itself
     rest = sparse.csr_matrix((vals.reshape(-1), (np.repeat(np.arange(n), cols.shape[1]), cols.reshape(-1))),
                              shape=(n, st.m - 1))
-    zy1 = np.asarray((z1.T @ Y.T).T).reshape(B, ell1, p1)
-    ry = np.asarray((rest.T @ Y.T).T)
-    yy = np.einsum("bi,bi->b", Y, Y)
+    Yw = Y if frame.weights is None else Y * frame.weights   # W y
+    zy1 = np.asarray((z1.T @ Yw.T).T).reshape(B, ell1, p1)
+    ry = np.asarray((rest.T @ Yw.T).T)
+    yy = np.einsum("bi,bi->b", Yw, Y)
     Arr = np.broadcast_to(blocks.Arr, (B,) + blocks.Arr.shape).copy()
     Arr[:, -1, :-1] = ry
     Arr[:, :-1, -1] = ry

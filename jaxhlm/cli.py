@@ -1,15 +1,24 @@
 """Command line.
 
-    jaxhlm fit DATA "FORMULA" [--ml] [--json PATH]
+    jaxhlm fit DATA "FORMULA" [--ml] [--json PATH] [--prior zero-avoiding|gamma]
+               [--weights COL | --residual-variance COL]
+    jaxhlm sample DATA "FORMULA" [--chains 4] [--warmup 1000] [--draws 1000] [--seed S] [--out draws.csv]
     jaxhlm fit-many DATA "FORMULA" --responses Y.csv --out fits.csv [--ml] [--batch-size N]
     jaxhlm bootstrap DATA "FORMULA" --nsim N [--seed S] --out boot.csv [--ml] [--level L]
     jaxhlm datasets
+    jaxhlm bench CONFIG.toml [--out-dir DIR] [--no-plots]
+    jaxhlm study CONFIG.toml [--out-dir DIR] [--no-plots]
 
 DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
-summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout).
+summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout;
+``--prior`` gives blme's posterior mode; ``--weights`` / ``--residual-variance`` name a
+column of prior weights or of known residual variances).  ``sample`` draws from the
+posterior by NUTS with the default priors (:class:`jaxhlm.Priors`) and prints its summary.
 ``fit-many`` fits every column of Y.csv (rows aligned with DATA) as a response;
 ``bootstrap`` refits N parametric-bootstrap replicates; both write one row per fit
-and print a summary (and, for the bootstrap, the confidence intervals).  Errors are
+and print a summary (and, for the bootstrap, the confidence intervals).  ``bench`` runs
+a benchmark grid and ``study`` a simulation study described in TOML (``configs/``;
+:mod:`jaxhlm.bench`, :mod:`jaxhlm.study`), writing CSV, JSON and PNG files.  Errors are
 one line on stderr, exit status 2.
 """
 
@@ -20,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import datasets
@@ -41,15 +51,27 @@ def read_data(source: str) -> pd.DataFrame:
     return datasets.load(source)
 
 
-def _fit(args) -> int:
+def _model(args):
+    """The LMM of DATA and FORMULA (with --weights / --residual-variance), warnings on stderr."""
     from .model import LMM
 
-    data = read_data(args.data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = LMM(args.formula, data).fit(reml=not args.ml)
+        model = LMM(args.formula, read_data(args.data), weights=args.weights,
+                    residual_variance=args.residual_variance)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
+    return model
+
+
+PRIORS = {"zero-avoiding": "zero_avoiding", "wishart": "wishart", "gamma": "gamma"}
+
+
+def _fit(args) -> int:
+    from . import priors
+
+    prior = getattr(priors, PRIORS[args.prior])() if args.prior else None
+    res = _model(args).fit(reml=not args.ml, prior=prior)
     if args.json == "-":
         print(res.to_json(indent=1))
         return 0
@@ -87,6 +109,28 @@ def _bootstrap(args) -> int:
     return 0
 
 
+def _sample(args) -> int:
+    post = _model(args).sample(num_warmup=args.warmup, num_samples=args.draws,
+                               num_chains=args.chains, seed=args.seed)
+    print(f"{post!r}; warm-up {post.seconds['warmup']:.1f} s (compilation included), "
+          f"sampling {post.seconds['sampling']:.1f} s")
+    print(post.summary().to_string(float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        pd.DataFrame({k: v.reshape(-1) for k, v in post.samples.items()}).assign(
+            chain=np.repeat(np.arange(args.chains), args.draws)).to_csv(args.out, index=False)
+    return 0
+
+
+def _config_run(args) -> int:
+    from . import bench, study
+
+    module = bench if args.command == "bench" else study
+    table = module.main(args.config, args.out_dir, plots=not args.no_plots)
+    shown = [c for c in module.COLUMNS_SHOWN if c in table]
+    print(table[shown].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxhlm", description="Linear mixed models on JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,7 +139,22 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("formula", help="lme4 formula, e.g. 'Reaction ~ Days + (Days | Subject)'")
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", metavar="PATH", help="write the fit as JSON to PATH ('-' for stdout)")
+    fit.add_argument("--prior", choices=sorted(PRIORS), help="blme's zero-avoiding covariance prior: a posterior mode")
     fit.set_defaults(run=_fit)
+    smp = sub.add_parser("sample", help="posterior draws by NUTS; prints their summary")
+    smp.add_argument("data")
+    smp.add_argument("formula")
+    smp.add_argument("--chains", type=int, default=4)
+    smp.add_argument("--warmup", type=int, default=1000)
+    smp.add_argument("--draws", type=int, default=1000)
+    smp.add_argument("--seed", type=int, default=0)
+    smp.add_argument("--out", help="CSV of the draws, one row per draw")
+    smp.set_defaults(run=_sample)
+    for cmd in (fit, smp):
+        group = cmd.add_mutually_exclusive_group()
+        group.add_argument("--weights", metavar="COL", help="column of prior weights (lme4's weights)")
+        group.add_argument("--residual-variance", metavar="COL",
+                           help="column of known residual variances (sigma is then 1, not estimated)")
     many = sub.add_parser("fit-many", help="fit many responses on one design")
     many.add_argument("data")
     many.add_argument("formula")
@@ -114,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--level", type=float, default=0.95)
     boot.add_argument("--batch-size", type=int, default=4096)
     boot.set_defaults(run=_bootstrap)
+    for name, default, what in (("bench", "benchmarks/results", "run a benchmark grid (configs/bench/*.toml)"),
+                                ("study", "study-results", "run a simulation study (configs/study/*.toml)")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("config", help="TOML file")
+        cmd.add_argument("--out-dir", default=default, help=f"where the files go (default {default})")
+        cmd.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+        cmd.set_defaults(run=_config_run)
     ls = sub.add_parser("datasets", help="list the bundled data sets")
     ls.set_defaults(run=lambda a: print("\n".join(datasets.names())) or 0)
     args = parser.parse_args(argv)

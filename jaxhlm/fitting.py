@@ -66,7 +66,7 @@ def trace_count() -> int:
 
 
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options(),
-               theta0=None) -> FitArrays:
+               theta0=None, penalty=None) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
     sigma and b there.
@@ -74,20 +74,24 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     ``theta0`` is the starting point (default lme4's: lambda_k = I); refits of simulated
     responses start at the original estimate, as lme4's ``refit`` does, with diagonal
     elements floored at 0.01 (at exactly 0 the even objective has no gradient there).
+    ``penalty``: a prior's -2 log-density added to the objective (a posterior mode, as
+    blme's ``blmer``; :mod:`jaxhlm.priors`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
     """
     start = st.theta_start() if theta0 is None else theta0
-    return _fit_blocks(blocks, st, bool(reml), options, jnp.asarray(start, dtype=jnp.float64))
+    return _fit_blocks(blocks, st, bool(reml), options, jnp.asarray(start, dtype=jnp.float64),
+                       penalty)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0) -> FitArrays:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 5))
+def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
+                penalty=None) -> FitArrays:
     _TRACES["fit_blocks"] += 1
     diagonal = jnp.asarray(st.theta_lower() == 0)
     theta0 = jnp.where(diagonal, jnp.maximum(jnp.abs(theta0), 0.01), theta0)
-    opt = minimize(lambda th: objective(th, blocks, st, reml), theta0,
+    opt = minimize(lambda th: objective(th, blocks, st, reml, penalty), theta0,
                    canonical=lambda th: canonical_theta(th, st),
                    snap_mask=st.theta_lower() == 0, method=options.resolve(st),
                    max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
-    return FitArrays(opt, conditional(opt.x, blocks, st, reml))
+    return FitArrays(opt, conditional(opt.x, blocks, st, reml, penalty))

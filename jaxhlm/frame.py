@@ -89,6 +89,8 @@ class ModelFrame:
     data: pd.DataFrame
     dropped_columns: list[str] = dataclasses.field(default_factory=list)
     n_dropped_rows: int = 0
+    weights: np.ndarray | None = None   # prior weights w_i: row i has variance sigma^2 / w_i
+    sigma: float | None = None          # the residual SD, when known (not estimated)
 
     @property
     def nobs(self) -> int:
@@ -172,8 +174,44 @@ def _drop_aliased(X: np.ndarray, names: list[str], tol: float = 1e-7):
     return X[:, keep], [names[j] for j in keep], dropped
 
 
-def build(text: str, data: pd.DataFrame) -> ModelFrame:
-    """Build the model frame of formula ``text`` on ``data`` (see the module docstring)."""
+WEIGHTS = "(weights)"
+
+
+def _weights_column(data: pd.DataFrame, weights, residual_variance):
+    """The data with the prior weights as a column (lme4's ``(weights)``), its name and sigma.
+
+    ``weights``: a column name or n values, w_i > 0 (lme4's ``weights =``).
+    ``residual_variance``: a column name or n known variances s_i^2 > 0 (a
+    meta-analysis); then w_i = 1 / s_i^2 and sigma = 1 is fixed, not estimated.
+    """
+    if weights is not None and residual_variance is not None:
+        raise DataError("give either weights or residual_variance, not both")
+    given, what = (weights, "weights") if weights is not None else (residual_variance, "residual_variance")
+    if given is None:
+        return data, None, None
+    if isinstance(given, str):
+        if given not in data.columns:
+            raise DataError(f"{what} column '{given}' is not a column of the data; "
+                            f"columns are: {', '.join(map(str, data.columns))}")
+        values, label = data[given], f"{what} column '{given}'"
+    else:
+        values, label = np.asarray(given), what
+        if values.ndim != 1 or values.shape[0] != len(data):
+            raise DataError(f"{what} must have one value per row of the data ({len(data)}); "
+                            f"got shape {values.shape}")
+    if not pd.api.types.is_numeric_dtype(np.asarray(values)) or pd.api.types.is_bool_dtype(np.asarray(values)):
+        raise DataError(f"{label} must be numeric")
+    values = np.asarray(values, dtype=float)
+    bad = np.flatnonzero(~np.isnan(values) & ~(np.isfinite(values) & (values > 0)))
+    if bad.size:
+        raise DataError(f"{label} must be positive and finite; row {bad[0]} has {float(values[bad[0]])!r}")
+    column = values if residual_variance is None else 1.0 / values
+    return data.assign(**{WEIGHTS: column}), WEIGHTS, (None if residual_variance is None else 1.0)
+
+
+def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -> ModelFrame:
+    """Build the model frame of formula ``text`` on ``data`` (see the module docstring),
+    with optional prior weights or known residual variances (:func:`_weights_column`)."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     parsed = _formula.parse(text)
@@ -184,6 +222,9 @@ def build(text: str, data: pd.DataFrame) -> ModelFrame:
     _check_columns(needed, data, text)
     if len(data) == 0:
         raise DataError("the data have no rows")
+    data, wcol, sigma = _weights_column(data, weights, residual_variance)
+    if wcol:
+        needed.add(wcol)
 
     used = [c for c in data.columns if c in needed]
     complete = data[used].notna().all(axis=1).to_numpy()
@@ -215,8 +256,9 @@ def build(text: str, data: pd.DataFrame) -> ModelFrame:
                       f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}", stacklevel=3)
 
     terms = _random_terms(parsed, frame, text)
-    _check_identifiable(terms, y.shape[0])
-    return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped)
+    _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None)
+    w = frame[wcol].to_numpy(dtype=float) if wcol else None
+    return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
 
 
 def _simple_covariates(expr: str, frame: pd.DataFrame):
@@ -269,11 +311,17 @@ def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str
     return terms
 
 
-def _check_identifiable(terms: list[Term], n: int) -> None:
-    """lme4's checks ``check.nlev.gtr.1``, ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE``."""
+def _check_identifiable(terms: list[Term], n: int, known_sigma: bool = False) -> None:
+    """lme4's checks ``check.nlev.gtr.1``, ``check.nobs.vs.nlev`` and ``check.nobs.vs.nRE``.
+
+    With sigma known (known residual variances) one observation per level is
+    identifiable (the meta-analysis model), so only the first check applies.
+    """
     few = [t.spec.group for t in terms if t.spec.nlevels < 2]
     if few:
         raise DataError(f"grouping factors must have > 1 sampled level (problems: {', '.join(few)})")
+    if known_sigma:
+        return
     many = [t.spec.group for t in terms if t.spec.nlevels >= n]
     if many:
         raise DataError("number of levels of each grouping factor must be < number of "

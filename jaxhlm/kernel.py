@@ -165,6 +165,8 @@ def _dense_bwd(mr, p, L, cts):
     _, c_r, c_x, c_pw = cts
     m = L.shape[0]
     k = m - 1
+    if k == 0:  # M is r^2 itself (no random rows after term 1, no X)
+        return (jnp.reshape(c_pw, (1, 1)).astype(L.dtype),)
     Lk = L[:k, :k]
     N = inv_from_cholesky(Lk)                           # M_RX^{-1}
     x = solve_upper_t(Lk, L[k, :k, None])[:, 0]        # M_RX^{-1} M_RX,y
@@ -183,13 +185,13 @@ def _dense_bwd(mr, p, L, cts):
 dense_parts.defvjp(_dense_fwd, _dense_bwd)
 
 
-def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
-    """Update the blocked Cholesky factor for theta: MixedModels.jl's ``updateL!``.
+def _rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
+    """Term 1's factors and the rest's matrix after eliminating term 1.
 
     Term 1: C_j C_j' = lambda_1' A11_j lambda_1 + I.  Eliminating it subtracts
     S = sum_j A_r1^(j) W_j A_1r^(j) from the rest's cross-products, with
-    W_j = T_j' T_j, T_j = C_j^{-1} lambda_1' (:func:`_schur_term1`).  Then
-    L_rr L_rr' = Lambda_rest' (Arr - S) Lambda_rest + [I 0; 0 0].
+    W_j = T_j' T_j, T_j = C_j^{-1} lambda_1' (:func:`_schur_term1`); the rest's matrix is
+    M = Lambda_rest' (Arr - S) Lambda_rest + [I 0; 0 0] (random rows, then X, then y).
     """
     lams = lambdas(theta, st)
     lam1 = lams[0]
@@ -198,29 +200,82 @@ def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
     C = cholesky(P1)
     T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
     W = jnp.einsum("jca,jcb->jab", T, T)
-    m = st.m
-    M = scale_rest(blocks.Arr - _schur_term1(W, blocks, m), lams[1:], st)
+    M = scale_rest(blocks.Arr - _schur_term1(W, blocks, st.m), lams[1:], st)
     rand = jnp.arange(st.m_rand)
-    M = M.at[rand, rand].add(1.0)
+    return C, T, M.at[rand, rand].add(1.0)
+
+
+def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
+    """Update the blocked Cholesky factor for theta: MixedModels.jl's ``updateL!``.
+
+    Term 1's diagonal blocks C_j, then L_rr L_rr' = M, the rest's matrix after
+    eliminating term 1 (:func:`_rest_matrix`).
+    """
+    C, T, M = _rest_matrix(theta, blocks, st)
     L, logdet_r, logdet_x, pwrss = dense_parts(M, st.m_rand, st.p)
     logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
     return Factor(C, T, L, logdet_theta, logdet_x, pwrss)
 
 
-def criterion(f: Factor, nobs: jnp.ndarray, p: int, reml: bool) -> jnp.ndarray:
-    """The ML deviance or REML criterion read off a factor (module docstring)."""
-    if reml:
-        dof = nobs - p
-        return f.logdet_theta + f.logdet_x + dof * (1.0 + LOG_2PI + jnp.log(f.pwrss / dof))
-    return f.logdet_theta + nobs * (1.0 + LOG_2PI + jnp.log(f.pwrss / nobs))
+def _dof(blocks: Blocks, st: Structure, reml: bool):
+    return blocks.nobs - st.p if reml else blocks.nobs
 
 
-def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -> jnp.ndarray:
-    """-2 log-likelihood (ML) or the REML criterion at theta, profiled over beta and sigma.
+def residual_variance(pwrss, blocks: Blocks, st: Structure, reml: bool):
+    """sigma^2 at theta: the known value when the model fixes sigma (``st.sigma``), else
+    the profiled estimate pwrss / dof, with dof = n (ML) or n - p (REML)."""
+    if st.sigma is not None:
+        return jnp.asarray(st.sigma ** 2, pwrss.dtype)
+    return pwrss / _dof(blocks, st, reml)
+
+
+def criterion(f: Factor, blocks: Blocks, st: Structure, reml: bool, penalty=None,
+              theta=None) -> jnp.ndarray:
+    """The ML deviance or REML criterion read off a factor, at sigma^2 profiled or known.
+
+    -2 log L(theta, sigma^2) = log|L_theta|^2 [+ log|R_X|^2] - sum log w_i
+    + dof log(2 pi sigma^2) + r_yy^2 / sigma^2; its minimum over sigma^2 is the module
+    docstring's formula (lme4 subtracts sum log w_i, its ``ldW``, for prior weights).
+    A ``penalty`` (:mod:`jaxhlm.priors`) adds a prior's -2 log-density in theta, as
+    blme's ``blmer`` does; sigma is profiled as without it.
+    """
+    dof = _dof(blocks, st, reml)
+    s2 = residual_variance(f.pwrss, blocks, st, reml)
+    out = (f.logdet_theta + (f.logdet_x if reml else 0.0) - blocks.logw
+           + dof * (LOG_2PI + jnp.log(s2)) + f.pwrss / s2)
+    return out if penalty is None else out + penalty.deviance(theta, st)
+
+
+def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
+              penalty=None) -> jnp.ndarray:
+    """-2 log-likelihood (ML) or the REML criterion at theta, profiled over beta and sigma
+    (sigma known when ``st.sigma`` is set); with a ``penalty``, -2 log posterior (blme).
 
     lme4: ``mkLmerDevfun(...)(theta)``; MixedModels.jl: ``objective(updateL!(setθ!(m, θ)))``.
     """
-    return criterion(factorize(theta, blocks, st), blocks.nobs, st.p, reml)
+    return criterion(factorize(theta, blocks, st), blocks, st, reml, penalty, theta)
+
+
+def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
+                    blocks: Blocks, st: Structure) -> jnp.ndarray:
+    """log p(y | beta, sigma, theta) with b integrated out (not profiled): NUTS's likelihood.
+
+    -2 log p = log|L_theta|^2 - sum log w_i + n log(2 pi sigma^2) + r^2(beta) / sigma^2, where
+    r^2(beta) = min_u ||y - X beta - Z Lambda u||^2 + ||u||^2 (Bates et al. 2015, eq. 26 ff.).
+    Moving X beta into the response turns the rest's matrix M into P'MP with
+    P = [I 0; 0 -beta; 0 1] (random rows, then y - X beta): its dense factor's last
+    element squared is r^2(beta) and its leading part gives log|L_theta|^2.
+    """
+    C, _, M = _rest_matrix(theta, blocks, st)
+    mr, p = st.m_rand, st.p
+    My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
+    Myy = M[-1, -1] - 2.0 * beta @ M[mr:mr + p, -1] + beta @ M[mr:mr + p, mr:mr + p] @ beta
+    Mb = jnp.concatenate([jnp.concatenate([M[:mr, :mr], My[:, None]], axis=1),
+                          jnp.concatenate([My, Myy[None]])[None, :]], axis=0)
+    _, logdet_r, _, rss = dense_parts(Mb, mr, 0)
+    logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
+    n = blocks.nobs
+    return -0.5 * (logdet_theta - blocks.logw + n * (LOG_2PI + 2.0 * jnp.log(sigma)) + rss / sigma ** 2)
 
 
 class Conditional(NamedTuple):
@@ -233,7 +288,8 @@ class Conditional(NamedTuple):
     b_var: list[jnp.ndarray]  # per term (ell_k, p_k, p_k): conditional covariances
 
 
-def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -> Conditional:
+def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
+                penalty=None) -> Conditional:
     """beta-hat, sigma-hat, vcov(beta) and the conditional modes and covariances of b.
 
     From the factor: [u_rest; beta] solves L_rr[:-1,:-1]' x = L_rr[-1, :-1]; then
@@ -245,20 +301,14 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -
     f = factorize(theta, blocks, st)
     lams = lambdas(theta, st)
     m, mr, p = st.m, st.m_rand, st.p
-    dof = blocks.nobs - p if reml else blocks.nobs
-    sigma2 = f.pwrss / dof
+    sigma2 = residual_variance(f.pwrss, blocks, st, reml)
     L = f.L
     x = solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0]
     u_rest, beta = x[:mr], x[mr:]
-    b_rest = (_scale_rows(u_rest[:, None], lams[1:], st, transpose=True)[:, 0]
-              * _scalar_scales(lams[1:], st, u_rest.dtype)[:mr]) if mr else u_rest
-    w = jnp.concatenate([b_rest, beta])
-    ell1 = f.C.shape[0]
-    h = jax.ops.segment_sum(blocks.coo_val * w[blocks.coo_row][:, None], blocks.coo_level,
-                            num_segments=ell1) - blocks.zy1
-    th = jnp.einsum("jab,jb->ja", f.T, h)
-    u1 = -solve_upper_t(f.C, th[..., None])[..., 0]
+    b_rest = _b_rest(u_rest, lams, st)
+    u1 = _term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
     lam1 = lams[0]
+    ell1 = f.C.shape[0]
     b = [u1 @ lam1.T]
 
     Lx = L[mr:mr + p, mr:mr + p]
@@ -286,7 +336,64 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool) -
             Gk = G[offset:offset + t.q, offset:offset + t.q].reshape(t.nlevels, t.p, t.nlevels, t.p)
             diag_blocks = jnp.einsum("lalb->lab", Gk)
             b_var_rest.append(sigma2 * jnp.einsum("ac,lcd,bd->lab", lam, diag_blocks, lam))
-            b.append(b_rest[offset:offset + t.q].reshape(t.nlevels, t.p))
             offset += t.q
+    b += _split_rest(b_rest, st)
     b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
+
+
+def _b_rest(u_rest: jnp.ndarray, lams: list[jnp.ndarray], st: Structure) -> jnp.ndarray:
+    """b = Lambda u for the terms after the first (their q columns, level-major)."""
+    if not st.m_rand:
+        return u_rest
+    return (_scale_rows(u_rest[:, None], lams[1:], st, transpose=True)[:, 0]
+            * _scalar_scales(lams[1:], st, u_rest.dtype)[:st.m_rand])
+
+
+def _split_rest(b_rest: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
+    """The rest's b per term, each (ell_k, p_k)."""
+    out, offset = [], 0
+    for t in st.rest_terms:
+        out.append(b_rest[offset:offset + t.q].reshape(t.nlevels, t.p))
+        offset += t.q
+    return out
+
+
+def _term1_mode(C: jnp.ndarray, T: jnp.ndarray, w: jnp.ndarray, blocks: Blocks) -> jnp.ndarray:
+    """u_1 given w = [b_rest; beta]: u_1j = (C_j C_j')^{-1} lambda_1' (Z_1j'y - sum_{a in j} a_a w[row_a]).
+
+    Term 1's levels are conditionally independent given the rest, so this is exact
+    per level (the mode, and the mean of u_1's Gaussian conditional)."""
+    h = jax.ops.segment_sum(blocks.coo_val * w[blocks.coo_row][:, None], blocks.coo_level,
+                            num_segments=C.shape[0]) - blocks.zy1
+    th = jnp.einsum("jab,jb->ja", T, h)
+    return -solve_upper_t(C, th[..., None])[..., 0]
+
+
+def draw_ranef(key: jax.Array, theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
+               blocks: Blocks, st: Structure) -> list[jnp.ndarray]:
+    """One draw of b from its exact Gaussian conditional given (theta, beta, sigma) and y.
+
+    u | beta, sigma, theta, y ~ N((Lambda'Z'Z Lambda + I)^{-1} Lambda'Z'(y - X beta),
+    sigma^2 (Lambda'Z'Z Lambda + I)^{-1}), drawn blockwise: first the rest's u with term 1
+    integrated out (precision M_RR / sigma^2, the rest's random block after eliminating
+    term 1, mean M_RR^{-1} (M_Ry - M_RX beta)), then term 1's levels given it, each
+    N(:func:`_term1_mode`, sigma^2 (C_j C_j')^{-1}).  b = Lambda u, per term (ell_k, p_k).
+    """
+    C, T, M = _rest_matrix(theta, blocks, st)
+    lams = lambdas(theta, st)
+    mr, p = st.m_rand, st.p
+    k_rest, k_1 = jax.random.split(key)
+    if mr:
+        Lr = cholesky(M[:mr, :mr])
+        My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
+        mean = solve_upper_t(Lr, solve_lower(Lr, My[:, None]))[:, 0]
+        z = jax.random.normal(k_rest, (mr, 1), beta.dtype)
+        u_rest = mean + sigma * solve_upper_t(Lr, z)[:, 0]
+    else:
+        u_rest = jnp.zeros((0,), beta.dtype)
+    b_rest = _b_rest(u_rest, lams, st)
+    u1 = _term1_mode(C, T, jnp.concatenate([b_rest, beta]), blocks)
+    z1 = jax.random.normal(k_1, u1.shape + (1,), beta.dtype)
+    u1 = u1 + sigma * solve_upper_t(C, z1)[..., 0]
+    return [u1 @ lams[0].T] + _split_rest(b_rest, st)

@@ -8,6 +8,7 @@ import pandas as pd
 
 from . import blocks as _blocks
 from . import frame as _frame
+from . import priors as _priors
 from .fitting import Options, fit_blocks
 from .kernel import objective
 from .results import LMMResult
@@ -18,16 +19,22 @@ class LMM:
 
     ``LMM(formula, data)`` builds the model frame and the cross-product blocks once
     (lme4's ``lFormula`` and ``mkLmerDevfun``); :meth:`fit` optimises the profiled
-    objective (lme4's ``lmer``).  Example::
+    objective (lme4's ``lmer``).
+
+    ``weights``: prior weights (a column name or values; row i has residual variance
+    sigma^2 / w_i, lme4's ``weights =``).  ``residual_variance``: known residual
+    variances s_i^2 (a column name or values), so sigma is not estimated: the
+    meta-analysis model y_i ~ N(x_i'beta + z_i'b, s_i^2), e.g. eight schools,
+    ``LMM("y ~ 1 + (1 | school)", df, residual_variance="se2")``.  Example::
 
         model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
         res = model.fit(reml=True)
         print(res.summary())
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame):
+    def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None):
         self.formula = formula
-        self.frame = _frame.build(formula, data)
+        self.frame = _frame.build(formula, data, weights, residual_variance)
         self.structure, blocks = _blocks.build(self.frame)
         self.blocks = jax.device_put(blocks)  # one batched transfer of all the arrays
 
@@ -35,15 +42,29 @@ class LMM:
     def nobs(self) -> int:
         return self.frame.nobs
 
-    def objective(self, theta, reml: bool = True) -> float:
-        """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta."""
+    def objective(self, theta, reml: bool = True, prior=None) -> float:
+        """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta; with a
+        ``prior`` (:mod:`jaxhlm.priors`), that plus the prior's -2 log-density."""
         return float(objective(jnp.asarray(theta, dtype=jnp.float64), self.blocks,
-                               self.structure, reml))
+                               self.structure, bool(reml), _priors.penalty(prior, self)))
 
-    def fit(self, reml: bool = True, *, options: Options = Options()) -> LMMResult:
-        """Fit by REML (default, as lme4) or by maximum likelihood (``reml=False``)."""
-        out = fit_blocks(self.blocks, self.structure, bool(reml), options)
-        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options)
+    def fit(self, reml: bool = True, *, options: Options = Options(), prior=None) -> LMMResult:
+        """Fit by REML (default, as lme4) or by maximum likelihood (``reml=False``).
+
+        ``prior``: a penalty on the covariance parameters, giving the posterior mode
+        instead (blme's ``blmer``), e.g. ``jaxhlm.priors.zero_avoiding()``.
+        """
+        penalty = _priors.penalty(prior, self)
+        out = fit_blocks(self.blocks, self.structure, bool(reml), options, penalty=penalty)
+        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options, penalty)
+
+    def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
+               num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
+        """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.posterior.sample`)."""
+        from .posterior import sample
+
+        return sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
+                      num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 
     def fit_many(self, Y, reml: bool = True, *, batch_size: int = 4096,
                  options: Options = Options(), progress: bool = False):

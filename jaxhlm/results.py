@@ -54,6 +54,7 @@ class LMMResult:
     _model: "LMM" = dataclasses.field(repr=False)
     _cond: Any = dataclasses.field(repr=False)
     _options: Any = dataclasses.field(repr=False)
+    prior: Any = None  # the penalty of a posterior-mode fit (jaxhlm.priors), else None
 
     @property
     def _method(self) -> str:
@@ -69,7 +70,8 @@ class LMMResult:
 
     @property
     def npar(self) -> int:
-        return len(self.fixef) + len(self.theta) + 1
+        """p + length(theta), + 1 for sigma unless it is known."""
+        return len(self.fixef) + len(self.theta) + (self._model.structure.sigma is None)
 
     @property
     def loglik(self) -> float:
@@ -96,7 +98,8 @@ class LMMResult:
         return Status(self.status).name.lower()
 
     @classmethod
-    def from_arrays(cls, model: "LMM", out: "FitArrays", reml: bool, options) -> "LMMResult":
+    def from_arrays(cls, model: "LMM", out: "FitArrays", reml: bool, options,
+                    prior=None) -> "LMMResult":
         st, frame = model.structure, model.frame
         opt, cond = out.opt, out.cond
         theta = np.asarray(opt.x, dtype=float)
@@ -113,7 +116,7 @@ class LMMResult:
             status=int(opt.status), iterations=int(opt.iterations),
             evaluations=int(opt.evaluations), gradient=np.asarray(opt.grad, dtype=float),
             dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
-            _options=options)
+            _options=options, prior=prior)
 
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
         """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``)."""
@@ -142,6 +145,7 @@ class LMMResult:
             "singular": self.singular, "converged": self.converged, "status": self.status_name,
             "iterations": self.iterations, "evaluations": self.evaluations,
             "gradient": self.gradient.tolist(), "dropped_columns": self.dropped_columns,
+            "prior": None if self.prior is None else str(self.prior),
         }
 
     def to_json(self, **kwargs) -> str:
@@ -152,8 +156,13 @@ class LMMResult:
         crit = "REML criterion at convergence" if self.reml else "deviance"
         lines = [
             f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} (jaxhlm)",
-            f"Formula: {self.formula}", "",
+            f"Formula: {self.formula}",
         ]
+        if self.prior is not None:
+            lines.append(f"Posterior mode with prior: {self.prior} (criteria include its -2 log-density)")
+        if self._model.structure.sigma is not None:
+            lines.append(f"Residual SD known (sigma = {self._model.structure.sigma:g}; per-row variances from the weights)")
+        lines.append("")
         if self.reml:
             lines.append(f"{crit}: {self.objective:.4f}")
         else:

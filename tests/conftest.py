@@ -36,6 +36,20 @@ def lme4_name(name: str) -> str:
     return re.sub(r"([A-Za-z_.][\w.]*)\[T\.([^\]]+)\]", r"\1\2", name)
 
 
+def run_on_cpu_devices(script: str, *args: str, devices: int = 4, timeout: float = 500) -> dict:
+    """Run ``script`` (with ``args``) in a fresh Python that sees ``devices`` forced CPU
+    devices; return the JSON object it prints last on stdout."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAXHLM_COMPILATION_CACHE="0")
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                         timeout=timeout, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def sleepstudy():
     return jaxhlm.datasets.load("sleepstudy")

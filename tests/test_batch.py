@@ -91,9 +91,7 @@ def test_missing_values_fit_on_observed_rows_without_failing_the_batch(sleepstud
 
 
 SHARDED = """
-import os, json, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-os.environ["JAXHLM_COMPILATION_CACHE"] = "0"
+import json, sys
 import jax, numpy as np, jaxhlm
 assert len(jax.devices()) == 4, jax.devices()
 df = jaxhlm.datasets.load(sys.argv[1])
@@ -108,14 +106,9 @@ print(json.dumps({"objective": out.objective.tolist(), "theta": out.theta.tolist
                                              ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
 def test_sharded_on_four_cpu_devices_equals_single_device(dataset, formula):
     """Acceptance: the batch axis sharded over 4 forced CPU devices gives the same fits."""
-    import json
-    import subprocess
-    import sys
+    from conftest import run_on_cpu_devices
 
-    run = subprocess.run([sys.executable, "-c", SHARDED, dataset, formula], capture_output=True,
-                         text=True, timeout=500)
-    assert run.returncode == 0, run.stderr[-2000:]
-    sharded = json.loads(run.stdout.strip().splitlines()[-1])
+    sharded = run_on_cpu_devices(SHARDED, dataset, formula)
     res = jaxhlm.LMM(formula, jaxhlm.datasets.load(dataset)).fit()
     single = res._model.fit_many(res.simulate(10, seed=11))
     np.testing.assert_allclose(sharded["objective"], single.objective, rtol=1e-10)

@@ -1,4 +1,4 @@
-"""The command line: ``jaxhlm fit DATA FORMULA [--ml] [--json PATH]``."""
+"""The command line: ``jaxhlm fit DATA FORMULA [--ml] [--json PATH]``, ``jaxhlm sample``."""
 
 import json
 import subprocess
@@ -62,3 +62,26 @@ def test_fit_many_and_bootstrap_commands(tmp_path, capsys):
     assert "95% bootstrap intervals" in out and "percentile_lower" in out
     assert len(pd.read_csv(tmp_path / "boot.csv")) == 40
     assert np.isfinite(pd.read_csv(tmp_path / "boot.csv")["objective"]).all()
+
+
+def test_fit_with_prior_and_known_variances(capsys):
+    assert main(["fit", "Dyestuff2", "Yield ~ 1 + (1 | Batch)", "--prior", "zero-avoiding", "--json", "-"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["objective"] == pytest.approx(166.1407071125, rel=1e-6) and not out["singular"]  # blme
+    assert main(["fit", "eight_schools", "y ~ 1 + (1 | school)", "--residual-variance", "se2",
+                 "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["fixef"][0] == pytest.approx(7.6856167, rel=1e-7)
+    assert main(["fit", "eight_schools", "y ~ 1 + (1 | school)", "--residual-variance", "nope"]) == 2
+    assert "residual_variance column 'nope'" in capsys.readouterr().err
+
+
+def test_sample_prints_summary_and_writes_draws(tmp_path, capsys):
+    out = tmp_path / "draws.csv"
+    assert main(["sample", "eight_schools", "y ~ 1 + (1 | school)", "--residual-variance", "se2",
+                 "--chains", "2", "--warmup", "200", "--draws", "100", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sd(school:(Intercept))" in text and "r_hat" in text
+    import pandas as pd
+
+    draws = pd.read_csv(out)
+    assert draws.shape == (200, 3) and list(draws.chain.unique()) == [0, 1]

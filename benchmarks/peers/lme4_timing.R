@@ -11,6 +11,11 @@
 #                           REPS responses (default 200) simulated from y ~ condition + (1|donor) with
 #                           beta = (0, 0.5), donor sd 1, residual sd 1, seed 1; times a refit() loop on the
 #                           first fit and, separately, a plain lmer() loop (REML): fits per second of each.
+#         cell              any model on any data: DATADIR holds cell.json (formula, reml, response, responses:
+#                           the names of K response columns, factors: the columns to read as factors) and
+#                           cell.csv (jaxhlm's bench writes both, see jaxhlm/bench.py); fits the first response
+#                           once (untimed warm-up), then times refit() on REPS (default 10, at most K) responses
+#                           and, separately, a plain lmer() loop on the same responses: fits per second of each.
 #   OPTIMIZER  "bobyqa" (default; lmerControl(optimizer = "bobyqa"), as shared/reference/lme4 was made) or
 #              "default" (lme4's own lmerControl(), which is "nloptwrap" in lme4 1.1-31).
 # Each call is timed with Sys.time() differences (microsecond resolution on Linux).
@@ -19,7 +24,8 @@ suppressMessages({library(lme4); library(jsonlite)})
 args <- commandArgs(TRUE)
 if (length(args) < 2) stop("usage: Rscript lme4_timing.R DATADIR CASE [REPS] [OPTIMIZER]")
 datadir <- args[1]; case <- args[2]
-default_reps <- c(sleepstudy_reml = 50L, insteval_ml = 1L, sleepstudy_refit = 200L, one_design_many = 200L)
+default_reps <- c(sleepstudy_reml = 50L, insteval_ml = 1L, sleepstudy_refit = 200L, one_design_many = 200L,
+                  cell = 10L)
 if (!case %in% names(default_reps)) stop("unknown CASE: ", case)
 reps <- if (length(args) >= 3 && args[3] != "") as.integer(args[3]) else default_reps[[case]]
 optimizer <- if (length(args) >= 4) args[4] else "bobyqa"
@@ -76,6 +82,19 @@ if (case == "sleepstudy_reml" || case == "sleepstudy_refit") {
   t_refit <- time_each(reps, function(i) quiet(refit(fm, ys[[i]])))
   t_lmer <- time_each(reps, function(i) { d$y <- ys[[i]]; quiet(lmer(y ~ condition + (1 | donor), d, control = ctrl)) })
   res <- c(summ(t_refit), summ(t_lmer, "lmer_"))
+} else if (case == "cell") {
+  spec <- fromJSON(file.path(datadir, "cell.json"))
+  d <- read.csv(file.path(datadir, "cell.csv"))
+  for (f in spec$factors) d[[f]] <- factor(d[[f]])
+  form <- as.formula(spec$formula)
+  ys <- d[spec$responses]
+  reps <- min(reps, length(ys))
+  d[[spec$response]] <- ys[[1]]
+  fm <- quiet(lmer(form, d, REML = spec$reml, control = ctrl))
+  t_refit <- time_each(reps, function(i) quiet(refit(fm, ys[[i]])))
+  t_lmer <- time_each(reps, function(i) { d[[spec$response]] <- ys[[i]]; quiet(lmer(form, d, REML = spec$reml, control = ctrl)) })
+  res <- c(summ(t_refit), summ(t_lmer, "lmer_"), nobs = nrow(d), formula = spec$formula, reml = spec$reml,
+           objective_first = if (spec$reml) REMLcrit(fm) else deviance(fm))
 } else stop("unknown CASE: ", case)
 
 out <- c(list(case = case, peer = "lme4", lme4_version = as.character(packageVersion("lme4")),

@@ -7,6 +7,8 @@ Each returns the script's JSON object as a dict (median_seconds, min_seconds, ti
 fits_per_second, versions, ...; see the scripts' headers for what each CASE measures), or None,
 with the reason printed, when the peer is not installed or its script fails. reps=None uses the
 script's default. Standard library only; the peers are optional and never needed by jaxhlm.
+Case "cell" times any model: DATADIR then holds cell.json and cell.csv (as jaxhlm's
+``jaxhlm bench`` writes them; see lme4_timing.R's header).
 
     python peers.py DATADIR [CASE ...]     prints one JSON line per (peer, case)
 """
@@ -18,8 +20,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-LME4_CASES = ("sleepstudy_reml", "insteval_ml", "sleepstudy_refit", "one_design_many")
-STATSMODELS_CASES = ("sleepstudy_reml", "one_design_many")
+LME4_CASES = ("sleepstudy_reml", "insteval_ml", "sleepstudy_refit", "one_design_many", "cell")
+STATSMODELS_CASES = ("sleepstudy_reml", "one_design_many", "cell")
 
 
 def _run(peer, cmd, timeout):
@@ -60,7 +62,7 @@ def time_statsmodels(case, reps=None, datadir="../shared/data", timeout=3600):
 
 
 if __name__ == "__main__":
-    datadir, cases = sys.argv[1], sys.argv[2:] or LME4_CASES
+    datadir, cases = sys.argv[1], sys.argv[2:] or [c for c in LME4_CASES if c != "cell"]
     for c in cases:
         for peer, f, ok in (("lme4", time_lme4, LME4_CASES), ("statsmodels", time_statsmodels, STATSMODELS_CASES)):
             if c in ok:

@@ -11,12 +11,19 @@ CASE
                    y ~ condition + (1|donor) with beta = (0, 0.5), donor sd 1, residual sd 1, by
                    numpy.random.default_rng(1). Same model and parameters as the R script but NOT the
                    same draws. Times a loop of REML fits (model built from arrays once per fit).
+  cell             any model with ONE random-effects term (expr | g) on any data: DATADIR holds
+                   cell.json (formula in lme4's syntax, reml, response, responses: K response columns,
+                   factors) and cell.csv, as jaxhlm's bench writes them. Builds the model once, fits the
+                   first response (untimed warm-up), then times REPS (default 10, at most K) refits
+                   MixedLM(y_i, exog, groups, exog_re).fit(reml=...). A formula statsmodels cannot fit
+                   this way (several terms, crossed, or ||) gives {"skipped": reason}.
 
 Each call is timed with time.perf_counter(). Prints ONE JSON object on stdout, including the
 objective reached (-2 * llf; the REML criterion when reml=True, comparable with lme4's REMLcrit)
 and how many fits warned or did not report convergence.
 """
 import json
+import re
 import sys
 import time
 import warnings
@@ -26,7 +33,21 @@ import pandas as pd
 import statsmodels
 from statsmodels.regression.mixed_linear_model import MixedLM
 
-DEFAULT_REPS = {"sleepstudy_reml": 50, "one_design_many": 200}
+DEFAULT_REPS = {"sleepstudy_reml": 50, "one_design_many": 200, "cell": 10}
+
+
+def one_term(formula):
+    """lme4's ``y ~ fixed + (expr | g)`` as (fixed formula, re_formula, g); a reason string if
+    MixedLM cannot fit it with ``groups`` and ``re_formula``."""
+    terms = re.findall(r"\(([^()|]*)(\|\|?)([^()]*)\)", formula)
+    if len(terms) != 1 or terms[0][1] == "||" or not re.fullmatch(r"\s*\w+\s*", terms[0][2]):
+        return f"MixedLM takes one grouping factor with one correlated term; formula {formula!r} has other random effects"
+    expr, _, group = terms[0]
+    fixed = re.sub(r"\+?\s*\([^()|]*\|[^()]*\)", "", formula)
+    fixed = re.sub(r"~\s*\+", "~", fixed).strip()
+    if fixed.endswith("~"):
+        fixed += " 1"
+    return fixed, "~" + expr.strip(), group.strip()
 
 
 def time_each(n, f):
@@ -43,12 +64,13 @@ def main(datadir, case, reps=None):
     reps = DEFAULT_REPS[case] if reps is None else reps
     fits = []  # every fitted result, to count convergence failures
     n_warn = 0
+    reml = True
 
     def fit(model):
         nonlocal n_warn
         with warnings.catch_warnings(record=True) as w:
             warnings.simplefilter("always")
-            r = model.fit(reml=True)
+            r = model.fit(reml=reml)
         n_warn += len(w)
         fits.append(r)
         return r
@@ -71,6 +93,26 @@ def main(datadir, case, reps=None):
 
         def one(i):
             return fit(MixedLM(Y[i], X, groups=donor))
+    elif case == "cell":
+        with open(f"{datadir}/cell.json") as fh:
+            spec = json.load(fh)
+        parts = one_term(spec["formula"])
+        if isinstance(parts, str):
+            return {"case": case, "peer": "statsmodels", "skipped": parts}
+        fixed, re_formula, group = parts
+        reml = bool(spec["reml"])
+        d = pd.read_csv(f"{datadir}/cell.csv", dtype={f: str for f in spec["factors"]})
+        ys = d[spec["responses"]].to_numpy(dtype=float).T
+        reps = min(reps, ys.shape[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            base = MixedLM.from_formula(fixed, d, groups=d[group], re_formula=re_formula)
+
+        def one(i):
+            return fit(MixedLM(ys[i], base.exog, groups=base.groups, exog_re=base.exog_re))
+
+        one(0)
+        fits.clear(); n_warn = 0
     else:
         raise SystemExit(f"unknown CASE: {case}")
 
@@ -79,7 +121,7 @@ def main(datadir, case, reps=None):
     return {
         "case": case, "peer": "statsmodels", "statsmodels_version": statsmodels.__version__,
         "python_version": sys.version.split()[0], "numpy_version": np.__version__, "reps": reps,
-        "method": "MixedLM.fit(reml=True), default optimizer settings",
+        "method": f"MixedLM.fit(reml={reml}), default optimizer settings",
         "median_seconds": float(np.median(times)), "min_seconds": min(times), "loop_seconds": loop,
         "fits_per_second": reps / loop, "times_seconds": times,
         "objective": objectives[-1], "objective_median": float(np.median(objectives)),

@@ -1,9 +1,11 @@
-"""Example data sets bundled with jaxhlm: public data of the R package lme4.
+"""Example data sets bundled with jaxhlm: public data of the R package lme4, and eight schools.
 
 ``load(name)`` returns a pandas DataFrame with R's factors as pandas categoricals
 (levels sorted as R sorts them), so that formulas treat them as lme4 does;
 ``names()`` lists the data sets.  Source: lme4 (Bates, Maechler, Bolker and Walker),
 exported to CSV by R's ``write.csv``; see each data set's help page in lme4.
+``eight_schools``: Rubin (1981), the coaching effects y and their standard errors
+sigma (``se2`` = sigma^2), as in Gelman et al., Bayesian Data Analysis, section 5.5.
 """
 
 from __future__ import annotations

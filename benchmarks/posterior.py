@@ -1,0 +1,130 @@
+"""Posterior sampling efficiency: jaxhlm's NUTS (b integrated out) against Stan (explicit b).
+
+Both sample sleepstudy, ``Reaction ~ Days + (Days | Subject)``, with the same priors
+(each fixed effect ~ Normal(0, 1000), sigma and both SDs ~ HalfNormal(100), LKJ(2);
+the Stan program is tests/reference/stan/sleepstudy.stan), CHAINS chains of WARMUP
+warm-up and DRAWS kept iterations each.  The figure is effective samples per second:
+the smallest bulk ESS over (beta, sigma, SDs, correlation) (rank-normalised, Vehtari et
+al. 2021; rstan::ess_bulk for Stan, jaxhlm.posterior.ess_bulk for jaxhlm), divided by
+the time of warm-up plus sampling, compilation excluded and reported apart:
+
+- jaxhlm: :class:`jaxhlm.posterior.Sampler` (4 vectorized chains); the first run
+  compiles; the next REPS runs (fresh warm-up each, other seeds) are timed from
+  Python, and the median is reported.
+- Stan: ``benchmarks/peers/stan_timing.R`` (rstan; chains one after another); its time
+  is Stan's own clock (``get_elapsed_time``: warm-up + sampling summed over chains),
+  which leaves out R's overhead around ``sampling()`` (also reported).
+
+    python benchmarks/posterior.py [--chains 4] [--warmup 1000] [--draws 1000] [--reps 3]
+                                   [--no-stan] [--out benchmarks/results/posterior-DATE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jaxhlm  # first: it sets XLA's log level before jax loads
+
+import jax  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+from jaxhlm.posterior import Sampler  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STAN_PROGRAM = ROOT / "tests" / "reference" / "stan" / "sleepstudy.stan"
+FORMULA = "Reaction ~ Days + (Days | Subject)"
+
+
+def priors() -> jaxhlm.Priors:
+    return jaxhlm.Priors(fixef=dist.Normal(0, 1000), sigma=dist.HalfNormal(100),
+                         sd=dist.HalfNormal(100), lkj=2.0)
+
+
+def time_jaxhlm(chains: int, warmup: int, draws: int, reps: int) -> dict:
+    model = jaxhlm.LMM(FORMULA, jaxhlm.datasets.load("sleepstudy"))
+    began = time.perf_counter()
+    sampler = Sampler(model, priors(), num_warmup=warmup, num_samples=draws, num_chains=chains)
+    first = sampler.run(seed=0)
+    first_seconds = time.perf_counter() - began
+    runs = []
+    for seed in range(1, reps + 1):
+        post = sampler.run(seed=seed)
+        seconds = post.seconds["warmup"] + post.seconds["sampling"]
+        ess = post.summary()["ess"]
+        runs.append({"seed": seed, "seconds": seconds, **post.seconds, "min_ess_bulk": float(ess.min()),
+                     "ess_bulk": ess.to_dict(), "ess_per_second": float(ess.min()) / seconds,
+                     "divergences": post.divergences})
+    seconds = statistics.median(r["seconds"] for r in runs)
+    return {"peer": "jaxhlm", "chains": chains, "chain_method": "vectorized", "warmup": warmup, "draws": draws,
+            "first_run_seconds": first_seconds,
+            "compile_seconds": first_seconds - seconds,
+            "median_seconds": seconds,
+            "median_ess_per_second": statistics.median(r["ess_per_second"] for r in runs),
+            "first_run_divergences": first.divergences, "runs": runs,
+            "jax": jax.__version__, "numpyro": numpyro.__version__, "jaxhlm": jaxhlm.__version__,
+            "device": str(jax.devices()[0])}
+
+
+def time_stan(chains: int, warmup: int, draws: int, seed: int = 1) -> dict | None:
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        print("stan: Rscript not found (apt-get install r-cran-rstan); skipped")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "sleepstudy.csv"
+        jaxhlm.datasets.load("sleepstudy").to_csv(csv, index=False)
+        cmd = [rscript, str(ROOT / "benchmarks" / "peers" / "stan_timing.R"), str(STAN_PROGRAM), str(csv),
+               str(chains), str(warmup), str(draws), str(seed)]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"stan: failed ({run.stderr.strip().splitlines()[-1:]}); skipped")
+        return None
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    out["seconds"] = out["warmup_seconds"] + out["sampling_seconds"]
+    out["ess_per_second_stan_clock"] = out["min_ess_bulk"] / out["seconds"]
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-stan", action="store_true")
+    ap.add_argument("--out", type=Path,
+                    default=ROOT / "benchmarks" / "results" / f"posterior-{datetime.date.today()}.json")
+    a = ap.parse_args(argv)
+    jx = time_jaxhlm(a.chains, a.warmup, a.draws, a.reps)
+    stan = None if a.no_stan else time_stan(a.chains, a.warmup, a.draws)
+    result = {"date": str(datetime.date.today()), "machine": platform.processor() or platform.machine(),
+              "command": "python benchmarks/posterior.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "jaxhlm": jx, "stan": stan}
+    print(f"sleepstudy posterior, {a.chains} chains x ({a.warmup} warm-up + {a.draws} draws)")
+    print(f"  jaxhlm: compile {jx['compile_seconds']:.1f} s; warm-up + sampling {jx['median_seconds']:.2f} s "
+          f"(median of {a.reps}); min bulk ESS/s {jx['median_ess_per_second']:.0f}")
+    if stan:
+        ratio = jx["median_ess_per_second"] / stan["ess_per_second_stan_clock"]
+        result["ratio_ess_per_second"] = ratio
+        print(f"  Stan:   compile {stan['compile_seconds']:.1f} s; warm-up + sampling {stan['seconds']:.2f} s "
+              f"(Stan's clock; sampling() wall {stan['sample_seconds']:.1f} s); min bulk ESS/s "
+              f"{stan['ess_per_second_stan_clock']:.0f}")
+        print(f"  ratio (jaxhlm / Stan, ESS per second): {ratio:.1f}x")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {a.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

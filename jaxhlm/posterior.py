@@ -1,0 +1,354 @@
+"""Full posteriors by NumPyro NUTS on the marginal likelihood of the PLS kernel.
+
+The random effects b are integrated out analytically: NUTS explores only
+(beta, sigma, SDs, correlation factors), with the likelihood
+p(y | beta, sigma, theta) of :func:`jaxhlm.kernel.marginal_loglik` (the same blocked
+factorization as the ML fit) and the priors of :class:`jaxhlm.priors.Priors`.  Each
+term's relative covariance factor is lambda_k = diag(s_k) L_k / sigma, with s_k its
+SDs and L_k the Cholesky factor of its correlation matrix (LKJ); so theta is a
+smooth function of the sampled parameters.  Integrating b out removes the funnel of
+hierarchical models (b's scale tied to its SD), which is what makes NUTS struggle on
+explicit random effects (eight schools).  b is drawn afterwards, one draw per
+posterior draw, from its exact Gaussian conditional (:func:`jaxhlm.kernel.draw_ranef`).
+
+Chains run vectorized (``chain_method="vectorized"``: one program, the chain on a
+vmapped axis) or in parallel over devices (``"parallel"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .errors import JaxhlmError
+from .kernel import draw_ranef, marginal_loglik
+from .priors import Priors, ResolvedPriors
+
+if TYPE_CHECKING:
+    from .model import LMM
+
+QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+
+def sd_name(term: str, column: str) -> str:
+    """A random-effect SD's name, as in :class:`jaxhlm.batch.BatchResult`: ``sd(Subject:Days)``."""
+    return f"sd({term}:{column})"
+
+
+def corr_name(term: str, a: str, b: str) -> str:
+    """A correlation's name: ``corr(Subject:(Intercept),Days)``."""
+    return f"corr({term}:{a},{b})"
+
+
+def _corr_site(term: str) -> str:
+    return f"L_corr({term})"
+
+
+def numpyro_model(model: "LMM", priors: ResolvedPriors):
+    """The NumPyro model: priors on (beta, sigma, SDs, LKJ factors), b integrated out.
+
+    Sites: one per fixed effect (named by its coefficient), ``sigma`` (unless known),
+    one per SD (:func:`sd_name`) and one LKJ Cholesky factor per vector term.
+    Condition on sites (``numpyro.handlers.condition``) to fix parameters.  The blocks
+    are the model's argument, so one compiled sampler serves every response on the
+    design (``MCMC(..., jit_model_args=True)``).
+    """
+    import numpyro
+    import numpyro.distributions as dist
+
+    st = model.structure
+
+    def fn(blocks):
+        beta = jnp.stack([numpyro.sample(name, d) for name, d in priors.fixef])
+        sigma = (numpyro.sample("sigma", priors.sigma) if priors.sigma is not None
+                 else jnp.asarray(st.sigma, beta.dtype))
+        parts = []
+        for t, sds, conc in zip(st.terms, priors.sd, priors.lkj):
+            s = jnp.stack([numpyro.sample(sd_name(t.name, c), d) for c, d in zip(t.columns, sds)])
+            if t.p > 1:
+                L = numpyro.sample(_corr_site(t.name), dist.LKJCholesky(t.p, conc))
+                lam = s[:, None] * L / sigma
+            else:
+                lam = (s / sigma)[:, None]
+            rows, cols = zip(*t.tri_indices)
+            parts.append(lam[jnp.asarray(rows), jnp.asarray(cols)])
+        theta = jnp.concatenate(parts)
+        numpyro.factor("marginal_loglik", marginal_loglik(theta, beta, sigma, blocks, st))
+
+    return fn
+
+
+def theta_of(st, values: dict[str, jnp.ndarray], sigma: jnp.ndarray) -> jnp.ndarray:
+    """theta (..., ntheta) from sampled SDs and LKJ factors (arrays with leading axes)."""
+    parts = []
+    for t in st.terms:
+        s = jnp.stack([values[sd_name(t.name, c)] for c in t.columns], axis=-1)
+        if t.p > 1:
+            lam = s[..., :, None] * values[_corr_site(t.name)] / sigma[..., None, None]
+        else:
+            lam = (s / sigma[..., None])[..., None]
+        rows, cols = zip(*t.tri_indices)
+        parts.append(lam[..., jnp.asarray(rows), jnp.asarray(cols)])
+    return jnp.concatenate(parts, axis=-1)
+
+
+def ess_bulk(x: np.ndarray) -> float:
+    """Bulk effective sample size of draws x (chains, draws): rank-normalise the pooled
+    draws, z = Phi^{-1}((rank - 3/8) / (S + 1/4)), split each chain in halves and take
+    NumPyro's (Geyer) ESS of z (Vehtari, Gelman, Simpson, Carpenter and Buerkner 2021,
+    "Rank-normalization, folding, and localization", Bayesian Analysis 16(2); Stan's
+    and rstan's ``ess_bulk``)."""
+    from numpyro.diagnostics import effective_sample_size
+    from scipy import stats
+
+    C, D = x.shape
+    z = stats.norm.ppf((stats.rankdata(x.reshape(-1)) - 0.375) / (x.size + 0.25)).reshape(C, D)
+    half = D // 2
+    split = np.concatenate([z[:, :half], z[:, D - half:]], axis=0)
+    return float(effective_sample_size(split))
+
+
+@dataclasses.dataclass
+class Posterior:
+    """Posterior draws of a model's parameters: ``samples[name]`` is (chains, draws).
+
+    Names as the ML fit's: fixed-effect coefficients, ``sigma``, ``sd(term:column)`` and
+    ``corr(term:a,b)``.  ``divergences`` counts divergent transitions; ``seconds``
+    holds the wall times of compilation-and-warmup and of sampling.
+    """
+
+    model: "LMM"
+    samples: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray] = dataclasses.field(repr=False)
+    divergences: int
+    seconds: dict[str, float]
+    num_chains: int
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.samples)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per parameter: mean, sd, quantiles, r_hat (split Gelman-Rubin) and ess
+        (bulk effective sample size, :func:`ess_bulk`)."""
+        from numpyro.diagnostics import split_gelman_rubin
+
+        rows = []
+        for name, x in self.samples.items():
+            flat = x.reshape(-1)
+            q = np.quantile(flat, QUANTILES)
+            finite = np.isfinite(flat).all() and np.ptp(flat) > 0
+            rhat = float(split_gelman_rubin(x)) if finite and x.shape[1] >= 4 else np.nan
+            ess = ess_bulk(x) if finite and x.shape[1] >= 4 else np.nan
+            rows.append([name, flat.mean(), flat.std(ddof=1), *q, rhat, ess])
+        cols = ["parameter", "mean", "sd"] + [f"q{100 * p:g}" for p in QUANTILES] + ["r_hat", "ess"]
+        return pd.DataFrame(rows, columns=cols).set_index("parameter")
+
+    def ranef(self, seed: int = 0, summary: bool = True):
+        """The posterior of b: one exact conditional draw per posterior draw (batched).
+
+        ``summary=True``: a DataFrame like ``ranef`` (grpvar, term, grp) with the posterior
+        mean, sd and quantiles of each b; ``False``: per term, an array
+        (chains, draws, ell_k, p_k).
+        """
+        st, blocks = self.model.structure, self.model.blocks
+        C, D = next(iter(self.samples.values())).shape
+        beta = jnp.stack([jnp.asarray(self.samples[n]) for n in self.model.frame.fixef_names], -1)
+        sigma = (jnp.asarray(self.samples["sigma"]) if "sigma" in self.samples
+                 else jnp.full((C, D), st.sigma))
+        theta = theta_of(st, {k: jnp.asarray(v) for k, v in self.raw.items()}, sigma)
+        keys = jax.random.split(jax.random.key(seed), C * D)
+        flat = lambda a: a.reshape((C * D,) + a.shape[2:])  # noqa: E731
+        draw = jax.jit(jax.vmap(lambda k, th, b, s: draw_ranef(k, th, b, s, blocks, st)))
+        draws = [np.asarray(d).reshape((C, D) + d.shape[1:])
+                 for d in draw(keys, flat(theta), flat(beta), flat(sigma))]
+        if not summary:
+            return {t.name: d for t, d in zip(st.terms, draws)}
+        parts = []
+        for term, d in zip(self.model.frame.terms, draws):
+            d = d.reshape((C * D,) + d.shape[2:])
+            for a, col in enumerate(term.spec.columns):
+                q = np.quantile(d[:, :, a], QUANTILES, axis=0)
+                parts.append(pd.DataFrame({
+                    "grpvar": term.spec.group, "term": col, "grp": term.levels,
+                    "mean": d[:, :, a].mean(0), "sd": d[:, :, a].std(0, ddof=1),
+                    **{f"q{100 * p:g}": q[i] for i, p in enumerate(QUANTILES)}}))
+        return pd.concat(parts, ignore_index=True)
+
+    def to_arviz(self):
+        """An ``arviz.InferenceData`` of the draws (needs arviz: ``pip install arviz``)."""
+        try:
+            import arviz as az
+        except ImportError:
+            raise JaxhlmError("to_arviz needs arviz: pip install 'jaxhlm[arviz]'") from None
+        return az.from_dict(posterior=self.samples)
+
+    def __repr__(self) -> str:
+        C, D = next(iter(self.samples.values())).shape
+        return (f"<Posterior of {self.model.formula!r}: {C} chains x {D} draws, "
+                f"{self.divergences} divergences>")
+
+
+class Sampler:
+    """A compiled NUTS sampler for a model and priors: :meth:`run` draws a posterior.
+
+    The first run compiles (warm-up and sampling); later runs, e.g. with other seeds,
+    reuse the compiled programs, each with a fresh warm-up.  Arguments as :func:`sample`.
+    """
+
+    def __init__(self, model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
+                 num_samples: int = 1000, num_chains: int = 4, chain_method: str = "vectorized",
+                 fixed: dict[str, Any] | None = None, target_accept_prob: float = 0.8,
+                 progress_bar: bool = False):
+        import numpyro
+        from numpyro.infer import MCMC, NUTS, init_to_median
+
+        if chain_method not in ("vectorized", "parallel", "sequential"):
+            raise JaxhlmError(f"chain_method must be 'vectorized', 'parallel' or 'sequential'; got {chain_method!r}")
+        for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples), ("num_chains", num_chains)):
+            if not (isinstance(value, int) and value >= (0 if name == "num_warmup" else 1)):
+                raise JaxhlmError(f"{name} must be a positive integer; got {value!r}")
+        fn = numpyro_model(model, (priors or Priors()).resolve(model))
+        if fixed:
+            fn = numpyro.handlers.condition(fn, data={k: jnp.asarray(v) for k, v in fixed.items()})
+        kernel = NUTS(fn, target_accept_prob=target_accept_prob, init_strategy=init_to_median(num_samples=15))
+        self.model, self.fixed, self.num_chains = model, dict(fixed or {}), num_chains
+        self._mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
+                          num_chains=num_chains, chain_method=chain_method,
+                          progress_bar=progress_bar, jit_model_args=True)
+
+    def run(self, seed: int = 0) -> Posterior:
+        mcmc, blocks = self._mcmc, self.model.blocks
+        mcmc.post_warmup_state = None   # a fresh warm-up on every run
+        began = time.perf_counter()
+        mcmc.warmup(jax.random.key(seed), blocks, extra_fields=("diverging",), collect_warmup=False)
+        jax.block_until_ready(mcmc.last_state)
+        warm = time.perf_counter()
+        mcmc.run(mcmc.post_warmup_state.rng_key, blocks, extra_fields=("diverging",))
+        raw = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        done = time.perf_counter()
+        divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        return Posterior(self.model, _named(self.model, raw, self.fixed), raw, divergences,
+                         {"warmup": warm - began, "sampling": done - warm}, self.num_chains)
+
+
+def sample(model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
+           num_samples: int = 1000, num_chains: int = 4, seed: int = 0,
+           chain_method: str = "vectorized", fixed: dict[str, Any] | None = None,
+           target_accept_prob: float = 0.8, progress_bar: bool = False) -> Posterior:
+    """Draw from the posterior of (beta, sigma, SDs, correlations) by NUTS.
+
+    ``priors``: :class:`jaxhlm.priors.Priors` (default: its documented defaults).
+    ``fixed``: values for sites held fixed (conditioned on), e.g. ``{"sigma": 25.6}``.
+    Chains start near the prior's median (NumPyro's ``init_to_median``).
+    ``seconds`` on the result: ``warmup`` (compilation included) and ``sampling``;
+    :class:`Sampler` reuses one compilation over several runs.
+    """
+    return Sampler(model, priors, num_warmup=num_warmup, num_samples=num_samples,
+                   num_chains=num_chains, chain_method=chain_method, fixed=fixed,
+                   target_accept_prob=target_accept_prob, progress_bar=progress_bar).run(seed)
+
+
+def _named(model: "LMM", raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The draws under the ML fit's names; correlations from the LKJ factors."""
+    C, D = next(iter(raw.values())).shape[:2]
+    get = lambda k: raw[k] if k in raw else np.full((C, D), float(np.asarray(fixed[k])))  # noqa: E731
+    out = {name: get(name) for name in model.frame.fixef_names}
+    if model.structure.sigma is None:
+        out["sigma"] = get("sigma")
+    for t in model.structure.terms:
+        for c in t.columns:
+            out[sd_name(t.name, c)] = get(sd_name(t.name, c))
+        if t.p > 1:
+            L = raw[_corr_site(t.name)] if _corr_site(t.name) in raw else np.broadcast_to(
+                np.asarray(fixed[_corr_site(t.name)]), (C, D, t.p, t.p))
+            R = np.einsum("cdij,cdkj->cdik", L, L)
+            for a in range(t.p):
+                for b in range(a + 1, t.p):
+                    out[corr_name(t.name, t.columns[a], t.columns[b])] = R[:, :, b, a]
+    raw.update({k: np.broadcast_to(np.asarray(v), (C, D) + np.shape(v)) for k, v in fixed.items()
+                if k not in raw})
+    return out
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Simulation-based calibration: the rank of each true value among L posterior draws.
+
+    ``ranks`` has one row per replicate and one column per parameter, values in 0..L;
+    for a correct sampler each column is uniform on 0..L (Talts, Betancourt, Simpson,
+    Vehtari and Gelman 2018, "Validating Bayesian inference algorithms with
+    simulation-based calibration", arXiv:1804.06788).
+    """
+
+    ranks: pd.DataFrame
+    draws: int
+    divergences: int
+
+    def chi_square(self, bins: int = 10) -> pd.DataFrame:
+        """Pearson's chi-square test of uniform ranks per parameter, in ``bins`` equal bins
+        of the L + 1 possible ranks (L + 1 must be a multiple of ``bins``)."""
+        from scipy import stats
+
+        if (self.draws + 1) % bins:
+            raise JaxhlmError(f"L + 1 = {self.draws + 1} ranks do not split into {bins} equal bins")
+        rows = []
+        for name in self.ranks.columns:
+            counts = np.bincount(self.ranks[name].to_numpy() * bins // (self.draws + 1), minlength=bins)
+            stat, p = stats.chisquare(counts)
+            rows.append((name, float(stat), bins - 1, float(p)))
+        return pd.DataFrame(rows, columns=["parameter", "statistic", "dof", "p_value"]).set_index("parameter")
+
+
+def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, seed: int = 0,
+              num_warmup: int = 500, draws: int = 99, thin: int = 10) -> Calibration:
+    """Simulation-based calibration of NUTS on the model's design.
+
+    For each of ``reps`` replicates: draw (beta, sigma, SDs, correlations) from the
+    prior, simulate y = X beta + Z b + e from them (b ~ N(0, Sigma), as
+    :func:`jaxhlm.batch.simulate`), sample the posterior (one chain, ``num_warmup``
+    warm-up iterations, ``draws * thin`` draws kept every ``thin``-th, so that they are
+    nearly independent) and record the rank of each true value among the ``draws`` draws.
+    One compiled sampler serves every replicate (the blocks are its argument).
+    """
+    from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
+
+    from .batch import _simulate_one
+    from .blocks import response_axes, with_responses
+
+    st, frame = model.structure, model.frame
+    if frame.weights is not None:
+        raise JaxhlmError("calibrate simulates y with residual variance sigma^2; it does not "
+                          "support weights or known residual variances")
+    fn = numpyro_model(model, (priors or Priors()).resolve(model))
+    key_prior, key_sim, key_mcmc = jax.random.split(jax.random.key(seed), 3)
+    truth = {k: np.asarray(v)[None] for k, v in
+             Predictive(fn, num_samples=reps)(key_prior, model.blocks).items()}  # (1, reps, ...)
+    named = _named(model, dict(truth), {})
+    beta = jnp.stack([jnp.asarray(named[n][0]) for n in frame.fixef_names], -1)
+    sigma = jnp.asarray(named["sigma"][0]) if "sigma" in named else jnp.full(reps, st.sigma)
+    theta = theta_of(st, {k: jnp.asarray(v[0]) for k, v in truth.items()}, sigma)
+    args = (jnp.asarray(frame.X), tuple(jnp.asarray(t.codes) for t in frame.terms),
+            tuple(jnp.asarray(t.Z) for t in frame.terms))
+    simulate = jax.jit(jax.vmap(lambda k, b, t, s: _simulate_one(k, b, t, s, *args, st)))
+    Y = np.array(simulate(jax.random.split(key_sim, reps), beta, theta, sigma))
+    many = with_responses(frame, st, jax.device_get(model.blocks), Y)
+    axes = response_axes(many)
+    mcmc = MCMC(NUTS(fn, init_strategy=init_to_median(num_samples=15)), num_warmup=num_warmup,
+                num_samples=draws * thin, thinning=thin, num_chains=1, progress_bar=False,
+                jit_model_args=True)
+    ranks, divergences = {name: [] for name in named}, 0
+    for r, key in enumerate(jax.random.split(key_mcmc, reps)):
+        blocks = type(many)(*[f[r] if a == 0 else f for f, a in zip(many, axes)])
+        mcmc.run(key, blocks, extra_fields=("diverging",))
+        post = _named(model, {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}, {})
+        divergences += int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        for name, x in post.items():
+            ranks[name].append(int(np.sum(x.reshape(-1) < named[name][0, r])))
+    return Calibration(pd.DataFrame(ranks), draws, divergences)

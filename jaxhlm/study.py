@@ -1,0 +1,359 @@
+"""Simulation studies: power, bias, RMSE and coverage of a fixed effect, over a grid of
+effect sizes and designs, every data set fitted in batches.
+
+A study (``configs/study/*.toml``, schema :class:`Study`) names a formula, the true
+parameters (``[truth]``: every fixed effect but the tested one, theta by lme4's names,
+sigma), the test (``[test]``: the fixed-effect ``term``, whose one coefficient is tested
+for being 0, the ``method`` and ``level``) and the grid (``[grid]``: the effects, i.e. the
+true values of the tested coefficient, and the designs: ``groups`` x ``obs_per_group`` x
+``items`` of :func:`jaxhlm.designs.frame`).  For each design and effect, ``nsim`` data
+sets are drawn from the true model and fitted with ``LMM.fit_many``:
+
+- ``wald``: reject when |beta-hat / se| > z_{1 - level/2} (a Wald z test on the
+  coefficient, with se from the fit's vcov; REML fits unless ``reml = false``);
+- ``lrt``: the likelihood ratio 2 (l_full - l_null) (ML fits of the model and of the model
+  without the term, both batched) against chi^2_1's 1 - level quantile;
+- ``bootstrap``: the parametric bootstrap LRT (pbkrtest's ``PBmodcomp``): for each data
+  set, ``nboot`` data sets drawn from its fitted null model are fitted by both models,
+  p = (1 + #{LR* >= LR}) / (1 + nboot), reject when p <= level; 2 nsim (1 + nboot) fits
+  per cell, so keep nsim x nboot moderate (and nboot + 1 a multiple of 1 / level).
+
+Per cell, over the N data sets whose fits converged (S is the number of rejections,
+d_i = beta-hat_i - beta, with Monte Carlo standard errors as in Morris, White & Crowther,
+Stat. Med. 2019, table 6):
+
+    power    = S / N                         MCSE sqrt(power (1 - power) / N)
+    bias     = mean(d)                       MCSE sd(d) / sqrt(N)
+    RMSE     = sqrt(mean(d^2))               MCSE sd(d^2) / (2 RMSE sqrt(N))
+    coverage = mean(|d| <= z_{1-level/2} se) MCSE sqrt(coverage (1 - coverage) / N)
+
+from the fits the test uses (ML for ``lrt`` and ``bootstrap``).  A second table gives
+bias, RMSE and (fixed effects) coverage for every parameter: fixed effects, random-effect
+SDs and correlations, sigma.
+
+Randomness: data set i of design d is drawn from fold_in(fold_in(key(seed), 0), d) and
+index i (:func:`jaxhlm.designs.simulate`), the same draws of b and e for every effect of
+a design (common random numbers: the power curve is smooth in the effect, and its
+points are paired); bootstrap draws come from fold_in(key(seed), 1).  A study is
+reproduced exactly from its config and seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .configs import ConfigError, check, load, nonempty, positive
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """The true parameters: fixed effects and theta by name, sigma."""
+
+    fixef: dict[str, float]
+    theta: dict[str, float]
+    sigma: float = dataclasses.field(default=1.0, metadata=check(lambda v: v > 0, "positive"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hypothesis:
+    """The tested fixed-effect term and the test."""
+
+    term: str
+    method: Literal["wald", "lrt", "bootstrap"] = "wald"
+    level: float = dataclasses.field(default=0.05, metadata=check(lambda v: 0 < v < 1, "between 0 and 1"))
+    nboot: int = dataclasses.field(default=99, metadata=positive())
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Effects (true values of the tested coefficient) and design sizes, crossed."""
+
+    effects: tuple[float, ...] = dataclasses.field(metadata=nonempty())
+    groups: tuple[int, ...] = dataclasses.field(metadata=nonempty(check(lambda v: v >= 2, "at least 2")))
+    obs_per_group: tuple[int, ...] = dataclasses.field(metadata=positive(nonempty=True))
+    items: tuple[int, ...] = dataclasses.field(default=(0,), metadata=nonempty(check(lambda v: v >= 0,
+                                                                                     "0 or more")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A simulation study (see the module docstring); ``configs/study/*.toml``."""
+
+    name: str
+    formula: str
+    truth: Truth
+    test: Hypothesis
+    grid: Grid
+    nsim: int = dataclasses.field(default=1000, metadata=positive())
+    seed: int = 0
+    reml: bool = True
+    batch_size: int = dataclasses.field(default=4096, metadata=positive())
+    description: str = ""
+
+    @property
+    def null_formula(self) -> str:
+        return f"{self.formula} - {self.test.term}"
+
+    def designs(self) -> list[tuple[int, int, int]]:
+        g = self.grid
+        return [(n, m, i) for n in g.groups for m in g.obs_per_group for i in g.items]
+
+
+def load_study(path) -> Study:
+    """Read a study and check it against its model: the term, the names in ``[truth]``."""
+    study = load(path, Study)
+    full, null, coef = _frames(study, path)
+    names = [n for n in full.fixef_names if n != coef]
+    given = study.truth.fixef
+    if coef in given:
+        raise ConfigError(f"{path}: truth.fixef['{coef}'] is the tested coefficient; its values come "
+                          "from grid.effects, remove it from [truth.fixef]")
+    _same_names(given, names, f"{path}: truth.fixef", "the model's other fixed effects")
+    _same_names(study.truth.theta, _theta_names(full), f"{path}: truth.theta",
+                "the model's theta (lme4's names; for (1 | g), theta = SD of g's effects / sigma)")
+    return study
+
+
+def _frames(study: Study, path):
+    """Model frames of the full and null model on the smallest design; the tested coefficient."""
+    from . import designs
+    from .errors import JaxhlmError
+    from .frame import build
+
+    g = study.grid
+    for items in sorted(set(g.items), reverse=True):  # the last one checked is used below
+        df = designs.frame(min(g.groups), min(g.obs_per_group), items, study.seed)
+        try:
+            full = build(study.formula, df)
+        except JaxhlmError as err:
+            raise ConfigError(f"{path}: formula {study.formula!r} does not fit the simulated design "
+                              f"with items = {items} (columns: {designs.COLUMNS}; no item when items "
+                              f"= 0): {' '.join(str(err).split())}") from None
+    try:
+        null = build(study.null_formula, df)
+    except JaxhlmError as err:
+        raise ConfigError(f"{path}: test.term {study.test.term!r}: {' '.join(str(err).split())}") from None
+    gone = [n for n in full.fixef_names if n not in null.fixef_names]
+    if len(gone) != 1:
+        raise ConfigError(
+            f"{path}: test.term {study.test.term!r} must be a fixed-effect term of the formula with one "
+            f"coefficient; removing it drops {len(gone)} ({', '.join(gone) or 'none'}) of "
+            f"{', '.join(full.fixef_names)}")
+    return full, null, gone[0]
+
+
+def _theta_names(frame) -> list[str]:
+    from .blocks import Structure
+
+    return Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1]).theta_names()
+
+
+def _same_names(given: dict, wanted: list[str], where: str, what: str) -> None:
+    unknown = [k for k in given if k not in wanted]
+    missing = [k for k in wanted if k not in given]
+    if unknown or missing:
+        parts = ([f"unknown {', '.join(repr(k) for k in unknown)}"] if unknown else []) + (
+            [f"missing {', '.join(repr(k) for k in missing)}"] if missing else [])
+        raise ConfigError(f"{where}: {'; '.join(parts)}; {what} are: "
+                          f"{', '.join(repr(k) for k in wanted)}")
+
+
+# ---------------------------------------------------------------------- running
+class Progress:
+    """A one-line progress bar on stderr: fits done, fits per second, the cell."""
+
+    def __init__(self, total: int, label: str, stream=None, width: int = 30):
+        self.total, self.label, self.stream, self.width = total, label, stream or sys.stderr, width
+        self.done, self.began = 0, time.perf_counter()
+
+    def update(self, fits: int, cell: str) -> None:
+        self.done += fits
+        frac = self.done / self.total
+        bar = "#" * round(frac * self.width)
+        rate = self.done / max(time.perf_counter() - self.began, 1e-9)
+        print(f"\r{self.label} [{bar:<{self.width}}] {frac:4.0%} {self.done:,}/{self.total:,} fits "
+              f"({rate:,.0f}/s) {cell}   ", end="", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        print(file=self.stream, flush=True)
+
+
+def fits_per_cell(study: Study) -> int:
+    n, t = study.nsim, study.test
+    return {"wald": n, "lrt": 2 * n, "bootstrap": 2 * n * (1 + t.nboot)}[t.method]
+
+
+def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every cell; write the cell table, the parameter table, JSON and the power curve.
+    The progress bar goes to ``log`` (default stderr)."""
+    import jax
+
+    from . import designs
+    from .frame import build
+    from .model import LMM
+
+    log = log or sys.stderr
+
+    designs_ = study.designs()
+    progress = Progress(len(designs_) * len(study.grid.effects) * fits_per_cell(study),
+                        f"study {study.name}", log)
+    root = jax.random.key(study.seed)
+    cells, params, seconds = [], [], []
+    for d, (groups, m, items) in enumerate(designs_):
+        df = designs.frame(groups, m, items, study.seed)
+        full = LMM(study.formula, df)
+        null = LMM(study.null_formula, df) if study.test.method != "wald" else None
+        names = full.frame.fixef_names
+        null_frame = null.frame if null is not None else build(study.null_formula, df)
+        j = next(i for i, n in enumerate(names) if n not in null_frame.fixef_names)  # the tested one
+        theta = np.array([study.truth.theta[n] for n in full.structure.theta_names()])
+        data_key = jax.random.fold_in(jax.random.fold_in(root, 0), d)
+        for k, effect in enumerate(study.grid.effects):
+            began = time.perf_counter()
+            beta = np.array([effect if i == j else study.truth.fixef[n] for i, n in enumerate(names)])
+            Y = designs.simulate(full, beta, theta, study.truth.sigma, data_key, np.arange(study.nsim))
+            where = f"{groups} groups x {m} obs{f' x {items} items' if items else ''}, effect {effect:g}"
+            boot_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 1), d), k)
+            fit, reject, usable = _test(study, full, null, j, Y, boot_key,
+                                        lambda fits, where=where: progress.update(fits, where))
+            design = dict(groups=groups, obs_per_group=m, items=items, effect=effect)
+            cells.append({**design, "nobs": full.nobs, "nsim": study.nsim, "n_used": int(usable.sum()),
+                          **_power(reject[usable]),
+                          **_accuracy(fit.fixef[usable, j], fit.fixef_se[usable, j], effect,
+                                      study.test.level)})
+            params += _parameters(fit, usable, beta, theta, study.truth.sigma, study.test.level, design)
+            seconds.append(time.perf_counter() - began)
+    progress.close()
+    cells, params = pd.DataFrame(cells), pd.DataFrame(params)
+    _write(study, Path(out_dir), cells, params, seconds, plots, log)
+    return cells, params
+
+
+def _test(study: Study, full, null, j: int, Y: np.ndarray, boot_key, tick):
+    """The fits the estimates come from, and per data set: rejected?, usable (fits converged)?"""
+    t, B = study.test, study.batch_size
+    if t.method == "wald":
+        fit = full.fit_many(Y, study.reml, batch_size=B)
+        tick(len(Y))
+        z = stats.norm.ppf(1 - t.level / 2)
+        return fit, np.abs(fit.fixef[:, j] / fit.fixef_se[:, j]) > z, fit.converged
+    fit, fit0 = full.fit_many(Y, False, batch_size=B), null.fit_many(Y, False, batch_size=B)
+    tick(2 * len(Y))
+    lr = np.maximum(fit0.objective - fit.objective, 0.0)
+    usable = fit.converged & fit0.converged
+    if t.method == "lrt":
+        return fit, lr > stats.chi2.ppf(1 - t.level, 1), usable
+    p = _bootstrap_p(study, full, null, fit0, lr, boot_key, tick)
+    return fit, p <= t.level, usable & np.isfinite(p)
+
+
+def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> np.ndarray:
+    """Parametric-bootstrap p-values of the LR statistics ``lr`` (nsim,): for data set s,
+    ``nboot`` responses from its fitted null model (replicate s * nboot + b of ``key``),
+    each fitted by both models; p = (1 + #{LR* >= LR_s}) / (1 + #converged).
+    Data sets go in groups of about ``batch_size`` fits."""
+    from . import designs
+
+    nboot = study.test.nboot
+    per = max(1, study.batch_size // nboot)
+    p = np.full(lr.shape[0], np.nan)
+    for lo in range(0, lr.shape[0], per):
+        sims = np.arange(lo, min(lo + per, lr.shape[0]))
+        rows = np.repeat(sims, nboot)
+        index = rows * nboot + np.tile(np.arange(nboot), sims.size)
+        Yb = designs.simulate(null, fit0.fixef[rows], fit0.theta[rows], fit0.sigma[rows], key, index)
+        fb, fb0 = (full.fit_many(Yb, False, batch_size=study.batch_size),
+                   null.fit_many(Yb, False, batch_size=study.batch_size))
+        tick(2 * len(Yb))
+        ok = (fb.converged & fb0.converged).reshape(sims.size, nboot)
+        star = np.maximum(fb0.objective - fb.objective, 0.0).reshape(sims.size, nboot)
+        exceed = ((star >= lr[sims, None]) & ok).sum(axis=1)
+        n_ok = ok.sum(axis=1)
+        p[sims] = np.where(n_ok > 0, (1 + exceed) / (1 + np.maximum(n_ok, 1)), np.nan)
+    return p
+
+
+# ---------------------------------------------------------------------- summaries
+def _power(reject: np.ndarray) -> dict:
+    n = reject.size
+    power = float(reject.mean()) if n else math.nan
+    return {"power": power, "power_mcse": math.sqrt(power * (1 - power) / n) if n else math.nan}
+
+
+def _accuracy(est: np.ndarray, se: np.ndarray, truth: float, level: float) -> dict:
+    """Bias, RMSE and Wald-interval coverage of one parameter with their MCSEs (module docstring)."""
+    n = est.size
+    if n < 2:
+        return dict.fromkeys(["mean", "bias", "bias_mcse", "rmse", "rmse_mcse", "emp_se", "mean_se",
+                              "coverage", "coverage_mcse"], math.nan)
+    d = est - truth
+    rmse = float(np.sqrt(np.mean(d ** 2)))
+    out = {"mean": float(est.mean()), "bias": float(d.mean()),
+           "bias_mcse": float(d.std(ddof=1) / math.sqrt(n)), "rmse": rmse,
+           "rmse_mcse": float((d ** 2).std(ddof=1) / (2 * rmse * math.sqrt(n))) if rmse > 0 else 0.0,
+           "emp_se": float(est.std(ddof=1)), "mean_se": math.nan, "coverage": math.nan,
+           "coverage_mcse": math.nan}
+    if se is not None:
+        cover = np.abs(d) <= stats.norm.ppf(1 - level / 2) * se
+        c = float(cover.mean())
+        out.update(mean_se=float(se.mean()), coverage=c, coverage_mcse=math.sqrt(c * (1 - c) / n))
+    return out
+
+
+def _parameters(fit, usable, beta, theta, sigma, level, design: dict) -> list[dict]:
+    """One row per parameter: fixed effects (with coverage), random-effect SDs and
+    correlations, sigma; truth from the true theta and sigma."""
+    from .batch import _sd_corr
+
+    st = fit.model.structure
+    sd, sd_names, corr, corr_names = _sd_corr(st, theta[None, :], np.array([sigma]))
+    rows = []
+    for i, name in enumerate(fit.fixef_names):
+        rows.append((name, beta[i], fit.fixef[usable, i], fit.fixef_se[usable, i]))
+    for i, name in enumerate(sd_names):
+        rows.append((name, sd[0, i], fit.sd[usable, i], None))
+    for i, name in enumerate(corr_names):
+        rows.append((name, corr[0, i], fit.corr[usable, i], None))
+    rows.append(("sigma", sigma, fit.sigma[usable], None))
+    return [{**design, "parameter": name, "truth": float(truth), **_accuracy(est, se, truth, level)}
+            for name, truth, est, se in rows]
+
+
+def _write(study: Study, out_dir: Path, cells, params, seconds, plots, log) -> None:
+    from .bench import machine
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"study-{study.name}"
+    cells.to_csv(f"{stem}.csv", index=False)
+    params.to_csv(f"{stem}-parameters.csv", index=False)
+    info = {"config": dataclasses.asdict(study), "null_formula": study.null_formula,
+            "machine": machine(), "seconds_per_cell": seconds, "seconds": sum(seconds),
+            "cells": json.loads(cells.to_json(orient="records"))}
+    Path(f"{stem}.json").write_text(json.dumps(info, indent=1))
+    written = [f"{stem}.csv", f"{stem}-parameters.csv", f"{stem}.json"]
+    if plots:
+        from . import plots as _plots
+
+        title = f"{study.name}: {study.test.method} test of {study.test.term}, level {study.test.level:g}"
+        written += [str(p) for p in _plots.power_curve(cells, stem, title, study.test.level, log)]
+    print("wrote " + ", ".join(str(p) for p in written), file=log)
+
+
+def main(config, out_dir, plots: bool = True) -> pd.DataFrame:
+    """``jaxhlm study CONFIG``: load, check and run a study; the cell table."""
+    return run(load_study(config), out_dir, plots=plots)[0]
+
+
+COLUMNS_SHOWN = ["groups", "obs_per_group", "items", "effect", "n_used", "power", "power_mcse",
+                 "bias", "bias_mcse", "rmse", "coverage", "coverage_mcse"]
+"""The cell table's columns the command line prints."""
