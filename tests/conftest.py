@@ -53,3 +53,19 @@ def run_on_cpu_devices(script: str, *args: str, devices: int = 4, timeout: float
 @pytest.fixture(scope="session")
 def sleepstudy():
     return jaxhlm.datasets.load("sleepstudy")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    The suite compiles several hundred XLA:CPU programs (fits, batches, NUTS); each
+    keeps memory mappings alive while cached, and a full run once crashed inside XLA's
+    compiler late in the suite (the kernel's limit is vm.max_map_count = 65,530
+    mappings per process).  Modules share no compiled programs that matter for speed.
+    """
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()

@@ -142,3 +142,19 @@ def test_matches_stan(name):
     for row in ref["rows"]:
         _check_mean_sd(post, summary, _stan_name(row), row["mean"], row["sd"],
                        row["mcse_mean"], row["mcse_sd"])
+
+
+def test_ranef_draws_and_arviz(monkeypatch):
+    """post.ranef(summary=False) gives one b draw per posterior draw; to_arviz needs arviz
+    (an optional extra) and says so when it is missing."""
+    import sys
+
+    df = jaxhlm.datasets.load("eight_schools")
+    model = jaxhlm.LMM("y ~ 1 + (1 | school)", df, residual_variance="se2")
+    post = model.sample(num_warmup=200, num_samples=100, num_chains=2, seed=3)
+    draws = post.ranef(summary=False)["school"]
+    assert draws.shape == (2, 100, 8, 1)
+    assert post.samples["(Intercept)"].shape == (2, 100)
+    monkeypatch.setitem(sys.modules, "arviz", None)
+    with pytest.raises(jaxhlm.JaxhlmError, match="pip install"):
+        post.to_arviz()
