@@ -345,17 +345,49 @@ def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
     return y
 
 
-def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
-    """``nsim`` responses from the fitted model (lme4's ``simulate``): array (nsim, nobs)."""
-    model = result._model
+SIMULATE_ELEMENTS = 1 << 24
+"""Responses are drawn in chunks of about this many values (replicates x nobs), to
+bound memory; every chunk has the same shape (the last one padded): one compilation."""
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def _draw(key, index, beta, theta, sigma, X, codes, Zs, st):
+    one = lambda r, b, t, s: _simulate_one(jax.random.fold_in(key, r), b, t, s, X, codes, Zs, st)  # noqa: E731
+    return jax.vmap(one)(index, beta, theta, sigma)
+
+
+def simulate_responses(model: "LMM", fixef, theta, sigma, key, index) -> np.ndarray:
+    """Responses (R, nobs) on ``model``'s design, one per entry of ``index`` (R,): lme4's
+    ``simulate(m, newparams = ...)``.
+
+    ``fixef`` (p,) or (R, p), ``theta`` (ntheta,) or (R, ntheta) in lme4's order, and
+    ``sigma`` () or (R,) are the parameters, shared or one set per replicate; replicate r
+    draws from ``jax.random.fold_in(key, index[r])``, so the same key and index give the
+    same response whatever the batch or chunking.  One compiled program per design.
+    """
+    index = np.asarray(index, dtype=np.int64)
+    R = index.shape[0]
     st, frame = model.structure, model.frame
-    key = jax.random.key(seed)
-    args = (jnp.asarray(result.fixef.to_numpy()), jnp.asarray(result.theta),
-            jnp.asarray(result.sigma), jnp.asarray(frame.X),
-            tuple(jnp.asarray(t.codes) for t in frame.terms),
-            tuple(jnp.asarray(t.Z) for t in frame.terms))
-    draw = jax.jit(jax.vmap(lambda i: _simulate_one(jax.random.fold_in(key, i), *args, st)))
-    return np.array(draw(jnp.arange(nsim)))  # a writable copy
+    fixef = np.broadcast_to(np.asarray(fixef, float), (R, st.p))
+    theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
+    sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
+    design = (jnp.asarray(frame.X), tuple(jnp.asarray(t.codes) for t in frame.terms),
+              tuple(jnp.asarray(t.Z) for t in frame.terms))
+    size = max(1, min(R, SIMULATE_ELEMENTS // max(model.nobs, 1)))
+    out = np.empty((R, model.nobs))
+    for lo in range(0, R, size):
+        rows = np.arange(lo, lo + size).clip(max=R - 1)  # the last chunk padded with its last row
+        y = _draw(key, jnp.asarray(index[rows]), jnp.asarray(fixef[rows]), jnp.asarray(theta[rows]),
+                  jnp.asarray(sigma[rows]), *design, st)
+        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
+    return out
+
+
+def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
+    """``nsim`` responses from the fitted model (lme4's ``simulate``): array (nsim, nobs);
+    replicate i draws from ``fold_in(key(seed), i)``."""
+    return simulate_responses(result._model, result.fixef.to_numpy(), result.theta, result.sigma,
+                              jax.random.key(seed), np.arange(nsim))
 
 
 def bootstrap(result: "LMMResult", nsim: int, seed: int = 0, *, batch_size: int = 4096,

@@ -339,15 +339,15 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
     """Simulation-based calibration of NUTS on the model's design.
 
     For each of ``reps`` replicates: draw (beta, sigma, SDs, correlations) from the
-    prior, simulate y = X beta + Z b + e from them (b ~ N(0, Sigma), as
-    :func:`jaxhlm.batch.simulate`), sample the posterior (one chain, ``num_warmup``
+    prior, simulate y = X beta + Z b + e from them (b ~ N(0, Sigma);
+    :func:`jaxhlm.batch.simulate_responses`), sample the posterior (one chain, ``num_warmup``
     warm-up iterations, ``draws * thin`` draws kept every ``thin``-th, so that they are
     nearly independent) and record the rank of each true value among the ``draws`` draws.
     One compiled sampler serves every replicate (the blocks are its argument).
     """
     from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
 
-    from .batch import _simulate_one
+    from .batch import simulate_responses
     from .blocks import response_axes, with_responses
 
     st, frame = model.structure, model.frame
@@ -362,10 +362,7 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
     beta = jnp.stack([jnp.asarray(named[n][0]) for n in frame.fixef_names], -1)
     sigma = jnp.asarray(named["sigma"][0]) if "sigma" in named else jnp.full(reps, st.sigma)
     theta = theta_of(st, {k: jnp.asarray(v[0]) for k, v in truth.items()}, sigma)
-    args = (jnp.asarray(frame.X), tuple(jnp.asarray(t.codes) for t in frame.terms),
-            tuple(jnp.asarray(t.Z) for t in frame.terms))
-    simulate = jax.jit(jax.vmap(lambda k, b, t, s: _simulate_one(k, b, t, s, *args, st)))
-    Y = np.array(simulate(jax.random.split(key_sim, reps), beta, theta, sigma))
+    Y = simulate_responses(model, beta, theta, sigma, key_sim, np.arange(reps))
     many = with_responses(frame, st, jax.device_get(model.blocks), Y)
     axes = response_axes(many)
     mcmc = MCMC(NUTS(fn, init_strategy=init_to_median(num_samples=15)), num_warmup=num_warmup,

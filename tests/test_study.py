@@ -118,7 +118,7 @@ def test_lrt_matches_a_direct_fit_and_bootstrap_gives_valid_p_values(tmp_path):
     assert cells["power"].iloc[1] > cells["power"].iloc[0]
 
 
-def test_simulate_reproduces_the_fitted_models_simulate(sleepstudy):
+def test_simulate_reproduces_the_fitted_models_simulate(sleepstudy, monkeypatch):
     """designs.simulate with a fit's parameters and fold_in(key(seed), i) draws what
     res.simulate(nsim, seed) draws (the same simulator and keys), chunked or not, and any index
     subset: equal to rounding (the two programs fuse X beta + ... differently: 1 ulp seen)."""
@@ -127,14 +127,12 @@ def test_simulate_reproduces_the_fitted_models_simulate(sleepstudy):
     got = designs.simulate(res._model, res.fixef.to_numpy(), res.theta, res.sigma,
                            jax.random.key(5), np.arange(7))
     np.testing.assert_allclose(got, want, rtol=1e-14)
-    old = designs.SIMULATE_ELEMENTS
-    try:
-        designs.SIMULATE_ELEMENTS = 3 * res.nobs  # chunks of 3 rows, the last one padded
-        np.testing.assert_allclose(designs.simulate(res._model, res.fixef.to_numpy(), res.theta,
-                                                    res.sigma, jax.random.key(5), [6, 2]), want[[6, 2]],
-                                   rtol=1e-14)
-    finally:
-        designs.SIMULATE_ELEMENTS = old
+    from jaxhlm import batch as batch_module
+
+    monkeypatch.setattr(batch_module, "SIMULATE_ELEMENTS", 3 * res.nobs)  # chunks of 3 rows, the last padded
+    np.testing.assert_allclose(designs.simulate(res._model, res.fixef.to_numpy(), res.theta,
+                                                res.sigma, jax.random.key(5), [6, 2]), want[[6, 2]],
+                               rtol=1e-14)
 
 
 def test_design_is_balanced_and_crossed():
