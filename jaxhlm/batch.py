@@ -99,8 +99,7 @@ class BatchResult:
 
     @property
     def fixef_names(self) -> list[str]:
-        names = getattr(self.model, "fixef_names", None)  # Stacked data sets have their own
-        return list(self.model.frame.fixef_names if names is None else names)
+        return list(self.model.fixef_names)
 
     @property
     def converged(self) -> np.ndarray:

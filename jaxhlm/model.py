@@ -42,6 +42,10 @@ class LMM:
     def nobs(self) -> int:
         return self.frame.nobs
 
+    @property
+    def fixef_names(self) -> list[str]:
+        return list(self.frame.fixef_names)
+
     def objective(self, theta, reml: bool = True, prior=None) -> float:
         """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta; with a
         ``prior`` (:mod:`jaxhlm.priors`), that plus the prior's -2 log-density."""
