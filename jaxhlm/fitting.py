@@ -17,10 +17,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .blocks import Blocks, Structure
 from .kernel import Conditional, canonical_theta, conditional, objective
 from .optimize import Minimum, minimize
+from .precompiled import Precompiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +80,12 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     blme's ``blmer``; :mod:`jaxhlm.priors`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
+    Without a penalty, the compiled program is also kept on disk
+    (:mod:`jaxhlm.precompiled`), so a new process need not trace it again.
     """
     start = st.theta_start() if theta0 is None else theta0
-    return _fit_blocks(blocks, st, bool(reml), options, jnp.asarray(start, dtype=jnp.float64),
-                       penalty)
+    args = (blocks, st, bool(reml), options, np.asarray(start, dtype=np.float64), penalty)
+    return _fit_blocks(*args) if penalty is not None else _PRECOMPILED(*args)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 5))
@@ -95,3 +99,6 @@ def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, the
                    snap_mask=st.theta_lower() == 0, method=options.resolve(st),
                    max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
     return FitArrays(opt, conditional(opt.x, blocks, st, reml, penalty))
+
+
+_PRECOMPILED = Precompiled(_fit_blocks, (1, 2, 3, 5), "fit_blocks")

@@ -243,13 +243,8 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
             frame[response].dtype, pd.CategoricalDtype)):
         raise DataError(f"the response '{response}' is not numeric (dtype "
                         f"{frame[response].dtype}); a linear mixed model needs a numeric response")
-    mm = _matrix(parsed.fixed, frame, text, "the fixed-effects matrix")
-    if mm.lhs.shape[1] != 1:
-        raise DataError(f"the response '{response}' must be one numeric column; it gives "
-                        f"{mm.lhs.shape[1]} columns ({', '.join(map(str, mm.lhs.columns))})")
-    y = np.asarray(mm.lhs, dtype=float).reshape(-1)
-    X = np.asarray(mm.rhs, dtype=float)
-    X, fixef_names, dropped = _drop_aliased(X, _rename_intercept(mm.rhs.columns))
+    y, X, names = _fixed_effects(parsed, frame, text)
+    X, fixef_names, dropped = _drop_aliased(X, names)
     if dropped:
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
                       f"column{'s' if len(dropped) > 1 else ''} / coefficient"
@@ -261,12 +256,30 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
     return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
 
 
+def _fixed_effects(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str):
+    """y, X and X's column names: directly when the response is a numeric column and the
+    right-hand side is only numeric columns and ``1``/``0``/``-1``
+    (:func:`_simple_covariates`, the same result as formulaic's), else by formulaic."""
+    response = parsed.response
+    simple = _simple_covariates(parsed.fixed_rhs, frame) if response in frame.columns else None
+    if simple is not None:
+        X, names = simple
+        return frame[response].to_numpy(dtype=float), X, names
+    mm = _matrix(parsed.fixed, frame, text, "the fixed-effects matrix")
+    if mm.lhs.shape[1] != 1:
+        raise DataError(f"the response '{response}' must be one numeric column; it gives "
+                        f"{mm.lhs.shape[1]} columns ({', '.join(map(str, mm.lhs.columns))})")
+    return (np.asarray(mm.lhs, dtype=float).reshape(-1), np.asarray(mm.rhs, dtype=float),
+            _rename_intercept(mm.rhs.columns))
+
+
 def _simple_covariates(expr: str, frame: pd.DataFrame):
     """Z and its column names for an expression of only ``1``/``0``/``-1`` and numeric
     columns (``Days``, ``0 + Days``, ``1``), built directly; None for anything else.
 
     Same columns, order and names as formulaic gives (intercept first), without its
-    parser: this is the common case of a random term, and formulaic costs milliseconds.
+    parser: this is the common case of a random term and of a fixed part (``y ~ x``),
+    and formulaic costs milliseconds (``tests/test_formula.py`` checks the two agree).
     """
     tokens = [t for t in expr.replace(" ", "").replace("-1", "+-1").split("+") if t]
     names = [t for t in tokens if t not in ("1", "0", "-1")]

@@ -1,0 +1,145 @@
+"""Compiled programs kept on disk, so that a new process skips tracing, lowering and compiling.
+
+JAX's persistent compilation cache (:mod:`jaxhlm._config`) spares a second process
+XLA's compilation, but JAX computes that cache's key from the lowered program, so
+every process still traces and lowers the fit: about 0.65 s for sleepstudy, most of
+a warm process's first fit.  :class:`Precompiled` keys a compiled program by what
+determines it instead:
+
+- jaxhlm's source (a hash of the package's modules), JAX's and jaxlib's versions,
+  the backend and device kind, ``jax_enable_x64`` and ``XLA_FLAGS``;
+- the static arguments (their ``repr``: frozen dataclasses of names and integers);
+- the tree structure, shapes and dtypes of the array arguments;
+
+and stores the executable (``jax.experimental.serialize_executable``) in
+``<JAX's cache directory>/jaxhlm-executables``.  It is used where JAX's cache is
+(``JAXHLM_COMPILATION_CACHE``), in a single process on CPU (where start-up time
+matters, and where it is tested).  A program that calls back into
+Python (``jax.pure_callback``) cannot be stored; it is compiled in each process, as
+JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
+written by another version) means a normal compilation, never an error.
+
+A program compiled here bypasses JAX's cache: an executable that XLA's CPU client
+loaded from that cache does not serialize correctly (it runs, but its reloaded copy
+fails with "Function ... not found"), so it is compiled afresh before it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import jax
+import jaxlib
+import numpy as np
+
+_SOURCE_HASH: list[str] = []
+
+
+def _source_hash() -> str:
+    """sha256 of jaxhlm's modules (computed once per process)."""
+    if not _SOURCE_HASH:
+        h = hashlib.sha256()
+        for path in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+        _SOURCE_HASH.append(h.hexdigest())
+    return _SOURCE_HASH[0]
+
+
+def _directory() -> Path | None:
+    """Where executables are stored, or None where JAX's persistent cache is off."""
+    from jax._src import config
+
+    base = jax.config.jax_compilation_cache_dir
+    if (not base or not config.enable_compilation_cache.value or jax.process_count() != 1
+            or jax.default_backend() != "cpu"):
+        return None
+    return Path(base) / "jaxhlm-executables"
+
+
+def _prepare_custom_calls() -> None:
+    """Load the LAPACK kernels that compiled CPU programs call (cholesky, eigh).
+
+    JAX does this when it lowers a program that uses them; a program loaded from disk
+    was never lowered in this process, and would call null pointers (a segfault).
+    """
+    from jaxlib import lapack
+
+    lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+
+
+def _leaf_spec(leaf) -> tuple:
+    return (np.shape(leaf), str(np.result_type(leaf)), bool(getattr(leaf, "weak_type", False)))
+
+
+class Precompiled:
+    """``jitted(*args)`` through an in-memory and an on-disk store of compiled programs.
+
+    ``jitted`` is a ``jax.jit`` function whose static arguments are ``static_argnums``;
+    calling this object returns what ``jitted(*args)`` returns.
+    """
+
+    def __init__(self, jitted, static_argnums: tuple[int, ...], name: str):
+        self.jitted = jitted
+        self.static_argnums = tuple(static_argnums)
+        self.name = name
+        self._memory: dict = {}
+
+    def _split(self, args):
+        static = tuple(args[i] for i in self.static_argnums)
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
+        return static, dynamic
+
+    def __call__(self, *args):
+        static, dynamic = self._split(args)
+        leaves, tree = jax.tree.flatten(dynamic)
+        key = (static, tree, tuple(_leaf_spec(leaf) for leaf in leaves))
+        compiled = self._memory.get(key)
+        if compiled is None:
+            compiled = self._memory[key] = self._load_or_compile(key, args)
+        if compiled is False:  # not storable: JAX's own jit and caches
+            return self.jitted(*args)
+        return compiled(*dynamic)
+
+    def file_key(self, key) -> str:
+        """The stored file's name: a hash of everything the compiled program depends on."""
+        static, tree, specs = key
+        device = jax.devices()[0]
+        text = repr((self.name, _source_hash(), jax.__version__, jaxlib.__version__,
+                     device.platform, device.device_kind, jax.config.jax_enable_x64,
+                     os.environ.get("XLA_FLAGS", ""), static, str(tree), specs))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _load_or_compile(self, key, args):
+        from jax._src import config
+        from jax.experimental import serialize_executable
+
+        directory = _directory()
+        if directory is None:
+            return False
+        path = directory / f"{self.name}-{self.file_key(key)}.pickle"
+        try:
+            with open(path, "rb") as fh:
+                stored = pickle.load(fh)
+            _prepare_custom_calls()
+            return serialize_executable.deserialize_and_load(*stored)
+        except Exception:  # missing, unreadable or stale: compile
+            pass
+        lowered = self.jitted.lower(*args)
+        if "callback" in lowered.as_text():
+            return False
+        with config.enable_compilation_cache(False):
+            compiled = lowered.compile()
+        try:
+            blob = pickle.dumps(serialize_executable.serialize(compiled))
+            directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, delete=False) as fh:
+                fh.write(blob)
+            os.replace(fh.name, path)
+        except Exception:  # a read-only cache directory, or a program that does not serialize
+            pass
+        return compiled
