@@ -80,17 +80,24 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     blme's ``blmer``; :mod:`jaxhlm.priors`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
-    Without a penalty, the compiled program is also kept on disk
+    Without a penalty, a small model's compiled program is also kept on disk
     (:mod:`jaxhlm.precompiled`), so a new process need not trace it again.
     """
     start = st.theta_start() if theta0 is None else theta0
-    args = (blocks, st, bool(reml), options, np.asarray(start, dtype=np.float64), penalty)
-    return _fit_blocks(*args) if penalty is not None else _PRECOMPILED(*args)
+    args = (blocks, st, bool(reml), options)
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
+        # inside vmap or another transformation: traced into the caller's program
+        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty)
+    start = np.asarray(start, dtype=np.float64)
+    if options.resolve(st) == "bfgs" and jax.default_backend() == "cpu":
+        return _fit_blocks_cpu(*args, start, penalty)  # see LARGE_FIT_CPU_OPTIONS
+    if penalty is not None:  # a prior has no stable key for the disk
+        return _fit_blocks(*args, start, penalty)
+    return _PRECOMPILED(*args, start, penalty)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 5))
-def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
-                penalty=None) -> FitArrays:
+def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
+                 penalty=None) -> FitArrays:
     _TRACES["fit_blocks"] += 1
     diagonal = jnp.asarray(st.theta_lower() == 0)
     theta0 = jnp.where(diagonal, jnp.maximum(jnp.abs(theta0), 0.01), theta0)
@@ -101,4 +108,15 @@ def _fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options, the
     return FitArrays(opt, conditional(opt.x, blocks, st, reml, penalty))
 
 
-_PRECOMPILED = Precompiled(_fit_blocks, (1, 2, 3, 5), "fit_blocks")
+# XLA's CPU compiler spends about half of a single fit's compilation (0.9 of 1.8 s for
+# sleepstudy, 0.7 of 1.9 s for InstEval) in its newer fusion emitters.  The older ones
+# compile faster and run InstEval's fit 10% faster, but run sleepstudy's 20% slower
+# (as they do vmapped batches).  So large single fits on CPU (BFGS, m > BFGS_ABOVE:
+# compilation is much of their first fit, and their program, with a host callback,
+# cannot be kept on disk) use the older emitters; small ones are kept on disk
+# (:mod:`jaxhlm.precompiled`), so their compilation is paid once per machine.
+LARGE_FIT_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+_STATIC = (1, 2, 3, 5)
+_fit_blocks = jax.jit(_fit_program, static_argnums=_STATIC)
+_fit_blocks_cpu = jax.jit(_fit_program, static_argnums=_STATIC, compiler_options=LARGE_FIT_CPU_OPTIONS)
+_PRECOMPILED = Precompiled(_fit_blocks, _STATIC, "fit_blocks")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 
 from . import blocks as _blocks
@@ -12,6 +15,7 @@ from . import priors as _priors
 from .fitting import Options, fit_blocks
 from .kernel import objective
 from .results import LMMResult
+from .start import moment_start
 
 DEVICE_PUT_FROM = 1 << 20  # bytes
 
@@ -43,6 +47,12 @@ class LMM:
         large = sum(a.nbytes for a in jax.tree.leaves(blocks)) > DEVICE_PUT_FROM
         self.blocks = jax.device_put(blocks) if large else blocks
 
+    @functools.cached_property
+    def theta_start(self) -> np.ndarray:
+        """Where :meth:`fit` starts: Henderson's moment estimates for the intercepts'
+        variances, lme4's start for the rest (:func:`jaxhlm.start.moment_start`)."""
+        return moment_start(self.frame, self.structure)
+
     @property
     def nobs(self) -> int:
         return self.frame.nobs
@@ -57,14 +67,22 @@ class LMM:
         return float(objective(jnp.asarray(theta, dtype=jnp.float64), self.blocks,
                                self.structure, bool(reml), _priors.penalty(prior, self)))
 
-    def fit(self, reml: bool = True, *, options: Options = Options(), prior=None) -> LMMResult:
+    def fit(self, reml: bool = True, *, options: Options = Options(), prior=None,
+            start=None) -> LMMResult:
         """Fit by REML (default, as lme4) or by maximum likelihood (``reml=False``).
 
         ``prior``: a penalty on the covariance parameters, giving the posterior mode
         instead (blme's ``blmer``), e.g. ``jaxhlm.priors.zero_avoiding()``.
+        ``start``: theta to start the optimiser from, in lme4's order (lme4's ``start =``);
+        default :attr:`theta_start`.  lme4 starts at lambda_k = I:
+        ``start=model.structure.theta_start()``.
         """
         penalty = _priors.penalty(prior, self)
-        out = fit_blocks(self.blocks, self.structure, bool(reml), options, penalty=penalty)
+        theta0 = self.theta_start if start is None else np.asarray(start, dtype=float)
+        if theta0.shape != (self.structure.ntheta,):
+            raise ValueError(f"start must have {self.structure.ntheta} values (theta, in lme4's "
+                             f"order); got shape {theta0.shape}")
+        out = fit_blocks(self.blocks, self.structure, bool(reml), options, theta0, penalty)
         return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options, penalty)
 
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,

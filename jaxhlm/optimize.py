@@ -113,17 +113,6 @@ def _bfgs_update(H, s, y):
     return jnp.where(ok, updated, H)
 
 
-def _backtrack(alpha, slope, rise):
-    """The next trial step after alpha failed Armijo's test: the minimiser of the quadratic
-    through phi(0) = f, phi'(0) = slope < 0 and phi(alpha) = f + rise, kept within
-    [0.1, 0.5] alpha (Nocedal and Wright 2006, eq. 3.58, with the usual safeguards);
-    half of alpha when phi(alpha) is not finite."""
-    curvature = rise - slope * alpha
-    step = -slope * alpha ** 2 / (2.0 * jnp.where(curvature > 0, curvature, 1.0))
-    step = jnp.where(jnp.isfinite(rise) & (curvature > 0), step, 0.5 * alpha)
-    return jnp.clip(step, 0.1 * alpha, 0.5 * alpha)
-
-
 def _finite(*arrays):
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in arrays])
 
@@ -217,8 +206,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
 
         def optimising(s):
             first = ~jnp.isfinite(s.f)
-            slope = jnp.dot(s.g, s.d)
-            armijo = f_c <= s.f + 1e-4 * s.alpha * slope
+            armijo = f_c <= s.f + 1e-4 * s.alpha * jnp.dot(s.g, s.d)
             accept = finite & (first | armijo)
             H_new = H_c if newton else _bfgs_update(s.H, candidate - s.x, g_c - s.g)
             x = jnp.where(accept, candidate, s.x)
@@ -237,7 +225,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                           jnp.where(stalled, Status.LINE_SEARCH_FAILED,
                                     jnp.where(iteration >= max_iter, Status.MAX_ITERATIONS, -1))))
             s = s._replace(x=x, f=f, g=g, H=H, d=jnp.where(accept, d, s.d),
-                           alpha=jnp.where(accept, 1.0, _backtrack(s.alpha, slope, f_c - s.f)).astype(dtype),
+                           alpha=jnp.where(accept, 1.0, 0.5 * s.alpha).astype(dtype),
                            halvings=halvings.astype(jnp.int32), iteration=iteration.astype(jnp.int32))
             return lax.cond(status >= 0, lambda s: finish_optimising(s, status), lambda s: s, s)
 

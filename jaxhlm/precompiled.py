@@ -73,7 +73,9 @@ def _prepare_custom_calls() -> None:
 
 
 def _leaf_spec(leaf) -> tuple:
-    return (np.shape(leaf), str(np.result_type(leaf)), bool(getattr(leaf, "weak_type", False)))
+    if not hasattr(leaf, "dtype"):
+        leaf = np.asarray(leaf)
+    return (leaf.shape, leaf.dtype.str, getattr(leaf, "weak_type", False))
 
 
 class Precompiled:
