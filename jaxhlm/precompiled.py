@@ -19,13 +19,17 @@ Python (``jax.pure_callback``) cannot be stored; it is compiled in each process,
 JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
 written by another version) means a normal compilation, never an error.
 
-A program compiled here bypasses JAX's cache: an executable that XLA's CPU client
-loaded from that cache does not serialize correctly (it runs, but its reloaded copy
-fails with "Function ... not found"), so it is compiled afresh before it is stored.
+Only a program that XLA compiled in this process is stored: an executable that XLA's
+CPU client loaded from JAX's cache does not serialize correctly (it runs, but its
+reloaded copy fails with "Function ... not found"), so when JAX reports a hit in its
+cache (``jax.monitoring``'s cache-hit event) during the compilation, nothing is
+written.  JAX's cache is never turned off here: JAX decides once per process whether
+to use it, so turning it off around one compilation would turn it off for good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -50,12 +54,13 @@ def _source_hash() -> str:
     return _SOURCE_HASH[0]
 
 
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"  # the event JAX records on a hit in its cache
+
+
 def _directory() -> Path | None:
     """Where executables are stored, or None where JAX's persistent cache is off."""
-    from jax._src import config
-
     base = jax.config.jax_compilation_cache_dir
-    if (not base or not config.enable_compilation_cache.value or jax.process_count() != 1
+    if (not base or not jax.config.jax_enable_compilation_cache or jax.process_count() != 1
             or jax.default_backend() != "cpu"):
         return None
     return Path(base) / "jaxhlm-executables"
@@ -117,7 +122,6 @@ class Precompiled:
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _load_or_compile(self, key, args):
-        from jax._src import config
         from jax.experimental import serialize_executable
 
         directory = _directory()
@@ -129,13 +133,27 @@ class Precompiled:
                 stored = pickle.load(fh)
             _prepare_custom_calls()
             return serialize_executable.deserialize_and_load(*stored)
-        except Exception:  # missing, unreadable or stale: compile
+        except FileNotFoundError:
             pass
+        except Exception:  # unreadable or stale: compile again
+            with contextlib.suppress(OSError):
+                path.unlink()
         lowered = self.jitted.lower(*args)
         if "callback" in lowered.as_text():
             return False
-        with config.enable_compilation_cache(False):
+        hits = []
+
+        def listen(event, **_):
+            if event == _CACHE_HIT:
+                hits.append(event)
+
+        jax.monitoring.register_event_listener(listen)
+        try:
             compiled = lowered.compile()
+        finally:
+            jax.monitoring.unregister_event_listener(listen)
+        if hits:  # loaded from JAX's cache: it would not serialize correctly (module docstring)
+            return compiled
         try:
             blob = pickle.dumps(serialize_executable.serialize(compiled))
             directory.mkdir(parents=True, exist_ok=True)
