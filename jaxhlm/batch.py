@@ -45,6 +45,7 @@ from .kernel import lambdas
 from .optimize import Status
 from .results import SINGULAR_TOL, term_covariances
 from .stacking import Stacked, stack
+from .start import moment_starts
 
 if TYPE_CHECKING:
     from .model import LMM
@@ -266,7 +267,9 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
 
     A response with missing values (NaN) is fitted on its observed rows (its own blocks,
     same shapes), without failing the batch; one with too few observed rows to fit gets
-    a non-converged status.  ``theta0``: the start of every fit (default lme4's).
+    a non-converged status.  ``theta0``: the start of every fit; by default each
+    response starts at its own moment estimates, as ``LMM.fit`` does
+    (:func:`jaxhlm.start.moment_starts`; lme4's start for a response with missing values).
     """
     if isinstance(Y, pd.DataFrame):
         Y = Y.to_numpy(dtype=float).T
@@ -277,8 +280,11 @@ def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
     if np.isinf(Y).any():
         raise ValueError("responses contain infinite values; use NaN for a missing value")
     B = Y.shape[0]
-    start = model.structure.theta_start() if theta0 is None else np.asarray(theta0, float)
-    starts = np.broadcast_to(start, (B, start.size))
+    if theta0 is None:
+        starts = moment_starts(model.frame, model.structure, Y)
+    else:
+        start = np.asarray(theta0, float)
+        starts = np.broadcast_to(start, (B, start.size))
     design = jax.device_get(model.blocks)
 
     def take(index):

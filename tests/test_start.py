@@ -25,8 +25,27 @@ def test_unbalanced_start_is_near_and_slopes_start_as_lme4(sleepstudy):
     model = jaxhlm.LMM(ref["formula"], jaxhlm.datasets.load(ref["dataset"]))
     np.testing.assert_allclose(model.theta_start, ref["theta"], rtol=0.1, atol=0.01)
     slopes = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy).theta_start
-    assert slopes[1:].tolist() == [0.0, 1.0]  # covariance 0 and the slope's 1, as lme4 starts
-    assert 0.5 < slopes[0] < 2.0
+    assert slopes.tolist() == [1.0, 0.0, 1.0]  # vector-valued terms start as lme4 starts
+    both = jaxhlm.LMM("Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)", sleepstudy).theta_start
+    assert both[1] == 1.0 and 0.5 < both[0] < 2.0  # the intercept term moves, the slope term does not
+
+
+def test_batch_starts_equal_single_starts(sleepstudy):
+    """fit_many's per-response starts are the single fits' starts (to rounding: BLAS sums a
+    batch in another order); a response with a missing value starts as lme4 starts."""
+    from jaxhlm.start import moment_starts
+
+    ref = load_reference("penicillin_reml")
+    df = jaxhlm.datasets.load(ref["dataset"])
+    model = jaxhlm.LMM(ref["formula"], df)
+    Y = np.asarray(model.fit().simulate(5, seed=2))
+    Y = Y if Y.shape[0] == 5 else Y.T
+    Y[4, 0] = np.nan
+    starts = moment_starts(model.frame, model.structure, Y)
+    for i in range(4):
+        single = jaxhlm.LMM(ref["formula"], df.assign(diameter=Y[i])).theta_start
+        np.testing.assert_allclose(starts[i], single, rtol=1e-12)
+    assert starts[4].tolist() == [1.0, 1.0]
 
 
 def test_weighted_and_singular_starts(sleepstudy):
