@@ -12,7 +12,6 @@ lme4's equivalent is ``optimizeLmer`` followed by ``mkMerMod``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax

@@ -42,6 +42,17 @@ def _available(log) -> bool:
     return True
 
 
+def _lines(ax, rows: pd.DataFrame, series: str, x: str, y: str, label) -> dict:
+    """One line of y against x per (backend, value of ``series``), coloured by the value;
+    returns the colours, so that the peers' lines can match them."""
+    colour = {v: f"C{i}" for i, v in enumerate(sorted(rows[series].unique()))}
+    for (backend, value), line in rows.groupby(["backend", series], sort=True):
+        line = line.sort_values(x)
+        ax.plot(line[x], line[y], BACKEND_STYLE.get(backend, "s-."), color=colour[value],
+                label=f"jaxhlm {backend}, {label(value)}")
+    return colour
+
+
 def bench(frame: pd.DataFrame, stem: Path, title: str, log=None) -> list[Path]:
     """The grid's throughput and group-scaling plots; returns the files written."""
     ok = frame[frame["status"] == "ok"] if "status" in frame else frame
@@ -52,11 +63,7 @@ def bench(frame: pd.DataFrame, stem: Path, title: str, log=None) -> list[Path]:
     fig, axes = _figure(len(models))
     for ax, name in zip(axes, models):
         rows = ok[ok["model"] == name]
-        colour = {g: f"C{i}" for i, g in enumerate(sorted(rows["groups"].unique()))}
-        for (backend, groups), line in rows.groupby(["backend", "groups"], sort=True):
-            line = line.sort_values("batch_size")
-            ax.plot(line["batch_size"], line["fits_per_s"], BACKEND_STYLE.get(backend, "s-."),
-                    color=colour[groups], label=f"jaxhlm {backend}, {groups:,} groups")
+        colour = _lines(ax, rows, "groups", "batch_size", "fits_per_s", lambda g: f"{g:,} groups")
         for peer, style in PEER_STYLE.items():
             for groups, rate in rows.groupby("groups")[f"{peer}_fits_per_s"].first().dropna().items():
                 ax.axhline(rate, ls=style, color=colour[groups], lw=1.2,
@@ -70,11 +77,7 @@ def bench(frame: pd.DataFrame, stem: Path, title: str, log=None) -> list[Path]:
         fig, axes = _figure(len(scaled))
         for ax, name in zip(axes, scaled):
             rows = ok[ok["model"] == name]
-            colour = {B: f"C{i}" for i, B in enumerate(sorted(rows["batch_size"].unique()))}
-            for (backend, B), line in rows.groupby(["backend", "batch_size"], sort=True):
-                line = line.sort_values("groups")
-                ax.plot(line["groups"], line["median_s"], BACKEND_STYLE.get(backend, "s-."),
-                        color=colour[B], label=f"jaxhlm {backend}, B = {B:,}")
+            _lines(ax, rows, "batch_size", "groups", "median_s", lambda B: f"B = {B:,}")
             _style(ax, "number of groups", "median wall time of one batch (s)", name, rows)
         fig.suptitle(f"{title}: time against number of groups")
         written.append(_save(fig, stem, "-groups.png"))
