@@ -112,8 +112,8 @@ def _bootstrap(args) -> int:
 def _sample(args) -> int:
     post = _model(args).sample(num_warmup=args.warmup, num_samples=args.draws,
                                num_chains=args.chains, seed=args.seed)
-    print(f"{post!r}; warm-up {post.seconds['warmup']:.1f} s (compilation included), "
-          f"sampling {post.seconds['sampling']:.1f} s")
+    print(f"{post!r}; compilation {post.seconds['compile']:.1f} s, "
+          f"warm-up and sampling {post.seconds['warmup_and_sampling']:.1f} s")
     print(post.summary().to_string(float_format=lambda v: f"{v:.4g}"))
     if args.out:
         pd.DataFrame({k: v.reshape(-1) for k, v in post.samples.items()}).assign(

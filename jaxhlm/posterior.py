@@ -11,8 +11,9 @@ hierarchical models (b's scale tied to its SD), which is what makes NUTS struggl
 explicit random effects (eight schools).  b is drawn afterwards, one draw per
 posterior draw, from its exact Gaussian conditional (:func:`jaxhlm.kernel.draw_ranef`).
 
-Chains run vectorized (``chain_method="vectorized"``: one program, the chain on a
-vmapped axis) or in parallel over devices (``"parallel"``).
+The chains are NumPyro's NUTS kernel in one compiled program (:mod:`jaxhlm.chains`):
+vectorized (``chain_method="vectorized"``: the chain on a vmapped axis), in parallel
+over devices (``"parallel"``) or one after another (``"sequential"``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains
 from .errors import JaxhlmError
 from .kernel import draw_ranef, marginal_loglik
 from .priors import Priors, ResolvedPriors
@@ -57,7 +59,7 @@ def numpyro_model(model: "LMM", priors: ResolvedPriors):
     one per SD (:func:`sd_name`) and one LKJ Cholesky factor per vector term.
     Condition on sites (``numpyro.handlers.condition``) to fix parameters.  The blocks
     are the model's argument, so one compiled sampler serves every response on the
-    design (``MCMC(..., jit_model_args=True)``).
+    design (:class:`Sampler`).
     """
     import numpyro
     import numpyro.distributions as dist
@@ -82,6 +84,15 @@ def numpyro_model(model: "LMM", priors: ResolvedPriors):
         numpyro.factor("marginal_loglik", marginal_loglik(theta, beta, sigma, blocks, st))
 
     return fn
+
+
+def site_names(model: "LMM") -> list[str]:
+    """The sampled sites of :func:`numpyro_model`: the names ``fixed`` takes."""
+    st = model.structure
+    names = list(model.frame.fixef_names) + (["sigma"] if st.sigma is None else [])
+    for t in st.terms:
+        names += [sd_name(t.name, c) for c in t.columns] + ([_corr_site(t.name)] if t.p > 1 else [])
+    return names
 
 
 def theta_of(st, values: dict[str, jnp.ndarray], sigma: jnp.ndarray) -> jnp.ndarray:
@@ -119,13 +130,17 @@ class Posterior:
     """Posterior draws of a model's parameters: ``samples[name]`` is (chains, draws).
 
     Names as the ML fit's: fixed-effect coefficients, ``sigma``, ``sd(term:column)`` and
-    ``corr(term:a,b)``.  ``divergences`` counts divergent transitions; ``seconds``
-    holds the wall times of compilation-and-warmup and of sampling.
+    ``corr(term:a,b)``.  ``raw`` holds NumPyro's sites (the LKJ Cholesky factors
+    ``L_corr(term)`` among them); ``stats`` the sampler's statistics per kept draw,
+    (chains, draws): ``diverging``, ``num_steps`` (leapfrog steps) and ``accept_prob``.
+    ``divergences`` counts divergent transitions; ``seconds`` holds the wall times of
+    compilation (0 when a compiled sampler was reused) and of warm-up plus sampling.
     """
 
     model: "LMM"
     samples: dict[str, np.ndarray]
     raw: dict[str, np.ndarray] = dataclasses.field(repr=False)
+    stats: dict[str, np.ndarray] = dataclasses.field(repr=False)
     divergences: int
     seconds: dict[str, float]
     num_chains: int
@@ -182,12 +197,16 @@ class Posterior:
         return pd.concat(parts, ignore_index=True)
 
     def to_arviz(self):
-        """An ``arviz.InferenceData`` of the draws (needs arviz: ``pip install arviz``)."""
+        """An ``arviz.InferenceData``: ``posterior`` holds :attr:`samples` (chain, draw),
+        ``sample_stats`` the sampler's ``diverging``, ``n_steps`` and ``acceptance_rate``
+        (ArviZ's names for :attr:`stats`).  Needs arviz (``pip install 'jaxhlm[arviz]'``)."""
         try:
             import arviz as az
         except ImportError:
             raise JaxhlmError("to_arviz needs arviz: pip install 'jaxhlm[arviz]'") from None
-        return az.from_dict(posterior=self.samples)
+        names = {"diverging": "diverging", "num_steps": "n_steps", "accept_prob": "acceptance_rate"}
+        return az.from_dict(posterior=self.samples,
+                            sample_stats={names[k]: v for k, v in self.stats.items()})
 
     def __repr__(self) -> str:
         C, D = next(iter(self.samples.values())).shape
@@ -224,63 +243,63 @@ def initial_inverse_mass(model: "LMM", fixed: dict[str, Any]) -> dict:
 class Sampler:
     """A compiled NUTS sampler for a model and priors: :meth:`run` draws a posterior.
 
-    The first run compiles (warm-up and sampling); later runs, e.g. with other seeds,
-    reuse the compiled programs, each with a fresh warm-up.  Arguments as :func:`sample`.
+    The chains (initial values, warm-up, sampling) are one program
+    (:mod:`jaxhlm.chains`), compiled on the first run and reused by every later run
+    with another seed.  Arguments as :func:`sample`; ``precondition=False`` starts warm-up from the
+    identity metric instead of :func:`initial_inverse_mass`.
     """
 
     def __init__(self, model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
                  num_samples: int = 1000, num_chains: int = 4, chain_method: str = "vectorized",
                  fixed: dict[str, Any] | None = None, target_accept_prob: float = 0.8,
-                 progress_bar: bool = False, precondition: bool = True):
+                 thinning: int = 1, precondition: bool = True):
         import numpyro
-        from numpyro.infer import MCMC, NUTS, init_to_median
 
-        if chain_method not in ("vectorized", "parallel", "sequential"):
-            raise JaxhlmError(f"chain_method must be 'vectorized', 'parallel' or 'sequential'; got {chain_method!r}")
-        for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples), ("num_chains", num_chains)):
-            if not (isinstance(value, int) and value >= (0 if name == "num_warmup" else 1)):
-                raise JaxhlmError(f"{name} must be a positive integer; got {value!r}")
+        if not (isinstance(num_chains, int) and not isinstance(num_chains, bool) and num_chains >= 1):
+            raise JaxhlmError(f"num_chains must be an integer >= 1; got {num_chains!r}")
+        schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
         fn = numpyro_model(model, (priors or Priors()).resolve(model))
+        unknown = sorted(set(fixed or {}) - set(site_names(model)))
+        if unknown:
+            raise JaxhlmError(f"fixed: no parameter named {unknown[0]!r}; the model's are "
+                              f"{', '.join(map(repr, site_names(model)))}")
         if fixed:
             fn = numpyro.handlers.condition(fn, data={k: jnp.asarray(v) for k, v in fixed.items()})
         metric = initial_inverse_mass(model, fixed or {}) if precondition else None
-        kernel = NUTS(fn, target_accept_prob=target_accept_prob, inverse_mass_matrix=metric,
-                      init_strategy=init_to_median(num_samples=15))
         self.model, self.fixed, self.num_chains = model, dict(fixed or {}), num_chains
-        self._mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                          num_chains=num_chains, chain_method=chain_method,
-                          progress_bar=progress_bar, jit_model_args=True)
+        self._program = ChainProgram(map_chains(chain(fn, schedule, metric), chain_method, num_chains))
 
     def run(self, seed: int = 0) -> Posterior:
-        mcmc, blocks = self._mcmc, self.model.blocks
-        mcmc.post_warmup_state = None   # a fresh warm-up on every run
-        began = time.perf_counter()
-        mcmc.warmup(jax.random.key(seed), blocks, extra_fields=("diverging",), collect_warmup=False)
-        jax.block_until_ready(mcmc.last_state)
-        warm = time.perf_counter()
-        mcmc.run(mcmc.post_warmup_state.rng_key, blocks, extra_fields=("diverging",))
-        raw = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-        done = time.perf_counter()
-        divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-        return Posterior(self.model, _named(self.model, raw, self.fixed), raw, divergences,
-                         {"warmup": warm - began, "sampling": done - warm}, self.num_chains)
+        """Draw a posterior: a fresh warm-up and draws for chain keys split from ``seed``."""
+        (raw, stats), seconds = self._program(chain_keys(seed, self.num_chains), self.model.blocks)
+        raw = {k: np.asarray(v) for k, v in raw.items()}
+        stats = {k: np.asarray(v) for k, v in stats.items()}
+        return Posterior(self.model, _named(self.model, raw, self.fixed), raw, stats,
+                         int(stats["diverging"].sum()),
+                         {"compile": seconds["compile"], "warmup_and_sampling": seconds["run"]},
+                         self.num_chains)
 
 
 def sample(model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
            num_samples: int = 1000, num_chains: int = 4, seed: int = 0,
            chain_method: str = "vectorized", fixed: dict[str, Any] | None = None,
-           target_accept_prob: float = 0.8, progress_bar: bool = False) -> Posterior:
+           target_accept_prob: float = 0.8, thinning: int = 1) -> Posterior:
     """Draw from the posterior of (beta, sigma, SDs, correlations) by NUTS.
 
     ``priors``: :class:`jaxhlm.priors.Priors` (default: its documented defaults).
     ``fixed``: values for sites held fixed (conditioned on), e.g. ``{"sigma": 25.6}``.
-    Chains start near the prior's median (NumPyro's ``init_to_median``).
-    ``seconds`` on the result: ``warmup`` (compilation included) and ``sampling``;
-    :class:`Sampler` reuses one compilation over several runs.
+    Each chain starts near the prior's median (NumPyro's ``init_to_median``), warms
+    up for ``num_warmup`` iterations (step size and diagonal metric adapted as in
+    Stan; the metric starts from :func:`initial_inverse_mass`) and keeps every
+    ``thinning``-th of the next ``num_samples * thinning``.  ``chain_method``:
+    ``"vectorized"`` (one program, chains batched), ``"parallel"`` (chains shared
+    over the local devices) or ``"sequential"``.  ``seconds`` on the result:
+    ``compile`` and ``warmup_and_sampling``; :class:`Sampler` compiles once for
+    several runs.
     """
     return Sampler(model, priors, num_warmup=num_warmup, num_samples=num_samples,
                    num_chains=num_chains, chain_method=chain_method, fixed=fixed,
-                   target_accept_prob=target_accept_prob, progress_bar=progress_bar).run(seed)
+                   target_accept_prob=target_accept_prob, thinning=thinning).run(seed)
 
 
 def _named(model: "LMM", raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -343,9 +362,10 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
     :func:`jaxhlm.batch.simulate_responses`), sample the posterior (one chain, ``num_warmup``
     warm-up iterations, ``draws * thin`` draws kept every ``thin``-th, so that they are
     nearly independent) and record the rank of each true value among the ``draws`` draws.
-    One compiled sampler serves every replicate (the blocks are its argument).
+    The replicates' chains are one compiled program, vectorized over replicates (the
+    responses are a batched argument; the design's blocks are shared).
     """
-    from numpyro.infer import MCMC, NUTS, Predictive, init_to_median
+    from numpyro.infer import Predictive
 
     from .batch import simulate_responses
     from .blocks import response_axes, with_responses
@@ -364,16 +384,9 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
     theta = theta_of(st, {k: jnp.asarray(v[0]) for k, v in truth.items()}, sigma)
     Y = simulate_responses(model, beta, theta, sigma, key_sim, np.arange(reps))
     many = with_responses(frame, st, jax.device_get(model.blocks), Y)
-    axes = response_axes(many)
-    mcmc = MCMC(NUTS(fn, init_strategy=init_to_median(num_samples=15)), num_warmup=num_warmup,
-                num_samples=draws * thin, thinning=thin, num_chains=1, progress_bar=False,
-                jit_model_args=True)
-    ranks, divergences = {name: [] for name in named}, 0
-    for r, key in enumerate(jax.random.split(key_mcmc, reps)):
-        blocks = type(many)(*[f[r] if a == 0 else f for f, a in zip(many, axes)])
-        mcmc.run(key, blocks, extra_fields=("diverging",))
-        post = _named(model, {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}, {})
-        divergences += int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
-        for name, x in post.items():
-            ranks[name].append(int(np.sum(x.reshape(-1) < named[name][0, r])))
-    return Calibration(pd.DataFrame(ranks), draws, divergences)
+    run = chain(fn, Schedule(num_warmup, draws, thin))
+    program = ChainProgram(jax.vmap(run, in_axes=(0, response_axes(many))))
+    (raw, stats), _ = program(jax.random.split(key_mcmc, reps), many)
+    post = _named(model, {k: np.asarray(v) for k, v in raw.items()}, {})   # (reps, draws)
+    ranks = {name: (x < named[name][0][:, None]).sum(axis=1) for name, x in post.items()}
+    return Calibration(pd.DataFrame(ranks), draws, int(np.asarray(stats["diverging"]).sum()))

@@ -145,16 +145,26 @@ def test_matches_stan(name):
 
 
 def test_ranef_draws_and_arviz(monkeypatch):
-    """post.ranef(summary=False) gives one b draw per posterior draw; to_arviz needs arviz
-    (an optional extra) and says so when it is missing."""
+    """post.ranef(summary=False) gives one b draw per posterior draw; to_arviz gives the
+    draws and the sampler's statistics to ArviZ (a test extra), and says what to install
+    when arviz is missing."""
     import sys
 
+    az = pytest.importorskip("arviz")
     df = jaxhlm.datasets.load("eight_schools")
     model = jaxhlm.LMM("y ~ 1 + (1 | school)", df, residual_variance="se2")
     post = model.sample(num_warmup=200, num_samples=100, num_chains=2, seed=3)
     draws = post.ranef(summary=False)["school"]
     assert draws.shape == (2, 100, 8, 1)
     assert post.samples["(Intercept)"].shape == (2, 100)
+    idata = post.to_arviz()
+    assert sorted(idata.posterior.data_vars) == sorted(post.samples)
+    assert dict(idata.posterior.sizes) == {"chain": 2, "draw": 100}
+    np.testing.assert_array_equal(idata.posterior["(Intercept)"].values, post.samples["(Intercept)"])
+    assert int(idata.sample_stats["diverging"].sum()) == post.divergences
+    ours = post.summary()
+    theirs = az.summary(idata, var_names=["(Intercept)"], kind="stats")
+    assert theirs.loc["(Intercept)", "mean"] == pytest.approx(ours.loc["(Intercept)", "mean"], abs=1e-3)
     monkeypatch.setitem(sys.modules, "arviz", None)
     with pytest.raises(jaxhlm.JaxhlmError, match="pip install"):
         post.to_arviz()
