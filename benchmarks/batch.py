@@ -3,7 +3,8 @@
 
     python benchmarks/batch.py [--nsim 10000] [--out benchmarks/results/batch-DATE.json]
 
-1. sleepstudy ``Reaction ~ Days + (Days | Subject)`` REML parametric bootstrap:
+1. sleepstudy ``Reaction ~ Days + (Days | Subject)`` REML parametric bootstrap (and the
+   same for Penicillin, crossed, and Pastes, nested, against lme4's refit loops on them):
    ``res.bootstrap(nsim)`` (simulate + refit every replicate); refits per second with
    compilation excluded (a warm-up bootstrap of the same batch shape first; median of 3)
    and, separately, the first call with compilation.  lme4: ``refit()`` over
@@ -38,8 +39,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 import peers  # noqa: E402
 
+import jaxhlm  # noqa: E402  first: it sets XLA's log level before jax loads
 import jax  # noqa: E402
-import jaxhlm  # noqa: E402
 
 
 def _rate(fn, n, reps=3):
@@ -51,10 +52,18 @@ def _rate(fn, n, reps=3):
     return n / statistics.median(times), times
 
 
-def bootstrap_case(nsim: int) -> dict:
-    df = jaxhlm.datasets.load("sleepstudy")
+BOOTSTRAPS = {  # name: (bundled data set, formula, lme4_timing.R case)
+    "sleepstudy": ("sleepstudy", "Reaction ~ Days + (Days | Subject)", "sleepstudy_refit"),
+    "penicillin (crossed)": ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", "penicillin_refit"),
+    "pastes (nested)": ("pastes", "strength ~ 1 + (1 | batch/cask)", "pastes_refit"),
+}
+
+
+def bootstrap_case(nsim: int, dataset: str = "sleepstudy",
+                   formula: str = "Reaction ~ Days + (Days | Subject)") -> dict:
+    df = jaxhlm.datasets.load(dataset)
     t = time.perf_counter()
-    res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+    res = jaxhlm.LMM(formula, df).fit()
     first = res.bootstrap(nsim, seed=0)                     # compiles
     with_compile = time.perf_counter() - t
     rate, times = _rate(lambda: res.bootstrap(nsim, seed=1), nsim)
@@ -93,16 +102,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(HERE / "results" / f"batch-{_dt.date.today()}.json"))
     args = ap.parse_args(argv)
 
-    lme4_refit = peers.time_lme4("sleepstudy_refit", None, args.datadir)
+    lme4_refits = {name: peers.time_lme4(case, None, args.datadir) for name, (_, _, case) in BOOTSTRAPS.items()}
+    lme4_refit = lme4_refits["sleepstudy"]
     lme4_many = peers.time_lme4("one_design_many", None, args.datadir)
-    boot = bootstrap_case(args.nsim)
+    boots = {name: bootstrap_case(args.nsim, dataset, formula) for name, (dataset, formula, _) in BOOTSTRAPS.items()}
+    boot = boots["sleepstudy"]
     many = one_design_case(args.responses)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
     result = {"date": str(_dt.date.today()), "devices": [str(d) for d in jax.devices()], "cpu": cpu,
               "versions": {"jax": jax.__version__, "jaxhlm": jaxhlm.__version__},
               "bootstrap_sleepstudy": boot, "one_design_many": many,
-              "lme4_sleepstudy_refit": lme4_refit, "lme4_one_design_many": lme4_many}
+              "lme4_sleepstudy_refit": lme4_refit, "lme4_one_design_many": lme4_many,
+              "bootstraps": {name: {"formula": BOOTSTRAPS[name][1], "jaxhlm": boots[name], "lme4_refit": lme4_refits[name]}
+                             for name in BOOTSTRAPS}}
 
     print(f"jaxhlm batch benchmark {result['date']}  {cpu}  devices {result['devices']}")
     r = lme4_refit["fits_per_second"] if lme4_refit else None
@@ -111,6 +124,12 @@ def main(argv=None) -> int:
           f"lme4 refit loop {r:,.1f} refits/s -> {boot['refits_per_second'] / r:,.0f}x"
           if r else "; lme4 not available")
     print("   MixedModels.jl (published, threaded, bigger machine): ~3,300 refits/s")
+    for name in list(BOOTSTRAPS)[1:]:
+        b, r = boots[name], lme4_refits[name]
+        print(f"   {name} bootstrap, {args.nsim:,} replicates: {b['refits_per_second']:,.0f} refits/s "
+              f"(max iterations {b['max_iterations']}, converged {b['converged_fraction']:.4f})"
+              + (f"; lme4 refit loop {r['fits_per_second']:,.1f}/s -> {b['refits_per_second'] / r['fits_per_second']:,.0f}x"
+                 if r else "; lme4 not available"))
     m = lme4_many
     if m:
         print(f"2. one design, {args.responses:,} responses of 120 obs: {many['fits_per_second']:,.0f} fits/s; "

@@ -11,7 +11,8 @@ raise the objective: a singular fit (Dyestuff2) ends exactly on lme4's boundary.
 projection is needed, so no coordinate is ever stuck at 0 with a zero gradient.
 
 Each iteration takes a descent direction from a Hessian model and backtracks along it
-until the Armijo condition holds; every trial point gets its value and autodiff
+until the Armijo condition holds (a stall, once the trial step's predicted decrease
+is below the objective's rounding, ends the search); every trial point gets its value and autodiff
 gradient together, so the accepted point's gradient costs nothing more.  The Hessian:
 
 - ``"newton"``: forward differences of the gradient at every iterate (n + 1 gradients,
@@ -206,7 +207,11 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
 
         def optimising(s):
             first = ~jnp.isfinite(s.f)
-            armijo = f_c <= s.f + 1e-4 * s.alpha * jnp.dot(s.g, s.d)
+            # As a difference, so that a step too small to change f (f_c == f, which
+            # f + c alpha g'd rounds to near a minimum) is not a decrease: null steps
+            # would otherwise be accepted forever, until max_iter, instead of
+            # stalling, where the rounding rule below ends them.
+            armijo = f_c - s.f <= 1e-4 * s.alpha * jnp.dot(s.g, s.d)
             accept = finite & (first | armijo)
             H_new = H_c if newton else _bfgs_update(s.H, candidate - s.x, g_c - s.g)
             x = jnp.where(accept, candidate, s.x)
@@ -217,7 +222,11 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
             iteration = s.iteration + jnp.where(accept & ~first, 1, 0)
             halvings = jnp.where(accept, 0, s.halvings + 1)
             converged = accept & (predicted <= ftol * (1.0 + jnp.abs(f)))
-            stalled = ~accept & (halvings >= max_halvings)
+            # Stalled: out of halvings, or the next trial's first-order decrease,
+            # alpha/2 |g'd|, is below f's rounding (1e-14 (1 + |f|), ~50 ulps), where
+            # the Armijo test only sees noise.
+            noise = 0.5 * s.alpha * jnp.abs(jnp.dot(s.g, s.d)) <= 1e-14 * (1.0 + jnp.abs(s.f))
+            stalled = ~accept & ((halvings >= max_halvings) | noise)
             rounding = jnp.max(jnp.abs(g)) <= 1e-6 * (1.0 + jnp.abs(f))
             status = jnp.where(
                 first & ~finite, Status.NONFINITE,

@@ -7,6 +7,8 @@
 #                           InstEval (73,421 obs): REPS timed calls (default 1), no warm-up.
 #         sleepstudy_refit  fit the sleepstudy model once, simulate(fm, nsim = REPS (default 200), seed = 1),
 #                           time refit(fm, sim[[i]]) for every i (the core of bootMer): refits per second.
+#         penicillin_refit  the same for diameter ~ 1 + (1|plate) + (1|sample) on Penicillin (crossed), REML.
+#         pastes_refit      the same for strength ~ 1 + (1|batch/cask) on Pastes (nested), REML.
 #         one_design_many   120 obs (12 donors x 10, condition a 2-level factor, 5 rows of each per donor),
 #                           REPS responses (default 200) simulated from y ~ condition + (1|donor) with
 #                           beta = (0, 0.5), donor sd 1, residual sd 1, seed 1; times a refit() loop on the
@@ -25,7 +27,7 @@ args <- commandArgs(TRUE)
 if (length(args) < 2) stop("usage: Rscript lme4_timing.R DATADIR CASE [REPS] [OPTIMIZER]")
 datadir <- args[1]; case <- args[2]
 default_reps <- c(sleepstudy_reml = 50L, insteval_ml = 1L, sleepstudy_refit = 200L, one_design_many = 200L,
-                  cell = 10L)
+                  cell = 10L, penicillin_refit = 200L, pastes_refit = 200L)
 if (!case %in% names(default_reps)) stop("unknown CASE: ", case)
 reps <- if (length(args) >= 3 && args[3] != "") as.integer(args[3]) else default_reps[[case]]
 optimizer <- if (length(args) >= 4) args[4] else "bobyqa"
@@ -64,6 +66,17 @@ if (case == "sleepstudy_reml" || case == "sleepstudy_refit") {
     times <- time_each(reps, function(i) quiet(refit(fm, sim[[i]])))
     res <- summ(times)
   }
+} else if (case == "penicillin_refit" || case == "pastes_refit") {
+  if (case == "penicillin_refit") {
+    d <- read.csv(file.path(datadir, "Penicillin.csv"), colClasses = c(plate = "factor", sample = "factor"))
+    fm <- lmer(diameter ~ 1 + (1 | plate) + (1 | sample), d, REML = TRUE, control = ctrl)
+  } else {
+    d <- read.csv(file.path(datadir, "Pastes.csv"), colClasses = c(batch = "factor", cask = "factor"))
+    fm <- lmer(strength ~ 1 + (1 | batch/cask), d, REML = TRUE, control = ctrl)
+  }
+  sim <- simulate(fm, nsim = reps, seed = 1)
+  times <- time_each(reps, function(i) quiet(refit(fm, sim[[i]])))
+  res <- summ(times)
 } else if (case == "insteval_ml") {
   ie <- read.csv(file.path(datadir, "InstEval.csv"),
                  colClasses = c(s = "factor", d = "factor", dept = "factor", service = "factor"))
