@@ -59,8 +59,7 @@ BOOTSTRAPS = {  # name: (bundled data set, formula, lme4_timing.R case)
 }
 
 
-def bootstrap_case(nsim: int, dataset: str = "sleepstudy",
-                   formula: str = "Reaction ~ Days + (Days | Subject)") -> dict:
+def bootstrap_case(nsim: int, dataset: str, formula: str) -> dict:
     df = jaxhlm.datasets.load(dataset)
     t = time.perf_counter()
     res = jaxhlm.LMM(formula, df).fit()

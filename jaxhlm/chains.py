@@ -14,7 +14,8 @@ reloads them from the compilation cache -- about 3 s for sleepstudy, several tim
 the sampling itself.  Here the chains are one program (warm-up and sampling share one
 NUTS body, so it is compiled once), compiled ahead of time by :class:`ChainProgram`,
 which reports the compilation time apart and reuses the executable for every later
-run with the same shapes: other seeds, or other responses on the same design.
+run with the same shapes: other seeds, or (simulation-based calibration) other
+responses on the same design.
 
 Chains are mapped by ``jax.vmap`` (``"vectorized"``: one program, chains on a batch
 axis), ``lax.map`` (``"sequential"``) or ``jax.shard_map`` over the local devices
@@ -40,6 +41,12 @@ CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 STATS = ("diverging", "num_steps", "accept_prob")  # per kept iteration, beside the draws
 
 
+def require_int(name: str, value: Any, low: int) -> None:
+    """Raise a :class:`JaxhlmError` naming ``name`` unless ``value`` is an integer >= ``low``."""
+    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low):
+        raise JaxhlmError(f"{name} must be an integer >= {low}; got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """Iteration counts and NUTS settings of one chain (NumPyro's ``NUTS`` defaults)."""
@@ -52,10 +59,7 @@ class Schedule:
 
     def __post_init__(self):
         for name in ("num_warmup", "num_samples", "thinning", "max_tree_depth"):
-            value = getattr(self, name)
-            low = 0 if name == "num_warmup" else 1
-            if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low):
-                raise JaxhlmError(f"{name} must be an integer >= {low}; got {value!r}")
+            require_int(name, getattr(self, name), 0 if name == "num_warmup" else 1)
         if not 0 < self.target_accept_prob < 1:
             raise JaxhlmError(f"target_accept_prob must lie in (0, 1); got {self.target_accept_prob!r}")
 

@@ -19,7 +19,6 @@ over devices (``"parallel"``) or one after another (``"sequential"``).
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains
+from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
 from .errors import JaxhlmError
 from .kernel import draw_ranef, marginal_loglik
 from .priors import Priors, ResolvedPriors
@@ -255,8 +254,7 @@ class Sampler:
                  thinning: int = 1, precondition: bool = True):
         import numpyro
 
-        if not (isinstance(num_chains, int) and not isinstance(num_chains, bool) and num_chains >= 1):
-            raise JaxhlmError(f"num_chains must be an integer >= 1; got {num_chains!r}")
+        require_int("num_chains", num_chains, 1)
         schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
         fn = numpyro_model(model, (priors or Priors()).resolve(model))
         unknown = sorted(set(fixed or {}) - set(site_names(model)))
