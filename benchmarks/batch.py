@@ -36,8 +36,7 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "peers"))
-import peers  # noqa: E402
+from jaxhlm.tools import peers  # noqa: E402
 
 import jaxhlm  # noqa: E402  first: it sets XLA's log level before jax loads
 import jax  # noqa: E402

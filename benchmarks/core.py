@@ -50,8 +50,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE / "peers"))
-import peers  # noqa: E402  (benchmarks/peers/peers.py)
+from jaxhlm.tools import peers  # noqa: E402
 
 SLEEP_FORMULA = "Reaction ~ Days + (Days | Subject)"
 INSTEVAL_FORMULA = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)"

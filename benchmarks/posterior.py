@@ -5,15 +5,15 @@ Both sample sleepstudy, ``Reaction ~ Days + (Days | Subject)``, with the same pr
 the Stan program is tests/reference/stan/sleepstudy.stan), CHAINS chains of WARMUP
 warm-up and DRAWS kept iterations each.  The figure is effective samples per second:
 the smallest bulk ESS over (beta, sigma, SDs, correlation) (rank-normalised, Vehtari et
-al. 2021; rstan::ess_bulk for Stan, jaxhlm.posterior.ess_bulk for jaxhlm), divided by
+al. 2021; rstan::ess_bulk for Stan, jaxhlm.bayes.posterior.ess_bulk for jaxhlm), divided by
 the time of warm-up plus sampling, compilation excluded and reported apart:
 
-- jaxhlm: :class:`jaxhlm.posterior.Sampler` (4 vectorized chains, one compiled
-  program: :mod:`jaxhlm.chains`); the first run compiles (its compilation time is
+- jaxhlm: :class:`jaxhlm.bayes.posterior.Sampler` (4 vectorized chains, one compiled
+  program: :mod:`jaxhlm.bayes.chains`); the first run compiles (its compilation time is
   reported apart); the next REPS runs (fresh warm-up each, other seeds) reuse the
   executable and are timed until their draws are ready; the median is reported.
   The script starts with an empty compilation cache, so the compilation is cold.
-- Stan: ``benchmarks/peers/stan_timing.R`` (rstan; chains one after another); its time
+- Stan: ``jaxhlm/tools/peers/stan_timing.R`` (rstan; chains one after another); its time
   is Stan's own clock (``get_elapsed_time``: warm-up + sampling summed over chains),
   which leaves out R's overhead around ``sampling()`` (also reported).
 
@@ -45,7 +45,7 @@ import jaxhlm  # noqa: E402  first: it sets XLA's log level before jax loads
 import jax  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
-from jaxhlm.posterior import Sampler  # noqa: E402
+from jaxhlm.bayes.posterior import Sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAN_PROGRAM = ROOT / "tests" / "reference" / "stan" / "sleepstudy.stan"
@@ -98,7 +98,7 @@ def time_stan(chains: int, warmup: int, draws: int, seed: int = 1) -> dict | Non
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "sleepstudy.csv"
         jaxhlm.datasets.load("sleepstudy").to_csv(csv, index=False)
-        cmd = [rscript, str(ROOT / "benchmarks" / "peers" / "stan_timing.R"), str(STAN_PROGRAM), str(csv),
+        cmd = [rscript, str(ROOT / "jaxhlm" / "tools" / "peers" / "stan_timing.R"), str(STAN_PROGRAM), str(csv),
                str(chains), str(warmup), str(draws), str(seed)]
         run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:

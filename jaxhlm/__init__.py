@@ -7,17 +7,19 @@ Importing jaxhlm enables float64 in JAX and a persistent compilation cache
 """
 
 from . import _config  # noqa: F401  (float64 and the compilation cache, first)
-from . import datasets, priors
+from . import covariance, datasets, families
 from ._config import enable_compilation_cache
-from .batch import fit_datasets
+from .batch import BatchResult, fit_datasets
+from .bayes import priors
+from .bayes.priors import Priors
 from .errors import DataError, FormulaError, JaxhlmError
-from .fitting import Options, trace_count
+from .fitting import Options
 from .model import LMM
 from .optimize import Status
-from .priors import Priors
 from .results import LMMResult
 
 __version__ = "0.1.0"
 
-__all__ = ["LMM", "LMMResult", "Options", "Priors", "Status", "datasets", "priors", "DataError", "FormulaError",
-           "JaxhlmError", "enable_compilation_cache", "fit_datasets", "trace_count", "__version__"]
+__all__ = ["LMM", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
+           "families", "priors", "DataError", "FormulaError", "JaxhlmError", "enable_compilation_cache",
+           "fit_datasets", "__version__"]

@@ -32,24 +32,19 @@ import dataclasses
 import functools
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from . import tables
 from .blocks import Blocks, response_axes, with_responses
 from .fitting import Options, fit_blocks
-from .kernel import lambdas
 from .optimize import Status
-from .results import SINGULAR_TOL, term_covariances
-from .stacking import Stacked, stack
+from .stacking import stack
 from .start import moment_starts
-
-if TYPE_CHECKING:
-    from .model import LMM
-    from .results import LMMResult
 
 
 STRAGGLER_AFTER = 20
@@ -77,10 +72,12 @@ class BatchResult:
     ``corr_names`` (the rows of ``varcorr``), ``status``, ``iterations``,
     ``converged`` and ``singular`` (B,).  ``model``: the :class:`~jaxhlm.model.LMM` of
     :func:`fit_many`, or the :class:`~jaxhlm.stacking.Stacked` data sets of
-    :func:`fit_datasets` (either gives ``formula``, ``structure`` and the fixed-effect names).
+    :func:`fit_datasets` (either gives ``formula``, ``structure``, ``specs`` (the terms
+    with their names) and the fixed-effect names).  ``lams``: per term, lambda_k of
+    every fit (B, p_k, p_k).
     """
 
-    model: "LMM | Stacked"
+    model: Any
     reml: bool
     objective: np.ndarray
     fixef: np.ndarray
@@ -89,14 +86,15 @@ class BatchResult:
     sigma: np.ndarray
     status: np.ndarray
     iterations: np.ndarray
+    lams: tuple = dataclasses.field(repr=False)
     sd: np.ndarray = dataclasses.field(init=False)
     sd_names: list[str] = dataclasses.field(init=False)
     corr: np.ndarray = dataclasses.field(init=False)
     corr_names: list[str] = dataclasses.field(init=False)
 
     def __post_init__(self):
-        self.sd, self.sd_names, self.corr, self.corr_names = _sd_corr(
-            self.model.structure, self.theta, self.sigma)
+        self.sd, self.sd_names, self.corr, self.corr_names = tables.sd_corr(
+            self.model.specs, self.lams, self.sigma)
 
     @property
     def fixef_names(self) -> list[str]:
@@ -108,8 +106,7 @@ class BatchResult:
 
     @property
     def singular(self) -> np.ndarray:
-        lower = self.model.structure.theta_lower()
-        return np.any(self.theta[:, lower == 0] < SINGULAR_TOL, axis=1)
+        return tables.singular(self.theta, self.model.structure.scales())
 
     def __len__(self) -> int:
         return self.objective.shape[0]
@@ -127,7 +124,7 @@ class BatchResult:
         for j, name in enumerate(self.corr_names):
             cols[name] = self.corr[:, j]
         cols.update(converged=self.converged, singular=self.singular,
-                    status=[Status(s).name.lower() for s in self.status], iterations=self.iterations)
+                    status=[tables.status_name(s) for s in self.status], iterations=self.iterations)
         return pd.DataFrame(cols)
 
     def summary(self) -> str:
@@ -160,22 +157,6 @@ class BatchResult:
             rows.append((name, lo, hi, v[j], v[j + k - 1]))
         return pd.DataFrame(rows, columns=["parameter", "percentile_lower", "percentile_upper",
                                            "shortest_lower", "shortest_upper"]).set_index("parameter")
-
-
-def _sd_corr(st, theta: np.ndarray, sigma: np.ndarray):
-    """Random-effect SDs and correlations for a batch of theta (names as varcorr's rows)."""
-    sds, sd_names, corrs, corr_names = [], [], [], []
-    for t, _, sd, corr in term_covariances(st, theta, sigma):
-        for a, col in enumerate(t.columns):
-            sds.append(sd[:, a])
-            sd_names.append(f"sd({t.name}:{col})")
-        for a in range(t.p):
-            for b in range(a + 1, t.p):
-                corrs.append(corr[:, b, a])
-                corr_names.append(f"corr({t.name}:{t.columns[a]},{t.columns[b]})")
-    empty = np.zeros((theta.shape[0], 0))
-    return (np.stack(sds, 1) if sds else empty, sd_names,
-            np.stack(corrs, 1) if corrs else empty, corr_names)
 
 
 def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
@@ -258,10 +239,11 @@ def _fields(out) -> dict:
     """The arrays a :class:`BatchResult` keeps, from vmapped fits."""
     return dict(objective=out.opt.fun, fixef=out.cond.beta,
                 fixef_se=np.sqrt(np.einsum("bii->bi", out.cond.vcov)), theta=out.opt.x,
-                sigma=out.cond.sigma, status=out.opt.status, iterations=out.opt.iterations)
+                sigma=out.cond.sigma, status=out.opt.status, iterations=out.opt.iterations,
+                lams=tuple(out.lams))
 
 
-def fit_many(model: "LMM", Y, reml: bool = True, *, batch_size: int = 4096,
+def fit_many(model, Y, reml: bool = True, *, batch_size: int = 4096,
              options: Options = Options(), progress: bool = False, theta0=None) -> BatchResult:
     """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns.
 
@@ -334,13 +316,13 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int =
         parts.append(_fields(_fit_batch(take, B, bucket.structure, starts, reml, options,
                                         batch_size, progress)))
     order = np.argsort(np.concatenate([b.index for b in stacked.buckets]))
-    fields = {k: np.concatenate([p[k] for p in parts])[order] for k in parts[0]}
+    fields = jax.tree.map(lambda *a: np.concatenate(a)[order], *parts)
     return BatchResult(model=stacked, reml=bool(reml), **fields)
 
 
 @functools.partial(jax.jit, static_argnames=("st",))
 def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
-    lams = lambdas(theta, st)
+    lams = st.lambdas(theta)
     k_e, *k_u = jax.random.split(key, 1 + len(st.terms))
     y = X @ beta + sigma * jax.random.normal(k_e, (X.shape[0],), X.dtype)
     for t, lam, key_u, code, Z in zip(st.terms, lams, k_u, codes, Zs):
@@ -361,7 +343,7 @@ def _draw(key, index, beta, theta, sigma, X, codes, Zs, st):
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
-def simulate_responses(model: "LMM", fixef, theta, sigma, key, index) -> np.ndarray:
+def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     """Responses (R, nobs) on ``model``'s design, one per entry of ``index`` (R,): lme4's
     ``simulate(m, newparams = ...)``.
 
@@ -388,17 +370,17 @@ def simulate_responses(model: "LMM", fixef, theta, sigma, key, index) -> np.ndar
     return out
 
 
-def simulate(result: "LMMResult", nsim: int, seed: int = 0) -> np.ndarray:
-    """``nsim`` responses from the fitted model (lme4's ``simulate``): array (nsim, nobs);
+def simulate(model, fixef, theta, sigma, nsim: int, seed: int = 0) -> np.ndarray:
+    """``nsim`` responses from a fitted model (lme4's ``simulate``): array (nsim, nobs);
     replicate i draws from ``fold_in(key(seed), i)``."""
-    return simulate_responses(result._model, result.fixef.to_numpy(), result.theta, result.sigma,
-                              jax.random.key(seed), np.arange(nsim))
+    return simulate_responses(model, fixef, theta, sigma, jax.random.key(seed), np.arange(nsim))
 
 
-def bootstrap(result: "LMMResult", nsim: int, seed: int = 0, *, batch_size: int = 4096,
-              options: Options = Options(), progress: bool = False) -> BatchResult:
-    """Parametric bootstrap: simulate ``nsim`` responses, refit each (lme4's ``bootMer``),
-    starting each refit at the original estimate as lme4's ``refit`` does."""
-    Y = simulate(result, nsim, seed)
-    return fit_many(result._model, Y, result.reml, batch_size=batch_size, options=options,
-                    progress=progress, theta0=result.theta)
+def bootstrap(model, fixef, theta, sigma, reml: bool, nsim: int, seed: int = 0, *,
+              batch_size: int = 4096, options: Options = Options(), progress: bool = False) -> BatchResult:
+    """Parametric bootstrap of a fit with these estimates: simulate ``nsim`` responses,
+    refit each (lme4's ``bootMer``), starting each refit at the fit's theta as lme4's
+    ``refit`` does."""
+    Y = simulate(model, fixef, theta, sigma, nsim, seed)
+    return fit_many(model, Y, reml, batch_size=batch_size, options=options, progress=progress,
+                    theta0=theta)

@@ -33,56 +33,12 @@ observed rows can share a batch.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import numpy as np
 
-from .frame import ModelFrame, TermSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class Structure:
-    """The static shape of a model: its random-effects terms and the number of fixed effects.
-
-    Hashable, so it is a static argument of jit: two models with the same structure
-    (and the same array shapes) share one compilation.
-    """
-
-    terms: tuple[TermSpec, ...]
-    p: int
-    sigma: float | None = None  # the residual SD when known (weights then give each row's variance)
-
-    @property
-    def rest_terms(self) -> tuple[TermSpec, ...]:
-        return self.terms[1:]
-
-    @property
-    def m_rand(self) -> int:
-        """Number of random-effect columns after term 1."""
-        return sum(t.q for t in self.rest_terms)
-
-    @property
-    def m(self) -> int:
-        """Size of the rest's dense block: m_rand + p + 1."""
-        return self.m_rand + self.p + 1
-
-    @property
-    def ntheta(self) -> int:
-        return sum(t.ntheta for t in self.terms)
-
-    def theta_lower(self) -> np.ndarray:
-        """Lower bounds of theta: 0 for diagonal elements of each lambda_k, -inf below it."""
-        return np.array([0.0 if r == c else -np.inf for t in self.terms for r, c in t.tri_indices])
-
-    def theta_start(self) -> np.ndarray:
-        """lme4's starting value: lambda_k = identity."""
-        return np.where(self.theta_lower() == 0, 1.0, 0.0)
-
-    def theta_names(self) -> list[str]:
-        """lme4's names of theta: ``group.var`` on the diagonal, ``group.var_i.var_j`` below."""
-        return [f"{t.group}.{t.columns[r]}" if r == c else f"{t.group}.{t.columns[r]}.{t.columns[c]}"
-                for t in self.terms for r, c in t.tri_indices]
+from .frame import ModelFrame
+from .structure import Structure
 
 
 class Blocks(NamedTuple):
@@ -100,6 +56,7 @@ class Blocks(NamedTuple):
     Arr: np.ndarray        # (m, m)
     nobs: np.ndarray       # () float: observations with a positive weight
     logw: np.ndarray       # () float: sum of log w_i over them (0 without prior weights)
+    sigma: np.ndarray      # () float: the known residual SD (Structure.known_sigma); else unused
 
 
 def _rest_columns(frame: ModelFrame, st: Structure, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +88,7 @@ def build(frame: ModelFrame, y: np.ndarray | None = None,
     ``weights``: row i has residual variance sigma^2 / w_i) weight every cross-product,
     [Z X y]' W [Z X y], as lme4's ``weights =`` does.
     """
-    st = Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1], frame.sigma)
+    st = frame.structure
     first = frame.terms[0]
     ell1, p1, m, m_rand = first.spec.nlevels, first.spec.p, st.m, st.m_rand
     codes1 = first.codes.astype(np.int64)
@@ -176,7 +133,8 @@ def build(frame: ModelFrame, y: np.ndarray | None = None,
         pair_val=coo_val[pair_a][:, :, None] * coo_val[pair_b][:, None, :],
         pair_rand=(coo_row[pair_b] < m_rand),
         Arr=Arr, nobs=np.asarray(float(np.count_nonzero(w_row))),
-        logw=np.asarray(float(np.log(w_row[w_row > 0]).sum())))
+        logw=np.asarray(float(np.log(w_row[w_row > 0]).sum())),
+        sigma=np.asarray(1.0 if frame.sigma is None else float(frame.sigma)))
     return st, blocks
 
 

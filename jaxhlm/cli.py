@@ -18,7 +18,7 @@ posterior by NUTS with the default priors (:class:`jaxhlm.Priors`) and prints it
 ``bootstrap`` refits N parametric-bootstrap replicates; both write one row per fit
 and print a summary (and, for the bootstrap, the confidence intervals).  ``bench`` runs
 a benchmark grid and ``study`` a simulation study described in TOML (``configs/``;
-:mod:`jaxhlm.bench`, :mod:`jaxhlm.study`), writing CSV, JSON and PNG files.  Errors are
+:mod:`jaxhlm.tools.bench`, :mod:`jaxhlm.tools.study`), writing CSV, JSON and PNG files.  Errors are
 one line on stderr, exit status 2.
 """
 
@@ -68,7 +68,7 @@ PRIORS = {"zero-avoiding": "zero_avoiding", "wishart": "wishart", "gamma": "gamm
 
 
 def _fit(args) -> int:
-    from . import priors
+    from .bayes import priors
 
     prior = getattr(priors, PRIORS[args.prior])() if args.prior else None
     res = _model(args).fit(reml=not args.ml, prior=prior)
@@ -122,7 +122,7 @@ def _sample(args) -> int:
 
 
 def _config_run(args) -> int:
-    from . import bench, study
+    from .tools import bench, study
 
     module = bench if args.command == "bench" else study
     table = module.main(args.config, args.out_dir, plots=not args.no_plots)

@@ -1,9 +1,10 @@
 """Fitting as one pure, jit-compiled function of the blocks: theta-hat and everything given it.
 
-``fit_blocks(blocks, st, reml)`` minimises the profiled objective
-(:func:`jaxhlm.kernel.objective`) over theta with :func:`jaxhlm.optimize.minimize`
-and evaluates the conditional estimates (:func:`jaxhlm.kernel.conditional`) at the
-optimum, all in one compiled program.  Its arguments are arrays (the blocks) and a
+``fit_blocks(blocks, st, reml)`` minimises the family's objective (for the Gaussian,
+the profiled criterion :func:`jaxhlm.families.gaussian.objective`) over theta with
+:func:`jaxhlm.optimize.minimize` and evaluates the conditional estimates
+(:func:`jaxhlm.families.gaussian.conditional`) at the optimum, all in one compiled
+program.  Its arguments are arrays (the blocks) and a
 hashable static structure, so it vmaps over responses and a model of the same
 structure and shapes reuses the compilation; :func:`trace_count` counts compilations.
 lme4's equivalent is ``optimizeLmer`` followed by ``mkMerMod``.
@@ -18,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .blocks import Blocks, Structure
-from .kernel import Conditional, canonical_theta, conditional, objective
+from .blocks import Blocks
+from .families import GAUSSIAN
+from .kernel import Conditional
 from .optimize import Minimum, minimize
 from .precompiled import Precompiled
+from .structure import Structure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +55,12 @@ BFGS_ABOVE = 200
 
 
 class FitArrays(NamedTuple):
-    """The raw outcome of a fit: the optimiser's result and the conditional estimates."""
+    """The raw outcome of a fit: the optimiser's result, the conditional estimates and
+    each term's relative covariance factor lambda_k at the optimum."""
 
     opt: Minimum
     cond: Conditional
+    lams: tuple
 
 
 _TRACES = {"fit_blocks": 0}
@@ -67,7 +72,7 @@ def trace_count() -> int:
 
 
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options(),
-               theta0=None, penalty=None) -> FitArrays:
+               theta0=None, penalty=None, family=GAUSSIAN) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
     sigma and b there.
@@ -76,7 +81,8 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     responses start at the original estimate, as lme4's ``refit`` does, with diagonal
     elements floored at 0.01 (at exactly 0 the even objective has no gradient there).
     ``penalty``: a prior's -2 log-density added to the objective (a posterior mode, as
-    blme's ``blmer``; :mod:`jaxhlm.priors`).
+    blme's ``blmer``; :mod:`jaxhlm.bayes.priors`).  ``family``: the response's
+    (:mod:`jaxhlm.families`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
     Without a penalty, a small model's compiled program is also kept on disk
@@ -86,25 +92,26 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     args = (blocks, st, bool(reml), options)
     if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
         # inside vmap or another transformation: traced into the caller's program
-        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty)
+        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family)
     start = np.asarray(start, dtype=np.float64)
     if options.resolve(st) == "bfgs" and jax.default_backend() == "cpu":
-        return _fit_blocks_cpu(*args, start, penalty)  # see LARGE_FIT_CPU_OPTIONS
-    if penalty is not None:  # a prior has no stable key for the disk
-        return _fit_blocks(*args, start, penalty)
-    return _PRECOMPILED(*args, start, penalty)
+        return _fit_blocks_cpu(*args, start, penalty, family)  # see LARGE_FIT_CPU_OPTIONS
+    if penalty is not None or not st.builtin or family is not GAUSSIAN:
+        # no stable key for the disk: a prior, or code outside jaxhlm's source
+        return _fit_blocks(*args, start, penalty, family)
+    return _PRECOMPILED(*args, start, penalty, family)
 
 
 def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
-                 penalty=None) -> FitArrays:
+                 penalty=None, family=GAUSSIAN) -> FitArrays:
     _TRACES["fit_blocks"] += 1
-    diagonal = jnp.asarray(st.theta_lower() == 0)
-    theta0 = jnp.where(diagonal, jnp.maximum(jnp.abs(theta0), 0.01), theta0)
-    opt = minimize(lambda th: objective(th, blocks, st, reml, penalty), theta0,
-                   canonical=lambda th: canonical_theta(th, st),
-                   snap_mask=st.theta_lower() == 0, method=options.resolve(st),
+    scales = st.scales()
+    theta0 = jnp.where(jnp.asarray(scales), jnp.maximum(jnp.abs(theta0), 0.01), theta0)
+    opt = minimize(lambda th: family.objective(th, blocks, st, reml, penalty), theta0,
+                   canonical=st.canonical, snap_mask=scales, method=options.resolve(st),
                    max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
-    return FitArrays(opt, conditional(opt.x, blocks, st, reml, penalty))
+    cond = family.conditional(opt.x, blocks, st, reml, penalty)
+    return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
 
 # XLA's CPU compiler spends about half of a single fit's compilation (0.9 of 1.8 s for
@@ -115,7 +122,7 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
 # cannot be kept on disk) use the older emitters; small ones are kept on disk
 # (:mod:`jaxhlm.precompiled`), so their compilation is paid once per machine.
 LARGE_FIT_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-_STATIC = (1, 2, 3, 5)
+_STATIC = (1, 2, 3, 5, 6)
 _fit_blocks = jax.jit(_fit_program, static_argnums=_STATIC)
 _fit_blocks_cpu = jax.jit(_fit_program, static_argnums=_STATIC, compiler_options=LARGE_FIT_CPU_OPTIONS)
 _PRECOMPILED = Precompiled(_fit_blocks, _STATIC, "fit_blocks")

@@ -9,7 +9,10 @@
 - ``(expr || g)``: uncorrelated, one term per column of ``expr`` (lme4's
   ``expandDoubleVerts`` turns ``(x || g)`` into ``(1 | g) + (0 + x | g)``);
 - ``(expr | a/b)`` = ``(expr | a) + (expr | b:a)``; lme4 names the nested factor ``b:a``;
-- ``(expr | a:b)``: the interaction of ``a`` and ``b`` as one grouping factor.
+- ``(expr | a:b)``: the interaction of ``a`` and ``b`` as one grouping factor;
+- ``keyword(expr | g)``: a covariance structure other than lme4's unstructured one
+  (lme4 2.0 and glmmTMB's syntax: ``diag(x | g)``, ``us(x | g)``; the keywords are
+  those of :mod:`jaxhlm.covariance`, which resolves them when the frame is built).
 
 Parsing is plain string work on the parenthesised groups of the right-hand side;
 it never evaluates anything.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 from .errors import FormulaError, caret, explain_formulaic
 
@@ -30,13 +34,15 @@ class RandomTerm:
     ``expr`` is the model formula (right-hand side only) of the term's covariates,
     ``group`` the grouping factor's name, written with ``:`` for an interaction
     (``factors`` lists its variables), and ``correlated`` is False for a column
-    split off a ``||`` term.
+    split off a ``||`` term.  ``keyword`` names the covariance structure written before
+    the parenthesis (``diag`` in ``diag(x | g)``); None for lme4's plain ``(x | g)``.
     """
 
     expr: str
     group: str
     factors: tuple[str, ...]
     correlated: bool = True
+    keyword: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +131,13 @@ def parse(text: str) -> ParsedFormula:
             continue
         expr, group, correlated = bar[0].strip(), bar[1].strip(), bar[2]
         where = offset + start
+        word = re.search(r"([A-Za-z_][A-Za-z0-9_.]*)\s*$", rhs[last:start])
+        keyword = word.group(1) if word else None
+        if keyword is not None:
+            if not correlated:
+                raise FormulaError(f"'{keyword}(... || ...)': a covariance structure takes '|', "
+                                   f"not '||':\n{caret(text, where)}")
+            start -= len(rhs[last:start]) - word.start(1)
         if not expr:
             raise FormulaError(f"random term has nothing before '|' (use '1' for an "
                                f"intercept):\n{caret(text, where + 1)}")
@@ -132,7 +145,7 @@ def parse(text: str) -> ParsedFormula:
             raise FormulaError(f"random term has no grouping factor after '|':\n"
                                f"{caret(text, offset + end - 1)}")
         for name, factors in _expand_group(group, where, text):
-            random.append(RandomTerm(expr, name, factors, correlated))
+            random.append(RandomTerm(expr, name, factors, correlated, keyword))
         fixed_pieces.append(rhs[last:start])
         last = end
     fixed_pieces.append(rhs[last:])

@@ -27,26 +27,32 @@ import pandas as pd
 from formulaic import Formula
 from formulaic.errors import FormulaicError
 
+from . import covariance as _covariance
 from . import formula as _formula
+from .covariance import Covariance
 from .errors import DataError, FormulaError, explain_formulaic
+from .structure import Structure, TermShape
 
 INTERCEPT = "(Intercept)"
 
 
 @dataclasses.dataclass(frozen=True)
 class TermSpec:
-    """What a random-effects term is, without its data (hashable, static under jit).
+    """What a random-effects term is, without its data.
 
     ``group``: the grouping factor as lme4 names it (``Subject``, ``cask:batch``);
     ``name``: the name used in ``VarCorr`` (lme4 makes repeated names unique with
     ``.1``, ``.2``: ``Subject``, ``Subject.1`` for ``(Days || Subject)``);
-    ``columns``: the covariate names (p_k of them); ``nlevels``: ell_k.
+    ``columns``: the covariate names (p_k of them); ``nlevels``: ell_k;
+    ``covariance``: its structure (:mod:`jaxhlm.covariance`).  :attr:`shape` is what
+    a compiled program sees of it (no names).
     """
 
     group: str
     name: str
     columns: tuple[str, ...]
     nlevels: int
+    covariance: Covariance
 
     @property
     def p(self) -> int:
@@ -57,14 +63,12 @@ class TermSpec:
         return self.p * self.nlevels
 
     @property
-    def ntheta(self) -> int:
-        return self.p * (self.p + 1) // 2
+    def shape(self) -> TermShape:
+        return TermShape(self.covariance, self.nlevels)
 
-    @property
-    def tri_indices(self) -> tuple[tuple[int, int], ...]:
-        """(row, column) of lambda_k for each of the term's theta elements, in lme4's
-        order: the lower triangle, column by column."""
-        return tuple((r, c) for c in range(self.p) for r in range(c, self.p))
+    def param_names(self) -> list[str]:
+        """lme4's names of the term's part of theta."""
+        return self.covariance.param_names(self.group, self.columns)
 
 
 @dataclasses.dataclass
@@ -95,6 +99,20 @@ class ModelFrame:
     @property
     def nobs(self) -> int:
         return self.y.shape[0]
+
+    @property
+    def specs(self) -> tuple[TermSpec, ...]:
+        return tuple(t.spec for t in self.terms)
+
+    @property
+    def structure(self) -> Structure:
+        """The static part of the model's compiled programs (shapes, no names)."""
+        return Structure(tuple(s.shape for s in self.specs), self.X.shape[1], self.sigma is not None)
+
+    @property
+    def theta_names(self) -> list[str]:
+        """lme4's names of theta, term by term."""
+        return [name for s in self.specs for name in s.param_names()]
 
 
 @functools.lru_cache(maxsize=256)
@@ -308,19 +326,22 @@ def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str
             Z = np.asarray(Z, dtype=float)
         if Z.shape[1] == 0:
             raise FormulaError(f"random-effects term ({term.expr} | {term.group}) has no columns")
+        shown = f"{term.keyword or ''}({term.expr} | {term.group})"
         if term.correlated:
-            raw.append((term.group, tuple(columns), codes, Z, levels))
+            cov = _covariance.for_term(term.keyword, len(columns), shown)
+            raw.append((term.group, tuple(columns), codes, Z, levels, cov))
         else:  # (x || g): one uncorrelated term per column
-            raw.extend((term.group, (c,), codes, Z[:, [j]], levels) for j, c in enumerate(columns))
+            raw.extend((term.group, (c,), codes, Z[:, [j]], levels, _covariance.Unstructured(1))
+                       for j, c in enumerate(columns))
     # lme4 orders terms by decreasing number of levels; R's order() is stable.
     raw.sort(key=lambda t: -len(t[4]))
     seen: dict[str, int] = {}
     terms = []
-    for group, columns, codes, Z, levels in raw:
+    for group, columns, codes, Z, levels, cov in raw:
         k = seen.get(group, 0)
         seen[group] = k + 1
         name = group if k == 0 else f"{group}.{k}"
-        terms.append(Term(TermSpec(group, name, columns, len(levels)), codes, Z, levels))
+        terms.append(Term(TermSpec(group, name, columns, len(levels), cov), codes, Z, levels))
     return terms
 
 

@@ -1,12 +1,13 @@
-"""The profiled deviance and REML criterion of a linear mixed model, as pure functions of theta.
+"""The blocked Cholesky factor of a linear mixed model's penalized least squares, given theta.
 
 The model (Bates, Maechler, Bolker and Walker 2015, "Fitting linear mixed-effects
 models using lme4", J. Stat. Softw. 67(1), section 3) is
 
     y = X beta + Z b + e,   b = Lambda_theta u,   u ~ N(0, sigma^2 I),   e ~ N(0, sigma^2 I),
 
-with Lambda_theta block diagonal: I_{ell_k} (x) lambda_k for term k, lambda_k lower
-triangular with theta (column-major lower triangle) as its elements.  Factor
+with Lambda_theta block diagonal: I_{ell_k} (x) lambda_k for term k, lambda_k the
+term's relative covariance factor (:mod:`jaxhlm.covariance`: for lme4's ``(x | g)``
+lower triangular with theta, column-major, as its elements).  Factor
 
     L L' = [Lambda'Z'Z Lambda + I   Lambda'Z'X   Lambda'Z'y]
            [X'Z Lambda              X'X          X'y       ]
@@ -14,17 +15,13 @@ triangular with theta (column-major lower triangle) as its elements.  Factor
 
 blockwise, as MixedModels.jl does: term 1 stays block diagonal (ell_1 factors C_j of
 lambda_1' Z_1j'Z_1j lambda_1 + I), its Schur complement on the rest is the segment
-sum of :mod:`jaxhlm.blocks`, and the rest is one dense Cholesky factor L_rr.  Then,
-with r_yy the last diagonal element of L (r_yy^2 = the penalised residual sum of
-squares), log|L_theta|^2 the log-determinant of Lambda'Z'Z Lambda + I and
-log|R_X|^2 that of X'V^{-1}X / sigma^2:
-
-    ML deviance     d(theta) = log|L_theta|^2 + n (1 + log(2 pi r_yy^2 / n))
-    REML criterion  d(theta) = log|L_theta|^2 + log|R_X|^2 + (n-p)(1 + log(2 pi r_yy^2 / (n-p)))
-
-(lme4's ``deviance``/``REMLcrit``; equations 34 and 41 of Bates et al. 2015).  Every
-function here is jit-compiled, differentiable and vmap-able over theta and over the
-blocks (several responses).
+sum of :mod:`jaxhlm.blocks`, and the rest is one dense Cholesky factor L_rr.  The
+factor gives r_yy^2 (the penalised residual sum of squares, the last diagonal element
+of L squared), log|L_theta|^2 (the log-determinant of Lambda'Z'Z Lambda + I) and
+log|R_X|^2 (that of X'V^{-1}X / sigma^2), from which the response's family
+(:mod:`jaxhlm.families`) reads its criterion, and, given sigma^2, the estimates of
+beta and b (:func:`estimates`).  Every function here is jit-compiled, differentiable
+and vmap-able over theta and over the blocks (several responses).
 """
 
 from __future__ import annotations
@@ -37,37 +34,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .blocks import Blocks, Structure
+from .blocks import Blocks
 from .linalg import cholesky, inv_from_cholesky, log_diag_sum, solve_lower, solve_upper_t
-
-LOG_2PI = 1.8378770664093453
+from .structure import Structure
 
 
 def lambdas(theta: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
-    """The lower-triangular lambda_k (p_k x p_k) of each term, filled column-major from theta."""
-    out, i = [], 0
-    for t in st.terms:
-        rows, cols = zip(*t.tri_indices)
-        lam = jnp.zeros((t.p, t.p), theta.dtype).at[rows, cols].set(theta[i:i + t.ntheta])
-        out.append(lam)
-        i += t.ntheta
-    return out
-
-
-def canonical_theta(theta: jnp.ndarray, st: Structure) -> jnp.ndarray:
-    """theta with every column of each lambda_k that has a negative diagonal negated.
-
-    Lambda Lambda' (so the objective) is unchanged; the result lies in lme4's parameter
-    space (diagonal elements >= 0).
-    """
-    parts, i = [], 0
-    for t in st.terms:
-        cols = [c for _, c in t.tri_indices]                                  # column of each element
-        diag = [i + k for k, (r, c) in enumerate(t.tri_indices) if r == c]   # where lambda_cc sits
-        sign = jnp.where(theta[jnp.asarray(diag)] < 0, -1.0, 1.0)
-        parts.append(theta[i:i + t.ntheta] * sign[jnp.asarray(cols)])
-        i += t.ntheta
-    return jnp.concatenate(parts)
+    """The relative covariance factor lambda_k (p_k x p_k) of each term at theta."""
+    return st.lambdas(theta)
 
 
 def _scale_rows(d: jnp.ndarray, lams: list[jnp.ndarray], st: Structure, transpose: bool) -> jnp.ndarray:
@@ -185,7 +159,7 @@ def _dense_bwd(mr, p, L, cts):
 dense_parts.defvjp(_dense_fwd, _dense_bwd)
 
 
-def _rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
+def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
     """Term 1's factors and the rest's matrix after eliminating term 1.
 
     Term 1: C_j C_j' = lambda_1' A11_j lambda_1 + I.  Eliminating it subtracts
@@ -209,73 +183,12 @@ def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
     """Update the blocked Cholesky factor for theta: MixedModels.jl's ``updateL!``.
 
     Term 1's diagonal blocks C_j, then L_rr L_rr' = M, the rest's matrix after
-    eliminating term 1 (:func:`_rest_matrix`).
+    eliminating term 1 (:func:`rest_matrix`).
     """
-    C, T, M = _rest_matrix(theta, blocks, st)
+    C, T, M = rest_matrix(theta, blocks, st)
     L, logdet_r, logdet_x, pwrss = dense_parts(M, st.m_rand, st.p)
     logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
     return Factor(C, T, L, logdet_theta, logdet_x, pwrss)
-
-
-def _dof(blocks: Blocks, st: Structure, reml: bool):
-    return blocks.nobs - st.p if reml else blocks.nobs
-
-
-def residual_variance(pwrss, blocks: Blocks, st: Structure, reml: bool):
-    """sigma^2 at theta: the known value when the model fixes sigma (``st.sigma``), else
-    the profiled estimate pwrss / dof, with dof = n (ML) or n - p (REML)."""
-    if st.sigma is not None:
-        return jnp.asarray(st.sigma ** 2, pwrss.dtype)
-    return pwrss / _dof(blocks, st, reml)
-
-
-def criterion(f: Factor, blocks: Blocks, st: Structure, reml: bool, penalty=None,
-              theta=None) -> jnp.ndarray:
-    """The ML deviance or REML criterion read off a factor, at sigma^2 profiled or known.
-
-    -2 log L(theta, sigma^2) = log|L_theta|^2 [+ log|R_X|^2] - sum log w_i
-    + dof log(2 pi sigma^2) + r_yy^2 / sigma^2; its minimum over sigma^2 is the module
-    docstring's formula (lme4 subtracts sum log w_i, its ``ldW``, for prior weights).
-    A ``penalty`` (:mod:`jaxhlm.priors`) adds a prior's -2 log-density in theta, as
-    blme's ``blmer`` does; sigma is profiled as without it.
-    """
-    dof = _dof(blocks, st, reml)
-    s2 = residual_variance(f.pwrss, blocks, st, reml)
-    out = (f.logdet_theta + (f.logdet_x if reml else 0.0) - blocks.logw
-           + dof * (LOG_2PI + jnp.log(s2)) + f.pwrss / s2)
-    return out if penalty is None else out + penalty.deviance(theta, st)
-
-
-def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
-              penalty=None) -> jnp.ndarray:
-    """-2 log-likelihood (ML) or the REML criterion at theta, profiled over beta and sigma
-    (sigma known when ``st.sigma`` is set); with a ``penalty``, -2 log posterior (blme).
-
-    lme4: ``mkLmerDevfun(...)(theta)``; MixedModels.jl: ``objective(updateL!(setθ!(m, θ)))``.
-    """
-    return criterion(factorize(theta, blocks, st), blocks, st, reml, penalty, theta)
-
-
-def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
-                    blocks: Blocks, st: Structure) -> jnp.ndarray:
-    """log p(y | beta, sigma, theta) with b integrated out (not profiled): NUTS's likelihood.
-
-    -2 log p = log|L_theta|^2 - sum log w_i + n log(2 pi sigma^2) + r^2(beta) / sigma^2, where
-    r^2(beta) = min_u ||y - X beta - Z Lambda u||^2 + ||u||^2 (Bates et al. 2015, eq. 26 ff.).
-    Moving X beta into the response turns the rest's matrix M into P'MP with
-    P = [I 0; 0 -beta; 0 1] (random rows, then y - X beta): its dense factor's last
-    element squared is r^2(beta) and its leading part gives log|L_theta|^2.
-    """
-    C, _, M = _rest_matrix(theta, blocks, st)
-    mr, p = st.m_rand, st.p
-    My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
-    Myy = M[-1, -1] - 2.0 * beta @ M[mr:mr + p, -1] + beta @ M[mr:mr + p, mr:mr + p] @ beta
-    Mb = jnp.concatenate([jnp.concatenate([M[:mr, :mr], My[:, None]], axis=1),
-                          jnp.concatenate([My, Myy[None]])[None, :]], axis=0)
-    _, logdet_r, _, rss = dense_parts(Mb, mr, 0)
-    logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
-    n = blocks.nobs
-    return -0.5 * (logdet_theta - blocks.logw + n * (LOG_2PI + 2.0 * jnp.log(sigma)) + rss / sigma ** 2)
 
 
 class Conditional(NamedTuple):
@@ -288,9 +201,10 @@ class Conditional(NamedTuple):
     b_var: list[jnp.ndarray]  # per term (ell_k, p_k, p_k): conditional covariances
 
 
-def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
-                penalty=None) -> Conditional:
-    """beta-hat, sigma-hat, vcov(beta) and the conditional modes and covariances of b.
+def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
+              sigma2: jnp.ndarray) -> Conditional:
+    """beta-hat, vcov(beta) and the conditional modes and covariances of b from the factor
+    at theta, given the residual variance sigma^2 (the family's, :mod:`jaxhlm.families`).
 
     From the factor: [u_rest; beta] solves L_rr[:-1,:-1]' x = L_rr[-1, :-1]; then
     u_1j = (C_j C_j')^{-1} lambda_1' (Z_1j'y - sum_{a in j} a_a w[row_a]) with
@@ -298,15 +212,13 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
     lme4's ``condVar``: sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda' (diagonal
     blocks), with beta held at its estimate.
     """
-    f = factorize(theta, blocks, st)
     lams = lambdas(theta, st)
     m, mr, p = st.m, st.m_rand, st.p
-    sigma2 = residual_variance(f.pwrss, blocks, st, reml)
     L = f.L
     x = solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0]
     u_rest, beta = x[:mr], x[mr:]
-    b_rest = _b_rest(u_rest, lams, st)
-    u1 = _term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
+    b_rest = rest_b(u_rest, lams, st)
+    u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
     lam1 = lams[0]
     ell1 = f.C.shape[0]
     b = [u1 @ lam1.T]
@@ -337,12 +249,12 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
             diag_blocks = jnp.einsum("lalb->lab", Gk)
             b_var_rest.append(sigma2 * jnp.einsum("ac,lcd,bd->lab", lam, diag_blocks, lam))
             offset += t.q
-    b += _split_rest(b_rest, st)
+    b += split_rest(b_rest, st)
     b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
 
 
-def _b_rest(u_rest: jnp.ndarray, lams: list[jnp.ndarray], st: Structure) -> jnp.ndarray:
+def rest_b(u_rest: jnp.ndarray, lams: list[jnp.ndarray], st: Structure) -> jnp.ndarray:
     """b = Lambda u for the terms after the first (their q columns, level-major)."""
     if not st.m_rand:
         return u_rest
@@ -350,7 +262,7 @@ def _b_rest(u_rest: jnp.ndarray, lams: list[jnp.ndarray], st: Structure) -> jnp.
             * _scalar_scales(lams[1:], st, u_rest.dtype)[:st.m_rand])
 
 
-def _split_rest(b_rest: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
+def split_rest(b_rest: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
     """The rest's b per term, each (ell_k, p_k)."""
     out, offset = [], 0
     for t in st.rest_terms:
@@ -359,7 +271,7 @@ def _split_rest(b_rest: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
     return out
 
 
-def _term1_mode(C: jnp.ndarray, T: jnp.ndarray, w: jnp.ndarray, blocks: Blocks) -> jnp.ndarray:
+def term1_mode(C: jnp.ndarray, T: jnp.ndarray, w: jnp.ndarray, blocks: Blocks) -> jnp.ndarray:
     """u_1 given w = [b_rest; beta]: u_1j = (C_j C_j')^{-1} lambda_1' (Z_1j'y - sum_{a in j} a_a w[row_a]).
 
     Term 1's levels are conditionally independent given the rest, so this is exact
@@ -368,32 +280,3 @@ def _term1_mode(C: jnp.ndarray, T: jnp.ndarray, w: jnp.ndarray, blocks: Blocks) 
                             num_segments=C.shape[0]) - blocks.zy1
     th = jnp.einsum("jab,jb->ja", T, h)
     return -solve_upper_t(C, th[..., None])[..., 0]
-
-
-def draw_ranef(key: jax.Array, theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
-               blocks: Blocks, st: Structure) -> list[jnp.ndarray]:
-    """One draw of b from its exact Gaussian conditional given (theta, beta, sigma) and y.
-
-    u | beta, sigma, theta, y ~ N((Lambda'Z'Z Lambda + I)^{-1} Lambda'Z'(y - X beta),
-    sigma^2 (Lambda'Z'Z Lambda + I)^{-1}), drawn blockwise: first the rest's u with term 1
-    integrated out (precision M_RR / sigma^2, the rest's random block after eliminating
-    term 1, mean M_RR^{-1} (M_Ry - M_RX beta)), then term 1's levels given it, each
-    N(:func:`_term1_mode`, sigma^2 (C_j C_j')^{-1}).  b = Lambda u, per term (ell_k, p_k).
-    """
-    C, T, M = _rest_matrix(theta, blocks, st)
-    lams = lambdas(theta, st)
-    mr, p = st.m_rand, st.p
-    k_rest, k_1 = jax.random.split(key)
-    if mr:
-        Lr = cholesky(M[:mr, :mr])
-        My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
-        mean = solve_upper_t(Lr, solve_lower(Lr, My[:, None]))[:, 0]
-        z = jax.random.normal(k_rest, (mr, 1), beta.dtype)
-        u_rest = mean + sigma * solve_upper_t(Lr, z)[:, 0]
-    else:
-        u_rest = jnp.zeros((0,), beta.dtype)
-    b_rest = _b_rest(u_rest, lams, st)
-    u1 = _term1_mode(C, T, jnp.concatenate([b_rest, beta]), blocks)
-    z1 = jax.random.normal(k_1, u1.shape + (1,), beta.dtype)
-    u1 = u1 + sigma * solve_upper_t(C, z1)[..., 0]
-    return [u1 @ lams[0].T] + _split_rest(b_rest, st)

@@ -11,9 +11,11 @@ import pandas as pd
 
 from . import blocks as _blocks
 from . import frame as _frame
-from . import priors as _priors
+from .batch import fit_many
+from .bayes import posterior as _posterior
+from .bayes import priors as _priors
+from .families import GAUSSIAN
 from .fitting import Options, fit_blocks
-from .kernel import objective
 from .results import LMMResult
 from .start import moment_start
 
@@ -61,11 +63,21 @@ class LMM:
     def fixef_names(self) -> list[str]:
         return list(self.frame.fixef_names)
 
+    @property
+    def specs(self):
+        """The random-effects terms with their names (:class:`jaxhlm.frame.TermSpec`)."""
+        return self.frame.specs
+
+    @property
+    def theta_names(self) -> list[str]:
+        """lme4's names of theta (``getME(m, "theta")``'s names)."""
+        return self.frame.theta_names
+
     def objective(self, theta, reml: bool = True, prior=None) -> float:
         """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta; with a
         ``prior`` (:mod:`jaxhlm.priors`), that plus the prior's -2 log-density."""
-        return float(objective(jnp.asarray(theta, dtype=jnp.float64), self.blocks,
-                               self.structure, bool(reml), _priors.penalty(prior, self)))
+        return float(GAUSSIAN.objective(jnp.asarray(theta, dtype=jnp.float64), self.blocks,
+                                        self.structure, bool(reml), _priors.penalty(prior, self)))
 
     def fit(self, reml: bool = True, *, options: Options = Options(), prior=None,
             start=None) -> LMMResult:
@@ -87,17 +99,13 @@ class LMM:
 
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
                num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
-        """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.posterior.sample`)."""
-        from .posterior import sample
-
-        return sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
+        """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.bayes.posterior.sample`)."""
+        return _posterior.sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
                       num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 
     def fit_many(self, Y, reml: bool = True, *, batch_size: int = 4096,
                  options: Options = Options(), progress: bool = False):
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
-        from .batch import fit_many
-
         return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)
 
     def __repr__(self) -> str:

@@ -6,7 +6,8 @@ every process still traces and lowers the fit: about 0.65 s for sleepstudy, most
 a warm process's first fit.  :class:`Precompiled` keys a compiled program by what
 determines it instead:
 
-- jaxhlm's source (a hash of the package's modules), JAX's and jaxlib's versions,
+- jaxhlm's source (a hash of every module of the package, subpackages included), JAX's
+  and jaxlib's versions,
   the backend and device kind, ``jax_enable_x64`` and ``XLA_FLAGS``;
 - the static arguments (their ``repr``: frozen dataclasses of names and integers);
 - the tree structure, shapes and dtypes of the array arguments;
@@ -44,11 +45,12 @@ _SOURCE_HASH: list[str] = []
 
 
 def _source_hash() -> str:
-    """sha256 of jaxhlm's modules (computed once per process)."""
+    """sha256 of jaxhlm's modules, subpackages included (computed once per process)."""
     if not _SOURCE_HASH:
         h = hashlib.sha256()
-        for path in sorted(Path(__file__).parent.glob("*.py")):
-            h.update(path.name.encode())
+        root = Path(__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode())
             h.update(path.read_bytes())
         _SOURCE_HASH.append(h.hexdigest())
     return _SOURCE_HASH[0]

@@ -13,18 +13,14 @@ import dataclasses
 import functools
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import tables
+from .batch import bootstrap, simulate
 from .optimize import Status
-
-if TYPE_CHECKING:
-    from .fitting import FitArrays
-    from .model import LMM
-
-SINGULAR_TOL = 1e-4  # lme4's isSingular(tol = 1e-4)
 
 
 @dataclasses.dataclass
@@ -51,10 +47,11 @@ class LMMResult:
     evaluations: int
     gradient: np.ndarray
     dropped_columns: list[str]
-    _model: "LMM" = dataclasses.field(repr=False)
+    _model: Any = dataclasses.field(repr=False)
     _cond: Any = dataclasses.field(repr=False)
     _options: Any = dataclasses.field(repr=False)
-    prior: Any = None  # the penalty of a posterior-mode fit (jaxhlm.priors), else None
+    _lams: Any = dataclasses.field(repr=False)   # lambda_k per term at theta-hat
+    prior: Any = None  # the penalty of a posterior-mode fit (jaxhlm.bayes.priors), else None
 
     @property
     def _method(self) -> str:
@@ -62,16 +59,16 @@ class LMMResult:
 
     @functools.cached_property
     def varcorr(self) -> pd.DataFrame:
-        return _varcorr(self._model.structure, self.theta, self.sigma)
+        return tables.varcorr(self._model.frame.specs, self._lams, self.sigma)
 
     @functools.cached_property
     def ranef(self) -> pd.DataFrame:
-        return _ranef(self._model.frame, self._cond.b, self._cond.b_var)
+        return tables.ranef(self._model.frame.terms, self._cond.b, self._cond.b_var)
 
     @property
     def npar(self) -> int:
         """p + length(theta), + 1 for sigma unless it is known."""
-        return len(self.fixef) + len(self.theta) + (self._model.structure.sigma is None)
+        return len(self.fixef) + len(self.theta) + (not self._model.structure.known_sigma)
 
     @property
     def loglik(self) -> float:
@@ -95,41 +92,39 @@ class LMMResult:
 
     @property
     def status_name(self) -> str:
-        return Status(self.status).name.lower()
+        return tables.status_name(self.status)
 
     @classmethod
-    def from_arrays(cls, model: "LMM", out: "FitArrays", reml: bool, options,
-                    prior=None) -> "LMMResult":
+    def from_arrays(cls, model, out, reml: bool, options, prior=None) -> "LMMResult":
+        """The result of ``model`` (an :class:`~jaxhlm.model.LMM`) from its fit's arrays
+        (:class:`jaxhlm.fitting.FitArrays`, fetched to the host)."""
         st, frame = model.structure, model.frame
         opt, cond = out.opt, out.cond
         theta = np.asarray(opt.x, dtype=float)
         sigma = float(cond.sigma)
         names = frame.fixef_names
-        lower = st.theta_lower()
         return cls(
             formula=model.formula, reml=reml, objective=float(opt.fun), nobs=frame.nobs,
             fixef=pd.Series(np.asarray(cond.beta), index=names, name="fixef"),
             vcov=pd.DataFrame(np.asarray(cond.vcov), index=names, columns=names),
-            theta=theta, theta_names=st.theta_names(), sigma=sigma,
-            ngroups=_ngroups(frame),
-            singular=bool(np.any(theta[lower == 0] < SINGULAR_TOL)),
+            theta=theta, theta_names=frame.theta_names, sigma=sigma,
+            ngroups=tables.ngroups(frame.specs),
+            singular=bool(tables.singular(theta, st.scales())),
             status=int(opt.status), iterations=int(opt.iterations),
             evaluations=int(opt.evaluations), gradient=np.asarray(opt.grad, dtype=float),
             dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
-            _options=options, prior=prior)
+            _options=options, _lams=[np.asarray(lam) for lam in out.lams], prior=prior)
 
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
-        """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``)."""
-        from .batch import simulate
-
-        return simulate(self, nsim, seed)
+        """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``);
+        replicate i draws from ``fold_in(key(seed), i)``."""
+        return simulate(self._model, self.fixef.to_numpy(), self.theta, self.sigma, nsim, seed)
 
     def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int = 4096, progress: bool = False):
-        """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``)."""
-        from .batch import bootstrap
-
-        return bootstrap(self, nsim, seed, batch_size=batch_size, options=self._options,
-                         progress=progress)
+        """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``),
+        each refit starting at this fit's theta, as lme4's ``refit`` does."""
+        return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,
+                         nsim, seed, batch_size=batch_size, options=self._options, progress=progress)
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
@@ -160,8 +155,8 @@ class LMMResult:
         ]
         if self.prior is not None:
             lines.append(f"Posterior mode with prior: {self.prior} (criteria include its -2 log-density)")
-        if self._model.structure.sigma is not None:
-            lines.append(f"Residual SD known (sigma = {self._model.structure.sigma:g}; per-row variances from the weights)")
+        if self._model.structure.known_sigma:
+            lines.append(f"Residual SD known (sigma = {self.sigma:g}; per-row variances from the weights)")
         lines.append("")
         if self.reml:
             lines.append(f"{crit}: {self.objective:.4f}")
@@ -189,62 +184,6 @@ class LMMResult:
         kind = "REML" if self.reml else "ML"
         return (f"<LMMResult {kind} {self.formula!r}: objective={self.objective:.4f}, "
                 f"sigma={self.sigma:.4g}, {self.status_name}>")
-
-
-def term_covariances(st, theta: np.ndarray, sigma: np.ndarray):
-    """Per term: (covariance sigma^2 lambda_k lambda_k', SDs, correlations) for a batch.
-
-    ``theta`` is (B, ntheta), ``sigma`` (B,); the covariance is (B, p, p), the SDs
-    (B, p), the correlations (B, p, p) (NaN where an SD is 0).
-    """
-    out, i = [], 0
-    for t in st.terms:
-        lam = np.zeros((theta.shape[0], t.p, t.p))
-        for k, (r, c) in enumerate(t.tri_indices):
-            lam[:, r, c] = theta[:, i + k]
-        i += t.ntheta
-        cov = np.einsum("bij,bkj->bik", lam, lam) * (sigma ** 2)[:, None, None]
-        sd = np.sqrt(np.einsum("bii->bi", cov))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = cov / (sd[:, :, None] * sd[:, None, :])
-        out.append((t, cov, sd, corr))
-    return out
-
-
-def _varcorr(st, theta: np.ndarray, sigma: float) -> pd.DataFrame:
-    """``as.data.frame(VarCorr(m))``: variances, then covariances (lower triangle,
-    column-major) per term, then the residual."""
-    rows = []
-    for t, cov, sd, corr in term_covariances(st, theta[None, :], np.array([sigma])):
-        for a in range(t.p):
-            rows.append((t.name, t.columns[a], None, cov[0, a, a], sd[0, a]))
-        for a in range(t.p):
-            for b in range(a + 1, t.p):
-                rows.append((t.name, t.columns[a], t.columns[b], cov[0, b, a], corr[0, b, a]))
-    rows.append(("Residual", None, None, sigma ** 2, sigma))
-    df = pd.DataFrame(rows, columns=["grp", "var1", "var2", "vcov", "sdcor"])
-    for c in ("var1", "var2"):  # missing names are None, as R's NA in as.data.frame(VarCorr)
-        df[c] = pd.Series([v if isinstance(v, str) else None for v in df[c]], dtype=object)
-    return df
-
-
-def _ranef(frame, b, b_var) -> pd.DataFrame:
-    """``as.data.frame(ranef(m, condVar = TRUE))``: one row per term, covariate and level."""
-    parts = []
-    for term, bk, vk in zip(frame.terms, b, b_var):
-        bk, vk = np.asarray(bk), np.asarray(vk)
-        for a, col in enumerate(term.spec.columns):
-            parts.append(pd.DataFrame({
-                "grpvar": term.spec.group, "term": col, "grp": term.levels,
-                "condval": bk[:, a], "condsd": np.sqrt(np.maximum(vk[:, a, a], 0.0))}))
-    return pd.concat(parts, ignore_index=True)
-
-
-def _ngroups(frame) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in frame.terms:
-        out.setdefault(t.spec.group, t.spec.nlevels)
-    return out
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

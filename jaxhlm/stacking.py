@@ -34,7 +34,7 @@ orders the terms by decreasing number of levels, which can differ between data s
 another); the batch uses one *common* order, by decreasing largest number of levels
 (ties: data set 0's order).  The objective does not depend on the order of the terms
 (it is a determinant and a residual sum of squares of the whole model); theta, the SDs
-and correlations are reported in the common order (``Stacked.structure.theta_names()``).
+and correlations are reported in the common order (``Stacked.theta_names``).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ import pandas as pd
 
 from . import blocks as _blocks
 from . import frame as _frame
-from .blocks import Blocks, Structure
+from .blocks import Blocks
 from .errors import DataError, JaxhlmError
+from .structure import Structure
 
 
 class Bucket(NamedTuple):
@@ -80,6 +81,17 @@ class Stacked:
     @property
     def fixef_names(self) -> list[str]:
         return list(self.frames[0].fixef_names)
+
+    @property
+    def specs(self) -> tuple[_frame.TermSpec, ...]:
+        """The terms with their names, in the common order, each with its largest number of levels."""
+        return tuple(dataclasses.replace(s, nlevels=t.nlevels)
+                     for s, t in zip(self.frames[0].specs, self.structure.terms))
+
+    @property
+    def theta_names(self) -> list[str]:
+        """lme4's names of theta in the common order of terms."""
+        return [name for s in self.specs for name in s.param_names()]
 
     @property
     def nobs(self) -> np.ndarray:

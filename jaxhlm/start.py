@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import Structure
+from .covariance import Diagonal, Unstructured
 from .frame import INTERCEPT, ModelFrame
+from .structure import Structure
 
 FLOOR, CEILING = 0.05, 20.0
 CHUNK = 1 << 14  # responses per pass (bounds the residuals' memory)
@@ -49,7 +50,8 @@ def moment_starts(frame: ModelFrame, st: Structure, Y: np.ndarray) -> np.ndarray
     Y = np.atleast_2d(np.asarray(Y, dtype=float))
     theta = np.tile(st.theta_start(), (Y.shape[0], 1))
     first = np.cumsum([0] + [spec.ntheta for spec in st.terms])[:-1]  # each term's lambda_k[0, 0]
-    which = [k for k, t in enumerate(frame.terms) if t.spec.columns == (INTERCEPT,)]
+    which = [k for k, t in enumerate(frame.terms) if t.spec.columns == (INTERCEPT,)
+             and t.spec.covariance in (Unstructured(1), Diagonal(1))]   # lambda_k = theta_k
     if not which or frame.weights is not None or frame.sigma is not None:
         return theta
     from scipy import sparse

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxhlm import bench
+from jaxhlm.tools import bench, peers
 from jaxhlm.cli import main
-from jaxhlm.configs import ConfigError
+from jaxhlm.tools.configs import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bench"
 
@@ -128,7 +128,7 @@ def test_shipped_grids_load():
 
 def test_statsmodels_peer_reads_one_term_formulas():
     spec = importlib.util.spec_from_file_location(
-        "sm_timing", bench.PEERS_SCRIPT.parent / "statsmodels_timing.py")
+        "sm_timing", peers.HERE / "statsmodels_timing.py")
     if importlib.util.find_spec("statsmodels") is None:
         pytest.skip("statsmodels not installed")
     sm = importlib.util.module_from_spec(spec)

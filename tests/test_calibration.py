@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 import jaxhlm
-from jaxhlm.posterior import calibrate
+from jaxhlm.bayes.posterior import calibrate
 
 
 @pytest.mark.slow
@@ -33,5 +33,5 @@ def test_simulation_based_calibration():
 def test_calibration_detects_a_wrong_sampler():
     """The check has power: ranks piled at the ends (an over-confident posterior) fail."""
     ranks = pd.DataFrame({"x": np.r_[np.zeros(40, int), np.full(40, 99), np.arange(20)]})
-    tests = jaxhlm.posterior.Calibration(ranks, 99, 0).chi_square()
+    tests = jaxhlm.bayes.posterior.Calibration(ranks, 99, 0).chi_square()
     assert tests.loc["x", "p_value"] < 1e-6

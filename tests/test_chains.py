@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import jaxhlm
-from jaxhlm.chains import Schedule, chain
-from jaxhlm.posterior import Sampler, numpyro_model
+from jaxhlm.bayes.chains import Schedule, chain
+from jaxhlm.bayes.posterior import Sampler, numpyro_model
 
 SHORT = dict(num_warmup=3, num_samples=5, precondition=False)
 
@@ -68,7 +68,7 @@ def test_vectorized_and_sequential_chains_agree(schools):
 PARALLEL = """
 import json, warnings
 import numpy as np, jax, jaxhlm
-from jaxhlm.posterior import Sampler
+from jaxhlm.bayes.posterior import Sampler
 assert len(jax.local_devices()) == 2
 m = jaxhlm.LMM("y ~ 1 + (1 | school)", jaxhlm.datasets.load("eight_schools"), residual_variance="se2")
 with warnings.catch_warnings():

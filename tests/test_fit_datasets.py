@@ -11,7 +11,7 @@ import pytest
 
 import jaxhlm
 from jaxhlm.blocks import Blocks
-from jaxhlm.kernel import objective
+from jaxhlm.families.gaussian import objective
 from jaxhlm.stacking import stack
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
@@ -62,7 +62,7 @@ def nested_sets():
 def theta_in_common_order(single, stacked):
     """A single fit's theta in the batch's term order (matched by name)."""
     names = single.theta_names
-    return np.array([single.theta[names.index(n)] for n in stacked.structure.theta_names()])
+    return np.array([single.theta[names.index(n)] for n in stacked.theta_names])
 
 
 def assert_each_equals_own_fit(formula, datasets, reml=True, **kw):
@@ -95,8 +95,8 @@ def test_padded_objective_is_exact_at_any_theta(sleepstudy):
             blocks = Blocks(*[np.asarray(f)[i] for f in bucket.blocks])
             reml = i % 2 == 0
             theta = model.structure.theta_start() + rng.uniform(0, 0.5, model.structure.ntheta)
-            own_names = model.structure.theta_names()
-            padded_theta = np.array([theta[own_names.index(n)] for n in bucket.structure.theta_names()])
+            own_names = model.theta_names
+            padded_theta = np.array([theta[own_names.index(n)] for n in stacked.theta_names])
             padded = float(objective(padded_theta, blocks, bucket.structure, reml))
             assert padded == pytest.approx(model.objective(theta, reml), rel=1e-12), (formula, i)
 
@@ -115,7 +115,7 @@ def test_crossed_terms_whose_level_counts_swap_rank():
     terms differently per data set; the batch uses one order (theta matched by name)."""
     datasets = [crossed_set(9, 5, 0), crossed_set(5, 8, 1), crossed_set(7, 6, 2)]
     out = assert_each_equals_own_fit(CROSSED, datasets, reml=False)
-    assert [t.name for t in out.model.structure.terms] == ["a", "b"]
+    assert [t.name for t in out.model.specs] == ["a", "b"]
     assert [t.nlevels for t in out.model.structure.terms] == [9, 8]
 
 

@@ -20,7 +20,8 @@ import pytest
 from scipy import stats
 
 import jaxhlm
-from jaxhlm.kernel import conditional, lambdas, objective
+from jaxhlm.families.gaussian import conditional, objective
+from jaxhlm.kernel import lambdas
 
 
 def _simulated(seed=0):

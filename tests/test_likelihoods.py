@@ -22,7 +22,7 @@ from test_kernel import MODELS, _data, dense_parts
 
 import jaxhlm
 from conftest import REFERENCE
-from jaxhlm.kernel import draw_ranef, marginal_loglik
+from jaxhlm.families.gaussian import draw_ranef, marginal_loglik
 
 import json
 

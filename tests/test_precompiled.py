@@ -11,7 +11,7 @@ import json, jaxhlm
 df = jaxhlm.datasets.load("sleepstudy")
 res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
 again = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit(reml=False)
-print(json.dumps({"traces": jaxhlm.trace_count(), "objective": res.objective, "theta": list(res.theta),
+print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "objective": res.objective, "theta": list(res.theta),
                   "ml": again.objective}))
 """
 REML = 1743.6282719585

@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 
 import jaxhlm
-from jaxhlm import designs, study
+from jaxhlm.tools import designs, study
 from jaxhlm.cli import main
-from jaxhlm.configs import ConfigError
+from jaxhlm.tools.configs import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "study"
 

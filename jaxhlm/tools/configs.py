@@ -36,7 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .errors import JaxhlmError
+from ..errors import JaxhlmError
 
 T = TypeVar("T")
 

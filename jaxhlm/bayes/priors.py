@@ -30,15 +30,12 @@ blme 1.0-5's source and checked numerically, is in ``tests/reference/blme/NOTES.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import JaxhlmError
-
-if TYPE_CHECKING:
-    from .model import LMM
+from ..errors import JaxhlmError
 
 
 # ---------------------------------------------------------------- penalties (modes)
@@ -92,28 +89,24 @@ class Penalty:
     a: tuple[float, ...]
 
     def deviance(self, theta: jnp.ndarray, st) -> jnp.ndarray:
-        """The prior's -2 log-density at theta.
+        """The prior's -2 log-density at theta: sum_k a_k log|det lambda_k|, which is
+        sum_k a_k sum_i log|lambda_k,ii| for a triangular lambda_k.
 
-        ``|lambda_ii|``: the optimiser iterates unconstrained and folds signs at the
-        end; the objective is even in each column's sign, and so is the penalty.
+        ``|.|``: the optimiser iterates unconstrained and folds signs at the end; the
+        objective is even in each column's sign, and so is the penalty.
         """
-        total, i = 0.0, 0
-        for t, a_k in zip(st.terms, self.a):
-            diag = [i + k for k, (r, c) in enumerate(t.tri_indices) if r == c]
-            total = total + a_k * jnp.sum(jnp.log(jnp.abs(theta[jnp.asarray(diag)])))
-            i += t.ntheta
-        return total
+        return sum(a_k * jnp.linalg.slogdet(lam)[1] for lam, a_k in zip(st.lambdas(theta), self.a))
 
     def __str__(self) -> str:
         return str(self.prior)
 
 
-def penalty(prior, model: "LMM") -> Penalty | None:
+def penalty(prior, model) -> Penalty | None:
     """Resolve ``prior`` (None, :func:`wishart`, :func:`gamma`) for the model's terms."""
     if prior is None:
         return None
     a = []
-    for t in model.structure.terms:
+    for t in model.frame.specs:
         if isinstance(prior, Wishart):
             df = t.p + 2.5 if prior.df is None else prior.df
             a.append(-2.0 * (df - t.p - 1))
@@ -154,7 +147,7 @@ class Priors:
     sd: Any = None
     lkj: Any = None
 
-    def resolve(self, model: "LMM") -> "ResolvedPriors":
+    def resolve(self, model) -> "ResolvedPriors":
         import numpyro.distributions as dist
 
         frame = model.frame
@@ -172,7 +165,7 @@ class Priors:
             default = (dist.Normal(0.0, 10.0 * s_y / s_x) if s_x is not None
                        else dist.Normal(0.0, 10.0 * (abs(float(np.mean(y))) + s_y)))
             fixef.append((name, _pick(self.fixef, name, default, "fixef", frame.fixef_names)))
-        sigma = None if model.structure.sigma is not None else _pick(
+        sigma = None if model.structure.known_sigma else _pick(
             self.sigma, "sigma", dist.HalfNormal(2.0 * s_y), "sigma", ["sigma"])
         term_names = [t.spec.name for t in frame.terms]
         sd_keys = term_names + [f"{t.spec.name}:{c}" for t in frame.terms for c in t.spec.columns]

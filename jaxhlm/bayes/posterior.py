@@ -2,16 +2,16 @@
 
 The random effects b are integrated out analytically: NUTS explores only
 (beta, sigma, SDs, correlation factors), with the likelihood
-p(y | beta, sigma, theta) of :func:`jaxhlm.kernel.marginal_loglik` (the same blocked
-factorization as the ML fit) and the priors of :class:`jaxhlm.priors.Priors`.  Each
+p(y | beta, sigma, theta) of :func:`jaxhlm.families.gaussian.marginal_loglik` (the same blocked
+factorization as the ML fit) and the priors of :class:`jaxhlm.bayes.priors.Priors`.  Each
 term's relative covariance factor is lambda_k = diag(s_k) L_k / sigma, with s_k its
 SDs and L_k the Cholesky factor of its correlation matrix (LKJ); so theta is a
 smooth function of the sampled parameters.  Integrating b out removes the funnel of
 hierarchical models (b's scale tied to its SD), which is what makes NUTS struggle on
 explicit random effects (eight schools).  b is drawn afterwards, one draw per
-posterior draw, from its exact Gaussian conditional (:func:`jaxhlm.kernel.draw_ranef`).
+posterior draw, from its exact Gaussian conditional (:func:`jaxhlm.families.gaussian.draw_ranef`).
 
-The chains are NumPyro's NUTS kernel in one compiled program (:mod:`jaxhlm.chains`):
+The chains are NumPyro's NUTS kernel in one compiled program (:mod:`jaxhlm.bayes.chains`):
 vectorized (``chain_method="vectorized"``: the chain on a vmapped axis), in parallel
 over devices (``"parallel"``) or one after another (``"sequential"``).
 """
@@ -19,93 +19,62 @@ over devices (``"parallel"``) or one after another (``"sequential"``).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ..errors import JaxhlmError
+from ..families import GAUSSIAN
+from ..tables import sd_corr
 from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
-from .errors import JaxhlmError
-from .kernel import draw_ranef, marginal_loglik
 from .priors import Priors, ResolvedPriors
-
-if TYPE_CHECKING:
-    from .model import LMM
 
 QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
 
 
-def sd_name(term: str, column: str) -> str:
-    """A random-effect SD's name, as in :class:`jaxhlm.batch.BatchResult`: ``sd(Subject:Days)``."""
-    return f"sd({term}:{column})"
-
-
-def corr_name(term: str, a: str, b: str) -> str:
-    """A correlation's name: ``corr(Subject:(Intercept),Days)``."""
-    return f"corr({term}:{a},{b})"
-
-
-def _corr_site(term: str) -> str:
-    return f"L_corr({term})"
-
-
-def numpyro_model(model: "LMM", priors: ResolvedPriors):
-    """The NumPyro model: priors on (beta, sigma, SDs, LKJ factors), b integrated out.
+def numpyro_model(model, priors: ResolvedPriors):
+    """The NumPyro model: priors on (beta, sigma, each term's covariance sites), b integrated out.
 
     Sites: one per fixed effect (named by its coefficient), ``sigma`` (unless known),
-    one per SD (:func:`sd_name`) and one LKJ Cholesky factor per vector term.
-    Condition on sites (``numpyro.handlers.condition``) to fix parameters.  The blocks
-    are the model's argument, so one compiled sampler serves every response on the
-    design (:class:`Sampler`).
+    and each term's covariance sites (:meth:`jaxhlm.covariance.Covariance.sites`: for
+    lme4's terms one SD per column, :func:`jaxhlm.tables.sd_name`, and one LKJ
+    Cholesky factor per vector term).  Condition on sites
+    (``numpyro.handlers.condition``) to fix parameters.  The blocks are the model's
+    argument, so one compiled sampler serves every response on the design
+    (:class:`Sampler`).
     """
     import numpyro
-    import numpyro.distributions as dist
 
-    st = model.structure
+    st, specs = model.structure, model.frame.specs
 
     def fn(blocks):
         beta = jnp.stack([numpyro.sample(name, d) for name, d in priors.fixef])
         sigma = (numpyro.sample("sigma", priors.sigma) if priors.sigma is not None
-                 else jnp.asarray(st.sigma, beta.dtype))
-        parts = []
-        for t, sds, conc in zip(st.terms, priors.sd, priors.lkj):
-            s = jnp.stack([numpyro.sample(sd_name(t.name, c), d) for c, d in zip(t.columns, sds)])
-            if t.p > 1:
-                L = numpyro.sample(_corr_site(t.name), dist.LKJCholesky(t.p, conc))
-                lam = s[:, None] * L / sigma
-            else:
-                lam = (s / sigma)[:, None]
-            rows, cols = zip(*t.tri_indices)
-            parts.append(lam[jnp.asarray(rows), jnp.asarray(cols)])
-        theta = jnp.concatenate(parts)
-        numpyro.factor("marginal_loglik", marginal_loglik(theta, beta, sigma, blocks, st))
+                 else jnp.asarray(blocks.sigma, beta.dtype))
+        theta = jnp.concatenate([
+            t.covariance.sample(numpyro.sample, t.name, t.columns, sds, conc, jnp.asarray(sigma))
+            for t, sds, conc in zip(specs, priors.sd, priors.lkj)])
+        numpyro.factor("marginal_loglik", GAUSSIAN.marginal_loglik(theta, beta, sigma, blocks, st))
 
     return fn
 
 
-def site_names(model: "LMM") -> list[str]:
+def site_names(model) -> list[str]:
     """The sampled sites of :func:`numpyro_model`: the names ``fixed`` takes."""
-    st = model.structure
-    names = list(model.frame.fixef_names) + (["sigma"] if st.sigma is None else [])
-    for t in st.terms:
-        names += [sd_name(t.name, c) for c in t.columns] + ([_corr_site(t.name)] if t.p > 1 else [])
+    names = list(model.frame.fixef_names) + ([] if model.structure.known_sigma else ["sigma"])
+    for t in model.frame.specs:
+        names += t.covariance.sites(t.name, t.columns)
     return names
 
 
-def theta_of(st, values: dict[str, jnp.ndarray], sigma: jnp.ndarray) -> jnp.ndarray:
-    """theta (..., ntheta) from sampled SDs and LKJ factors (arrays with leading axes)."""
-    parts = []
-    for t in st.terms:
-        s = jnp.stack([values[sd_name(t.name, c)] for c in t.columns], axis=-1)
-        if t.p > 1:
-            lam = s[..., :, None] * values[_corr_site(t.name)] / sigma[..., None, None]
-        else:
-            lam = (s / sigma[..., None])[..., None]
-        rows, cols = zip(*t.tri_indices)
-        parts.append(lam[..., jnp.asarray(rows), jnp.asarray(cols)])
-    return jnp.concatenate(parts, axis=-1)
+def theta_of(specs, values: dict[str, jnp.ndarray], sigma: jnp.ndarray) -> jnp.ndarray:
+    """theta (..., ntheta) from the terms' sampled sites (arrays with leading axes)."""
+    get = lambda site, _: jnp.asarray(values[site])  # noqa: E731
+    return jnp.concatenate([t.covariance.sample(get, t.name, t.columns, [None] * t.p, 1.0, sigma)
+                            for t in specs], axis=-1)
 
 
 def ess_bulk(x: np.ndarray) -> float:
@@ -136,7 +105,7 @@ class Posterior:
     compilation (0 when a compiled sampler was reused) and of warm-up plus sampling.
     """
 
-    model: "LMM"
+    model: Any
     samples: dict[str, np.ndarray]
     raw: dict[str, np.ndarray] = dataclasses.field(repr=False)
     stats: dict[str, np.ndarray] = dataclasses.field(repr=False)
@@ -175,15 +144,15 @@ class Posterior:
         C, D = next(iter(self.samples.values())).shape
         beta = jnp.stack([jnp.asarray(self.samples[n]) for n in self.model.frame.fixef_names], -1)
         sigma = (jnp.asarray(self.samples["sigma"]) if "sigma" in self.samples
-                 else jnp.full((C, D), st.sigma))
-        theta = theta_of(st, {k: jnp.asarray(v) for k, v in self.raw.items()}, sigma)
+                 else jnp.full((C, D), float(blocks.sigma)))
+        theta = theta_of(self.model.frame.specs, self.raw, sigma)
         keys = jax.random.split(jax.random.key(seed), C * D)
         flat = lambda a: a.reshape((C * D,) + a.shape[2:])  # noqa: E731
-        draw = jax.jit(jax.vmap(lambda k, th, b, s: draw_ranef(k, th, b, s, blocks, st)))
+        draw = jax.jit(jax.vmap(lambda k, th, b, s: GAUSSIAN.draw_ranef(k, th, b, s, blocks, st)))
         draws = [np.asarray(d).reshape((C, D) + d.shape[1:])
                  for d in draw(keys, flat(theta), flat(beta), flat(sigma))]
         if not summary:
-            return {t.name: d for t, d in zip(st.terms, draws)}
+            return {t.name: d for t, d in zip(self.model.frame.specs, draws)}
         parts = []
         for term, d in zip(self.model.frame.terms, draws):
             d = d.reshape((C * D,) + d.shape[2:])
@@ -213,7 +182,7 @@ class Posterior:
                 f"{self.divergences} divergences>")
 
 
-def initial_inverse_mass(model: "LMM", fixed: dict[str, Any]) -> dict:
+def initial_inverse_mass(model, fixed: dict[str, Any]) -> dict:
     """A diagonal starting metric for NUTS, from the REML fit's asymptotic scales.
 
     NUTS starts warm-up with the identity metric in the unconstrained space, where
@@ -229,13 +198,10 @@ def initial_inverse_mass(model: "LMM", fixed: dict[str, Any]) -> dict:
     if not (res.converged and np.all(np.isfinite(se)) and np.all(se > 0)):
         return None
     metric = {(name,): jnp.asarray([se[j] ** 2]) for j, name in enumerate(model.frame.fixef_names)}
-    if model.structure.sigma is None:
+    if not model.structure.known_sigma:
         metric[("sigma",)] = jnp.asarray([1.0 / (2 * model.nobs)])
-    for t in model.structure.terms:
-        for c in t.columns:
-            metric[(sd_name(t.name, c),)] = jnp.asarray([1.0 / (2 * t.nlevels)])
-        if t.p > 1:
-            metric[(_corr_site(t.name),)] = jnp.full(t.p * (t.p - 1) // 2, 1.0 / t.nlevels)
+    for t in model.frame.specs:
+        metric.update(t.covariance.inverse_mass(t.name, t.columns, t.nlevels))
     return {k: v for k, v in metric.items() if k[0] not in fixed}
 
 
@@ -243,12 +209,12 @@ class Sampler:
     """A compiled NUTS sampler for a model and priors: :meth:`run` draws a posterior.
 
     The chains (initial values, warm-up, sampling) are one program
-    (:mod:`jaxhlm.chains`), compiled on the first run and reused by every later run
+    (:mod:`jaxhlm.bayes.chains`), compiled on the first run and reused by every later run
     with another seed.  Arguments as :func:`sample`; ``precondition=False`` starts warm-up from the
     identity metric instead of :func:`initial_inverse_mass`.
     """
 
-    def __init__(self, model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
+    def __init__(self, model, priors: Priors | None = None, *, num_warmup: int = 1000,
                  num_samples: int = 1000, num_chains: int = 4, chain_method: str = "vectorized",
                  fixed: dict[str, Any] | None = None, target_accept_prob: float = 0.8,
                  thinning: int = 1, precondition: bool = True):
@@ -278,13 +244,13 @@ class Sampler:
                          self.num_chains)
 
 
-def sample(model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000,
+def sample(model, priors: Priors | None = None, *, num_warmup: int = 1000,
            num_samples: int = 1000, num_chains: int = 4, seed: int = 0,
            chain_method: str = "vectorized", fixed: dict[str, Any] | None = None,
            target_accept_prob: float = 0.8, thinning: int = 1) -> Posterior:
     """Draw from the posterior of (beta, sigma, SDs, correlations) by NUTS.
 
-    ``priors``: :class:`jaxhlm.priors.Priors` (default: its documented defaults).
+    ``priors``: :class:`jaxhlm.bayes.priors.Priors` (default: its documented defaults).
     ``fixed``: values for sites held fixed (conditioned on), e.g. ``{"sigma": 25.6}``.
     Each chain starts near the prior's median (NumPyro's ``init_to_median``), warms
     up for ``num_warmup`` iterations (step size and diagonal metric adapted as in
@@ -300,25 +266,22 @@ def sample(model: "LMM", priors: Priors | None = None, *, num_warmup: int = 1000
                    target_accept_prob=target_accept_prob, thinning=thinning).run(seed)
 
 
-def _named(model: "LMM", raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The draws under the ML fit's names; correlations from the LKJ factors."""
+def _named(model, raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The draws under the ML fit's names: fixed effects, sigma, then each term's SDs and
+    correlations (:func:`jaxhlm.tables.sd_corr`, from the theta the sites give).  Fixed
+    sites join ``raw``, broadcast to (chains, draws)."""
     C, D = next(iter(raw.values())).shape[:2]
-    get = lambda k: raw[k] if k in raw else np.full((C, D), float(np.asarray(fixed[k])))  # noqa: E731
-    out = {name: get(name) for name in model.frame.fixef_names}
-    if model.structure.sigma is None:
-        out["sigma"] = get("sigma")
-    for t in model.structure.terms:
-        for c in t.columns:
-            out[sd_name(t.name, c)] = get(sd_name(t.name, c))
-        if t.p > 1:
-            L = raw[_corr_site(t.name)] if _corr_site(t.name) in raw else np.broadcast_to(
-                np.asarray(fixed[_corr_site(t.name)]), (C, D, t.p, t.p))
-            R = np.einsum("cdij,cdkj->cdik", L, L)
-            for a in range(t.p):
-                for b in range(a + 1, t.p):
-                    out[corr_name(t.name, t.columns[a], t.columns[b])] = R[:, :, b, a]
-    raw.update({k: np.broadcast_to(np.asarray(v), (C, D) + np.shape(v)) for k, v in fixed.items()
+    raw.update({k: np.broadcast_to(np.asarray(v, float), (C, D) + np.shape(v)) for k, v in fixed.items()
                 if k not in raw})
+    out = {name: raw[name] for name in model.frame.fixef_names}
+    sigma = raw["sigma"] if "sigma" in raw else np.full((C, D), float(model.blocks.sigma))
+    if not model.structure.known_sigma:
+        out["sigma"] = sigma
+    theta = np.asarray(theta_of(model.frame.specs, raw, jnp.asarray(sigma))).reshape(C * D, -1)
+    lams = [np.asarray(lam) for lam in jax.vmap(model.structure.lambdas)(jnp.asarray(theta))]
+    sd, sd_names, corr, corr_names = sd_corr(model.frame.specs, lams, sigma.reshape(-1))
+    out.update({n: sd[:, j].reshape(C, D) for j, n in enumerate(sd_names)})
+    out.update({n: corr[:, j].reshape(C, D) for j, n in enumerate(corr_names)})
     return out
 
 
@@ -351,7 +314,7 @@ class Calibration:
         return pd.DataFrame(rows, columns=["parameter", "statistic", "dof", "p_value"]).set_index("parameter")
 
 
-def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, seed: int = 0,
+def calibrate(model, priors: Priors | None = None, *, reps: int = 200, seed: int = 0,
               num_warmup: int = 500, draws: int = 99, thin: int = 10) -> Calibration:
     """Simulation-based calibration of NUTS on the model's design.
 
@@ -365,8 +328,8 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
     """
     from numpyro.infer import Predictive
 
-    from .batch import simulate_responses
-    from .blocks import response_axes, with_responses
+    from ..batch import simulate_responses
+    from ..blocks import response_axes, with_responses
 
     st, frame = model.structure, model.frame
     if frame.weights is not None:
@@ -378,8 +341,8 @@ def calibrate(model: "LMM", priors: Priors | None = None, *, reps: int = 200, se
              Predictive(fn, num_samples=reps)(key_prior, model.blocks).items()}  # (1, reps, ...)
     named = _named(model, dict(truth), {})
     beta = jnp.stack([jnp.asarray(named[n][0]) for n in frame.fixef_names], -1)
-    sigma = jnp.asarray(named["sigma"][0]) if "sigma" in named else jnp.full(reps, st.sigma)
-    theta = theta_of(st, {k: jnp.asarray(v[0]) for k, v in truth.items()}, sigma)
+    sigma = jnp.asarray(named["sigma"][0]) if "sigma" in named else jnp.full(reps, float(model.blocks.sigma))
+    theta = theta_of(frame.specs, {k: v[0] for k, v in truth.items()}, sigma)
     Y = simulate_responses(model, beta, theta, sigma, key_sim, np.arange(reps))
     many = with_responses(frame, st, jax.device_get(model.blocks), Y)
     run = chain(fn, Schedule(num_warmup, draws, thin))

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .errors import JaxhlmError
+from ..errors import JaxhlmError
 
 CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 STATS = ("diverging", "num_steps", "accept_prob")  # per kept iteration, beside the draws

@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import importlib.util
 import io
 import json
 import os
@@ -62,9 +61,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from . import peers
 from .configs import ConfigError, check, load, nonempty, positive
 
-PEERS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "peers" / "peers.py"
 TRUE_FIXEF, TRUE_SIGMA = 0.5, 1.0
 
 
@@ -105,8 +104,8 @@ class Grid:
 def load_grid(path) -> Grid:
     """Read and check a grid: the schema, then each formula on its smallest design."""
     from . import designs
-    from .errors import JaxhlmError
-    from .frame import build
+    from ..errors import JaxhlmError
+    from ..frame import build
 
     grid = load(path, Grid)
     names = [m.name for m in grid.models]
@@ -202,7 +201,7 @@ def _spawn(spec: dict, timeout: float | None = None) -> dict:
     env = dict(os.environ, JAXHLM_COMPILATION_CACHE="0")
     if spec["backend"] == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
-    cmd = [sys.executable, "-m", "jaxhlm.bench", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "jaxhlm.tools.bench", json.dumps(spec)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -213,22 +212,8 @@ def _spawn(spec: dict, timeout: float | None = None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _peers_module():
-    if not PEERS_SCRIPT.exists():
-        return None
-    spec = importlib.util.spec_from_file_location("jaxhlm_bench_peers", PEERS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _time_peers(grid: Grid, m: Model, groups: int, log) -> dict:
     """Time the peers on (model, groups): the same design and responses, written by a worker."""
-    peers = _peers_module()
-    if peers is None:
-        print(f"  peers: {PEERS_SCRIPT} not found (the peer scripts ship with jaxhlm's source "
-              "tree, not the wheel); skipped", file=log)
-        return {}
     out = {}
     with tempfile.TemporaryDirectory(prefix="jaxhlm-peer-") as tmp:
         spec = dict(task="peer_data", formula=m.formula, groups=groups, obs_per_group=m.obs_per_group,
@@ -283,7 +268,7 @@ def machine() -> dict:
     import jax
     import jaxlib
 
-    from . import __version__
+    from .. import __version__
 
     def version(dist):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
@@ -348,7 +333,7 @@ def _design(spec: dict):
     import jax
 
     from . import designs
-    from .model import LMM
+    from ..model import LMM
 
     df = designs.frame(spec["groups"], spec["obs_per_group"], spec["items"], spec["seed"])
     model = LMM(spec["formula"], df)
@@ -363,7 +348,7 @@ def _cell(spec: dict) -> dict:
     import jax
 
     from . import designs
-    from .fitting import trace_count
+    from ..fitting import trace_count
 
     want = spec["backend"]
     try:

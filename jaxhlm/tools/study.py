@@ -119,7 +119,7 @@ def load_study(path) -> Study:
         raise ConfigError(f"{path}: truth.fixef['{coef}'] is the tested coefficient; its values come "
                           "from grid.effects, remove it from [truth.fixef]")
     _same_names(given, names, f"{path}: truth.fixef", "the model's other fixed effects")
-    _same_names(study.truth.theta, _theta_names(full), f"{path}: truth.theta",
+    _same_names(study.truth.theta, full.theta_names, f"{path}: truth.theta",
                 "the model's theta (lme4's names; for (1 | g), theta = SD of g's effects / sigma)")
     return study
 
@@ -127,8 +127,8 @@ def load_study(path) -> Study:
 def _frames(study: Study, path):
     """Model frames of the full and null model on the smallest design; the tested coefficient."""
     from . import designs
-    from .errors import JaxhlmError
-    from .frame import build
+    from ..errors import JaxhlmError
+    from ..frame import build
 
     g = study.grid
     for items in sorted(set(g.items), reverse=True):  # the last one checked is used below
@@ -150,12 +150,6 @@ def _frames(study: Study, path):
             f"coefficient; removing it drops {len(gone)} ({', '.join(gone) or 'none'}) of "
             f"{', '.join(full.fixef_names)}")
     return full, null, gone[0]
-
-
-def _theta_names(frame) -> list[str]:
-    from .blocks import Structure
-
-    return Structure(tuple(t.spec for t in frame.terms), frame.X.shape[1]).theta_names()
 
 
 def _same_names(given: dict, wanted: list[str], where: str, what: str) -> None:
@@ -199,8 +193,8 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
     import jax
 
     from . import designs
-    from .frame import build
-    from .model import LMM
+    from ..frame import build
+    from ..model import LMM
 
     log = log or sys.stderr
 
@@ -216,7 +210,7 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
         names = full.frame.fixef_names
         null_frame = null.frame if null is not None else build(study.null_formula, df)
         j = next(i for i, n in enumerate(names) if n not in null_frame.fixef_names)  # the tested one
-        theta = np.array([study.truth.theta[n] for n in full.structure.theta_names()])
+        theta = np.array([study.truth.theta[n] for n in full.theta_names])
         data_key = jax.random.fold_in(jax.random.fold_in(root, 0), d)
         for k, effect in enumerate(study.grid.effects):
             began = time.perf_counter()
@@ -313,10 +307,12 @@ def _accuracy(est: np.ndarray, se: np.ndarray, truth: float, level: float) -> di
 def _parameters(fit, usable, beta, theta, sigma, level, design: dict) -> list[dict]:
     """One row per parameter: fixed effects (with coverage), random-effect SDs and
     correlations, sigma; truth from the true theta and sigma."""
-    from .batch import _sd_corr
+    import jax.numpy as jnp
 
-    st = fit.model.structure
-    sd, sd_names, corr, corr_names = _sd_corr(st, theta[None, :], np.array([sigma]))
+    from ..tables import sd_corr
+
+    lams = [np.asarray(lam)[None] for lam in fit.model.structure.lambdas(jnp.asarray(theta))]
+    sd, sd_names, corr, corr_names = sd_corr(fit.model.specs, lams, np.array([sigma]))
     rows = []
     for i, name in enumerate(fit.fixef_names):
         rows.append((name, beta[i], fit.fixef[usable, i], fit.fixef_se[usable, i]))

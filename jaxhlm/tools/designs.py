@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .batch import simulate_responses as simulate  # noqa: F401  (responses from a true model)
+from ..batch import simulate_responses as simulate  # noqa: F401  (responses from a true model)
 
 COLUMNS = "subject, item, condition, time, x, y"
 
