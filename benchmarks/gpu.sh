@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu.sh OUTDIR                   # from the repository root; the real run
 #   GPU_SH_SMOKE=1 bash benchmarks/gpu.sh OUTDIR    # tiny version (configs/bench/smoke.toml, no InstEval,
-#                                                   # 100 simulated responses; ~2-3 min on a 2-core CPU)
+#                                                   # 100 simulated responses; about 2 min on a 2-core CPU)
 #
 # Environment knobs: PYTHON (interpreter; default python3, else python), GPU_SH_TOTAL_S (total
 # budget, default 480; 300 with GPU_SH_SMOKE=1), GPU_SH_REF_S (the reference step, default 150;

@@ -353,7 +353,10 @@ def compare(results: dict, names: list[str], work: Path, t0: float, args, nsim: 
         for side, r, ran in (("GPU", g, gpu_ran), ("CPU", c, True)):
             if not ran:
                 continue
-            if r is None:
+            side_status = (gpu if side == "GPU" else cpu).get("status")
+            if r is None and side_status in ("import_error", "error"):
+                problems.append(f"{side}: not fitted ({side_status})")
+            elif r is None:
                 problems.append(f"{side}: not fitted (child ended or was killed first)")
             elif "skipped" in r:
                 problems.append(f"{side}: skipped ({r['skipped']})")
@@ -450,7 +453,13 @@ def _compare_batch(gpu, cpu, gpu_ran, work, nsim) -> dict:
 
 
 def _f(v, fmt):
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+    """format(v, fmt), or "-" padded to fmt's width when v is missing."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        m = re.match(r"^([<>^]?)[+ -]?(\d+)", fmt)
+        if not m:
+            return "-"
+        return format("-", (m.group(1) or ">") + m.group(2))
+    return format(v, fmt)
 
 
 def render(rep: dict) -> str:
@@ -463,7 +472,8 @@ def render(rep: dict) -> str:
              + (f"  [{g['error']}]" if g.get("error") else "") + (f"  [{g['killed']}]" if g.get("killed") else ""),
              f"CPU side: status {c.get('status')}, device {c.get('device', '-')}, jax {c.get('jax', '-')}"
              + (f"  [{c['error']}]" if c.get("error") else "") + (f"  [{c['killed']}]" if c.get("killed") else ""),
-             "times: first fit (compilation included) / refit, seconds; the two sides ran at the same time",
+             "times: first fit (compilation included, unless an earlier model of the same shapes compiled it) / "
+             "refit, seconds; the GPU and CPU sides ran at the same time",
              ""]
     head = (f"{'model':24s} {'GPU objective':>20s} {'CPU objective':>20s} {'lme4 objective':>20s} "
             f"{'|GPU-CPU|':>10s} {'<=tol':>5s} {'GPU-lme4 rel':>12s} {'CPU-lme4 rel':>12s} "
@@ -720,7 +730,8 @@ def cmd_summary(args) -> int:
     if env.exists():
         txt = env.read_text(errors="replace")
         gpu_lines = [ln.strip() for ln in txt.splitlines() if re.search(r"jax\.devices\(\)|default_backend|^jax |"
-                                                                        r"MISSING|FAILED|nvidia-smi: not", ln)]
+                                                                        r"MISSING|FAILED|nvidia-smi: not|"
+                                                                        r"^jaxhlm |^python:|NVIDIA H|GPU-", ln)]
         L += ["## Environment (`env.txt`)", ""] + [f"- `{ln}`" for ln in gpu_lines[:20]] + [""]
     L += ["## Steps", "", "| step | exit code | seconds | note |", "| --- | --- | --- | --- |"]
     for s in _steps(out_dir):
@@ -732,8 +743,9 @@ def cmd_summary(args) -> int:
         L += ["**No result**: the reference step wrote no `reference.json` (see `run.log` and "
               "`reference-work/*.log`).", ""]
     else:
-        L += [f"**{rep['verdict']}** (exit code {rep['exit_code']}; GPU: {rep['gpu'].get('device', rep['gpu'].get('status'))}, "
-              f"CPU: {rep['cpu'].get('device', rep['cpu'].get('status'))}; {rep['elapsed_s']:.0f} s).", "",
+        side = lambda d: f"{d.get('status')}, device {d.get('device', '-')}"  # noqa: E731
+        L += [f"**{rep['verdict']}** (exit code {rep['exit_code']}; GPU side: {side(rep['gpu'])}; "
+              f"CPU side: {side(rep['cpu'])}; {rep['elapsed_s']:.0f} s).", "",
               f"Tolerances: {rep['tolerances']['gpu_vs_cpu']}; {rep['tolerances']['vs_lme4']}.", "",
               "| model | GPU objective | CPU objective | lme4 | abs(GPU-CPU) | GPU fit s | CPU fit s | status |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -762,6 +774,7 @@ def cmd_summary(args) -> int:
               "| part | outcome | exit code | seconds | rows | CSV | JSON | log |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in status["parts"]:
             csvs = ", ".join(f"`{rel(c)}`" for c in p["csv"]) or (
+                "-" if p.get("outcome") in ("skipped", "not run") else
                 f"none ({p.get('rows_from_log', 0)} rows read from its log)")
             jsons = ", ".join(f"`{rel(j)}`" for j in p["json"]) or "none"
             L.append(f"| {p['name']} | {p.get('outcome')} {p.get('note', '')} | {p.get('rc', '-')} | "

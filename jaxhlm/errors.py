@@ -35,3 +35,13 @@ def explain_formulaic(err: Exception) -> str:
         return message
     position = shown.index("⧛")
     return f"{head}\n{caret(shown.replace('⧛', '').replace('⧚', ''), position)}"
+
+
+def explain_syntax(err: SyntaxError, text: str) -> str:
+    """A Python ``SyntaxError`` raised while formulaic reads a piece of formula ``text``
+    (it parses some terms as Python expressions; nothing is evaluated), with a caret
+    under the piece it could not read."""
+    piece = (err.text or "").strip()
+    where = text.find(piece) if piece else -1
+    shown = f"\n{caret(text, where)}" if where >= 0 else ""
+    return f"{err.msg}{shown}"

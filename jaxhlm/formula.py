@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import re
 
-from .errors import FormulaError, caret, explain_formulaic
+from .errors import FormulaError, caret, explain_formulaic, explain_syntax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +171,8 @@ def _check_syntax(response: str, rhs: str, text: str) -> None:
     except FormulaicError as err:
         raise FormulaError(f"cannot parse formula '{text}' (random terms shown as 1): "
                            f"{explain_formulaic(err)}") from None
+    except SyntaxError as err:
+        raise FormulaError(f"cannot parse formula: {explain_syntax(err, text)}") from None
 
 
 def _tidy_plus(rhs: str) -> str:

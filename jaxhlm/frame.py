@@ -30,7 +30,7 @@ from formulaic.errors import FormulaicError
 from . import covariance as _covariance
 from . import formula as _formula
 from .covariance import Covariance
-from .errors import DataError, FormulaError, explain_formulaic
+from .errors import DataError, FormulaError, explain_formulaic, explain_syntax
 from .structure import Structure, TermShape
 
 INTERCEPT = "(Intercept)"
@@ -127,6 +127,9 @@ def _required(expr: str, where: str, text: str) -> set[str]:
     except FormulaicError as err:
         raise FormulaError(f"cannot parse the {where} '{expr}' of formula '{text}': "
                            f"{explain_formulaic(err)}") from None
+    except SyntaxError as err:
+        raise FormulaError(f"cannot parse the {where} '{expr}' of formula: "
+                           f"{explain_syntax(err, text)}") from None
 
 
 def _check_columns(needed: set[str], data: pd.DataFrame, text: str) -> None:
@@ -261,7 +264,11 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
             frame[response].dtype, pd.CategoricalDtype)):
         raise DataError(f"the response '{response}' is not numeric (dtype "
                         f"{frame[response].dtype}); a linear mixed model needs a numeric response")
+    _check_factors(_required(parsed.fixed, "fixed part", text) - {response}, frame)
     y, X, names = _fixed_effects(parsed, frame, text)
+    rows = data.index[complete]   # the data's row labels of the rows used
+    _check_finite(y, [response], rows, "the response")
+    _check_finite(X, names, rows, "the fixed-effects column")
     X, fixef_names, dropped = _drop_aliased(X, names)
     if dropped:
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
@@ -269,9 +276,33 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
                       f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}", stacklevel=3)
 
     terms = _random_terms(parsed, frame, text)
+    for t in terms:
+        _check_finite(t.Z, list(t.spec.columns), rows, f"the covariate of random term {t.spec.group}:")
     _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None)
     w = frame[wcol].to_numpy(dtype=float) if wcol else None
     return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
+
+
+def _check_finite(values: np.ndarray, names: list[str], rows: pd.Index, what: str) -> None:
+    """No infinite value in a model column (lme4 refuses them; NaN marks a missing value,
+    and rows with one were dropped before); the error names the data's row label."""
+    values = values.reshape(values.shape[0], -1)
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        row, col = bad[0]
+        raise DataError(f"{what} '{names[col]}' has an infinite value ({float(values[row, col])}) in "
+                        f"row {rows[row]!r} of the data; use NaN for a missing value")
+
+
+def _check_factors(variables: set[str], frame: pd.DataFrame) -> None:
+    """A categorical fixed-effect variable needs two levels (R: "contrasts can be applied
+    only to factors with 2 or more levels")."""
+    for name in sorted(v for v in variables if v in frame.columns):
+        col = frame[name]
+        numeric = pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype)
+        if not numeric and col.nunique() < 2:
+            raise DataError(f"the categorical variable '{name}' has one level "
+                            f"({col.iloc[0]!r}) in the rows used; contrasts need 2 or more levels")
 
 
 def _fixed_effects(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str):

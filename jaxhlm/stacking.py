@@ -122,9 +122,6 @@ def frames(formula: str, datasets: Sequence[pd.DataFrame]) -> list[_frame.ModelF
                 raise type(err)(f"data set {i}: {err}") from None
         for w in caught:
             warnings.warn(f"data set {i}: {w.message}", w.category, stacklevel=3)
-        if not np.isfinite(out[-1].y).all():
-            raise DataError(f"data set {i}: the response has infinite values; use NaN for a "
-                            "missing value")
     if not out:
         raise DataError("no data sets to fit")
     first = out[0]

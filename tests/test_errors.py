@@ -119,3 +119,43 @@ def test_numeric_grouping_variable_is_categorical(sleepstudy):
     """Grouping variables are categorical whatever their dtype (lme4 coerces to factor)."""
     df = sleepstudy.assign(Subject=sleepstudy.Subject.astype(int))
     assert jaxhlm.LMM(F, df).fit().objective == pytest.approx(1743.62827195849, rel=1e-9)
+
+
+@pytest.mark.parametrize("formula", [
+    "Reaction ~ __import__('os').system('x') + (1 | Subject)",
+    "Reaction ~ Days + (__import__('os').system('x') | Subject)",
+])
+def test_python_expression_in_a_formula_is_a_formula_error_with_a_caret(sleepstudy, formula):
+    with pytest.raises(FormulaError) as e:
+        jaxhlm.LMM(formula, sleepstudy)
+    shown, marker = str(e.value).splitlines()[-2:]
+    assert shown.strip() == formula
+    assert shown[marker.index("^"):].startswith(".system")
+
+
+@pytest.mark.parametrize("column,value", [("Reaction", np.inf), ("Days", -np.inf)])
+def test_infinite_values_are_named_by_column_and_row(sleepstudy, column, value):
+    df = sleepstudy.astype({"Days": float})
+    df.loc[7, column] = value
+    with pytest.raises(DataError, match=f"'{column}' has an infinite value \\({value}\\) in row 7"):
+        jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df)
+    with pytest.raises(DataError, match=f"'{column}' has an infinite value"):
+        jaxhlm.fit_datasets("Reaction ~ Days + (Days | Subject)", [sleepstudy, df])
+
+
+def test_aliased_and_one_level_columns_are_named(sleepstudy):
+    df = sleepstudy.assign(k=1.0, level="a")
+    with pytest.warns(UserWarning, match="dropping 1 column / coefficient: k$"):
+        model = jaxhlm.LMM("Reaction ~ Days + k + (1 | Subject)", df)
+    assert model.fixef_names == ["(Intercept)", "Days"]
+    with pytest.raises(DataError, match="'level' has one level"):
+        jaxhlm.LMM("Reaction ~ Days + level + (1 | Subject)", df)
+
+
+@pytest.mark.parametrize("formula,message", [
+    ("Reaction ~ Days + foo(Days | Subject)", "unknown covariance structure 'foo'"),
+    ("Reaction ~ Days + diag(Days || Subject)", "takes '|', not '||'"),
+])
+def test_covariance_keywords_are_checked(sleepstudy, formula, message):
+    with pytest.raises(FormulaError, match=message):
+        jaxhlm.LMM(formula, sleepstudy)

@@ -44,7 +44,11 @@ def for_term(keyword: str | None, p: int, term: str) -> Covariance:
     except KeyError:
         raise FormulaError(f"unknown covariance structure '{keyword}' in random term {term}; "
                            f"known: {', '.join(keywords())}") from None
-    return factory(p)
+    cov = factory(p)
+    if not isinstance(cov, Covariance) or cov.p != p:
+        raise FormulaError(f"covariance structure '{keyword}' gave {cov!r} for random term {term}, "
+                           f"which has {p} columns; it must give a Covariance with p = {p}")
+    return cov
 
 
 for _cls in (Unstructured, Diagonal):
