@@ -77,9 +77,104 @@ def _rest_columns(frame: ModelFrame, st: Structure, y: np.ndarray | None = None)
     return np.concatenate(idx, axis=1), np.concatenate(val, axis=1)
 
 
+class Pattern(NamedTuple):
+    """Where the blocks' nonzeros are: the design alone (NumPy, computed once per design).
+
+    Per row i: term 1's level ``codes1`` and covariates ``Z1`` (n, p_1); the rest
+    columns it touches ``cols`` (n, w; the last is y's, m - 1) and the design's values
+    there ``vals`` (n, w - 1; y's comes with the response); ``coo_index`` (n, w - 1):
+    the COO entry that each product with term 1 adds to.  Then the COO entries
+    (``coo_row``, ``coo_level``) and the pairs of entries that share a level
+    (``pair_a``, ``pair_b`` into the entries; ``pair_level``, ``pair_out``,
+    ``pair_rand`` as in :class:`Blocks`).
+    """
+
+    codes1: np.ndarray
+    Z1: np.ndarray
+    cols: np.ndarray
+    vals: np.ndarray
+    coo_index: np.ndarray
+    coo_row: np.ndarray
+    coo_level: np.ndarray
+    pair_a: np.ndarray
+    pair_b: np.ndarray
+    pair_level: np.ndarray
+    pair_out: np.ndarray
+    pair_rand: np.ndarray
+
+
+def pattern(frame: ModelFrame) -> Pattern:
+    """The design's :class:`Pattern` (NumPy, once): the COO entries of [Z_rest X]'Z_1 and
+    the pairs of entries sharing a level of term 1 (the Schur complement's sparsity)."""
+    st = frame.structure
+    first = frame.terms[0]
+    ell1, m = first.spec.nlevels, st.m
+    codes1 = first.codes.astype(np.int64)
+    cols, vals = _rest_columns(frame, st)
+    w = cols.shape[1]
+    key = np.repeat(codes1, w - 1) * m + cols[:, :-1].reshape(-1)
+    ukey, inv = np.unique(key, return_inverse=True)
+    coo_level, coo_row = ukey // m, ukey % m
+    pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
+    upper = coo_row[pair_a] <= coo_row[pair_b]
+    pair_a, pair_b = pair_a[upper], pair_b[upper]
+    pair_out = coo_row[pair_a] * (m - 1) + coo_row[pair_b]
+    order = np.argsort(pair_out, kind="stable")
+    pair_a, pair_b = pair_a[order], pair_b[order]
+    i32 = np.int32
+    return Pattern(codes1.astype(i32), first.Z, cols.astype(i32), vals[:, :-1],
+                   inv.reshape(-1, w - 1).astype(i32), coo_row.astype(i32), coo_level.astype(i32),
+                   pair_a.astype(i32), pair_b.astype(i32), coo_level[pair_a].astype(i32),
+                   pair_out[order].astype(i32), coo_row[pair_b] < st.m_rand)
+
+
+def _segment_sum(xp, data, ids, n: int):
+    """sum of ``data`` rows by ``ids`` into n segments: NumPy (``np.bincount`` per trailing
+    element) or JAX (``jax.ops.segment_sum``), so one :func:`values` serves both."""
+    if xp is np:
+        flat = data.reshape(data.shape[0], -1)
+        out = np.stack([np.bincount(ids, weights=flat[:, k], minlength=n) for k in range(flat.shape[1])], -1)
+        return out.reshape((n,) + data.shape[1:])
+    import jax
+
+    return jax.ops.segment_sum(data, ids, num_segments=n)
+
+
+def values(pat: Pattern, st: Structure, weights, y, sigma=1.0, xp=np) -> Blocks:
+    """The blocks of a pattern for row weights w_i (0 leaves a row out) and response y.
+
+    Every cross-product is weighted, [Z X y]' W [Z X y] (lme4's ``weights =``): term 1's
+    A11_j = sum_i w_i z_1i z_1i', Z_1'Wy, the rest's dense Arr, and the COO values
+    sum_i w_i v_ia z_1i, whose pairwise products make the pairs' values.  Pure in its
+    array arguments: with ``xp=jax.numpy`` it runs inside jit and vmap, so weights that
+    change per iteration (PIRLS) or a response per fit need no trip to the host; with
+    NumPy (``xp=np``) it is :func:`build`'s precomputed path.
+    """
+    ell1, p1, m = st.terms[0].nlevels, st.terms[0].p, st.m
+    w = weights
+    Zw = pat.Z1 * w[:, None]
+    A11 = _segment_sum(xp, Zw[:, :, None] * pat.Z1[:, None, :], pat.codes1, ell1)
+    zy1 = _segment_sum(xp, Zw * y[:, None], pat.codes1, ell1)
+    full = xp.concatenate([pat.vals, y[:, None]], axis=1)
+    flat = (pat.cols[:, :, None] * m + pat.cols[:, None, :]).reshape(-1)
+    prod = (full[:, :, None] * (full * w[:, None])[:, None, :]).reshape(-1)
+    Arr = _segment_sum(xp, prod, flat, m * m).reshape(m, m)
+    contrib = (pat.vals[:, :, None] * Zw[:, None, :]).reshape(-1, p1)
+    coo_val = _segment_sum(xp, contrib, pat.coo_index.reshape(-1), pat.coo_row.shape[0])
+    positive = w > 0
+    return Blocks(
+        A11=A11, coo_row=pat.coo_row, coo_level=pat.coo_level, coo_val=coo_val, zy1=zy1,
+        pair_level=pat.pair_level, pair_out=pat.pair_out,
+        pair_val=coo_val[pat.pair_a][:, :, None] * coo_val[pat.pair_b][:, None, :],
+        pair_rand=pat.pair_rand, Arr=Arr, nobs=xp.sum(positive) * 1.0,
+        logw=xp.sum(xp.where(positive, xp.log(xp.where(positive, w, 1.0)), 0.0)),
+        sigma=xp.asarray(sigma, dtype=float))
+
+
 def build(frame: ModelFrame, y: np.ndarray | None = None,
           observed: np.ndarray | None = None) -> tuple[Structure, Blocks]:
-    """Compute the structure and the cross-product blocks of a model frame (NumPy, once).
+    """Compute the structure and the cross-product blocks of a model frame (NumPy, once):
+    :func:`values` of the design's :func:`pattern`.
 
     ``y`` replaces the frame's response; ``observed`` (a boolean mask) leaves rows out of
     every cross-product (a response's missing values) without changing the structure:
@@ -89,52 +184,11 @@ def build(frame: ModelFrame, y: np.ndarray | None = None,
     [Z X y]' W [Z X y], as lme4's ``weights =`` does.
     """
     st = frame.structure
-    first = frame.terms[0]
-    ell1, p1, m, m_rand = first.spec.nlevels, first.spec.p, st.m, st.m_rand
-    codes1 = first.codes.astype(np.int64)
     w_row = np.ones(frame.nobs) if frame.weights is None else frame.weights.copy()
     if observed is not None:
         w_row = np.where(observed, w_row, 0.0)
-    Z1 = first.Z * w_row[:, None]   # the weighted factor of each product with term 1
-
-    A11 = np.zeros((ell1, p1, p1))
-    np.add.at(A11, codes1, Z1[:, :, None] * first.Z[:, None, :])
-
-    cols, vals = _rest_columns(frame, st, y)
-    n, w = cols.shape
-
-    # Arr: dense (weighted) cross-products of the rest's columns.
-    flat = (cols[:, :, None] * m + cols[:, None, :]).reshape(-1)
-    prod = (vals[:, :, None] * (vals * w_row[:, None])[:, None, :]).reshape(-1)
-    Arr = np.bincount(flat, weights=prod, minlength=m * m).reshape(m, m)
-
-    # [Z_rest X]'Z_1 as nonzeros keyed by (row of the rest, level of term 1); y apart.
-    rows = cols[:, :-1].reshape(-1)
-    levels = np.repeat(codes1, w - 1)
-    contrib = (vals[:, :-1, None] * Z1[:, None, :]).reshape(-1, p1)
-    key = levels * m + rows
-    ukey, inv = np.unique(key, return_inverse=True)
-    coo_val = np.zeros((ukey.size, p1))
-    np.add.at(coo_val, inv.reshape(-1), contrib)
-    coo_level, coo_row = ukey // m, ukey % m
-    zy1 = np.zeros((ell1, p1))
-    np.add.at(zy1, codes1, vals[:, -1:] * Z1)
-
-    pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
-    upper = coo_row[pair_a] <= coo_row[pair_b]
-    pair_a, pair_b = pair_a[upper], pair_b[upper]
-    pair_out = coo_row[pair_a] * (m - 1) + coo_row[pair_b]
-    order = np.argsort(pair_out, kind="stable")
-    pair_a, pair_b = pair_a[order], pair_b[order]
-    blocks = Blocks(
-        A11=A11, coo_row=coo_row.astype(np.int32), coo_level=coo_level.astype(np.int32),
-        coo_val=coo_val, zy1=zy1,
-        pair_level=coo_level[pair_a].astype(np.int32), pair_out=pair_out[order].astype(np.int32),
-        pair_val=coo_val[pair_a][:, :, None] * coo_val[pair_b][:, None, :],
-        pair_rand=(coo_row[pair_b] < m_rand),
-        Arr=Arr, nobs=np.asarray(float(np.count_nonzero(w_row))),
-        logw=np.asarray(float(np.log(w_row[w_row > 0]).sum())),
-        sigma=np.asarray(1.0 if frame.sigma is None else float(frame.sigma)))
+    blocks = values(pattern(frame), st, w_row, frame.y if y is None else y,
+                    1.0 if frame.sigma is None else float(frame.sigma))
     return st, blocks
 
 

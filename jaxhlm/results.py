@@ -174,7 +174,7 @@ class LMMResult:
         if self.singular:
             lines.append("boundary (singular) fit: see help('isSingular')")
         grad = float(np.max(np.abs(self.gradient))) if self.gradient.size else 0.0
-        lines.append(f"optimizer: {self._method}, {self.status_name} after {self.iterations} "
+        lines.append(f"optimizer: {getattr(self._method, 'name', self._method)}, {self.status_name} after {self.iterations} "
                      f"iterations ({self.evaluations} gradient evaluations); max |gradient| {grad:.2e}")
         if self.dropped_columns:
             lines.append(f"dropped aliased fixed-effect columns: {', '.join(self.dropped_columns)}")

@@ -19,6 +19,7 @@ over devices (``"parallel"``) or one after another (``"sequential"``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -266,6 +267,14 @@ def sample(model, priors: Priors | None = None, *, num_warmup: int = 1000,
                    target_accept_prob=target_accept_prob, thinning=thinning).run(seed)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _lambdas_of_draws(specs, st, sites: dict, sigma):
+    """lambda_k (C * D, p_k, p_k) per term from the covariance sites' draws (C, D, ...);
+    compiled once per model and shape, so a sampler's later runs compile nothing."""
+    theta = theta_of(specs, sites, sigma)
+    return jax.vmap(st.lambdas)(theta.reshape(-1, st.ntheta))
+
+
 def _named(model, raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
     """The draws under the ML fit's names: fixed effects, sigma, then each term's SDs and
     correlations (:func:`jaxhlm.tables.sd_corr`, from the theta the sites give).  Fixed
@@ -277,8 +286,8 @@ def _named(model, raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str
     sigma = raw["sigma"] if "sigma" in raw else np.full((C, D), float(model.blocks.sigma))
     if not model.structure.known_sigma:
         out["sigma"] = sigma
-    theta = np.asarray(theta_of(model.frame.specs, raw, jnp.asarray(sigma))).reshape(C * D, -1)
-    lams = [np.asarray(lam) for lam in jax.vmap(model.structure.lambdas)(jnp.asarray(theta))]
+    sites = {k: raw[k] for t in model.frame.specs for k in t.covariance.sites(t.name, t.columns)}
+    lams = [np.asarray(lam) for lam in _lambdas_of_draws(model.frame.specs, model.structure, sites, sigma)]
     sd, sd_names, corr, corr_names = sd_corr(model.frame.specs, lams, sigma.reshape(-1))
     out.update({n: sd[:, j].reshape(C, D) for j, n in enumerate(sd_names)})
     out.update({n: corr[:, j].reshape(C, D) for j, n in enumerate(corr_names)})

@@ -1,41 +1,39 @@
-"""Newton and BFGS minimisation of a smooth, sign-symmetric objective, inside jit and vmap.
+"""The minimisation loop: one ``lax.while_loop`` for a smooth, sign-symmetric objective,
+inside jit and vmap, with a pluggable curvature model (:mod:`jaxhlm.optimize.base`).
 
 The profiled objective of a mixed model depends on theta only through
 Lambda Lambda', so negating any column of a lambda_k leaves it unchanged: it is
-smooth for every real theta and even in each diagonal element.  lme4 bounds those
-diagonal elements below by 0; here the iteration runs unconstrained and the end point
-is *folded* into lme4's half-space (``canonical``: columns with a negative diagonal
-negated), which is the same point of the model.  Then, as MixedModels.jl's ``fit!``
-does, each diagonal element within ``snap`` of 0 is set exactly to 0 when that does not
+smooth for every real theta and even in each scale parameter.  lme4 bounds those
+scales below by 0; here the iteration runs unconstrained and the end point is *folded*
+into lme4's half-space (``canonical``: for lme4's terms, columns with a negative
+diagonal negated), which is the same point of the model.  Then, as MixedModels.jl's
+``fit!`` does, each scale within ``snap`` of 0 is set exactly to 0 when that does not
 raise the objective: a singular fit (Dyestuff2) ends exactly on lme4's boundary.  No
 projection is needed, so no coordinate is ever stuck at 0 with a zero gradient.
 
-Each iteration takes a descent direction from a Hessian model and backtracks along it
-until the Armijo condition holds (a stall, once the trial step's predicted decrease
-is below the objective's rounding, ends the search); every trial point gets its value and autodiff
-gradient together, so the accepted point's gradient costs nothing more.  The Hessian:
-
-- ``"newton"``: forward differences of the gradient at every iterate (n + 1 gradients,
-  one ``vmap``); eigenvalues replaced by their absolute values, and a step along the
-  most negative curvature where there is one (an interior saddle);
-- ``"bfgs"``: the same finite-difference Hessian at the start (eigenvalues made
-  positive), then BFGS updates
-  (one gradient per iteration; Nocedal and Wright 2006, eq. 6.19), skipped when
-  the curvature condition y's > 0 fails.  For large models, whose gradient is costly.
-
-Iteration stops when the predicted decrease g' H^-1 g is below ftol (1 + |f|).
-Nothing raises: the outcome is an integer :class:`Status`.
+Each iteration takes a descent direction from the strategy's curvature model and
+backtracks along it until the Armijo condition holds (a stall, once the trial step's
+predicted decrease is below the objective's rounding, ends the search); every trial
+point gets its value and autodiff gradient together, so the accepted point's gradient
+costs nothing more.  Iteration stops when the predicted decrease is below
+ftol (1 + |f|).  Nothing raises: the outcome is an integer :class:`Status`.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from .bfgs import BFGS
+from .newton import Newton
+
+STRATEGIES = {"newton": Newton(), "bfgs": BFGS()}
+"""The strategies ``method=`` names (a strategy instance may be passed instead)."""
 
 
 class Status(enum.IntEnum):
@@ -62,7 +60,8 @@ class _State(NamedTuple):
     x: jnp.ndarray            # accepted point
     f: jnp.ndarray            # objective there (+inf before the first evaluation)
     g: jnp.ndarray            # gradient there
-    H: jnp.ndarray            # Hessian model there
+    aux: Any                  # the strategy's curvature model there (a pytree)
+    P: jnp.ndarray            # the probed starting Hessian (strategies that probe)
     d: jnp.ndarray            # search direction from x
     alpha: jnp.ndarray        # current step length along d
     halvings: jnp.ndarray
@@ -73,45 +72,11 @@ class _State(NamedTuple):
 
 
 # Phases of the loop (_State.phase); each step evaluates one candidate point:
-#   -(n+1)      BFGS only: x0 itself;
-#   -n .. -1    BFGS only: x0 + h e_i, a column of the starting Hessian;
+#   -(n+1)      probing strategies only: x0 itself;
+#   -n .. -1    probing strategies only: x0 + h e_i, a column of the starting Hessian;
 #   0           optimising: x + alpha d (a line-search trial);
 #   1 .. n      snapping: x with coordinate phase - 1 set to 0;
 #   n + 1       done.
-
-
-def _direction(g, H):
-    """Descent direction and predicted decrease from a possibly indefinite Hessian H.
-
-    The Newton step with H's eigenvalues replaced by their absolute values (floored),
-    plus a unit step along the eigenvector of a negative eigenvalue, signed to go down
-    the gradient, so that a saddle point is left rather than converged to.
-    """
-    w, V = jnp.linalg.eigh(H)
-    scale = jnp.maximum(jnp.max(jnp.abs(w)), 1.0)
-    d = -V @ ((V.T @ g) / jnp.maximum(jnp.abs(w), 1e-8 * scale))
-    v, w0 = V[:, 0], w[0]
-    negative = w0 < -1e-8 * scale
-    sign = jnp.where(jnp.dot(g, v) > 0, -1.0, 1.0)
-    d = d + jnp.where(negative, sign * v, 0.0)
-    return d, -jnp.dot(g, d) + jnp.where(negative, 0.5 * jnp.abs(w0), 0.0)
-
-
-def _positive(H):
-    """H with its eigenvalues replaced by their absolute values (floored): BFGS's start."""
-    w, V = jnp.linalg.eigh(H)
-    w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.maximum(jnp.max(jnp.abs(w)), 1.0))
-    return (V * w[None, :]) @ V.T
-
-
-def _bfgs_update(H, s, y):
-    """BFGS update of the Hessian model B (Nocedal and Wright 2006, eq. 6.19)."""
-    sy = jnp.dot(s, y)
-    Bs = H @ s
-    sBs = jnp.dot(s, Bs)
-    ok = (sy > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y)) & (sBs > 0)
-    updated = H - jnp.outer(Bs, Bs) / jnp.where(ok, sBs, 1.0) + jnp.outer(y, y) / jnp.where(ok, sy, 1.0)
-    return jnp.where(ok, updated, H)
 
 
 def _finite(*arrays):
@@ -120,7 +85,7 @@ def _finite(*arrays):
 
 def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
              canonical: Callable[[jnp.ndarray], jnp.ndarray] = lambda x: x,
-             snap_mask: jnp.ndarray | None = None, method: str = "newton",
+             snap_mask: jnp.ndarray | None = None, method="newton",
              max_iter: int = 100, ftol: float = 1e-12, snap: float = 1e-4,
              max_halvings: int = 40, rel_step: float = 1e-6) -> Minimum:
     """Minimise ``fun`` (see the module docstring); pure, for ``jax.jit`` and ``jax.vmap``.
@@ -128,40 +93,32 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     ``canonical`` maps a point to its equivalent in the canonical half-space (a symmetry
     of ``fun`` that only flips signs of coordinates); ``snap_mask`` marks the coordinates
     set exactly to 0 when within ``snap`` of it and that does not raise ``fun``.
+    ``method``: a name in :data:`STRATEGIES` or a strategy (:mod:`jaxhlm.optimize.base`).
 
     The whole run is one ``lax.while_loop`` whose every step evaluates ``fun`` and its
     gradient at one candidate point (Newton: with the n neighbours of the
     finite-difference Hessian, in one ``vmap``), so the compiled program holds a single
     copy of the gradient: compilation, which dominates short fits, stays small.
     """
-    if method not in ("newton", "bfgs"):
-        raise ValueError(f"method must be 'newton' or 'bfgs', not {method!r}")
+    strategy = STRATEGIES.get(method, method) if isinstance(method, str) else method
+    if isinstance(strategy, str):
+        raise ValueError(f"method must be one of {', '.join(map(repr, STRATEGIES))} or a "
+                         f"strategy, not {method!r}")
     vg = jax.value_and_grad(fun)
     n = x0.shape[0]
     dtype = x0.dtype
     mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
-    newton = method == "newton"
+    probes = strategy.probes
     done = n + 1
 
     def steps(x):
         return rel_step * (1.0 + jnp.abs(x))
 
-    def evaluate(x):
-        """f, g and (Newton) the Hessian at x by forward differences of the gradient.
+    def select(flag, a, b):
+        return jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
 
-        The n + 1 gradients (x and x + h_i e_i) come from one vmap.  With
-        h_i = rel_step (1 + |x_i|) the Hessian's error is O(h) from truncation plus
-        O(eps |g| / h) from rounding, about 1e-6 relative: Newton's steps stay
-        superlinear, and the answer itself rests on the exact gradient.
-        """
-        if not newton:
-            f, g = vg(x)
-            return f, g, None
-        h = steps(x)
-        points = jnp.concatenate([x[None, :], x[None, :] + jnp.eye(n, dtype=dtype) * h[None, :]])
-        fs, gs = jax.vmap(vg)(points)
-        H = (gs[1:] - gs[0][None, :]) / h[:, None]
-        return fs[0], gs[0], 0.5 * (H + H.T)
+    def evaluate(x):
+        return strategy.evaluate(vg, x, steps)
 
     def next_snap(x, start):
         """First phase >= start (1-based coordinate) whose coordinate may snap; else done."""
@@ -178,7 +135,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     def body(s: _State) -> _State:
         phase = s.phase
         i = jnp.clip(jnp.abs(phase) - 1, 0, n - 1)
-        if newton:
+        if not probes:
             candidate = jnp.where(phase == 0, s.x + s.alpha * s.d, s.x.at[i].set(0.0))
         else:
             col = jnp.clip(phase + n, 0, n - 1)
@@ -189,20 +146,20 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                                                       s.x.at[i].set(0.0))))
         f_c, g_c, H_c = evaluate(candidate)
         finite = _finite(f_c, g_c) if H_c is None else _finite(f_c, g_c, H_c)
-        s = s._replace(evaluations=s.evaluations + (n + 1 if newton else 1))
+        s = s._replace(evaluations=s.evaluations + strategy.cost(n))
 
-        def start_hessian(s):      # BFGS: x0 evaluated
+        def start_hessian(s):      # probing: x0 evaluated
             ok = finite
             return s._replace(f=f_c, g=g_c, phase=jnp.where(ok, -n, done).astype(jnp.int32),
                               status=jnp.where(ok, s.status, Status.NONFINITE).astype(jnp.int32))
 
-        def hessian_column(s):     # BFGS: column col of the starting Hessian
+        def hessian_column(s):     # probing: column col of the starting Hessian
             column = (g_c - s.g) / steps(s.x)[col]
-            H = s.H.at[:, col].set(column)
+            P = s.P.at[:, col].set(column)
             last = phase == -1
-            H = jnp.where(last, _positive(0.5 * (H + H.T)), H)
-            d, _ = _direction(s.g, H)
-            return s._replace(H=H, d=jnp.where(last, d, s.d), alpha=jnp.asarray(1.0, dtype),
+            aux = select(last, strategy.start(s.aux, 0.5 * (P + P.T)), s.aux)
+            d, _ = strategy.direction(aux, s.g)
+            return s._replace(P=P, aux=aux, d=jnp.where(last, d, s.d), alpha=jnp.asarray(1.0, dtype),
                               phase=(phase + 1).astype(jnp.int32))
 
         def optimising(s):
@@ -213,12 +170,12 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
             # stalling, where the rounding rule below ends them.
             armijo = f_c - s.f <= 1e-4 * s.alpha * jnp.dot(s.g, s.d)
             accept = finite & (first | armijo)
-            H_new = H_c if newton else _bfgs_update(s.H, candidate - s.x, g_c - s.g)
+            aux_new = strategy.update(s.aux, candidate - s.x, g_c - s.g, H_c)
             x = jnp.where(accept, candidate, s.x)
             f = jnp.where(accept, f_c, s.f)
             g = jnp.where(accept, g_c, s.g)
-            H = jnp.where(accept, H_new, s.H)
-            d, predicted = _direction(g, H)
+            aux = select(accept, aux_new, s.aux)
+            d, predicted = strategy.direction(aux, g)
             iteration = s.iteration + jnp.where(accept & ~first, 1, 0)
             halvings = jnp.where(accept, 0, s.halvings + 1)
             converged = accept & (predicted <= ftol * (1.0 + jnp.abs(f)))
@@ -233,7 +190,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                 jnp.where(converged | (stalled & rounding), Status.CONVERGED,
                           jnp.where(stalled, Status.LINE_SEARCH_FAILED,
                                     jnp.where(iteration >= max_iter, Status.MAX_ITERATIONS, -1))))
-            s = s._replace(x=x, f=f, g=g, H=H, d=jnp.where(accept, d, s.d),
+            s = s._replace(x=x, f=f, g=g, aux=aux, d=jnp.where(accept, d, s.d),
                            alpha=jnp.where(accept, 1.0, 0.5 * s.alpha).astype(dtype),
                            halvings=halvings.astype(jnp.int32), iteration=iteration.astype(jnp.int32))
             return lax.cond(status >= 0, lambda s: finish_optimising(s, status), lambda s: s, s)
@@ -244,16 +201,17 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                            g=jnp.where(take, g_c, s.g))
             return s._replace(phase=next_snap(s.x, phase + 1))
 
-        branches = [optimising, snapping] if newton else [start_hessian, hessian_column,
-                                                          optimising, snapping]
-        index = (jnp.where(phase == 0, 0, 1) if newton else
+        branches = [optimising, snapping] if not probes else [start_hessian, hessian_column,
+                                                              optimising, snapping]
+        index = (jnp.where(phase == 0, 0, 1) if not probes else
                  jnp.where(phase == -(n + 1), 0, jnp.where(phase < 0, 1, jnp.where(phase == 0, 2, 3))))
         return lax.switch(index, branches, s)
 
     zero = jnp.asarray(0, jnp.int32)
     state = _State(x=x0, f=jnp.asarray(jnp.inf, dtype), g=jnp.zeros_like(x0),
-                   H=jnp.eye(n, dtype=dtype), d=jnp.zeros_like(x0), alpha=jnp.asarray(1.0, dtype),
-                   halvings=zero, phase=jnp.asarray(0 if newton else -(n + 1), jnp.int32),
+                   aux=strategy.init(n, dtype), P=jnp.zeros((n, n), dtype), d=jnp.zeros_like(x0),
+                   alpha=jnp.asarray(1.0, dtype),
+                   halvings=zero, phase=jnp.asarray(-(n + 1) if probes else 0, jnp.int32),
                    iteration=zero, evaluations=zero, status=jnp.asarray(-1, jnp.int32))
     s = lax.while_loop(lambda s: s.phase < done, body, state)
     return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status)

@@ -1,0 +1,51 @@
+"""The protocol of an optimiser strategy: how the loop of :mod:`jaxhlm.optimize.loop` models
+the objective's curvature.
+
+The loop (one ``lax.while_loop``; line search, folding, snapping, statuses) is shared;
+a strategy says
+
+- ``evaluate(value_and_grad, x, steps)``: f, g and, where it computes one, a Hessian
+  at a candidate point (None otherwise);
+- ``probes``: whether the loop first builds a finite-difference Hessian at x0 one
+  column per step (one gradient each, so the compiled program keeps one copy of the
+  gradient);
+- ``init(n, dtype)``: the strategy's state before the first iterate (a pytree);
+- ``start(state, H0)``: the state once the probed Hessian H0 is known (``probes`` only);
+- ``update(state, s, y, H_c)``: the state after an accepted step s = x_new - x with
+  gradient change y (H_c: ``evaluate``'s Hessian at the new point, or None);
+- ``direction(state, g)``: a descent direction d and the predicted decrease
+  (-g'd, or more where a negative curvature is followed);
+- ``cost(n)``: gradient evaluations per loop step.
+
+Strategies are frozen dataclasses: static under jit, named in the key of compiled fits.
+To add one, write a new file with such a class and register it in
+:data:`jaxhlm.optimize.STRATEGIES` (or pass the instance as ``Options(method=...)``).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def eigen_direction(g, H):
+    """Descent direction and predicted decrease from a possibly indefinite Hessian H.
+
+    The Newton step with H's eigenvalues replaced by their absolute values (floored),
+    plus a unit step along the eigenvector of a negative eigenvalue, signed to go down
+    the gradient, so that a saddle point is left rather than converged to.
+    """
+    w, V = jnp.linalg.eigh(H)
+    scale = jnp.maximum(jnp.max(jnp.abs(w)), 1.0)
+    d = -V @ ((V.T @ g) / jnp.maximum(jnp.abs(w), 1e-8 * scale))
+    v, w0 = V[:, 0], w[0]
+    negative = w0 < -1e-8 * scale
+    sign = jnp.where(jnp.dot(g, v) > 0, -1.0, 1.0)
+    d = d + jnp.where(negative, sign * v, 0.0)
+    return d, -jnp.dot(g, d) + jnp.where(negative, 0.5 * jnp.abs(w0), 0.0)
+
+
+def positive(H):
+    """H with its eigenvalues replaced by their absolute values (floored)."""
+    w, V = jnp.linalg.eigh(H)
+    w = jnp.maximum(jnp.abs(w), 1e-8 * jnp.maximum(jnp.max(jnp.abs(w)), 1.0))
+    return (V * w[None, :]) @ V.T
