@@ -13,7 +13,7 @@ lme4's equivalent is ``optimizeLmer`` followed by ``mkMerMod``.
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +31,10 @@ from .structure import Structure
 class Options:
     """Optimiser settings (static: changing one recompiles).
 
-    ``method``: ``"newton"`` (finite-difference Hessian of the gradient every iteration),
-    ``"bfgs"`` (that Hessian once, then BFGS updates: one gradient per iteration), or
+    ``method``: a strategy of :mod:`jaxhlm.optimize`, by name or as an instance:
+    ``"newton"`` (finite-difference Hessian of the gradient every iteration),
+    ``"bfgs"`` (that Hessian once, then BFGS updates: one gradient per iteration),
+    ``"lbfgs"`` (optax's L-BFGS: no Hessian kept, for a theta of hundreds), or
     ``"auto"``: Newton unless the dense block after the first term is large
     (m > ``BFGS_ABOVE``), where a gradient costs several factorizations;
     ``max_iter``: iterations at most; ``ftol``: stop when the predicted decrease is
@@ -40,12 +42,13 @@ class Options:
     set to 0 when that does not raise the objective (MixedModels.jl's rule).
     """
 
-    method: str = "auto"
+    method: Any = "auto"
     max_iter: int = 200
     ftol: float = 1e-12
     snap: float = 1e-3
 
-    def resolve(self, st: Structure) -> str:
+    def resolve(self, st: Structure):
+        """The strategy's name (or the strategy given) for a model of structure ``st``."""
         if self.method != "auto":
             return self.method
         return "bfgs" if st.m > BFGS_ABOVE else "newton"
@@ -94,7 +97,7 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
         # inside vmap or another transformation: traced into the caller's program
         return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family)
     start = np.asarray(start, dtype=np.float64)
-    if options.resolve(st) == "bfgs" and jax.default_backend() == "cpu":
+    if options.resolve(st) in ("bfgs", "lbfgs") and jax.default_backend() == "cpu":
         return _fit_blocks_cpu(*args, start, penalty, family)  # see LARGE_FIT_CPU_OPTIONS
     if penalty is not None or not st.builtin or family is not GAUSSIAN:
         # no stable key for the disk: a prior, or code outside jaxhlm's source

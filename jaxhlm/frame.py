@@ -268,7 +268,7 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
     y, X, names = _fixed_effects(parsed, frame, text)
     rows = data.index[complete]   # the data's row labels of the rows used
     _check_finite(y, [response], rows, "the response")
-    _check_finite(X, names, rows, "the fixed-effects column")
+    _check_finite(X, names, rows, "the fixed-effects matrix")
     X, fixef_names, dropped = _drop_aliased(X, names)
     if dropped:
         warnings.warn(f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} "
@@ -277,7 +277,7 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
 
     terms = _random_terms(parsed, frame, text)
     for t in terms:
-        _check_finite(t.Z, list(t.spec.columns), rows, f"the covariate of random term {t.spec.group}:")
+        _check_finite(t.Z, list(t.spec.columns), rows, f"the random-effects term of {t.spec.group}")
     _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None)
     w = frame[wcol].to_numpy(dtype=float) if wcol else None
     return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
@@ -290,19 +290,21 @@ def _check_finite(values: np.ndarray, names: list[str], rows: pd.Index, what: st
     bad = np.argwhere(~np.isfinite(values))
     if bad.size:
         row, col = bad[0]
-        raise DataError(f"{what} '{names[col]}' has an infinite value ({float(values[row, col])}) in "
+        raise DataError(f"{what} has infinite values: '{names[col]}' is {float(values[row, col])} in "
                         f"row {rows[row]!r} of the data; use NaN for a missing value")
 
 
 def _check_factors(variables: set[str], frame: pd.DataFrame) -> None:
-    """A categorical fixed-effect variable needs two levels (R: "contrasts can be applied
-    only to factors with 2 or more levels")."""
+    """A categorical fixed-effect variable with one level gives no column of X (formulaic
+    drops it); say so, naming it (R stops there: "contrasts can be applied only to
+    factors with 2 or more levels")."""
     for name in sorted(v for v in variables if v in frame.columns):
         col = frame[name]
         numeric = pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype)
         if not numeric and col.nunique() < 2:
-            raise DataError(f"the categorical variable '{name}' has one level "
-                            f"({col.iloc[0]!r}) in the rows used; contrasts need 2 or more levels")
+            warnings.warn(f"the categorical variable '{name}' has one level ({col.iloc[0]!r}) in the "
+                          "rows used, so it gives no fixed-effect column (R stops here: contrasts "
+                          "need 2 or more levels)", stacklevel=4)
 
 
 def _fixed_effects(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str):

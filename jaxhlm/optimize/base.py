@@ -11,8 +11,9 @@ a strategy says
   gradient);
 - ``init(n, dtype)``: the strategy's state before the first iterate (a pytree);
 - ``start(state, H0)``: the state once the probed Hessian H0 is known (``probes`` only);
-- ``update(state, s, y, H_c)``: the state after an accepted step s = x_new - x with
-  gradient change y (H_c: ``evaluate``'s Hessian at the new point, or None);
+- ``update(state, x, g, s, y, H_c)``: the state at a trial point x with gradient g,
+  reached by the step s = x - x_prev with gradient change y (H_c: ``evaluate``'s
+  Hessian there, or None); the loop keeps it only if the point is accepted;
 - ``direction(state, g)``: a descent direction d and the predicted decrease
   (-g'd, or more where a negative curvature is followed);
 - ``cost(n)``: gradient evaluations per loop step.

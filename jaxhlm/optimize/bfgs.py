@@ -43,7 +43,7 @@ class BFGS:
     def start(self, state, H0):
         return positive(H0)
 
-    def update(self, state, s, y, H_c):
+    def update(self, state, x, g, s, y, H_c):
         return bfgs_update(state, s, y)
 
     def direction(self, state, g):

@@ -30,9 +30,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from .bfgs import BFGS
+from .lbfgs import LBFGS
 from .newton import Newton
 
-STRATEGIES = {"newton": Newton(), "bfgs": BFGS()}
+STRATEGIES = {"newton": Newton(), "bfgs": BFGS(), "lbfgs": LBFGS()}
 """The strategies ``method=`` names (a strategy instance may be passed instead)."""
 
 
@@ -170,7 +171,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
             # stalling, where the rounding rule below ends them.
             armijo = f_c - s.f <= 1e-4 * s.alpha * jnp.dot(s.g, s.d)
             accept = finite & (first | armijo)
-            aux_new = strategy.update(s.aux, candidate - s.x, g_c - s.g, H_c)
+            aux_new = strategy.update(s.aux, candidate, g_c, candidate - s.x, g_c - s.g, H_c)
             x = jnp.where(accept, candidate, s.x)
             f = jnp.where(accept, f_c, s.f)
             g = jnp.where(accept, g_c, s.g)

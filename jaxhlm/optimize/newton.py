@@ -41,7 +41,7 @@ class Newton:
     def start(self, state, H0):
         return state
 
-    def update(self, state, s, y, H_c):
+    def update(self, state, x, g, s, y, H_c):
         return H_c
 
     def direction(self, state, g):
