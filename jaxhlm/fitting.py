@@ -35,8 +35,10 @@ class Options:
     ``"newton"`` (finite-difference Hessian of the gradient every iteration),
     ``"bfgs"`` (that Hessian once, then BFGS updates: one gradient per iteration),
     ``"lbfgs"`` (optax's L-BFGS: no Hessian kept, for a theta of hundreds), or
-    ``"auto"``: Newton unless the dense block after the first term is large
-    (m > ``BFGS_ABOVE``), where a gradient costs several factorizations;
+    ``"auto"``: L-BFGS from ``LBFGS_FROM`` elements of theta (a 4 x 4 unstructured
+    term has 10), else Newton unless the dense block after the first term is large
+    (m > ``BFGS_ABOVE``), where a gradient costs several factorizations
+    (``benchmarks/README.md``, "Optimiser strategies");
     ``max_iter``: iterations at most; ``ftol``: stop when the predicted decrease is
     below ftol (1 + |objective|); ``snap``: diagonal theta elements this close to 0 (1e-3) are
     set to 0 when that does not raise the objective (MixedModels.jl's rule).
@@ -51,10 +53,13 @@ class Options:
         """The strategy's name (or the strategy given) for a model of structure ``st``."""
         if self.method != "auto":
             return self.method
+        if st.ntheta >= LBFGS_FROM:
+            return "lbfgs"
         return "bfgs" if st.m > BFGS_ABOVE else "newton"
 
 
 BFGS_ABOVE = 200
+LBFGS_FROM = 10
 
 
 class FitArrays(NamedTuple):
@@ -97,7 +102,7 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
         # inside vmap or another transformation: traced into the caller's program
         return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family)
     start = np.asarray(start, dtype=np.float64)
-    if options.resolve(st) in ("bfgs", "lbfgs") and jax.default_backend() == "cpu":
+    if st.m > BFGS_ABOVE and jax.default_backend() == "cpu":
         return _fit_blocks_cpu(*args, start, penalty, family)  # see LARGE_FIT_CPU_OPTIONS
     if penalty is not None or not st.builtin or family is not GAUSSIAN:
         # no stable key for the disk: a prior, or code outside jaxhlm's source

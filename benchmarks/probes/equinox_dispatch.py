@@ -10,10 +10,10 @@ import argparse
 import statistics
 import time
 
+import jaxhlm  # noqa: I001  (first: it quiets XLA's log before jax loads)
+
 import equinox as eqx
 import jax
-
-import jaxhlm
 from jaxhlm.blocks import Blocks
 from jaxhlm.fitting import Options, _fit_program
 from jaxhlm.structure import Structure

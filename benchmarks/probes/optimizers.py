@@ -9,11 +9,11 @@ import argparse
 import statistics
 import time
 
+import jaxhlm  # noqa: I001  (first: it quiets XLA's log before jax loads)
+
 import jax
 import numpy as np
 import pandas as pd
-
-import jaxhlm
 from jaxhlm.fitting import Options, fit_blocks
 
 
