@@ -85,7 +85,7 @@ out = {"import_s": t1 - t0, "load_s": t2 - t1, "build_s": t3 - t2, "first_fit_s"
        "build_plus_first_fit_s": t4 - t2, "in_process_total_s": t4 - t0,
        "peak_rss_after_first_fit_bytes": vm_hwm(),
        "objective": res.objective, "iterations": res.iterations, "converged": bool(res.converged),
-       "sigma": res.sigma, "nobs": res.nobs, "trace_count": jaxhlm.trace_count(),
+       "sigma": res.sigma, "nobs": res.nobs, "trace_count": jaxhlm.fitting.trace_count(),
        "cache_dir": jax.config.jax_compilation_cache_dir or None}
 if int(sys.argv[4]) > 1:
     t5 = time.perf_counter()
@@ -347,7 +347,7 @@ def part_sleepstudy_one_fit(datadir, reps, log):
     out = {"formula": SLEEP_FORMULA, "reml": True, "warmup": 3, "reps": reps}
 
     log(f"sleepstudy: jaxhlm (a) model.fit(), {reps} reps ...")
-    tc = jaxhlm.trace_count
+    tc = jaxhlm.fitting.trace_count
     a = time_reps(lambda: model.fit(reml=True), reps, traces=tc)
     log(f"sleepstudy: jaxhlm (b) LMM(formula, df).fit(), {reps} reps ...")
     b = time_reps(lambda: jaxhlm.LMM(SLEEP_FORMULA, df).fit(reml=True), reps, traces=tc)

@@ -44,12 +44,17 @@ import numpy as np
 _SOURCE_HASH: list[str] = []
 
 
+def source_files() -> list[Path]:
+    """Every module of jaxhlm, subpackages included: what a stored program's key hashes."""
+    return sorted(Path(__file__).parent.rglob("*.py"))
+
+
 def _source_hash() -> str:
-    """sha256 of jaxhlm's modules, subpackages included (computed once per process)."""
+    """sha256 of :func:`source_files` (computed once per process)."""
     if not _SOURCE_HASH:
         h = hashlib.sha256()
         root = Path(__file__).parent
-        for path in sorted(root.rglob("*.py")):
+        for path in source_files():
             h.update(path.relative_to(root).as_posix().encode())
             h.update(path.read_bytes())
         _SOURCE_HASH.append(h.hexdigest())

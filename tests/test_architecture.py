@@ -92,6 +92,15 @@ def test_the_core_does_not_import_the_tools_or_the_bayesian_layer():
         assert not any(t.startswith("jaxhlm.bayes") for t in graph[module]), module
 
 
+def test_stored_programs_are_keyed_on_every_module_subpackages_included():
+    from jaxhlm.precompiled import source_files
+
+    names = {p.relative_to(PACKAGE).as_posix() for p in source_files()}
+    assert {"kernel.py", "covariance/unstructured.py", "families/gaussian.py",
+            "optimize/loop.py", "bayes/posterior.py"} <= names
+    assert names == {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")}
+
+
 def test_no_module_is_loaded_by_file_path():
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
