@@ -1,4 +1,4 @@
-"""The compiled NUTS driver (jaxhlm.chains): one compilation serves every run, the
+"""The compiled NUTS driver (jaxhlm.bayes.chains): one compilation serves every run, the
 chain methods give the same chains, thinning keeps every k-th draw, bad settings are
 named.  Statistical correctness is tested in test_posterior.py and test_calibration.py.
 

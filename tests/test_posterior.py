@@ -1,4 +1,4 @@
-"""Full posteriors by NUTS (jaxhlm.posterior) against answers known exactly or from Stan.
+"""Full posteriors by NUTS (jaxhlm.bayes.posterior) against answers known exactly or from Stan.
 
 Monte Carlo tolerances: a posterior mean is compared within 4.5 combined Monte Carlo
 standard errors, sqrt(sd^2 / ess + mcse_ref^2) (|z| > 4.5 has probability 7e-6 per

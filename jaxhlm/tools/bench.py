@@ -1,12 +1,12 @@
 """The benchmark grid: throughput of batched fits per model, design size, batch size and backend.
 
 A grid (``configs/bench/*.toml``, schema :class:`Grid`) lists models (a formula on a
-simulated design of :mod:`jaxhlm.designs`: ``groups`` subjects x ``obs_per_group``, with
+simulated design of :mod:`jaxhlm.tools.designs`: ``groups`` subjects x ``obs_per_group``, with
 ``items`` crossed), batch sizes B, backends and repetitions.  A cell is one (model,
 groups, backend, B): B responses simulated from the model with beta = 0.5, theta = 1
 (each random effect's SD equal to sigma; correlations 0) and sigma = 1, fitted by
 ``model.fit_many(Y)``.  Each cell runs in a fresh Python process (``python -m
-jaxhlm.bench CELL``) with the persistent compilation cache off, so that
+jaxhlm.tools.bench CELL``) with the persistent compilation cache off, so that
 
 - ``compile_s`` is the first call's wall time minus the median of the later ones
   (tracing, lowering and XLA compilation of the vmapped fit, plus its straggler pass);
@@ -36,7 +36,7 @@ reported and the run goes on.
 
 Each run writes ``bench-NAME-DATE.csv`` (one row per cell), ``.json`` (the config,
 versions, machine, rows and peers' raw figures) and the plots ``-throughput.png`` and
-``-groups.png`` (:mod:`jaxhlm.plots`).
+``-groups.png`` (:mod:`jaxhlm.tools.plots`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ TRUE_FIXEF, TRUE_SIGMA = 0.5, 1.0
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """One model of a grid: a formula on :func:`jaxhlm.designs.frame` designs."""
+    """One model of a grid: a formula on :func:`jaxhlm.tools.designs.frame` designs."""
 
     name: str
     formula: str

@@ -6,7 +6,7 @@ parameters (``[truth]``: every fixed effect but the tested one, theta by lme4's 
 sigma), the test (``[test]``: the fixed-effect ``term``, whose one coefficient is tested
 for being 0, the ``method`` and ``level``) and the grid (``[grid]``: the effects, i.e. the
 true values of the tested coefficient, and the designs: ``groups`` x ``obs_per_group`` x
-``items`` of :func:`jaxhlm.designs.frame`).  For each design and effect, ``nsim`` data
+``items`` of :func:`jaxhlm.tools.designs.frame`).  For each design and effect, ``nsim`` data
 sets are drawn from the true model and fitted with ``LMM.fit_many``:
 
 - ``wald``: reject when |beta-hat / se| > z_{1 - level/2} (a Wald z test on the
@@ -32,7 +32,7 @@ bias, RMSE and (fixed effects) coverage for every parameter: fixed effects, rand
 SDs and correlations, sigma.
 
 Randomness: data set i of design d is drawn from fold_in(fold_in(key(seed), 0), d) and
-index i (:func:`jaxhlm.designs.simulate`), the same draws of b and e for every effect of
+index i (:func:`jaxhlm.tools.designs.simulate`), the same draws of b and e for every effect of
 a design (common random numbers: the power curve is smooth in the effect, and its
 points are paired); bootstrap draws come from fold_in(key(seed), 1).  A study is
 reproduced exactly from its config and seed.
