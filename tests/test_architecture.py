@@ -151,6 +151,21 @@ def test_a_structure_defined_outside_jaxhlm_fits_through_the_public_api(sleepstu
     many = model.fit_many(res.simulate(8, seed=1))
     assert many.converged.all() and many.corr_names == ["corr(Subject:(Intercept),Days)"]
     np.testing.assert_allclose(many.corr[:, 0], rho, atol=1e-12)
+    # It defines no prior sites: NUTS says so at the user's edge.
+    with pytest.raises(jaxhlm.JaxhlmError, match="FixedCorrelation defines no prior sites for NUTS"):
+        model.sample(num_warmup=5, num_samples=5, num_chains=1)
+
+
+def test_diag_terms_sample_by_nuts_with_their_own_sites(sleepstudy):
+    model = jaxhlm.LMM("Reaction ~ Days + diag(Days | Subject)", sleepstudy)
+    post = model.sample(num_warmup=150, num_samples=150, num_chains=1, seed=1)
+    assert set(post.samples) == {"(Intercept)", "Days", "sigma", "sd(Subject:(Intercept))", "sd(Subject:Days)"}
+    fit = model.fit()
+    sds = fit.varcorr.set_index("var1")["sdcor"]
+    # the posterior medians sit near the REML estimates (18 subjects: wide posteriors)
+    assert np.median(post.samples["sd(Subject:(Intercept))"]) == pytest.approx(sds["(Intercept)"], rel=0.35)
+    assert np.median(post.samples["sd(Subject:Days)"]) == pytest.approx(sds["Days"], rel=0.35)
+    assert np.median(post.samples["Days"]) == pytest.approx(fit.fixef["Days"], rel=0.1)
 
 
 def test_diag_keyword_is_the_uncorrelated_model(sleepstudy):

@@ -37,6 +37,7 @@ from typing import Callable, ClassVar, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import JaxhlmError
 from ..tables import sd_name
 
 SampleSite = Callable[[str, object], jnp.ndarray]
@@ -90,7 +91,7 @@ class Covariance(abc.ABC):
         """The parameters from sampled sites; ``get(site, prior)`` samples or reads a site
         (arrays may carry leading axes).  Structures whose parameters are not SDs
         override this."""
-        raise NotImplementedError(
+        raise JaxhlmError(
             f"covariance structure {type(self).__name__} defines no prior sites for NUTS "
             "(override Covariance.sample, sites and inverse_mass)")
 
