@@ -53,6 +53,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # the fit programs, not every eager op
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from .precompiled import max_bytes
+
+    jax.config.update("jax_compilation_cache_max_size", max_bytes())  # least recently used go first
     return path
 
 

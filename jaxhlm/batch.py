@@ -4,8 +4,11 @@ A response enters the blocks only through Z_1'y, the last row and column of ``Ar
 and nobs (:func:`jaxhlm.blocks.with_responses`), so B responses on one design are B
 copies of those small arrays around one shared design; ``jax.vmap`` of
 :func:`jaxhlm.fitting.fit_blocks` fits them all in one compiled program, and a
-replicate costs nothing in n.  Batches run in chunks of ``batch_size`` (the last one
-padded, so every chunk reuses one compilation) to bound memory, and each chunk's batch
+replicate costs nothing in n.  The design's blocks are padded to their bucket
+(:mod:`jaxhlm.padding`), and batches run in chunks of :func:`chunk_size` fits (the last
+one padded), so nearby designs and batch sizes reuse one compiled program, which is
+also kept on disk (:mod:`jaxhlm.precompiled`) for the next process; chunks bound
+memory, and each chunk's batch
 axis is sharded across all visible devices (``jax.sharding``: a one-axis Mesh and
 NamedSharding; the design is replicated).  Inside a batch nothing raises: each fit
 carries its ``status``.  :func:`fit_datasets` fits one formula to many data sets the
@@ -29,7 +32,6 @@ chunking.  The parametric bootstrap (lme4's ``bootMer``, MixedModels.jl's
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from typing import Any
@@ -41,7 +43,10 @@ import pandas as pd
 
 from . import tables
 from .blocks import Blocks, response_axes, with_responses
-from .fitting import Options, fit_blocks
+from .fitting import Options, fit_blocks, storable
+from . import padding
+from .padding import ladder
+from .precompiled import Precompiled
 from .optimize import Status
 from .stacking import stack
 from .start import moment_starts
@@ -54,13 +59,42 @@ rare slow fit, e.g. a singular one creeping along a flat valley, would otherwise
 its whole chunk for 100+ steps while the median fit needs under 10)."""
 
 
-STRAGGLER_CHUNK = 64
-
-
-@functools.partial(jax.jit, static_argnames=("st", "reml", "options", "axes"))
-def _fit_chunk(blocks, theta0, st, reml, options, axes):
-    return jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t),
+def _fit_chunk_program(blocks, theta0, max_iter, st, reml, options, axes):
+    return jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter),
                     in_axes=(Blocks(*axes), 0))(blocks, theta0)
+
+
+_STATIC_CHUNK = (3, 4, 5, 6)
+_fit_chunk_jit = jax.jit(_fit_chunk_program, static_argnums=_STATIC_CHUNK)
+_FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk")
+
+
+def _fit_chunk(blocks, theta0, max_iter, st, reml, options, axes):
+    """A chunk of vmapped fits: kept on disk (:mod:`jaxhlm.precompiled`) where it can be."""
+    program = _FIT_CHUNK if storable(st, options) else _fit_chunk_jit
+    return program(blocks, theta0, max_iter, st, reml, options, axes)
+
+
+def chunk_size(B: int, batch_size: int | None = None, ndev: int = 1) -> int:
+    """Fits per chunk for a batch of B: B moved up the padding ladder
+    (:func:`jaxhlm.padding.ladder`), at most ``batch_size`` (default
+    :data:`CHUNK_CPU` on a CPU, :data:`CHUNK_ACCELERATOR` elsewhere), and a multiple of
+    the device count.  Every chunk has this size (the last one padded), so batches of
+    nearby sizes, and every batch larger than the largest chunk, share one program:
+    ``fit_many`` of 2,000 after 1,500, ``bootstrap(10_000)`` after ``bootstrap(1_000)``."""
+    if batch_size is None:
+        batch_size = CHUNK_CPU if jax.default_backend() == "cpu" else CHUNK_ACCELERATOR
+    size = min(ladder(max(B, 1)), max(int(batch_size), 1))
+    return -(-size // ndev) * ndev
+
+
+CHUNK_CPU = 128
+"""Fits per chunk on a CPU: more only adds memory (a sleepstudy bootstrap of 2,048 took
+0.45 s in chunks of 128, 256 or 1,024, and 0.54 s in chunks of 64), and the second
+pass over the few slow fits runs in chunks of the same program."""
+
+CHUNK_ACCELERATOR = 4096
+"""Fits per chunk on a GPU or TPU, where wider batches keep the device busy."""
 
 
 @dataclasses.dataclass
@@ -188,24 +222,21 @@ def _put(a, index, b):
     return a
 
 
-def _run_chunks(take, B, st, starts, reml, options, batch_size, progress, fixed=False):
-    """vmapped fits of B models from the rows of ``starts``, chunk by chunk.
+def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress):
+    """vmapped fits of B models from the rows of ``starts``, in chunks of ``size`` fits
+    (the last one padded with its last fit: every chunk has one shape), each at most
+    ``max_iter`` iterations.
 
     ``take(index)`` gives the blocks of the fits at ``index`` (positions in 0..B-1) and
-    their vmap axes.  Chunks hold ``batch_size`` fits (``fixed``) or the next power of
-    two above B when that is smaller, padded (the last fit repeated), so that batches of
-    varied sizes share a few compilations; always a multiple of the device count."""
+    their vmap axes."""
     devices = jax.devices()
-    ndev = len(devices)
-    size = batch_size if fixed else min(batch_size, 1 << max(0, int(B - 1).bit_length()))
-    size = -(-size // ndev) * ndev
     parts = []
     began = time.perf_counter()
     for lo in range(0, B, size):
-        index = np.minimum(np.arange(lo, lo + size), B - 1)  # same shape every chunk: one compilation
+        index = np.minimum(np.arange(lo, lo + size), B - 1)
         many, axes = take(index)
         out = _fetch(_fit_chunk(_shard(many, axes, devices), jnp.asarray(starts[index]),
-                                st, bool(reml), options, tuple(axes)))
+                                np.int64(max_iter), st, bool(reml), options, tuple(axes)))
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], out))
         if progress:
             done = min(lo + size, B)
@@ -218,19 +249,20 @@ def _run_chunks(take, B, st, starts, reml, options, batch_size, progress, fixed=
 def _fit_batch(take, B, st, starts, reml, options, batch_size, progress):
     """B vmapped fits (``take`` as in :func:`_run_chunks`): a first pass of at most
     ``STRAGGLER_AFTER`` iterations, then the fits still running continue from where
-    they stopped in small chunks."""
+    they stopped, in chunks of the same size: both passes run one compiled program
+    (the iteration limit is one of its arguments)."""
     if options.method == "auto":
         # Vmapped fits step together until the slowest is done; BFGS's one gradient per
         # step beats Newton's n + 1 there (2x in refits/s on sleepstudy).
         options = dataclasses.replace(options, method="bfgs")
-    first = dataclasses.replace(options, max_iter=min(options.max_iter, STRAGGLER_AFTER))
-    out = _run_chunks(take, B, st, starts, reml, first, batch_size, progress)
+    size = chunk_size(B, batch_size, len(jax.devices()))
+    first = min(options.max_iter, STRAGGLER_AFTER)
+    out = _run_chunks(take, B, st, starts, reml, options, first, size, progress)
     late = np.flatnonzero(out.opt.status == Status.MAX_ITERATIONS)
-    if late.size and options.max_iter > first.max_iter:
-        rest = dataclasses.replace(options, max_iter=options.max_iter - first.max_iter)
+    if late.size and options.max_iter > first:
         more = _run_chunks(lambda index: take(late[index]), late.size, st, out.opt.x[late], reml,
-                           rest, min(batch_size, STRAGGLER_CHUNK), False, fixed=True)
-        more = more._replace(opt=more.opt._replace(iterations=more.opt.iterations + first.max_iter))
+                           options, options.max_iter - first, size, False)
+        more = more._replace(opt=more.opt._replace(iterations=more.opt.iterations + first))
         out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
     return out
 
@@ -243,7 +275,7 @@ def _fields(out) -> dict:
                 lams=tuple(out.lams))
 
 
-def fit_many(model, Y, reml: bool = True, *, batch_size: int = 4096,
+def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
              options: Options = Options(), progress: bool = False, theta0=None) -> BatchResult:
     """Fit B responses on the model's design: Y is (B, nobs) or a DataFrame of B columns.
 
@@ -267,17 +299,17 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int = 4096,
     else:
         start = np.asarray(theta0, float)
         starts = np.broadcast_to(start, (B, start.size))
-    design = jax.device_get(model.blocks)
+    design, padded = jax.device_get(model.blocks), model.bucketed
 
     def take(index):
         many = with_responses(model.frame, model.structure, design, Y[index])
-        return many, response_axes(many)
+        return padded.responses(many), response_axes(many)
 
-    out = _fit_batch(take, B, model.structure, starts, reml, options, batch_size, progress)
+    out = _fit_batch(take, B, padded.structure, starts, reml, options, batch_size, progress)
     return BatchResult(model=model, reml=bool(reml), **_fields(out))
 
 
-def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int = 4096,
+def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int | None = None,
                  options: Options = Options(), progress: bool = False, buckets: int = 1) -> BatchResult:
     """Fit one formula to each of many data sets with the same columns (a simulation
     study's replicates) in one compiled, vmapped batch: lme4's ``lmer`` on each.
@@ -320,7 +352,6 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int =
     return BatchResult(model=stacked, reml=bool(reml), **fields)
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
 def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
     lams = st.lambdas(theta)
     k_e, *k_u = jax.random.split(key, 1 + len(st.terms))
@@ -333,14 +364,27 @@ def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
 
 
 SIMULATE_ELEMENTS = 1 << 24
-"""Responses are drawn in chunks of about this many values (replicates x nobs), to
-bound memory; every chunk has the same shape (the last one padded): one compilation."""
+"""Responses are drawn in chunks of at most about this many values (replicates x rows),
+to bound memory; every chunk has the same shape (the last one padded): one compilation."""
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
-def _draw(key, index, beta, theta, sigma, X, codes, Zs, st):
+_TRACES = {"simulate": 0}
+
+
+def simulate_trace_count() -> int:
+    """How many times the simulator's program has been traced in this process."""
+    return _TRACES["simulate"]
+
+
+def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st):
+    _TRACES["simulate"] += 1
+    key = jax.random.wrap_key_data(key_data)
     one = lambda r, b, t, s: _simulate_one(jax.random.fold_in(key, r), b, t, s, X, codes, Zs, st)  # noqa: E731
     return jax.vmap(one)(index, beta, theta, sigma)
+
+
+_draw_jit = jax.jit(_draw_program, static_argnums=(8,))
+_DRAW = Precompiled(_draw_program, (8,), "simulate")
 
 
 def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
@@ -350,7 +394,11 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     ``fixef`` (p,) or (R, p), ``theta`` (ntheta,) or (R, ntheta) in lme4's order, and
     ``sigma`` () or (R,) are the parameters, shared or one set per replicate; replicate r
     draws from ``jax.random.fold_in(key, index[r])``, so the same key and index give the
-    same response whatever the batch or chunking.  One compiled program per design.
+    same response whatever the batch or chunking.  The design is padded to its bucket
+    (rows with X = 0 and Z = 0, and the terms' levels, :mod:`jaxhlm.padding`) and the
+    replicates are chunked as fits are (:func:`chunk_size`), so nearby designs and
+    numbers of replicates share one program; JAX's counter-based draws give each of the
+    model's own rows and levels the same value whatever the padding.
     """
     index = np.asarray(index, dtype=np.int64)
     R = index.shape[0]
@@ -358,15 +406,28 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     fixef = np.broadcast_to(np.asarray(fixef, float), (R, st.p))
     theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
     sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
-    design = (jnp.asarray(frame.X), tuple(jnp.asarray(t.codes) for t in frame.terms),
-              tuple(jnp.asarray(t.Z) for t in frame.terms))
-    size = max(1, min(R, SIMULATE_ELEMENTS // max(model.nobs, 1)))
-    out = np.empty((R, model.nobs))
+    n = model.nobs
+    rows = ladder(n) if padding.ENABLED else n
+    common = padding.sizes(st, 0, 0)[0]
+    design = (_grow_rows(frame.X, rows), tuple(_grow_rows(t.codes.astype(np.int32), rows) for t in frame.terms),
+              tuple(_grow_rows(t.Z, rows) for t in frame.terms))
+    if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    key = np.asarray(key)
+    program = _DRAW if st.builtin else _draw_jit
+    size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // rows))
+    out = np.empty((R, n))
     for lo in range(0, R, size):
-        rows = np.arange(lo, lo + size).clip(max=R - 1)  # the last chunk padded with its last row
-        y = _draw(key, jnp.asarray(index[rows]), jnp.asarray(fixef[rows]), jnp.asarray(theta[rows]),
-                  jnp.asarray(sigma[rows]), *design, st)
-        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
+        at = np.arange(lo, lo + size).clip(max=R - 1)  # the last chunk padded with its last row
+        y = program(key, index[at], fixef[at], theta[at], sigma[at], *design, common)
+        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo), :n]
+    return out
+
+
+def _grow_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``rows``."""
+    out = np.zeros((rows,) + a.shape[1:], dtype=a.dtype)
+    out[:a.shape[0]] = a
     return out
 
 
@@ -377,7 +438,7 @@ def simulate(model, fixef, theta, sigma, nsim: int, seed: int = 0) -> np.ndarray
 
 
 def bootstrap(model, fixef, theta, sigma, reml: bool, nsim: int, seed: int = 0, *,
-              batch_size: int = 4096, options: Options = Options(), progress: bool = False) -> BatchResult:
+              batch_size: int | None = None, options: Options = Options(), progress: bool = False) -> BatchResult:
     """Parametric bootstrap of a fit with these estimates: simulate ``nsim`` responses,
     refit each (lme4's ``bootMer``), starting each refit at the fit's theta as lme4's
     ``refit`` does."""

@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     many.add_argument("--responses", required=True, help="CSV, one column per response")
     many.add_argument("--out", required=True, help="CSV of fits, one row per response")
     many.add_argument("--ml", action="store_true")
-    many.add_argument("--batch-size", type=int, default=4096)
+    many.add_argument("--batch-size", type=int, default=None,
+                      help="fits per chunk (default: 1,024 on a CPU, 4,096 on an accelerator)")
     many.set_defaults(run=_fit_many)
     boot = sub.add_parser("bootstrap", help="parametric bootstrap of a fit")
     boot.add_argument("data")
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--out", required=True, help="CSV of refits, one row per replicate")
     boot.add_argument("--ml", action="store_true")
     boot.add_argument("--level", type=float, default=0.95)
-    boot.add_argument("--batch-size", type=int, default=4096)
+    boot.add_argument("--batch-size", type=int, default=None,
+                      help="fits per chunk (default: 1,024 on a CPU, 4,096 on an accelerator)")
     boot.set_defaults(run=_bootstrap)
     for name, default, what in (("bench", "benchmarks/results", "run a benchmark grid (configs/bench/*.toml)"),
                                 ("study", "study-results", "run a simulation study (configs/study/*.toml)")):

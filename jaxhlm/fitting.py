@@ -80,7 +80,7 @@ def trace_count() -> int:
 
 
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options(),
-               theta0=None, penalty=None, family=GAUSSIAN) -> FitArrays:
+               theta0=None, penalty=None, family=GAUSSIAN, max_iter=None) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
     sigma and b there.
@@ -95,29 +95,39 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
     Without a penalty, a small model's compiled program is also kept on disk
     (:mod:`jaxhlm.precompiled`), so a new process need not trace it again.
+    ``max_iter``: the iteration limit as an array (a batch's passes share one program),
+    instead of ``options.max_iter``.
     """
     start = st.theta_start() if theta0 is None else theta0
     args = (blocks, st, bool(reml), options)
     if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
         # inside vmap or another transformation: traced into the caller's program
-        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family)
+        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter)
     start = np.asarray(start, dtype=np.float64)
     if st.m > BFGS_ABOVE and jax.default_backend() == "cpu":
-        return _fit_blocks_cpu(*args, start, penalty, family)  # see LARGE_FIT_CPU_OPTIONS
-    if penalty is not None or not st.builtin or family is not GAUSSIAN:
-        # no stable key for the disk: a prior, or code outside jaxhlm's source
-        return _fit_blocks(*args, start, penalty, family)
-    return _PRECOMPILED(*args, start, penalty, family)
+        return _fit_blocks_cpu(*args, start, penalty, family, max_iter)  # see LARGE_FIT_CPU_OPTIONS
+    if not storable(st, options, penalty, family):
+        return _fit_blocks(*args, start, penalty, family, max_iter)
+    return _PRECOMPILED(*args, start, penalty, family, max_iter)
+
+
+def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> bool:
+    """Whether a fit's program can be kept on disk (:mod:`jaxhlm.precompiled`): its key
+    is jaxhlm's source and the static arguments' ``repr``, which do not pin down a prior,
+    a user's covariance structure or optimiser strategy, or a family of another module."""
+    return (penalty is None and st.builtin and isinstance(options.method, str)
+            and type(family).__module__.startswith("jaxhlm."))
 
 
 def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
-                 penalty=None, family=GAUSSIAN) -> FitArrays:
+                 penalty=None, family=GAUSSIAN, max_iter=None) -> FitArrays:
     _TRACES["fit_blocks"] += 1
     scales = st.scales()
     theta0 = jnp.where(jnp.asarray(scales), jnp.maximum(jnp.abs(theta0), 0.01), theta0)
     opt = minimize(lambda th: family.objective(th, blocks, st, reml, penalty), theta0,
                    canonical=st.canonical, snap_mask=scales, method=options.resolve(st),
-                   max_iter=options.max_iter, ftol=options.ftol, snap=options.snap)
+                   max_iter=options.max_iter if max_iter is None else max_iter,
+                   ftol=options.ftol, snap=options.snap)
     cond = family.conditional(opt.x, blocks, st, reml, penalty)
     return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
@@ -133,4 +143,4 @@ LARGE_FIT_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _STATIC = (1, 2, 3, 5, 6)
 _fit_blocks = jax.jit(_fit_program, static_argnums=_STATIC)
 _fit_blocks_cpu = jax.jit(_fit_program, static_argnums=_STATIC, compiler_options=LARGE_FIT_CPU_OPTIONS)
-_PRECOMPILED = Precompiled(_fit_blocks, _STATIC, "fit_blocks")
+_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks")

@@ -24,8 +24,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula
-from formulaic.errors import FormulaicError
 
 from . import covariance as _covariance
 from . import formula as _formula
@@ -116,12 +114,22 @@ class ModelFrame:
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed(expr: str) -> Formula:
-    """formulaic's parse of ``expr`` (pure, so cached: refits skip the parser)."""
+def _parsed(expr: str):
+    """formulaic's parse of ``expr`` (pure, so cached: refits skip the parser).  formulaic
+    is imported here, not with jaxhlm: it is a fifth of ``import jaxhlm``."""
+    from formulaic import Formula
+
     return Formula(expr)
 
 
+def _formulaic_error() -> type:
+    from formulaic.errors import FormulaicError
+
+    return FormulaicError
+
+
 def _required(expr: str, where: str, text: str) -> set[str]:
+    FormulaicError = _formulaic_error()
     try:
         return set(_parsed(expr).required_variables)
     except FormulaicError as err:
@@ -141,6 +149,7 @@ def _check_columns(needed: set[str], data: pd.DataFrame, text: str) -> None:
 
 
 def _matrix(expr: str, data: pd.DataFrame, text: str, what: str):
+    FormulaicError = _formulaic_error()
     try:
         return _parsed(expr).get_model_matrix(data, na_action="ignore")
     except FormulaicError as err:

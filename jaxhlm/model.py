@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -11,6 +12,7 @@ import pandas as pd
 
 from . import blocks as _blocks
 from . import frame as _frame
+from . import padding
 from .batch import fit_many
 from .bayes import posterior as _posterior
 from .bayes import priors as _priors
@@ -20,6 +22,13 @@ from .results import LMMResult
 from .start import moment_start
 
 DEVICE_PUT_FROM = 1 << 20  # bytes
+
+
+def _placed(blocks: _blocks.Blocks) -> _blocks.Blocks:
+    """Large blocks go to the device once; small ones travel with each call, which costs
+    less than a separate transfer (a quarter of a sleepstudy fit's time)."""
+    large = sum(a.nbytes for a in jax.tree.leaves(blocks)) > DEVICE_PUT_FROM
+    return jax.device_put(blocks) if large else blocks
 
 
 class LMM:
@@ -43,11 +52,19 @@ class LMM:
     def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None):
         self.formula = formula
         self.frame = _frame.build(formula, data, weights, residual_variance)
-        self.structure, blocks = _blocks.build(self.frame)
-        # Large blocks go to the device once; small ones travel with each call, which
-        # costs less than a separate transfer (a quarter of a sleepstudy fit's time).
-        large = sum(a.nbytes for a in jax.tree.leaves(blocks)) > DEVICE_PUT_FROM
-        self.blocks = jax.device_put(blocks) if large else blocks
+        self.structure, self._host_blocks = _blocks.build(self.frame)
+
+    @functools.cached_property
+    def blocks(self) -> _blocks.Blocks:
+        """The cross-product blocks (:mod:`jaxhlm.blocks`) of this model's own shapes."""
+        return _placed(self._host_blocks)
+
+    @functools.cached_property
+    def bucketed(self) -> padding.Bucketed:
+        """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
+        :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
+        out = padding.bucket(self.structure, self._host_blocks)
+        return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property
     def theta_start(self) -> np.ndarray:
@@ -94,8 +111,10 @@ class LMM:
         if theta0.shape != (self.structure.ntheta,):
             raise ValueError(f"start must have {self.structure.ntheta} values (theta, in lme4's "
                              f"order); got shape {theta0.shape}")
-        out = fit_blocks(self.blocks, self.structure, bool(reml), options, theta0, penalty)
-        return LMMResult.from_arrays(self, jax.device_get(out), bool(reml), options, penalty)
+        padded = self.bucketed
+        out = fit_blocks(padded.blocks, padded.structure, bool(reml), options, theta0, penalty)
+        return LMMResult.from_arrays(self, padding.unpad(jax.device_get(out), self.structure),
+                                     bool(reml), options, penalty)
 
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
                num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
@@ -103,7 +122,7 @@ class LMM:
         return _posterior.sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
                       num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 
-    def fit_many(self, Y, reml: bool = True, *, batch_size: int = 4096,
+    def fit_many(self, Y, reml: bool = True, *, batch_size: int | None = None,
                  options: Options = Options(), progress: bool = False):
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
         return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)

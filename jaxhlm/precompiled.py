@@ -14,18 +14,28 @@ determines it instead:
 
 and stores the executable (``jax.experimental.serialize_executable``) in
 ``<JAX's cache directory>/jaxhlm-executables``.  It is used where JAX's cache is
-(``JAXHLM_COMPILATION_CACHE``), in a single process on CPU (where start-up time
+(``JAXHLM_COMPILATION_CACHE``), on a single CPU device (where start-up time
 matters, and where it is tested).  A program that calls back into
 Python (``jax.pure_callback``) cannot be stored; it is compiled in each process, as
 JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
 written by another version) means a normal compilation, never an error.
 
+The store is bounded: after each write, the least recently used files (a load marks a
+file used) go until the store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default
+:data:`DEFAULT_MAX_MB`; the newest file stays).  JAX's own cache gets the same bound
+(``jax_compilation_cache_max_size``, :mod:`jaxhlm._config`), which it enforces alike.
+
 Only a program that XLA compiled in this process is stored: an executable that XLA's
 CPU client loaded from JAX's cache does not serialize correctly (it runs, but its
-reloaded copy fails with "Function ... not found"), so when JAX reports a hit in its
-cache (``jax.monitoring``'s cache-hit event) during the compilation, nothing is
-written.  JAX's cache is never turned off here: JAX decides once per process whether
-to use it, so turning it off around one compilation would turn it off for good.
+reloaded copy fails with "Function ... not found").  So the program to store is
+lowered under a name that carries its stored file's key (``fit_blocks_<key>``):
+JAX's cache, which hashes the lowered module and its name, then holds that program
+only if this store once compiled it, and a new jaxhlm version, whose programs JAX's
+cache may hold under the old names, still compiles and stores them.  When JAX does
+report a hit in its cache (``jax.monitoring``'s cache-hit event: the stored file was
+deleted but JAX's entry was not), nothing is written.  JAX's cache is never turned off
+here: JAX decides once per process whether to use it, so turning it off around one
+compilation would turn it off for good.
 """
 
 from __future__ import annotations
@@ -42,6 +52,37 @@ import jaxlib
 import numpy as np
 
 _SOURCE_HASH: list[str] = []
+
+DEFAULT_MAX_MB = 1024
+"""The store's bound, and JAX's cache's, in megabytes, unless ``JAXHLM_CACHE_MAX_MB`` is set
+(a sleepstudy-sized program is 0.4-1 MB)."""
+
+
+def max_bytes() -> int:
+    """The bound on the store's size (``JAXHLM_CACHE_MAX_MB``, default :data:`DEFAULT_MAX_MB`)."""
+    try:
+        mb = float(os.environ.get("JAXHLM_CACHE_MAX_MB", DEFAULT_MAX_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_MB
+    return int(max(mb, 0.0) * (1 << 20))
+
+
+def _evict(directory: Path, keep: Path) -> None:
+    """Delete the least recently used stored files (oldest modification time: a load
+    touches its file) until the store is within :func:`max_bytes`; never ``keep``."""
+    files = []
+    for p in directory.glob("*.pickle"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            files.append((st.st_mtime, st.st_size, p))
+    total, bound = sum(f[1] for f in files), max_bytes()
+    for _, size, p in sorted(files, key=lambda f: f[0]):
+        if total <= bound:
+            break
+        if p != keep:
+            with contextlib.suppress(OSError):
+                p.unlink()
+                total -= size
 
 
 def source_files() -> list[Path]:
@@ -67,7 +108,7 @@ _CACHE_HIT = "/jax/compilation_cache/cache_hits"  # the event JAX records on a h
 def _directory() -> Path | None:
     """Where executables are stored, or None where JAX's persistent cache is off."""
     base = jax.config.jax_compilation_cache_dir
-    if (not base or not jax.config.jax_enable_compilation_cache or jax.process_count() != 1
+    if (not base or not jax.config.jax_enable_compilation_cache or jax.device_count() != 1
             or jax.default_backend() != "cpu"):
         return None
     return Path(base) / "jaxhlm-executables"
@@ -93,14 +134,16 @@ def _leaf_spec(leaf) -> tuple:
 class Precompiled:
     """``jitted(*args)`` through an in-memory and an on-disk store of compiled programs.
 
-    ``jitted`` is a ``jax.jit`` function whose static arguments are ``static_argnums``;
-    calling this object returns what ``jitted(*args)`` returns.
+    Calling this object returns what ``jax.jit(fun, static_argnums=static_argnums,
+    **jit_options)(*args)`` returns (that function is :attr:`jitted`).
     """
 
-    def __init__(self, jitted, static_argnums: tuple[int, ...], name: str):
-        self.jitted = jitted
+    def __init__(self, fun, static_argnums: tuple[int, ...], name: str, **jit_options):
+        self.fun = fun
         self.static_argnums = tuple(static_argnums)
         self.name = name
+        self.jit_options = jit_options
+        self.jitted = jax.jit(fun, static_argnums=self.static_argnums, **jit_options)
         self._memory: dict = {}
 
     def _split(self, args):
@@ -128,24 +171,38 @@ class Precompiled:
                      os.environ.get("XLA_FLAGS", ""), static, str(tree), specs))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
+    def _named(self, file_key: str):
+        """The program jitted under a name that carries its file's key (module docstring)."""
+        fun = self.fun
+
+        def program(*args):
+            return fun(*args)
+
+        program.__name__ = program.__qualname__ = f"{self.name}_{file_key[:16]}"
+        return jax.jit(program, static_argnums=self.static_argnums, **self.jit_options)
+
     def _load_or_compile(self, key, args):
         from jax.experimental import serialize_executable
 
         directory = _directory()
         if directory is None:
             return False
-        path = directory / f"{self.name}-{self.file_key(key)}.pickle"
+        file_key = self.file_key(key)
+        path = directory / f"{self.name}-{file_key}.pickle"
         try:
             with open(path, "rb") as fh:
                 stored = pickle.load(fh)
             _prepare_custom_calls()
-            return serialize_executable.deserialize_and_load(*stored)
+            loaded = serialize_executable.deserialize_and_load(*stored)
+            with contextlib.suppress(OSError):
+                os.utime(path)   # recently used: the last to be evicted
+            return loaded
         except FileNotFoundError:
             pass
         except Exception:  # unreadable or stale: compile again
             with contextlib.suppress(OSError):
                 path.unlink()
-        lowered = self.jitted.lower(*args)
+        lowered = self._named(file_key).lower(*args)
         if "callback" in lowered.as_text():
             return False
         hits = []
@@ -167,6 +224,7 @@ class Precompiled:
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as fh:
                 fh.write(blob)
             os.replace(fh.name, path)
+            _evict(directory, path)
         except Exception:  # a read-only cache directory, or a program that does not serialize
             pass
         return compiled

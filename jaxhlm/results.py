@@ -120,7 +120,7 @@ class LMMResult:
         replicate i draws from ``fold_in(key(seed), i)``."""
         return simulate(self._model, self.fixef.to_numpy(), self.theta, self.sigma, nsim, seed)
 
-    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int = 4096, progress: bool = False):
+    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int | None = None, progress: bool = False):
         """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``),
         each refit starting at this fit's theta, as lme4's ``refit`` does."""
         return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,

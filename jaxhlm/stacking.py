@@ -4,23 +4,10 @@
 replicates of a simulation study, with one compiled, vmapped program.  Each data set
 gets its own model frame and blocks (:func:`jaxhlm.frame.build`,
 :func:`jaxhlm.blocks.build`) as a single fit would; they differ in their numbers of
-levels (ell_k), nonzeros and pairs, so each is *padded* to the largest, giving one
-common :class:`~jaxhlm.blocks.Structure` (term k has ell_k = its largest number of
-levels over the data sets) and one set of array shapes:
-
-- term 1: levels ell_1(i)..ell_1 - 1 get ``A11 = 0`` and ``zy1 = 0`` and no COO entry
-  or pair.  Their factor is C_j = chol(lambda_1' 0 lambda_1 + I) = I: log|C_j| = 0, and
-  they enter the Schur complement only through entries, of which they have none;
-- a later term k: its padded levels are all-zero rows and columns of ``Arr`` (placed
-  after the term's own levels; the columns after them, X's and y's, move along, and
-  ``coo_row`` and ``pair_out`` are remapped with them, an increasing map, so
-  ``pair_out`` stays sorted).  The kernel adds 1 to the diagonal of every random
-  column, so each padded column is a unit row and column of the rest's matrix: its
-  Cholesky factor has 1 there and nothing else changes (log 1 = 0);
-- the COO entries and pairs are padded with zero values pointing at level 0, row 0
-  (COO) and the last segment (pairs, so the sorted order kept for the segment sum holds):
-  adding 0 changes no sum;
-- ``nobs`` stays each data set's own.
+levels (ell_k), nonzeros and pairs, so each is *padded* (:mod:`jaxhlm.padding`, exactly:
+padded levels, entries and pairs add 0 to every sum) to the largest, moved up the
+padding ladder, giving one common :class:`~jaxhlm.blocks.Structure` and one set of
+array shapes; ``nobs`` stays each data set's own.
 
 So every padded data set has, for every theta, the same objective as its own model, and
 the same estimates: padding is exact, not an approximation (the tests compare each
@@ -49,6 +36,7 @@ import pandas as pd
 from . import blocks as _blocks
 from . import frame as _frame
 from .blocks import Blocks
+from .padding import pad, sizes
 from .errors import DataError, JaxhlmError
 from .structure import Structure
 
@@ -154,40 +142,6 @@ def common_order(frames: list[_frame.ModelFrame]) -> list[tuple]:
     return sorted(first, key=lambda k: (-most[k], first.index(k)))
 
 
-def _column_map(own: Structure, common: Structure) -> np.ndarray:
-    """New index of each of the own ``m`` columns of the rest in the common layout."""
-    parts, new = [], 0
-    for t, c in zip(own.rest_terms, common.rest_terms):
-        parts.append(new + np.arange(t.q))
-        new += c.q
-    parts.append(new + np.arange(own.p + 1))
-    return np.concatenate(parts).astype(np.int64)
-
-
-def pad(blocks: Blocks, own: Structure, common: Structure, nnz: int, npairs: int) -> Blocks:
-    """One data set's blocks laid out for the common structure (see the module docstring)."""
-    ell1 = common.terms[0].nlevels
-    mm_own, mm = own.m - 1, common.m - 1
-    cmap = _column_map(own, common)
-
-    def grow(a, n, fill=0):
-        out = np.full((n,) + a.shape[1:], fill, dtype=a.dtype)
-        out[:a.shape[0]] = a
-        return out
-
-    ra, rb = np.divmod(blocks.pair_out.astype(np.int64), mm_own)
-    pair_out = cmap[ra] * mm + cmap[rb]
-    Arr = np.zeros((common.m, common.m))
-    Arr[np.ix_(cmap, cmap)] = blocks.Arr
-    return blocks._replace(   # the scalar fields (nobs, ...) as they are
-        A11=grow(blocks.A11, ell1), coo_row=grow(cmap[blocks.coo_row].astype(np.int32), nnz),
-        coo_level=grow(blocks.coo_level, nnz), coo_val=grow(blocks.coo_val, nnz),
-        zy1=grow(blocks.zy1, ell1), pair_level=grow(blocks.pair_level, npairs),
-        pair_out=grow(pair_out.astype(np.int32), npairs, mm * mm - 1),
-        pair_val=grow(blocks.pair_val, npairs), pair_rand=grow(blocks.pair_rand, npairs, False),
-        Arr=Arr)
-
-
 def _common(structures: list[Structure]) -> Structure:
     """The structure whose every term has its largest number of levels over ``structures``."""
     first = structures[0]
@@ -199,12 +153,8 @@ def _common(structures: list[Structure]) -> Structure:
 def _bucket(index: np.ndarray, structures: list[Structure], built: list[Blocks]) -> Bucket:
     """The data sets at ``index``, padded to their largest shapes and stacked."""
     structures = [structures[i] for i in index]
-    common = _common(structures)
-    if common.m ** 2 >= 2 ** 31:
-        raise DataError(f"the padded model has {common.m - 1} columns after term 1; the pair "
-                        "indices would overflow int32")
-    nnz = max(built[i].coo_row.shape[0] for i in index)
-    npairs = max(built[i].pair_out.shape[0] for i in index)
+    common, nnz, npairs = sizes(_common(structures), max(built[i].coo_row.shape[0] for i in index),
+                                max(built[i].pair_out.shape[0] for i in index))
     padded = [pad(built[i], s, common, nnz, npairs) for i, s in zip(index, structures)]
     return Bucket(index, common, Blocks(*[np.stack(f) for f in zip(*padded)]))
 

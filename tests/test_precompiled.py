@@ -31,7 +31,7 @@ def _stored(cache):
 def test_second_process_loads_the_compiled_fit(tmp_path):
     first = _run(tmp_path)
     assert first["traces"] == 2 and len(_stored(tmp_path)) == 2  # REML and ML: two programs
-    assert any(p.name.startswith("jit__fit_program") for p in tmp_path.iterdir())  # JAX's cache is on
+    assert any(p.name.startswith("jit_fit_blocks_") for p in tmp_path.iterdir())  # JAX's cache is on
     second = _run(tmp_path)
     assert second["traces"] == 0
     assert second == {**first, "traces": 0}  # bit for bit
@@ -46,3 +46,25 @@ def test_jax_cache_hits_and_bad_files_mean_a_normal_compilation(tmp_path):
     assert again["traces"] == 2 and _stored(tmp_path) == []
     assert again == first
 
+
+
+PLAIN = """
+import jaxhlm, numpy as np
+from jaxhlm import fitting
+m = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy"))
+for reml in (True, False):   # the programs under jax.jit's own name, as an older jaxhlm compiled them
+    fitting._fit_blocks(m.bucketed.blocks, m.bucketed.structure, reml, fitting.Options(),
+                        np.asarray(m.theta_start), None, fitting.GAUSSIAN, None)
+"""
+
+
+def test_programs_in_jax_cache_under_another_name_are_still_stored(tmp_path):
+    """JAX's cache holding the same programs, lowered under jax.jit's own name (an older
+    jaxhlm, or a fit outside the store), does not keep them out of the store."""
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", PLAIN], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert any(p.name.startswith("jit__fit_program") for p in tmp_path.iterdir())
+    first = _run(tmp_path)
+    assert first["traces"] == 2 and len(_stored(tmp_path)) == 2
+    assert _run(tmp_path)["traces"] == 0

@@ -1,0 +1,171 @@
+"""Exact padding: blocks laid out for larger shapes, so that nearby models share one program.
+
+A compiled fit is specialised to its shapes: each term's number of levels ell_k (in the
+static :class:`~jaxhlm.structure.Structure`), the COO entries' and pairs' counts (the
+blocks' array shapes; :mod:`jaxhlm.blocks`).  Sleepstudy with 17 subjects and with 18
+would compile twice.  Padding lays a model's blocks out for a larger *common* structure
+and larger counts, without changing its objective at any theta:
+
+- term 1: levels ell_1(own)..ell_1 - 1 get ``A11 = 0`` and ``zy1 = 0`` and no COO entry
+  or pair.  Their factor is C_j = chol(lambda_1' 0 lambda_1 + I) = I: log|C_j| = 0, and
+  they enter the Schur complement only through entries, of which they have none;
+- a later term k: its padded levels are all-zero rows and columns of ``Arr`` (placed
+  after the term's own levels; the columns after them, X's and y's, move along, and
+  ``coo_row`` and ``pair_out`` are remapped with them, an increasing map, so
+  ``pair_out`` stays sorted).  The kernel adds 1 to the diagonal of every random
+  column, so each padded column is a unit row and column of the rest's matrix: its
+  Cholesky factor has 1 there and nothing else changes (log 1 = 0);
+- the COO entries and pairs are padded with zero values pointing at level 0, row 0
+  (COO) and the last segment (pairs, so the sorted order kept for the segment sum holds):
+  adding 0 changes no sum;
+- ``nobs`` stays the model's own.
+
+So the padded model has the same objective and the same estimates as its own: padding
+is exact, not an approximation; the conditional modes of padded levels are 0 and are
+cut off (:func:`unpad`).  :mod:`jaxhlm.stacking` pads many data sets to their largest
+shapes; :func:`bucket` pads one model to the next size on a *ladder*
+(:func:`ladder`), so that every model whose sizes fall in the same rungs shares one
+compiled program, in this process and, stored on disk (:mod:`jaxhlm.precompiled`), in
+the next.
+
+The ladder has 4 sizes per doubling (8, 10, 12, 14, 16, 20, 24, ...), so padding adds
+at most 25% to a count.  Work linear in a count (term 1's levels, the entries, the
+pairs, a batch's fits) grows by at most that.  The rest's dense Cholesky costs m^3 in
+its size m, so when m is large (above ``FINE_ABOVE``) the later terms' levels use a
+ladder of 16 sizes per doubling (at most 6.25% more levels, 20% more work) instead.
+Counts up to 8 are not padded.  ``benchmarks/README.md`` ("Buckets") has measured costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .blocks import Blocks
+from .errors import DataError
+from .structure import Structure
+
+COARSE_BITS = 2
+"""Sizes per doubling = 2 ** COARSE_BITS: the ladder of counts whose cost is linear."""
+
+FINE_BITS = 4
+"""Sizes per doubling = 2 ** FINE_BITS: the later terms' levels of a large dense block."""
+
+FINE_ABOVE = 200
+"""The rest's size m above which its terms' levels use the fine ladder (m^3 work)."""
+
+ENABLED = True
+"""Whether :func:`bucket` pads (a switch for measurements; results are the same)."""
+
+
+def ladder(x: int, bits: int = COARSE_BITS) -> int:
+    """The smallest size >= x of the form k * 2**s with 2**bits <= k < 2**(bits + 1)
+    (x itself when x <= 2**(bits + 1)): 8, 10, 12, 14, 16, 20, ... for bits = 2."""
+    x = int(x)
+    if x <= 2 << bits:
+        return max(x, 0)
+    shift = (x - 1).bit_length() - (bits + 1)
+    return -(-x >> shift) << shift
+
+
+def bucket_structure(st: Structure) -> Structure:
+    """``st`` with every term's number of levels moved up its ladder (the module docstring)."""
+    fine = st.m > FINE_ABOVE
+    terms = tuple(dataclasses.replace(t, nlevels=ladder(t.nlevels, FINE_BITS if fine and k else COARSE_BITS))
+                  for k, t in enumerate(st.terms))
+    return dataclasses.replace(st, terms=terms)
+
+
+def column_map(own: Structure, common: Structure) -> np.ndarray:
+    """New index of each of the own ``m`` columns of the rest in the common layout."""
+    parts, new = [], 0
+    for t, c in zip(own.rest_terms, common.rest_terms):
+        parts.append(new + np.arange(t.q))
+        new += c.q
+    parts.append(new + np.arange(own.p + 1))
+    return np.concatenate(parts).astype(np.int64)
+
+
+def _grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
+    """``a`` with its ``axis`` extended to n entries, the new ones ``fill``."""
+    shape = list(a.shape)
+    shape[axis] = n
+    out = np.full(shape, fill, dtype=a.dtype)
+    out[(slice(None),) * axis + (slice(0, a.shape[axis]),)] = a
+    return out
+
+
+def _spread(Arr: np.ndarray, cmap: np.ndarray, m: int) -> np.ndarray:
+    """The rest's matrices (..., m_own, m_own) placed at ``cmap`` in zeros (..., m, m)."""
+    out = np.zeros(Arr.shape[:-2] + (m, m), dtype=Arr.dtype)
+    out[..., cmap[:, None], cmap[None, :]] = Arr
+    return out
+
+
+def pad(blocks: Blocks, own: Structure, common: Structure, nnz: int, npairs: int) -> Blocks:
+    """One model's blocks laid out for the common structure, with ``nnz`` COO entries
+    and ``npairs`` pairs (see the module docstring)."""
+    ell1 = common.terms[0].nlevels
+    mm_own, mm = own.m - 1, common.m - 1
+    if common.m ** 2 >= 2 ** 31:
+        raise DataError(f"the padded model has {mm} columns after term 1; the pair indices "
+                        "would overflow int32")
+    cmap = column_map(own, common)
+    ra, rb = np.divmod(blocks.pair_out.astype(np.int64), mm_own)
+    pair_out = cmap[ra] * mm + cmap[rb]
+    return blocks._replace(   # the scalar fields (nobs, ...) as they are
+        A11=_grow(blocks.A11, ell1), coo_row=_grow(cmap[blocks.coo_row].astype(np.int32), nnz),
+        coo_level=_grow(blocks.coo_level, nnz), coo_val=_grow(blocks.coo_val, nnz),
+        zy1=_grow(blocks.zy1, ell1), pair_level=_grow(blocks.pair_level, npairs),
+        pair_out=_grow(pair_out.astype(np.int32), npairs, fill=mm * mm - 1),
+        pair_val=_grow(blocks.pair_val, npairs), pair_rand=_grow(blocks.pair_rand, npairs, fill=False),
+        Arr=_spread(blocks.Arr, cmap, common.m))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucketed:
+    """A model's own structure, the common one it is padded to, and the padded blocks."""
+
+    own: Structure
+    structure: Structure
+    blocks: Blocks
+
+    def responses(self, many: Blocks) -> Blocks:
+        """:func:`jaxhlm.blocks.with_responses`' output for the own structure, padded:
+        the response fields (a leading batch axis) laid out as :attr:`blocks`, the
+        design's fields taken from :attr:`blocks`.  Per-response full blocks (responses
+        with missing values) are padded one by one."""
+        if many.A11.ndim == 4:
+            per = [pad(Blocks(*f), self.own, self.structure, self.blocks.coo_row.shape[0],
+                       self.blocks.pair_out.shape[0]) for f in zip(*many)]
+            return Blocks(*[np.stack(f) for f in zip(*per)])
+        cmap = column_map(self.own, self.structure)
+        return self.blocks._replace(zy1=_grow(many.zy1, self.structure.terms[0].nlevels, axis=1),
+                                    Arr=_spread(many.Arr, cmap, self.structure.m), nobs=many.nobs)
+
+
+def sizes(st: Structure, nnz: int, npairs: int) -> tuple[Structure, int, int]:
+    """The bucket of a structure and of counts of COO entries and pairs: each moved up its
+    ladder (:func:`bucket_structure`; the counts on the coarse ladder), or as they are
+    when :data:`ENABLED` is off."""
+    if not ENABLED:
+        return st, nnz, npairs
+    return bucket_structure(st), ladder(nnz), ladder(npairs)
+
+
+def bucket(own: Structure, blocks: Blocks) -> Bucketed:
+    """One model's blocks padded to its bucket (:func:`sizes`)."""
+    common, nnz, npairs = sizes(own, blocks.coo_row.shape[0], blocks.pair_out.shape[0])
+    if common == own and (nnz, npairs) == (blocks.coo_row.shape[0], blocks.pair_out.shape[0]):
+        return Bucketed(own, own, blocks)
+    return Bucketed(own, common, pad(blocks, own, common, nnz, npairs))
+
+
+def unpad(out, own: Structure):
+    """A fit's :class:`~jaxhlm.fitting.FitArrays` of a padded model with the padded
+    levels' conditional modes and covariances cut off (each term's own levels come first)."""
+    cond = out.cond
+    b = [bk[..., :t.nlevels, :] for bk, t in zip(cond.b, own.terms)]
+    b_var = [v[..., :t.nlevels, :, :] for v, t in zip(cond.b_var, own.terms)]
+    return out._replace(cond=cond._replace(b=b, b_var=b_var))

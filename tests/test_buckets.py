@@ -1,0 +1,142 @@
+"""Buckets (jaxhlm.padding): models, designs and batches of nearby sizes share one compiled
+program; a padded fit equals the unpadded one; a second process loads every program kind
+from disk without tracing it, and the store stays under its size bound."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jaxhlm
+from jaxhlm import padding
+from jaxhlm.families import GAUSSIAN
+from jaxhlm.fitting import trace_count
+from jaxhlm.padding import ladder
+
+F = "Reaction ~ Days + (Days | Subject)"
+
+
+def _subjects(df, k):
+    keep = sorted(df.Subject.astype(str).unique())[:k]
+    out = df[df.Subject.astype(str).isin(keep)].copy()
+    out["Subject"] = out["Subject"].astype(str)
+    return out
+
+
+def test_the_ladder_has_four_sizes_per_doubling():
+    sizes = [ladder(x) for x in range(5000)]
+    assert all(s >= x for x, s in enumerate(sizes))
+    assert all(s <= 1.25 * x for x, s in enumerate(sizes) if x > 8)
+    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
+    assert all(ladder(s) == s for s in sizes)
+    assert [ladder(x) for x in (3, 8, 9, 17, 18, 20, 21, 100, 1000, 1500, 2000)] == \
+        [3, 8, 10, 20, 20, 20, 24, 112, 1024, 1536, 2048]
+    assert len({ladder(x, bits=4) for x in range(1025, 2049)}) == 16
+
+
+def _penicillin_subset():
+    df = jaxhlm.datasets.load("Penicillin")
+    df = df[df.plate.astype(str) != "a"].copy()    # 23 plates: term 1 and the crossed term padded
+    df["plate"] = df["plate"].astype(str)
+    return df
+
+
+@pytest.mark.parametrize("formula, data", [
+    (F, lambda sleep: _subjects(sleep, 17)),
+    ("diameter ~ 1 + (1 | plate) + (1 | sample)", lambda sleep: _penicillin_subset()),
+])
+def test_a_padded_model_is_the_unpadded_one(sleepstudy, monkeypatch, formula, data):
+    """Same objective at any theta (to rounding), same fit (1e-10 relative in the objective,
+    1e-7 in the parameters: two runs of the optimiser whose rounding differs), same
+    conditional modes for the model's own levels."""
+    df = data(sleepstudy)
+    model = jaxhlm.LMM(formula, df)
+    padded = model.bucketed
+    assert padded.structure != model.structure                       # really padded
+    objective = jax.jit(jax.vmap(GAUSSIAN.objective, in_axes=(0, None, None, None)), static_argnums=(2, 3))
+    thetas = np.random.default_rng(1).uniform(0.1, 2.0, (4, model.structure.ntheta))
+    own = objective(thetas, model.blocks, model.structure, True)
+    np.testing.assert_allclose(objective(thetas, padded.blocks, padded.structure, True), own, rtol=1e-13)
+    monkeypatch.setattr(padding, "ENABLED", False)
+    plain = jaxhlm.LMM(formula, df).fit()
+    monkeypatch.setattr(padding, "ENABLED", True)
+    res = model.fit()
+    assert res.objective == pytest.approx(plain.objective, rel=1e-10)
+    np.testing.assert_allclose(res.theta, plain.theta, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(res.fixef, plain.fixef, rtol=1e-7)
+    a, b = res.ranef, plain.ranef
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a["condval"], b["condval"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(a["condsd"], b["condsd"], rtol=1e-6)
+
+
+def test_nearby_sizes_and_batch_sizes_share_one_program(sleepstudy):
+    """17 then 18-20 subjects; fit_many of 2,000 after 1,500; bootstrap(10_000) after
+    bootstrap(1_000): no new trace, no new XLA compilation (``jax.monitoring``)."""
+    compiled = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    res17 = jaxhlm.LMM(F, _subjects(sleepstudy, 17)).fit()
+    Y = res17.simulate(2000, seed=1)
+    res17._model.fit_many(Y[:1500])
+    res17.bootstrap(1000, seed=2)
+    before = trace_count()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for k in (18, 19, 20):
+            assert jaxhlm.LMM(F, _subjects(sleepstudy, k)).fit().converged
+        many = res17._model.fit_many(Y)
+        boot = res17.bootstrap(10_000, seed=3)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert trace_count() == before and compiled == []
+    assert many.converged.all() and boot.converged.mean() > 0.99
+
+
+SCRIPT = """
+import json, sys, jaxhlm
+df = jaxhlm.datasets.load("sleepstudy")
+keep = sorted(df.Subject.astype(str).unique())[:int(sys.argv[1])]
+df = df[df.Subject.astype(str).isin(keep)]
+res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+many = res._model.fit_many(res.simulate(128, seed=1))     # chunks of 128, as the bootstrap's
+boot = res.bootstrap(300, seed=2)
+print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "simulate": jaxhlm.batch.simulate_trace_count(),
+                  "objective": res.objective, "boot": float(boot.objective.mean()),
+                  "many": float(many.objective.mean())}))
+"""
+
+
+def _run(cache, subjects, extra=""):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), **({"JAXHLM_CACHE_MAX_MB": extra} if extra else {}))
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(subjects)], capture_output=True, text=True,
+                         timeout=400, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path):
+    """Fit, simulate and the batched refits are stored by the first process (18 subjects)
+    and loaded by the second (17 subjects, same bucket): nothing traced."""
+    first = _run(tmp_path, 18)
+    assert first["traces"] >= 2 and first["simulate"] == 1
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
+    assert names == ["fit_blocks", "fit_chunk", "simulate"]
+    second = _run(tmp_path, 17)
+    assert second["traces"] == 0 and second["simulate"] == 0
+    again = _run(tmp_path, 18)
+    assert again == {**first, "traces": 0, "simulate": 0}           # bit for bit
+
+
+def test_the_store_stays_under_its_bound(tmp_path):
+    """With a bound of 1 MB, each new program evicts the least recently used ones."""
+    _run(tmp_path, 18, extra="1")
+    store = tmp_path / "jaxhlm-executables"
+    assert sum(p.stat().st_size for p in store.iterdir()) <= 1 << 20
