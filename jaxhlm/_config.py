@@ -55,8 +55,22 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from .precompiled import max_bytes
 
+    _date_legacy_entries(path)
     jax.config.update("jax_compilation_cache_max_size", max_bytes())  # least recently used go first
     return path
+
+
+def _date_legacy_entries(path: Path) -> None:
+    """Give every entry of JAX's cache without an access-time file one (its modification
+    time): JAX's bounded cache reads one per entry when it evicts, and an entry written
+    while the cache was unbounded (an older jaxhlm) would make every later write fail."""
+    for entry in path.glob("*-cache"):
+        atime = entry.with_name(entry.name[: -len("-cache")] + "-atime")
+        if not atime.exists():
+            try:
+                atime.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+            except OSError:
+                pass
 
 
 def _configure_from_environment() -> None:

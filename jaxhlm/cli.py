@@ -8,6 +8,7 @@
     jaxhlm datasets
     jaxhlm bench CONFIG.toml [--out-dir DIR] [--no-plots]
     jaxhlm study CONFIG.toml [--out-dir DIR] [--no-plots]
+    jaxhlm warmup CONFIG.toml | jaxhlm warmup DATA "FORMULA" [--ml] [--nsim N] [--responses B]
 
 DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
 summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout;
@@ -18,7 +19,10 @@ posterior by NUTS with the default priors (:class:`jaxhlm.Priors`) and prints it
 ``bootstrap`` refits N parametric-bootstrap replicates; both write one row per fit
 and print a summary (and, for the bootstrap, the confidence intervals).  ``bench`` runs
 a benchmark grid and ``study`` a simulation study described in TOML (``configs/``;
-:mod:`jaxhlm.tools.bench`, :mod:`jaxhlm.tools.study`), writing CSV, JSON and PNG files.  Errors are
+:mod:`jaxhlm.tools.bench`, :mod:`jaxhlm.tools.study`), writing CSV, JSON and PNG files.
+``warmup`` compiles, and keeps on disk, the programs a study config will run, or those of
+a model's fit, ``--nsim`` bootstrap and ``--responses`` batch (:meth:`jaxhlm.LMM.warmup`),
+so that the real run, and any model of the same size bucket, starts warm.  Errors are
 one line on stderr, exit status 2.
 """
 
@@ -121,6 +125,25 @@ def _sample(args) -> int:
     return 0
 
 
+def _warmup(args) -> int:
+    import time
+
+    began = time.perf_counter()
+    if args.formula is None:
+        from .tools import study
+
+        if not str(args.target).endswith(".toml"):
+            raise JaxhlmError(f"warmup takes a study config (a .toml file) or DATA and FORMULA; got "
+                              f"{args.target!r} alone")
+        study.warmup(study.load_study(args.target))
+    else:
+        from .model import LMM
+
+        LMM(args.formula, read_data(args.target)).warmup(not args.ml, nsim=args.nsim, responses=args.responses)
+    print(f"compiled and stored in {time.perf_counter() - began:.1f} s")
+    return 0
+
+
 def _config_run(args) -> int:
     from .tools import bench, study
 
@@ -162,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     many.add_argument("--out", required=True, help="CSV of fits, one row per response")
     many.add_argument("--ml", action="store_true")
     many.add_argument("--batch-size", type=int, default=None,
-                      help="fits per chunk (default: 1,024 on a CPU, 4,096 on an accelerator)")
+                      help="fits per chunk (default: 128 on a CPU, 4,096 on an accelerator)")
     many.set_defaults(run=_fit_many)
     boot = sub.add_parser("bootstrap", help="parametric bootstrap of a fit")
     boot.add_argument("data")
@@ -173,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     boot.add_argument("--ml", action="store_true")
     boot.add_argument("--level", type=float, default=0.95)
     boot.add_argument("--batch-size", type=int, default=None,
-                      help="fits per chunk (default: 1,024 on a CPU, 4,096 on an accelerator)")
+                      help="fits per chunk (default: 128 on a CPU, 4,096 on an accelerator)")
     boot.set_defaults(run=_bootstrap)
     for name, default, what in (("bench", "benchmarks/results", "run a benchmark grid (configs/bench/*.toml)"),
                                 ("study", "study-results", "run a simulation study (configs/study/*.toml)")):
@@ -182,6 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--out-dir", default=default, help=f"where the files go (default {default})")
         cmd.add_argument("--no-plots", action="store_true", help="write no PNG plots")
         cmd.set_defaults(run=_config_run)
+    warm = sub.add_parser("warmup", help="compile and store the programs a study or a model will run")
+    warm.add_argument("target", help="a study config (TOML), or DATA followed by FORMULA")
+    warm.add_argument("formula", nargs="?", help="lme4 formula (with DATA)")
+    warm.add_argument("--ml", action="store_true")
+    warm.add_argument("--nsim", type=int, default=0, help="bootstrap replicates to prepare for")
+    warm.add_argument("--responses", type=int, default=0, help="responses of fit-many to prepare for")
+    warm.set_defaults(run=_warmup)
     ls = sub.add_parser("datasets", help="list the bundled data sets")
     ls.set_defaults(run=lambda a: print("\n".join(datasets.names())) or 0)
     args = parser.parse_args(argv)

@@ -2,6 +2,7 @@
 program; a padded fit equals the unpadded one; a second process loads every program kind
 from disk without tracing it, and the store stays under its size bound."""
 
+import io
 import json
 import os
 import subprocess
@@ -140,3 +141,38 @@ def test_the_store_stays_under_its_bound(tmp_path):
     _run(tmp_path, 18, extra="1")
     store = tmp_path / "jaxhlm-executables"
     assert sum(p.stat().st_size for p in store.iterdir()) <= 1 << 20
+
+
+def test_warmup_compiles_what_the_run_needs(sleepstudy, tmp_path):
+    """``jaxhlm warmup DATA FORMULA --nsim N`` and ``jaxhlm warmup CONFIG.toml``: the real run
+    after them traces nothing."""
+    import dataclasses
+
+    from jaxhlm import cli
+    from jaxhlm.batch import simulate_trace_count
+    from jaxhlm.tools import study
+
+    assert cli.main(["warmup", "sleepstudy", F, "--nsim", "300", "--responses", "700"]) == 0
+    before = trace_count(), simulate_trace_count()
+    res = jaxhlm.LMM(F, sleepstudy).fit()
+    res.bootstrap(1000, seed=4)
+    res._model.fit_many(res.simulate(500, seed=5))
+    assert (trace_count(), simulate_trace_count()) == before
+
+    s = study.load_study("configs/study/closed-form-wald.toml")
+    s = dataclasses.replace(s, nsim=300, grid=dataclasses.replace(s.grid, groups=(20, 30)))
+    study.warmup(s)
+    before = trace_count(), simulate_trace_count()
+    study.run(s, tmp_path, plots=False, log=io.StringIO())
+    assert (trace_count(), simulate_trace_count()) == before
+
+
+def test_entries_of_an_unbounded_cache_get_access_times(tmp_path):
+    """JAX's bounded cache reads an access time per entry; entries an older jaxhlm wrote
+    without one are dated, so that later writes do not fail."""
+    from jaxhlm._config import _date_legacy_entries
+
+    (tmp_path / "jit_old-123-cache").write_bytes(b"x")
+    _date_legacy_entries(tmp_path)
+    stamp = (tmp_path / "jit_old-123-atime").read_bytes()
+    assert int.from_bytes(stamp, "little") == (tmp_path / "jit_old-123-cache").stat().st_mtime_ns

@@ -97,7 +97,7 @@ class Study:
     nsim: int = dataclasses.field(default=1000, metadata=positive())
     seed: int = 0
     reml: bool = True
-    batch_size: int = dataclasses.field(default=4096, metadata=positive())
+    batch_size: int = dataclasses.field(default=0, metadata=check(lambda v: v >= 0, "0 or more"))  # 0: jaxhlm's chunks
     description: str = ""
 
     @property
@@ -233,9 +233,25 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
     return cells, params
 
 
+def warmup(study: Study, log=None) -> None:
+    """Compile, and keep on disk, every program a run of ``study`` uses, before it runs:
+    each design of the grid at its first effect, with one chunk of data sets
+    (:func:`jaxhlm.batch.chunk_size` of ``nsim``), whose programs are the full run's
+    (same buckets, same chunk shapes; ``jaxhlm warmup CONFIG.toml``)."""
+    import io
+    import tempfile
+
+    from ..batch import chunk_size
+
+    small = dataclasses.replace(study, nsim=min(study.nsim, chunk_size(study.nsim, study.batch_size or None)),
+                                grid=dataclasses.replace(study.grid, effects=study.grid.effects[:1]))
+    with tempfile.TemporaryDirectory() as out:
+        run(small, out, plots=False, log=log or io.StringIO())
+
+
 def _test(study: Study, full, null, j: int, Y: np.ndarray, boot_key, tick):
     """The fits the estimates come from, and per data set: rejected?, usable (fits converged)?"""
-    t, B = study.test, study.batch_size
+    t, B = study.test, study.batch_size or None
     if t.method == "wald":
         fit = full.fit_many(Y, study.reml, batch_size=B)
         tick(len(Y))
@@ -255,19 +271,21 @@ def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> n
     """Parametric-bootstrap p-values of the LR statistics ``lr`` (nsim,): for data set s,
     ``nboot`` responses from its fitted null model (replicate s * nboot + b of ``key``),
     each fitted by both models; p = (1 + #{LR* >= LR_s}) / (1 + #converged).
-    Data sets go in groups of about ``batch_size`` fits."""
+    Data sets go in groups of about one chunk of fits (``batch_size``; 0: jaxhlm's chunk)."""
     from . import designs
 
     nboot = study.test.nboot
-    per = max(1, study.batch_size // nboot)
+    from ..batch import chunk_size
+
+    B = study.batch_size or None
+    per = max(1, chunk_size(1 << 30, B) // nboot)
     p = np.full(lr.shape[0], np.nan)
     for lo in range(0, lr.shape[0], per):
         sims = np.arange(lo, min(lo + per, lr.shape[0]))
         rows = np.repeat(sims, nboot)
         index = rows * nboot + np.tile(np.arange(nboot), sims.size)
         Yb = designs.simulate(null, fit0.fixef[rows], fit0.theta[rows], fit0.sigma[rows], key, index)
-        fb, fb0 = (full.fit_many(Yb, False, batch_size=study.batch_size),
-                   null.fit_many(Yb, False, batch_size=study.batch_size))
+        fb, fb0 = full.fit_many(Yb, False, batch_size=B), null.fit_many(Yb, False, batch_size=B)
         tick(2 * len(Yb))
         ok = (fb.converged & fb0.converged).reshape(sims.size, nboot)
         star = np.maximum(fb0.objective - fb.objective, 0.0).reshape(sims.size, nboot)
