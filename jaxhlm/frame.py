@@ -129,6 +129,9 @@ def _formulaic_error() -> type:
 
 
 def _required(expr: str, where: str, text: str) -> set[str]:
+    simple = _formula.simple_variables(expr)
+    if simple is not None:
+        return simple
     FormulaicError = _formulaic_error()
     try:
         return set(_parsed(expr).required_variables)
