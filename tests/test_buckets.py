@@ -51,9 +51,11 @@ def _penicillin_subset():
     ("diameter ~ 1 + (1 | plate) + (1 | sample)", lambda sleep: _penicillin_subset()),
 ])
 def test_a_padded_model_is_the_unpadded_one(sleepstudy, monkeypatch, formula, data):
-    """Same objective at any theta (to rounding), same fit (1e-10 relative in the objective,
-    1e-7 in the parameters: two runs of the optimiser whose rounding differs), same
-    conditional modes for the model's own levels."""
+    """Same objective at any theta (1e-13: the padded sums add exact zeros; only the
+    dense factor's blocking may round differently), same fit from lme4's start (1e-10
+    relative in the objective; 1e-8 in theta, measured 1.7e-9 on sleepstudy: the optimiser
+    takes the same steps, and a last-digit difference in the objective moves the point by
+    up to sqrt(eps) along the flat optimum), same conditional modes of the own levels."""
     df = data(sleepstudy)
     model = jaxhlm.LMM(formula, df)
     padded = model.bucketed
@@ -62,13 +64,15 @@ def test_a_padded_model_is_the_unpadded_one(sleepstudy, monkeypatch, formula, da
     thetas = np.random.default_rng(1).uniform(0.1, 2.0, (4, model.structure.ntheta))
     own = objective(thetas, model.blocks, model.structure, True)
     np.testing.assert_allclose(objective(thetas, padded.blocks, padded.structure, True), own, rtol=1e-13)
+    start = model.structure.theta_start()
     monkeypatch.setattr(padding, "ENABLED", False)
-    plain = jaxhlm.LMM(formula, df).fit()
+    plain = jaxhlm.LMM(formula, df).fit(start=start)
     monkeypatch.setattr(padding, "ENABLED", True)
-    res = model.fit()
+    res = model.fit(start=start)
+    assert res.iterations > 3
     assert res.objective == pytest.approx(plain.objective, rel=1e-10)
-    np.testing.assert_allclose(res.theta, plain.theta, rtol=1e-7, atol=1e-9)
-    np.testing.assert_allclose(res.fixef, plain.fixef, rtol=1e-7)
+    np.testing.assert_allclose(res.theta, plain.theta, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(res.fixef, plain.fixef, rtol=1e-8)
     a, b = res.ranef, plain.ranef
     assert a.shape == b.shape
     np.testing.assert_allclose(a["condval"], b["condval"], rtol=1e-6, atol=1e-8)
