@@ -383,8 +383,13 @@ def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st):
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
+SIMULATE_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+"""XLA's older CPU emitters for the simulator: its compilation 0.46 s instead of 0.71 s, a
+chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
+
 _draw_jit = jax.jit(_draw_program, static_argnums=(8,))
-_DRAW = Precompiled(_draw_program, (8,), "simulate")
+_draw_cpu = jax.jit(_draw_program, static_argnums=(8,), compiler_options=SIMULATE_CPU_OPTIONS)
+_DRAW = Precompiled(_draw_program, (8,), "simulate", compiler_options=SIMULATE_CPU_OPTIONS)
 
 
 def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
@@ -414,7 +419,8 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     key = np.asarray(key)
-    program = _DRAW if st.builtin else _draw_jit
+    cpu = jax.default_backend() == "cpu"
+    program = (_DRAW if st.builtin else _draw_cpu) if cpu else _draw_jit
     size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // rows))
     out = np.empty((R, n))
     for lo in range(0, R, size):
