@@ -55,8 +55,11 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     from .precompiled import max_bytes
 
-    _date_legacy_entries(path)
-    jax.config.update("jax_compilation_cache_max_size", max_bytes())  # least recently used go first
+    import importlib.util
+
+    if importlib.util.find_spec("filelock") is not None:  # JAX bounds its cache only with it
+        _date_legacy_entries(path)
+        jax.config.update("jax_compilation_cache_max_size", max_bytes())  # least recently used go first
     return path
 
 
