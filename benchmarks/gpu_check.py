@@ -49,7 +49,7 @@ OPTIONAL = ("insteval_ml",)  # fitted last, only while time is left; skipping it
 GPU_CPU_TOL = 1e-8  # |GPU - CPU| <= GPU_CPU_TOL * (1 + |objective|)
 LME4_TOL = 1e-6  # |objective - lme4| / |lme4| <= LME4_TOL (tests/test_reference.py's tolerance)
 BATCH_FORMULA = "Reaction ~ Days + (Days | Subject)"
-DEPENDENCIES = ("numpy", "scipy", "pandas", "formulaic", "optax", "numpyro", "equinox", "jax",
+DEPENDENCIES = ("numpy", "scipy", "pandas", "formulaic", "optax", "numpyro", "filelock", "ml_dtypes", "jax",
                 "jaxlib", "tomli", "matplotlib", "statsmodels")
 
 

@@ -55,7 +55,8 @@ class LMMResult:
 
     @property
     def _method(self) -> str:
-        return self._options.resolve(self._model.structure)
+        """The strategy the fit ran: resolved for the padded structure it was compiled for."""
+        return self._options.resolve(self._model.bucketed.structure)
 
     @functools.cached_property
     def varcorr(self) -> pd.DataFrame:
