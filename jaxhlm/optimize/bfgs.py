@@ -13,7 +13,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from .base import eigen_direction, positive
+from .base import positive, spd_direction
 
 
 def bfgs_update(H, s, y):
@@ -47,7 +47,7 @@ class BFGS:
         return bfgs_update(state, s, y)
 
     def direction(self, state, g):
-        return eigen_direction(g, state)
+        return spd_direction(g, state)
 
     def cost(self, n: int) -> int:
         return 1
