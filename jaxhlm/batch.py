@@ -82,10 +82,16 @@ def chunk_size(B: int, batch_size: int | None = None, ndev: int = 1) -> int:
     the device count.  Every chunk has this size (the last one padded), so batches of
     nearby sizes, and every batch larger than the largest chunk, share one program:
     ``fit_many`` of 2,000 after 1,500, ``bootstrap(10_000)`` after ``bootstrap(1_000)``."""
+    size = min(ladder(max(B, 1)), max_chunk(batch_size))
+    return -(-size // ndev) * ndev
+
+
+def max_chunk(batch_size: int | None = None) -> int:
+    """The largest chunk: ``batch_size``, by default :data:`CHUNK_CPU` on a CPU and
+    :data:`CHUNK_ACCELERATOR` elsewhere."""
     if batch_size is None:
         batch_size = CHUNK_CPU if jax.default_backend() == "cpu" else CHUNK_ACCELERATOR
-    size = min(ladder(max(B, 1)), max(int(batch_size), 1))
-    return -(-size // ndev) * ndev
+    return max(int(batch_size), 1)
 
 
 CHUNK_CPU = 128
@@ -299,7 +305,7 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
     else:
         start = np.asarray(theta0, float)
         starts = np.broadcast_to(start, (B, start.size))
-    design, padded = jax.device_get(model.blocks), model.bucketed
+    design, padded = model._host_blocks, model.bucketed
 
     def take(index):
         many = with_responses(model.frame, model.structure, design, Y[index])
@@ -412,8 +418,7 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
     sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
     n = model.nobs
-    rows = ladder(n) if padding.ENABLED else n
-    common = padding.sizes(st, 0, 0)[0]
+    rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
     design = (_grow_rows(frame.X, rows), tuple(_grow_rows(t.codes.astype(np.int32), rows) for t in frame.terms),
               tuple(_grow_rows(t.Z, rows) for t in frame.terms))
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):

@@ -145,13 +145,17 @@ class Bucketed:
                                     Arr=_spread(many.Arr, cmap, self.structure.m), nobs=many.nobs)
 
 
+def count(x: int) -> int:
+    """A count (entries, pairs, rows) moved up the coarse ladder; as it is when
+    :data:`ENABLED` is off."""
+    return ladder(x) if ENABLED else x
+
+
 def sizes(st: Structure, nnz: int, npairs: int) -> tuple[Structure, int, int]:
     """The bucket of a structure and of counts of COO entries and pairs: each moved up its
-    ladder (:func:`bucket_structure`; the counts on the coarse ladder), or as they are
-    when :data:`ENABLED` is off."""
-    if not ENABLED:
-        return st, nnz, npairs
-    return bucket_structure(st), ladder(nnz), ladder(npairs)
+    ladder (:func:`bucket_structure`, :func:`count`), or as they are when :data:`ENABLED`
+    is off."""
+    return (bucket_structure(st) if ENABLED else st), count(nnz), count(npairs)
 
 
 def bucket(own: Structure, blocks: Blocks) -> Bucketed:

@@ -274,11 +274,11 @@ def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> n
     Data sets go in groups of about one chunk of fits (``batch_size``; 0: jaxhlm's chunk)."""
     from . import designs
 
-    nboot = study.test.nboot
-    from ..batch import chunk_size
+    from ..batch import max_chunk
 
+    nboot = study.test.nboot
     B = study.batch_size or None
-    per = max(1, chunk_size(1 << 30, B) // nboot)
+    per = max(1, max_chunk(B) // nboot)
     p = np.full(lr.shape[0], np.nan)
     for lo in range(0, lr.shape[0], per):
         sims = np.arange(lo, min(lo + per, lr.shape[0]))
