@@ -8,7 +8,9 @@ case in fresh processes, jaxhlm with an empty compilation cache and with a cache
 Cases (issue 12's table): sleepstudy's whole process (import, read, fit); its
 ``bootstrap(nsim=1000)`` (jaxhlm: the call alone, its fit done before; glmm: a loop of
 1,000 ``glmm.fit`` on jaxhlm's simulated responses); 2,000 responses of one 120-row design
-(20 donors x 6 samples, ``y ~ cond + (1 | donor)``; warmed by a 19-donor design).  Each figure is
+(20 donors x 6 samples, ``y ~ cond + (1 | donor)``; warmed by a 19-donor design); InstEval's
+whole process (import, read the CSV, ML fit), jaxhlm's in a second process on the same
+data and cache.  Each figure is
 the median over ``--reps`` fresh processes; ratios are glmm / jaxhlm (above 1: jaxhlm faster).
 Writes ``benchmarks/results/first-calls-DATE.json``.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 DESIGN = "y ~ cond + (1 | donor)"
+INSTEVAL = "y ~ 1 + service + (1 | s) + (1 | d) + (1 | dept:service)"
 
 JAXHLM = r"""
 import sys, time, json
@@ -40,6 +43,10 @@ def sleep(k):
 if case == "whole":
     res = jaxhlm.LMM(%(sleep)r, sleep(k)).fit()
     print(json.dumps({"seconds": time.perf_counter() - t0}))
+elif case == "insteval":
+    df = pd.read_csv(sys.argv[3], dtype={c: str for c in ("s", "d", "dept", "service")})
+    res = jaxhlm.LMM(%(insteval)r, df).fit(reml=False)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "objective": res.objective}))
 elif case == "bootstrap":
     res = jaxhlm.LMM(%(sleep)r, sleep(k)).fit()
     t = time.perf_counter(); boot = res.bootstrap(1000, seed=1); first = time.perf_counter() - t
@@ -59,25 +66,29 @@ elif case == "many":
     if len(sys.argv) > 3:
         df.to_csv(sys.argv[3] + ".design.csv", index=False); np.savetxt(sys.argv[3], Y, delimiter=",")
     print(json.dumps({"seconds": first, "warm": warm, "converged": float(out.converged.mean())}))
-""" % {"sleep": SLEEP, "design": DESIGN}
+""" % {"sleep": SLEEP, "design": DESIGN, "insteval": INSTEVAL}
 
 GLMM = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import glmm, numpy as np, pandas as pd
 case = sys.argv[1]
-df = pd.read_csv(sys.argv[2])
 if case == "whole":
-    glmm.fit(df, %(sleep)r, reml=True)
+    glmm.fit(pd.read_csv(sys.argv[2]), %(sleep)r, reml=True)
+    print(json.dumps({"seconds": time.perf_counter() - t0}))
+elif case == "insteval":
+    df = pd.read_csv(sys.argv[2], dtype={c: str for c in ("s", "d", "dept", "service")})
+    glmm.fit(df, %(insteval)r, reml=False)
     print(json.dumps({"seconds": time.perf_counter() - t0}))
 else:
+    df = pd.read_csv(sys.argv[2])
     Y = np.loadtxt(sys.argv[3], delimiter=",")
     formula, col = (%(sleep)r, "Reaction") if case == "bootstrap" else (%(design)r, "y")
     t = time.perf_counter()
     for y in Y:
         glmm.fit(df.assign(**{col: y}), formula, reml=True)
     print(json.dumps({"seconds": time.perf_counter() - t}))
-""" % {"sleep": SLEEP, "design": DESIGN}
+""" % {"sleep": SLEEP, "design": DESIGN, "insteval": INSTEVAL}
 
 
 def _run(python: str, script: str, *args: str, cache: str | None = None) -> dict:
@@ -92,10 +103,10 @@ def _run(python: str, script: str, *args: str, cache: str | None = None) -> dict
 
 def _jaxhlm(case: str, k: int, warm_k: int | None, save: str | None = None) -> dict:
     """One fresh process in a new cache directory, first warmed (another process) with
-    ``warm_k`` groups when given."""
+    ``warm_k`` groups when given (InstEval: ``save`` is its CSV, warmed by itself)."""
     with tempfile.TemporaryDirectory() as cache:
         if warm_k is not None:
-            _run(sys.executable, JAXHLM, case, str(warm_k), cache=cache)
+            _run(sys.executable, JAXHLM, case, str(warm_k), *([save] if case == "insteval" else []), cache=cache)
         return _run(sys.executable, JAXHLM, case, str(k), *([save] if save else []), cache=cache)
 
 
@@ -103,6 +114,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--glmm-python", help="a Python with glmm installed (a separate venv)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", nargs="*", help="cases to run: whole bootstrap many insteval")
     ap.add_argument("--out", default=f"benchmarks/results/first-calls-{datetime.date.today()}.json")
     args = ap.parse_args(argv)
     import jax
@@ -118,19 +130,24 @@ def main(argv=None) -> None:
         rows.append({"case": case, "who": who, "cache": cache, "median_s": med, "runs_s": values})
         print(f"{case:<28} {who:<7} {cache:<34} {med:8.3f} s  {['%.3f' % v for v in values]}", flush=True)
 
+    insteval_csv = work / "InstEval.csv"
+    jaxhlm.datasets.load("InstEval").to_csv(insteval_csv, index=False)
     cases = [("whole", "sleepstudy whole process", 18, 17), ("bootstrap", "sleepstudy bootstrap(1000)", 18, 17),
-             ("many", "2,000 responses, 120 rows", 20, 19)]
+             ("many", "2,000 responses, 120 rows", 20, 19), ("insteval", "InstEval ML whole process", 0, 0)]
+    if args.only:
+        cases = [c for c in cases if c[0] in args.only]
     for case, label, k, warm_k in cases:
-        save = str(work / f"{case}.csv") if case != "whole" else None
+        save = {"whole": None, "insteval": str(insteval_csv)}.get(case, str(work / f"{case}.csv"))
         empty = [_jaxhlm(case, k, None, save) for _ in range(args.reps)]
         warmed = [_jaxhlm(case, k, warm_k) for _ in range(args.reps)]
         record(label, "jaxhlm", "empty cache", [r["seconds"] for r in empty])
-        record(label, "jaxhlm", f"cache warmed by {warm_k} groups", [r["seconds"] for r in warmed])
-        if case != "whole":
+        record(label, "jaxhlm", "second process (same data)" if case == "insteval"
+               else f"cache warmed by {warm_k} groups", [r["seconds"] for r in warmed])
+        if case not in ("whole", "insteval"):
             record(label, "jaxhlm", "warm (same process)", [r["warm"] for r in empty])
         if args.glmm_python:
-            data = str(sleep_csv) if case != "many" else save + ".design.csv"
-            extra = [save] if save else []
+            data = {"many": f"{save}.design.csv", "insteval": save}.get(case, str(sleep_csv))
+            extra = [save] if save and case != "insteval" else []
             record(label, "glmm", "", [_run(args.glmm_python, GLMM, case, data, *extra)["seconds"]
                                        for _ in range(args.reps)])
     for case, label, *_ in cases:

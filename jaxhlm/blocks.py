@@ -24,6 +24,14 @@ The blocks (MixedModels.jl's ``A``, arranged for that split) are
   one segment sum, with no q_1 x q_1 (or n x q) matrix;
 - ``Arr`` (m, m): the rest's own cross-products [Z_rest X y]'[Z_rest X y], dense.
 
+The pairs cost about ``sum_j nnz_j^2 / 2`` per evaluation: few when term 1's levels
+touch few columns of the rest (InstEval: a student rates ~24 of 1,128 instructors),
+many in a crossed design where each level meets a large share of the rest (500
+subjects each seeing 120 of 240 items: 3.75 million pairs for 61,000 entries).  There
+the kernel forms the Schur complement densely instead, as B'B with B_j = T_j A_1r^(j)
+scattered from the COO entries into an (ell_1 p_1) x m matrix (one matrix product; no
+q_1 x q_1 matrix either), and the pair arrays are empty (:func:`by_pairs` decides).
+
 The pairs and the COO depend on the design alone; a new response changes only
 ``zy1``, the last row and column of ``Arr`` and ``nobs``.
 
@@ -41,6 +49,24 @@ from .frame import ModelFrame
 from .structure import Structure
 
 
+DENSE_SCHUR_RATIO = 16
+"""The Schur complement of term 1 is formed by the pairs when a dense product would take
+more than this many times their multiply-adds (ell_1 p_1 m^2 against npairs p_1^2); a
+dense matrix product does that much more per second than the pairs' gather and segment
+sum (``benchmarks/README.md``, "Dense Schur complements")."""
+
+DENSE_SCHUR_MAX = 2 ** 24
+"""The largest dense B (ell_1 p_1 x m entries, 128 MB in float64) formed per fit."""
+
+
+def by_pairs(st: Structure, npairs: int) -> bool:
+    """Whether term 1's Schur complement is formed by the pairs (else densely, from the
+    COO entries; module docstring) for a structure with ``npairs`` pairs."""
+    t1 = st.terms[0]
+    dense = t1.nlevels * t1.p * st.m
+    return dense > DENSE_SCHUR_MAX or dense * st.m > DENSE_SCHUR_RATIO * npairs * t1.p ** 2
+
+
 class Blocks(NamedTuple):
     """The arrays of the cross-product blocks (see the module docstring for their meaning)."""
 
@@ -49,7 +75,7 @@ class Blocks(NamedTuple):
     coo_level: np.ndarray  # (nnz,) int32: level of term 1
     coo_val: np.ndarray    # (nnz, p_1)
     zy1: np.ndarray        # (ell_1, p_1): Z_1'y
-    pair_level: np.ndarray  # (npairs,) int32: the level j the pair shares
+    pair_level: np.ndarray  # (npairs,) int32: the level j the pair shares (npairs = 0: dense)
     pair_out: np.ndarray   # (npairs,) int32: row_a * (m - 1) + row_b, row_a <= row_b, sorted
     pair_val: np.ndarray   # (npairs, p_1, p_1): a_a a_b'
     pair_rand: np.ndarray  # (npairs,) bool: both rows belong to random terms
@@ -103,9 +129,11 @@ class Pattern(NamedTuple):
     pair_rand: np.ndarray
 
 
-def pattern(frame: ModelFrame) -> Pattern:
+def pattern(frame: ModelFrame, pairs: bool | None = None) -> Pattern:
     """The design's :class:`Pattern` (NumPy, once): the COO entries of [Z_rest X]'Z_1 and
-    the pairs of entries sharing a level of term 1 (the Schur complement's sparsity)."""
+    the pairs of entries sharing a level of term 1 (the Schur complement's sparsity);
+    no pairs where :func:`by_pairs` says a dense product is cheaper (``pairs`` forces
+    the choice)."""
     st = frame.structure
     first = frame.terms[0]
     ell1, m = first.spec.nlevels, st.m
@@ -115,7 +143,13 @@ def pattern(frame: ModelFrame) -> Pattern:
     key = np.repeat(codes1, w - 1) * m + cols[:, :-1].reshape(-1)
     ukey, inv = np.unique(key, return_inverse=True)
     coo_level, coo_row = ukey // m, ukey % m
-    pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
+    if pairs is None:
+        per_level = np.bincount(coo_level, minlength=ell1)
+        pairs = by_pairs(st, int(np.sum(per_level * (per_level + 1) // 2)))
+    if pairs:
+        pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
+    else:
+        pair_a = pair_b = np.zeros(0, dtype=np.int64)
     upper = coo_row[pair_a] <= coo_row[pair_b]
     pair_a, pair_b = pair_a[upper], pair_b[upper]
     pair_out = coo_row[pair_a] * (m - 1) + coo_row[pair_b]
@@ -172,7 +206,7 @@ def values(pat: Pattern, st: Structure, weights, y, sigma=1.0, xp=np) -> Blocks:
 
 
 def build(frame: ModelFrame, y: np.ndarray | None = None,
-          observed: np.ndarray | None = None) -> tuple[Structure, Blocks]:
+          observed: np.ndarray | None = None, pairs: bool | None = None) -> tuple[Structure, Blocks]:
     """Compute the structure and the cross-product blocks of a model frame (NumPy, once):
     :func:`values` of the design's :func:`pattern`.
 
@@ -181,15 +215,21 @@ def build(frame: ModelFrame, y: np.ndarray | None = None,
     the COO entries and pairs come from all rows, so blocks of one design with different
     missing rows share their shapes and index arrays.  Prior weights w_i (the frame's
     ``weights``: row i has residual variance sigma^2 / w_i) weight every cross-product,
-    [Z X y]' W [Z X y], as lme4's ``weights =`` does.
+    [Z X y]' W [Z X y], as lme4's ``weights =`` does.  ``pairs``: as :func:`pattern`'s.
     """
     st = frame.structure
     w_row = np.ones(frame.nobs) if frame.weights is None else frame.weights.copy()
     if observed is not None:
         w_row = np.where(observed, w_row, 0.0)
-    blocks = values(pattern(frame), st, w_row, frame.y if y is None else y,
+    blocks = values(pattern(frame, pairs), st, w_row, frame.y if y is None else y,
                     1.0 if frame.sigma is None else float(frame.sigma))
     return st, blocks
+
+
+def without_pairs(blocks: Blocks) -> Blocks:
+    """The same blocks with no pairs: the kernel forms their Schur complement densely."""
+    return blocks._replace(pair_level=blocks.pair_level[:0], pair_out=blocks.pair_out[:0],
+                           pair_val=blocks.pair_val[:0], pair_rand=blocks.pair_rand[:0])
 
 
 def _pairs_sharing_level(level: np.ndarray, nlevels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -104,11 +104,10 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
         # inside vmap or another transformation: traced into the caller's program
         return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter)
     start = np.asarray(start, dtype=np.float64)
-    if st.m > BFGS_ABOVE and jax.default_backend() == "cpu":
-        return _fit_blocks_cpu(*args, start, penalty, family, max_iter)  # see LARGE_FIT_CPU_OPTIONS
+    large = st.m > BFGS_ABOVE and jax.default_backend() == "cpu"  # see LARGE_FIT_CPU_OPTIONS
     if not storable(st, options, penalty, family):
-        return _fit_blocks(*args, start, penalty, family, max_iter)
-    return _PRECOMPILED(*args, start, penalty, family, max_iter)
+        return (_fit_blocks_cpu if large else _fit_blocks)(*args, start, penalty, family, max_iter)
+    return (_PRECOMPILED_LARGE if large else _PRECOMPILED)(*args, start, penalty, family, max_iter)
 
 
 def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> bool:
@@ -136,11 +135,12 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
 # sleepstudy, 0.7 of 1.9 s for InstEval) in its newer fusion emitters.  The older ones
 # compile faster and run InstEval's fit 10% faster, but run sleepstudy's 20% slower
 # (as they do vmapped batches).  So large single fits on CPU (BFGS, m > BFGS_ABOVE:
-# compilation is much of their first fit, and their program, with a host callback,
-# cannot be kept on disk) use the older emitters; small ones are kept on disk
-# (:mod:`jaxhlm.precompiled`), so their compilation is paid once per machine.
+# compilation is much of their first fit) use the older emitters.  Both are kept on
+# disk (:mod:`jaxhlm.precompiled`), so their compilation is paid once per machine.
 LARGE_FIT_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _STATIC = (1, 2, 3, 5, 6)
 _fit_blocks = jax.jit(_fit_program, static_argnums=_STATIC)
 _fit_blocks_cpu = jax.jit(_fit_program, static_argnums=_STATIC, compiler_options=LARGE_FIT_CPU_OPTIONS)
 _PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks")
+_PRECOMPILED_LARGE = Precompiled(_fit_program, _STATIC, "fit_blocks_large",
+                                 compiler_options=LARGE_FIT_CPU_OPTIONS)

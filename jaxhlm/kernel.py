@@ -90,13 +90,16 @@ class Factor(NamedTuple):
     pwrss: jnp.ndarray      # r_yy^2
 
 
-def _schur_term1(W: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
-    """S = sum_j A_r1^(j) W_j A_1r^(j) (m x m), with W_j = lambda_1 (C_j C_j')^{-1} lambda_1'.
+def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+    """S = sum_j A_r1^(j) W_j A_1r^(j) (m x m), with W_j = T_j' T_j = lambda_1 (C_j C_j')^{-1} lambda_1'.
 
-    The design part is one segment sum over the pairs (upper triangle, then mirrored);
-    y's column is a segment sum over the COO entries, since it pairs each entry with
-    Z_1j'y alone.
+    By the pairs (:mod:`jaxhlm.blocks`): the design part is one segment sum over the
+    pairs (upper triangle, then mirrored); y's column is a segment sum over the COO
+    entries, since it pairs each entry with Z_1j'y alone.  Without pairs: densely.
     """
+    if not blocks.pair_out.shape[0]:
+        return _schur_dense(T, blocks, m)
+    W = jnp.einsum("jca,jcb->jab", T, T)
     mm = m - 1
     pv = jnp.einsum("eab,eab->e", W[blocks.pair_level], blocks.pair_val)
     Su = jax.ops.segment_sum(pv, blocks.pair_out, num_segments=mm * mm,
@@ -108,6 +111,28 @@ def _schur_term1(W: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
                              blocks.coo_row, num_segments=mm)
     syy = jnp.sum(blocks.zy1 * Wc)
     return jnp.block([[Sd, sy[:, None]], [sy[None, :], syy[None, None]]])
+
+
+def term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
+                  y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The dense (ell_1, p_1, m) array of F_j A_1r^(j) (A_1r^(j): the COO entries of level j,
+    one column per row of the rest; ``F`` (ell_1, k, p_1) per level, the identity if
+    None), with ``y`` (ell_1, k), when given, as its last column.  Padded entries (value 0)
+    add nothing."""
+    ell1 = blocks.A11.shape[0]
+    val = blocks.coo_val if F is None else jnp.einsum("eab,eb->ea", F[blocks.coo_level], blocks.coo_val)
+    B = jnp.zeros((ell1, m, val.shape[-1]), val.dtype).at[blocks.coo_level, blocks.coo_row].add(val)
+    if y is not None:
+        B = B.at[:, m - 1].set(y)
+    return jnp.swapaxes(B, 1, 2)
+
+
+def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+    """S = B'B with B the (ell_1 p_1) x m matrix of B_j = T_j [A_1r^(j)  Z_1j'y]: one matrix
+    product instead of the pairs, for designs whose levels of term 1 meet much of the rest."""
+    B = term1_columns(blocks, m, T, jnp.einsum("jab,jb->ja", T, blocks.zy1))
+    B = B.reshape(-1, m)
+    return B.T @ B
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -173,8 +198,7 @@ def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
     P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=theta.dtype)[None]
     C = cholesky(P1)
     T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
-    W = jnp.einsum("jca,jcb->jab", T, T)
-    M = scale_rest(blocks.Arr - _schur_term1(W, blocks, st.m), lams[1:], st)
+    M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m), lams[1:], st)
     rand = jnp.arange(st.m_rand)
     return C, T, M.at[rand, rand].add(1.0)
 
@@ -236,12 +260,7 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     if mr:
         G = inv_from_cholesky(L[:mr, :mr])
         Gt = scale_rest(jnp.pad(G, ((0, m - mr), (0, m - mr))), lams[1:], st, transpose=True)
-        # Ordered pairs (a, b) and (b, a) both count: mirror the off-diagonal ones.
-        ra, rb = blocks.pair_out // (m - 1), blocks.pair_out % (m - 1)
-        g = jnp.where(blocks.pair_rand, Gt[ra, rb], 0.0)
-        val = blocks.pair_val
-        sym = val + jnp.where((ra != rb)[:, None, None], jnp.swapaxes(val, 1, 2), 0.0)
-        Q = jax.ops.segment_sum(g[:, None, None] * sym, blocks.pair_level, num_segments=ell1)
+        Q = _term1_quadratic(Gt[:mr, :mr], blocks, m)
         V = K + jnp.einsum("jab,bc,jcd,ed,jef->jaf", K, lam1.T, Q, lam1.T, K)
         offset = 0
         for t, lam in zip(st.rest_terms, lams[1:]):
@@ -252,6 +271,22 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b += split_rest(b_rest, st)
     b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
+
+
+def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+    """Q_j = A_1r^(j) G A_r1^(j) (ell_1, p_1, p_1) over the random rows (G: m_rand x m_rand),
+    by the pairs or, without them, densely."""
+    mr = G.shape[0]
+    if not blocks.pair_out.shape[0]:
+        A = term1_columns(blocks, m)[:, :, :mr]
+        return jnp.einsum("jam,mn,jbn->jab", A, G, A)
+    # Ordered pairs (a, b) and (b, a) both count: mirror the off-diagonal ones.
+    ra, rb = blocks.pair_out // (m - 1), blocks.pair_out % (m - 1)
+    g = jnp.where(blocks.pair_rand, G[jnp.minimum(ra, mr - 1), jnp.minimum(rb, mr - 1)], 0.0)
+    val = blocks.pair_val
+    sym = val + jnp.where((ra != rb)[:, None, None], jnp.swapaxes(val, 1, 2), 0.0)
+    return jax.ops.segment_sum(g[:, None, None] * sym, blocks.pair_level,
+                               num_segments=blocks.A11.shape[0])
 
 
 def rest_b(u_rest: jnp.ndarray, lams: list[jnp.ndarray], st: Structure) -> jnp.ndarray:

@@ -13,12 +13,11 @@ pivot), never an exception: callers turn NaN into a status code.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 UNROLL = 8
-HOST_POTRI_FROM = 64
+HALVE_ABOVE = 256
 
 
 def cholesky(a: jnp.ndarray) -> jnp.ndarray:
@@ -73,40 +72,48 @@ def log_diag_sum(l: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(jnp.log(jnp.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
 
 
-def _potri_host(l):
-    """LAPACK dpotri on the host: (L L')^{-1} from the lower factor L (any leading axes)."""
-    import numpy as np
-    from scipy.linalg import lapack
+def _triangular_inverse(l: jnp.ndarray) -> jnp.ndarray:
+    """L^{-1} for lower-triangular L, by halves: [[A, 0], [B, C]]^{-1} =
+    [[A^{-1}, 0], [-C^{-1} B A^{-1}, C^{-1}]], down to blocks of ``HALVE_ABOVE`` rows
+    (a triangular solve with the identity)."""
+    n = l.shape[-1]
+    if n <= HALVE_ABOVE:
+        return solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
+    h = n // 2
+    a = _triangular_inverse(l[..., :h, :h])
+    c = _triangular_inverse(l[..., h:, h:])
+    b = -c @ (l[..., h:, :h] @ a)
+    zero = jnp.zeros(l.shape[:-2] + (h, n - h), l.dtype)
+    return jnp.concatenate([jnp.concatenate([a, zero], -1), jnp.concatenate([b, c], -1)], -2)
 
-    l = np.asarray(l)
-    out = np.empty_like(l)
-    for index in np.ndindex(l.shape[:-2]):
-        inv, info = lapack.dpotri(l[index], lower=1)
-        inv = np.tril(inv) + np.tril(inv, -1).T
-        out[index] = inv if info == 0 else np.nan
-    return out
+
+def _gram_lower(x: jnp.ndarray) -> jnp.ndarray:
+    """X'X for lower-triangular X, by halves (LAPACK's ``lauum``): with X = [[A, 0], [B, C]],
+    X'X = [[A'A + B'B, B'C], [C'B, C'C]]."""
+    n = x.shape[-1]
+    xt = jnp.swapaxes(x, -1, -2)
+    if n <= HALVE_ABOVE:
+        return xt @ x
+    h = n // 2
+    a, b, c = x[..., :h, :h], x[..., h:, :h], x[..., h:, h:]
+    bt = jnp.swapaxes(b, -1, -2)
+    off = bt @ c
+    top = jnp.concatenate([_gram_lower(a) + bt @ b, off], -1)
+    return jnp.concatenate([top, jnp.concatenate([jnp.swapaxes(off, -1, -2), _gram_lower(c)], -1)], -2)
 
 
 def inv_from_cholesky(l: jnp.ndarray) -> jnp.ndarray:
-    """(L L')^{-1} from the lower Cholesky factor L: LAPACK's ``potri``.
+    """(L L')^{-1} from the lower Cholesky factor L: LAPACK's ``potri`` (``trtri``, then
+    ``lauum``), in jnp operations so that the program can be stored
+    (:mod:`jaxhlm.precompiled`) and run on any backend.
 
-    On CPU, matrices from ``HOST_POTRI_FROM`` rows go to LAPACK's dpotri on the host (through
-    ``jax.pure_callback``; about n^3 * 2/3 flops, 3-4 times faster here than two
-    triangular solves with the identity, which is what JAX offers).  Elsewhere (GPU,
-    TPU) and for small matrices, where a host call's fixed cost (tens of microseconds)
-    would dominate: L^{-1} by a triangular solve, then L^{-T} L^{-1}.
+    Both steps go by halves (:func:`_triangular_inverse`, :func:`_gram_lower`) down to
+    blocks of at most ``HALVE_ABOVE`` rows, so nearly all the work is matrix products:
+    about 4 n^3 / 3 flops against potri's 2 n^3 / 3, at matrix-product speed.  On this
+    2-core CPU at n = 1160 (InstEval's dense block): 61-72 ms, against 30-42 ms for LAPACK's
+    dpotri through a host callback (which no stored program can hold) and 93-106 ms for
+    a triangular solve with the identity and one product (3 n^3 flops); smaller halves
+    (64, 128 rows) ran no faster and compiled 1.5-2.5 times longer
+    (``benchmarks/probes/inverse.py``).
     """
-    n = l.shape[-1]
-
-    def generic(l):
-        li = solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
-        return jnp.swapaxes(li, -1, -2) @ li
-
-    if n < HOST_POTRI_FROM or l.dtype != jnp.float64:
-        return generic(l)
-
-    def host(l):
-        return jax.pure_callback(_potri_host, jax.ShapeDtypeStruct(l.shape, l.dtype), l,
-                                 vmap_method="expand_dims")
-
-    return lax.platform_dependent(l, cpu=host, default=generic)
+    return _gram_lower(_triangular_inverse(l))

@@ -15,9 +15,9 @@ and larger counts, without changing its objective at any theta:
   ``pair_out`` stays sorted).  The kernel adds 1 to the diagonal of every random
   column, so each padded column is a unit row and column of the rest's matrix: its
   Cholesky factor has 1 there and nothing else changes (log 1 = 0);
-- the COO entries and pairs are padded with zero values pointing at level 0, row 0
-  (COO) and the last segment (pairs, so the sorted order kept for the segment sum holds):
-  adding 0 changes no sum;
+- the COO entries and pairs (where the blocks have any) are padded with zero values
+  pointing at level 0, row 0 (COO) and the last segment (pairs, so the sorted order kept
+  for the segment sum holds): adding 0 changes no sum;
 - ``nobs`` stays the model's own.
 
 So the padded model has the same objective and the same estimates as its own: padding
@@ -52,8 +52,10 @@ COARSE_BITS = 2
 FINE_BITS = 4
 """Sizes per doubling = 2 ** FINE_BITS: the later terms' levels of a large dense block."""
 
-FINE_ABOVE = 200
-"""The rest's size m above which its terms' levels use the fine ladder (m^3 work)."""
+FINE_ABOVE = 500
+"""The rest's size m above which its terms' levels use the fine ladder: there the m^3
+work (a Cholesky factor and an inverse per gradient, tens of milliseconds) dominates;
+below, a fit's fixed costs do, and the coarse ladder lets more data sets share a program."""
 
 ENABLED = True
 """Whether :func:`bucket` pads (a switch for measurements; results are the same)."""

@@ -155,6 +155,9 @@ def _bucket(index: np.ndarray, structures: list[Structure], built: list[Blocks])
     structures = [structures[i] for i in index]
     common, nnz, npairs = sizes(_common(structures), max(built[i].coo_row.shape[0] for i in index),
                                 max(built[i].pair_out.shape[0] for i in index))
+    if not _blocks.by_pairs(common, npairs):  # one choice per bucket: all dense
+        built = {i: _blocks.without_pairs(built[i]) for i in index}
+        npairs = 0
     padded = [pad(built[i], s, common, nnz, npairs) for i, s in zip(index, structures)]
     return Bucket(index, common, Blocks(*[np.stack(f) for f in zip(*padded)]))
 
@@ -174,7 +177,7 @@ def stack(formula: str, datasets: Sequence[pd.DataFrame], buckets: int = 1) -> S
     for i, fr in enumerate(frs):
         by_key = {_term_key(t.spec): t for t in fr.terms}
         frs[i] = dataclasses.replace(fr, terms=[by_key[k] for k in order])
-        st, b = _blocks.build(frs[i])
+        st, b = _blocks.build(frs[i], pairs=True)  # the bucket decides (_bucket)
         structures.append(st)
         built.append(b)
     D = len(frs)

@@ -140,6 +140,42 @@ def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path)
     assert again == {**first, "traces": 0, "simulate": 0}           # bit for bit
 
 
+LARGE = """
+import json, sys, numpy as np, pandas as pd, jaxhlm
+subjects, items = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(subjects)
+subj = np.repeat(np.arange(subjects), 100)
+item = np.concatenate([rng.choice(items, 100, replace=False) for _ in range(subjects)])
+x = rng.normal(size=subj.size)
+y = x + rng.normal(size=subjects)[subj] + rng.normal(size=items)[item] + rng.normal(size=subj.size)
+df = pd.DataFrame({"y": y, "x": x, "subj": subj.astype(str), "item": item.astype(str)})
+model = jaxhlm.LMM("y ~ x + (1 | subj) + (1 | item)", df)
+res = model.fit()
+print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "m": model.structure.m,
+                  "pairs": int(model.blocks.pair_out.shape[0]), "status": res.status_name}))
+"""
+
+
+def test_a_large_fit_is_stored_too(tmp_path):
+    """A fit with a dense block above BFGS_ABOVE (its Schur complement formed densely, its
+    inverse by halves: no host callback) is stored by the first process and loaded by a
+    second one with a data set about 5% smaller of the same bucket."""
+    def run(subjects, items):
+        env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+        out = subprocess.run([sys.executable, "-c", LARGE, str(subjects), str(items)],
+                             capture_output=True, text=True, timeout=400, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run(240, 220)
+    assert first["m"] > 200 and first["pairs"] == 0 and first["traces"] >= 1
+    assert first["status"] == "converged"
+    names = {p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir()}
+    assert "fit_blocks_large" in names
+    second = run(230, 209)
+    assert second["traces"] == 0 and second["status"] == "converged"
+
+
 def test_the_store_stays_under_its_bound(tmp_path):
     """With a bound of 1 MB, each new program evicts the least recently used ones."""
     _run(tmp_path, 18, extra="1")

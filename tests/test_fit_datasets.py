@@ -158,7 +158,11 @@ def test_missing_values_warn_with_the_data_set_and_a_failed_fit_gets_a_status(sl
     with pytest.warns(UserWarning, match=r"data set 1: dropped 2 of 180 rows"):
         out = jaxhlm.fit_datasets(SLEEP, [sleepstudy, d, exact])
     assert out.converged[:2].all()
-    assert out.status[2] == jaxhlm.LMM(SLEEP, exact).fit().status != jaxhlm.Status.CONVERGED
+    # An exact fit has a residual sum of squares of rounding noise (0 or +-1e-10): which
+    # failure it ends in (non-finite start, or a line search that cannot descend) depends
+    # on that noise, so the batch and the single fit need only both report a failure.
+    failed = {jaxhlm.Status.NONFINITE, jaxhlm.Status.LINE_SEARCH_FAILED}
+    assert out.status[2] in failed and jaxhlm.LMM(SLEEP, exact).fit().status in failed
     assert out.model.nobs.tolist() == [180, 178, 180]
     infinite = sleepstudy.assign(Reaction=np.where(sleepstudy.Days == 0, np.inf, sleepstudy.Reaction))
     with pytest.raises(jaxhlm.DataError, match="data set 1: the response has infinite values"):
