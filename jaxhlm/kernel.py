@@ -244,7 +244,6 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b_rest = rest_b(u_rest, lams, st)
     u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
     lam1 = lams[0]
-    ell1 = f.C.shape[0]
     b = [u1 @ lam1.T]
 
     Lx = L[mr:mr + p, mr:mr + p]

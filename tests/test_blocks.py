@@ -78,8 +78,8 @@ def test_schur_complement_densely_equals_by_pairs(dataset, formula):
     got = {}
     for name, (s, b) in {"pairs": (st, by_pairs), "dense": (st, dense),
                          "dense padded": (padded.structure, padded.blocks)}.items():
-        value, grad = jax.jit(jax.value_and_grad(lambda t: objective(t, b, s, True)))(theta)
-        cond = jax.jit(lambda t: conditional(t, b, s, True))(theta)
+        value, grad = jax.jit(jax.value_and_grad(lambda t, b=b, s=s: objective(t, b, s, True)))(theta)
+        cond = jax.jit(lambda t, b=b, s=s: conditional(t, b, s, True))(theta)
         got[name] = value, grad, padding.unpad(_Cond(cond), st).cond
     # The same sums in another order: rounding (1e-16 relative) amplified by the
     # conditioning of the solves (cake's temp column: up to 1e-10 relative seen).
