@@ -106,7 +106,7 @@ def _jaxhlm(case: str, k: int, warm_k: int | None, save: str | None = None) -> d
     ``warm_k`` groups when given (InstEval: ``save`` is its CSV, warmed by itself)."""
     with tempfile.TemporaryDirectory() as cache:
         if warm_k is not None:
-            _run(sys.executable, JAXHLM, case, str(warm_k), *([save] if case == "insteval" else []), cache=cache)
+            _run(sys.executable, JAXHLM, case, str(warm_k), *([save] if save else []), cache=cache)
         return _run(sys.executable, JAXHLM, case, str(k), *([save] if save else []), cache=cache)
 
 
@@ -139,7 +139,7 @@ def main(argv=None) -> None:
     for case, label, k, warm_k in cases:
         save = {"whole": None, "insteval": str(insteval_csv)}.get(case, str(work / f"{case}.csv"))
         empty = [_jaxhlm(case, k, None, save) for _ in range(args.reps)]
-        warmed = [_jaxhlm(case, k, warm_k) for _ in range(args.reps)]
+        warmed = [_jaxhlm(case, k, warm_k, save if case == "insteval" else None) for _ in range(args.reps)]
         record(label, "jaxhlm", "empty cache", [r["seconds"] for r in empty])
         record(label, "jaxhlm", "second process (same data)" if case == "insteval"
                else f"cache warmed by {warm_k} groups", [r["seconds"] for r in warmed])
