@@ -127,6 +127,15 @@ class LMMResult:
         return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,
                          nsim, seed, batch_size=batch_size, options=self._options, progress=progress)
 
+    def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """The fixed effects' t tests, indexed by coefficient: Estimate, Std. Error, df,
+        t value, Pr(>|t|), as lmerTest's ``summary(m, ddf = "Satterthwaite")$coefficients``
+        (:mod:`jaxhlm.inference.satterthwaite`); ``ddf="asymptotic"``: z tests (Estimate,
+        Std. Error, z value, Pr(>|z|)).  Kenward-Roger is not implemented yet."""
+        from .inference import coef_table
+
+        return coef_table(self, ddf)
+
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
         """The fit as plain JSON-able data, with the fields of lme4's reference files."""
