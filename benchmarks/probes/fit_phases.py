@@ -10,9 +10,9 @@ import sys
 import time
 
 t0 = time.perf_counter()
-import jax  # noqa: E402
+import jax
 
-import jaxhlm  # noqa: E402
+import jaxhlm
 
 CSV = "/tmp/jaxhlm-crossed.csv"
 if sys.argv[1] == "crossed" and "--write" in sys.argv:

@@ -18,7 +18,7 @@ from jaxhlm import blocks as _blocks
 from jaxhlm.families.gaussian import objective
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from crossed import FORMULA, design  # noqa: E402
+from crossed import FORMULA, design
 
 CASES = [("sleepstudy", "Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy")),
          ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)", jaxhlm.datasets.load("Penicillin")),
@@ -43,16 +43,16 @@ for name, formula, df in CASES:
     row = [f"{name} (m = {st.m}; by_pairs chooses {chosen}):"]
     for pairs in (True, False):
         b = _blocks.build(model.frame, pairs=pairs)[1]
-        vg = jax.jit(jax.value_and_grad(lambda t, b=b: objective(t, b, st, False)))
+        vg = jax.jit(jax.value_and_grad(lambda t, b=b, st=st: objective(t, b, st, False)))
         vg(theta)
-        row.append(f"{'pairs' if pairs else 'dense'} {median_time(lambda: vg(theta), 10) * 1e3:.2f} ms"
+        row.append(f"{'pairs' if pairs else 'dense'} {median_time(lambda vg=vg, theta=theta: vg(theta), 10) * 1e3:.2f} ms"
                    f" ({b.pair_out.shape[0]:,} pairs)")
         if st.m < 50:
             saved = _blocks.DENSE_SCHUR_RATIO
             _blocks.DENSE_SCHUR_RATIO = 0 if pairs else float("inf")
             res = jaxhlm.LMM(formula, df).fit()
             res.bootstrap(2048, seed=0)
-            rate = 2048 / median_time(lambda: res.bootstrap(2048, seed=1).objective, 3)
+            rate = 2048 / median_time(lambda res=res: res.bootstrap(2048, seed=1).objective, 3)
             _blocks.DENSE_SCHUR_RATIO = saved
             row.append(f"bootstrap {rate:,.0f} refits/s")
     print(" ".join(row), flush=True)
