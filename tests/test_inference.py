@@ -102,7 +102,7 @@ def test_satterthwaite_vmaps_over_fits():
     phis = jnp.stack([varpar(f.theta, f.sigma, st) for f in fits])
     blocks = [f._model.blocks for f in fits]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *blocks)
-    batched = jax.vmap(lambda p, b: satterthwaite_df(p, b, st, True)[0])(phis, stacked)
+    batched = jax.jit(jax.vmap(lambda p, b: satterthwaite_df(p, b, st, True)[0]))(phis, stacked)
     for k, f in enumerate(fits):
         np.testing.assert_allclose(batched[k], f.coef_table()["df"].to_numpy(), rtol=1e-8)
 

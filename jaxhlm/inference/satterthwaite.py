@@ -29,19 +29,18 @@ Everything here is a pure function of (phi, blocks): jit-compiled and vmap-able.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from jax.scipy.linalg import solve_triangular
-from scipy import stats
+from scipy import special
 
 from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
 from ..kernel import rest_matrix
 from ..linalg import log_diag_sum
+from ..precompiled import Precompiled
 from ..structure import Structure
 
 EIGEN_TOL = 1e-8
@@ -87,10 +86,10 @@ def varpar(theta, sigma, st: Structure):
     return theta if st.known_sigma else jnp.concatenate([theta, jnp.asarray([sigma], jnp.float64)])
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
 def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
     """Satterthwaite's df of each coefficient's t test at the estimates phi (module docstring):
-    (p,) degrees of freedom, and the coefficients' variances l'C l (p,)."""
+    (p,) degrees of freedom, and the coefficients' variances l'C l (p,).  Pure: jit and
+    vmap it; :func:`coef_table` runs it as a stored program (:mod:`jaxhlm.precompiled`)."""
     H = jax.hessian(deviance)(phi, blocks, st, reml)
     w, V = jnp.linalg.eigh(0.5 * (H + H.T))
     keep = w > EIGEN_TOL
@@ -99,6 +98,8 @@ def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
     g = jax.jacfwd(lambda ph: jnp.diagonal(vcov_beta(ph, blocks, st)))(phi)   # (p, dim phi)
     return 2.0 * variance ** 2 / jnp.einsum("ka,ab,kb->k", g, A, g), variance
 
+
+_SATTERTHWAITE = Precompiled(satterthwaite_df, (2, 3), "satterthwaite")
 
 DDF = ("satterthwaite", "asymptotic")
 
@@ -117,11 +118,10 @@ def coef_table(result, ddf: str = "satterthwaite") -> pd.DataFrame:
     stat = estimate / se
     if key == "asymptotic":
         return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": stat,
-                             "Pr(>|z|)": 2.0 * stats.norm.sf(np.abs(stat))})
-    model = result._model
-    st = model.structure
-    phi = varpar(result.theta, result.sigma, st)
-    df, _ = satterthwaite_df(phi, model.blocks, st, bool(result.reml))
+                             "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))})
+    bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
+    phi = np.asarray(varpar(result.theta, result.sigma, bucketed.structure))
+    df, _ = _SATTERTHWAITE(phi, bucketed.blocks, bucketed.structure, bool(result.reml))
     df = pd.Series(np.asarray(df, dtype=float), index=estimate.index)
     return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "df": df, "t value": stat,
-                         "Pr(>|t|)": 2.0 * stats.t.sf(np.abs(stat), df)})
+                         "Pr(>|t|)": 2.0 * special.stdtr(df, -np.abs(stat))})
