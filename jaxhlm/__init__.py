@@ -20,6 +20,15 @@ from .results import LMMResult
 
 __version__ = "0.1.0"
 
+
+def anova(reduced, full):
+    """Likelihood-ratio test of two nested fits, as lme4's ``anova(m0, m)`` (REML fits
+    refitted by ML): :func:`jaxhlm.inference.lrt.anova`."""
+    from .inference import anova as _anova
+
+    return _anova(reduced, full)
+
+
 __all__ = ["LMM", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
            "families", "priors", "DataError", "FormulaError", "JaxhlmError", "enable_compilation_cache",
-           "fit_datasets", "__version__"]
+           "fit_datasets", "anova", "__version__"]

@@ -80,8 +80,24 @@ def _fit(args) -> int:
         print(res.to_json(indent=1))
         return 0
     print(res.summary())
+    if args.ddf:
+        print(f"\nFixed effects, {'z tests' if args.ddf == 'asymptotic' else 't tests, df by ' + args.ddf}:")
+        print(res.coef_table(ddf=args.ddf).to_string(float_format=lambda v: f"{v:.4g}"))
     if args.json:
         Path(args.json).write_text(res.to_json(indent=1))
+    return 0
+
+
+def _anova(args) -> int:
+    from .inference import anova
+
+    fits = []
+    for formula in (args.reduced, args.full):
+        args.formula = formula
+        fits.append(_model(args).fit())
+    table = anova(*fits)
+    print("Refitting REML fits with ML (as lme4's anova does)")
+    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
     return 0
 
 
@@ -163,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", metavar="PATH", help="write the fit as JSON to PATH ('-' for stdout)")
     fit.add_argument("--prior", choices=sorted(PRIORS), help="blme's zero-avoiding covariance prior: a posterior mode")
+    fit.add_argument("--ddf", choices=["satterthwaite", "asymptotic"],
+                     help="also print the fixed effects' tests with these degrees of freedom (lmerTest's)")
     fit.set_defaults(run=_fit)
+    lrt = sub.add_parser("anova", help="likelihood-ratio test of two nested models (lme4's anova)")
+    lrt.add_argument("data", help="CSV or Parquet file, or a bundled data set's name")
+    lrt.add_argument("reduced", help="the smaller model's formula")
+    lrt.add_argument("full", help="the larger model's formula")
+    lrt.set_defaults(run=_anova, weights=None, residual_variance=None)
     smp = sub.add_parser("sample", help="posterior draws by NUTS; prints their summary")
     smp.add_argument("data")
     smp.add_argument("formula")

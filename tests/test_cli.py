@@ -85,3 +85,15 @@ def test_sample_prints_summary_and_writes_draws(tmp_path, capsys):
 
     draws = pd.read_csv(out)
     assert draws.shape == (200, 3) and list(draws.chain.unique()) == [0, 1]
+
+
+def test_fit_with_satterthwaite_df_and_anova(capsys):
+    assert main(["fit", "sleepstudy", F, "--ddf", "satterthwaite"]) == 0
+    text = capsys.readouterr().out
+    assert "t tests, df by satterthwaite" in text and "Pr(>|t|)" in text
+    assert main(["anova", "sleepstudy", "Reaction ~ Days + (1 | Subject)", F]) == 0
+    text = capsys.readouterr().out
+    assert "Refitting REML fits with ML" in text and "42.1393" in text
+    assert main(["anova", "sleepstudy", "Reaction ~ Days + (1 | Days)", F]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jaxhlm: error:") and "not nested" in err and "Refitting" not in err

@@ -114,3 +114,31 @@ def test_asymptotic_table_and_unknown_ddf():
     np.testing.assert_allclose(z["z value"], res.fixef / res.fixef_se)
     with pytest.raises(jaxhlm.JaxhlmError, match="ddf='containment'.*'satterthwaite'"):
         res.coef_table(ddf="containment")
+
+
+def test_likelihood_ratio_test_matches_lme4(case):
+    """anova(reduced, full): REML fits refitted by ML, chi-square to 1e-5 (relative, or 1e-5
+    absolute for a chi-square near 0), deviances to 1e-7 relative."""
+    ref, res = case
+    reduced = jaxhlm.LMM(ref["reduced_formula"], _data(ref["dataset"])).fit()
+    table = jaxhlm.anova(reduced, res)
+    want = ref["lrt"]
+    assert list(table.columns) == ["npar", "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "Pr(>Chisq)"]
+    assert table["deviance"].iloc[0] == pytest.approx(want["deviance_reduced_ml"], rel=1e-7)
+    assert table["deviance"].iloc[1] == pytest.approx(want["deviance_full_ml"], rel=1e-7)
+    assert table["Chisq"].iloc[1] == pytest.approx(want["chisq"], rel=1e-5, abs=1e-5)
+    assert table["Df"].iloc[1] == want["df"]
+    assert table["Pr(>Chisq)"].iloc[1] == pytest.approx(want["p"], rel=1e-4, abs=1e-8)
+    assert jaxhlm.anova(res, reduced).equals(table)          # either order
+
+
+def test_likelihood_ratio_test_refuses_what_it_cannot_compare():
+    df = jaxhlm.datasets.load("sleepstudy")
+    full = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+    with pytest.raises(jaxhlm.JaxhlmError, match="different rows: 170 and 180"):
+        jaxhlm.anova(jaxhlm.LMM("Reaction ~ 1 + (1 | Subject)", df.iloc[10:]).fit(), full)
+    other = df.assign(x=np.arange(len(df)) % 3)
+    with pytest.raises(jaxhlm.JaxhlmError, match=r"not nested.*\['x'\]"):
+        jaxhlm.anova(jaxhlm.LMM("Reaction ~ x + (1 | Subject)", other).fit(), full)
+    with pytest.raises(jaxhlm.JaxhlmError, match=r"not nested.*\(1 \| Days\)"):
+        jaxhlm.anova(jaxhlm.LMM("Reaction ~ Days + (1 | Days)", df).fit(), full)
