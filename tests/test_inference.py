@@ -36,7 +36,7 @@ def _data(name):
     return df
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fitted(name):
     ref = json.loads((REF / f"{name}.json").read_text())
     return ref, jaxhlm.LMM(ref["formula"], _data(ref["dataset"])).fit()
