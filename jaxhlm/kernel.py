@@ -113,7 +113,7 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     return jnp.block([[Sd, sy[:, None]], [sy[None, :], syy[None, None]]])
 
 
-def term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
+def _term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
                   y: jnp.ndarray | None = None) -> jnp.ndarray:
     """The dense (ell_1, p_1, m) array of F_j A_1r^(j) (A_1r^(j): the COO entries of level j,
     one column per row of the rest; ``F`` (ell_1, k, p_1) per level, the identity if
@@ -130,7 +130,7 @@ def term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
 def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     """S = B'B with B the (ell_1 p_1) x m matrix of B_j = T_j [A_1r^(j)  Z_1j'y]: one matrix
     product instead of the pairs, for designs whose levels of term 1 meet much of the rest."""
-    B = term1_columns(blocks, m, T, jnp.einsum("jab,jb->ja", T, blocks.zy1))
+    B = _term1_columns(blocks, m, T, jnp.einsum("jab,jb->ja", T, blocks.zy1))
     B = B.reshape(-1, m)
     return B.T @ B
 
@@ -259,7 +259,7 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     if mr:
         G = inv_from_cholesky(L[:mr, :mr])
         Gt = scale_rest(jnp.pad(G, ((0, m - mr), (0, m - mr))), lams[1:], st, transpose=True)
-        Q = _term1_quadratic(Gt[:mr, :mr], blocks, m)
+        Q = _term1_quadratic(Gt, blocks, st)
         V = K + jnp.einsum("jab,bc,jcd,ed,jef->jaf", K, lam1.T, Q, lam1.T, K)
         offset = 0
         for t, lam in zip(st.rest_terms, lams[1:]):
@@ -272,16 +272,16 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
 
 
-def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
-    """Q_j = A_1r^(j) G A_r1^(j) (ell_1, p_1, p_1) over the random rows (G: m_rand x m_rand),
-    by the pairs or, without them, densely."""
-    mr = G.shape[0]
+def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, st: Structure) -> jnp.ndarray:
+    """Q_j = A_1r^(j) G A_r1^(j) (ell_1, p_1, p_1) over the random rows (G: m x m, zero
+    outside them), by the pairs or, without them, densely."""
+    m, mr = st.m, st.m_rand
     if not blocks.pair_out.shape[0]:
-        A = term1_columns(blocks, m)[:, :, :mr]
-        return jnp.einsum("jam,mn,jbn->jab", A, G, A)
+        A = _term1_columns(blocks, m)[:, :, :mr]
+        return jnp.einsum("jam,mn,jbn->jab", A, G[:mr, :mr], A)
     # Ordered pairs (a, b) and (b, a) both count: mirror the off-diagonal ones.
     ra, rb = blocks.pair_out // (m - 1), blocks.pair_out % (m - 1)
-    g = jnp.where(blocks.pair_rand, G[jnp.minimum(ra, mr - 1), jnp.minimum(rb, mr - 1)], 0.0)
+    g = jnp.where(blocks.pair_rand, G[ra, rb], 0.0)
     val = blocks.pair_val
     sym = val + jnp.where((ra != rb)[:, None, None], jnp.swapaxes(val, 1, 2), 0.0)
     return jax.ops.segment_sum(g[:, None, None] * sym, blocks.pair_level,

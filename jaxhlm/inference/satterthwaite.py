@@ -121,7 +121,9 @@ def coef_table(result, ddf: str = "satterthwaite") -> pd.DataFrame:
                              "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))})
     bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
     phi = np.asarray(varpar(result.theta, result.sigma, bucketed.structure))
-    df, _ = _SATTERTHWAITE(phi, bucketed.blocks, bucketed.structure, bool(result.reml))
+    # stored only for jaxhlm's own covariance structures (a user's may change under one repr)
+    program = _SATTERTHWAITE if bucketed.structure.builtin else _SATTERTHWAITE.jitted
+    df, _ = program(phi, bucketed.blocks, bucketed.structure, bool(result.reml))
     df = pd.Series(np.asarray(df, dtype=float), index=estimate.index)
     return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "df": df, "t value": stat,
                          "Pr(>|t|)": 2.0 * special.stdtr(df, -np.abs(stat))})
