@@ -81,8 +81,13 @@ def _fit(args) -> int:
         return 0
     print(res.summary())
     if args.ddf:
+        shown = lambda v: f"{v:.4g}"   # noqa: E731
         print(f"\nFixed effects, {'z tests' if args.ddf == 'asymptotic' else 't tests, df by ' + args.ddf}:")
-        print(res.coef_table(ddf=args.ddf).to_string(float_format=lambda v: f"{v:.4g}"))
+        print(res.coef_table(ddf=args.ddf).to_string(float_format=shown))
+        if args.ddf != "asymptotic" and len(res.fixef) > 1:
+            table = res.anova(ddf=args.ddf)
+            print(f"\n{table.attrs['heading']}:")
+            print(table.to_string(float_format=shown))
     if args.json:
         Path(args.json).write_text(res.to_json(indent=1))
     return 0
@@ -179,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--ml", action="store_true", help="maximum likelihood instead of REML")
     fit.add_argument("--json", metavar="PATH", help="write the fit as JSON to PATH ('-' for stdout)")
     fit.add_argument("--prior", choices=sorted(PRIORS), help="blme's zero-avoiding covariance prior: a posterior mode")
-    fit.add_argument("--ddf", choices=["satterthwaite", "asymptotic"],
-                     help="also print the fixed effects' tests with these degrees of freedom (lmerTest's)")
+    fit.add_argument("--ddf", choices=["satterthwaite", "kenward-roger", "asymptotic"],
+                     help="also print the fixed effects' t tests and type III F tests with these "
+                          "degrees of freedom (lmerTest's; kenward-roger: pbkrtest's, REML only)")
     fit.set_defaults(run=_fit)
     lrt = sub.add_parser("anova", help="likelihood-ratio test of two nested models (lme4's anova)")
     lrt.add_argument("data", help="CSV or Parquet file, or a bundled data set's name")

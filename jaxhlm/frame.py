@@ -295,6 +295,24 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
     return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
 
 
+def fixed_terms(frame: ModelFrame) -> dict[str, list[int]]:
+    """The fixed part's terms as R labels them (``nitro``, ``Variety``, ``a:b``; no
+    intercept), each with the indices of its columns among ``frame.fixef_names`` (aliased
+    columns dropped, and terms left with none)."""
+    parsed = frame.formula
+    simple = _simple_covariates(parsed.fixed_rhs, frame.data)
+    if simple is not None:
+        columns = {name: [name] for name in simple[1] if name != INTERCEPT}
+    else:
+        rhs = _matrix(parsed.fixed, frame.data, parsed.text, "the fixed-effects matrix").rhs
+        names = _rename_intercept(rhs.columns)
+        columns = {str(term): names[cut] for term, cut in rhs.model_spec.term_slices.items()
+                   if str(term) != "1"}
+    index = {name: k for k, name in enumerate(frame.fixef_names)}
+    out = {term: [index[c] for c in cols if c in index] for term, cols in columns.items()}
+    return {term: idx for term, idx in out.items() if idx}
+
+
 def _check_finite(values: np.ndarray, names: list[str], rows: pd.Index, what: str) -> None:
     """No infinite value in a model column (lme4 refuses them; NaN marks a missing value,
     and rows with one were dropped before); the error names the data's row label."""

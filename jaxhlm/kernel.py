@@ -192,15 +192,34 @@ def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
     W_j = T_j' T_j, T_j = C_j^{-1} lambda_1' (:func:`_schur_term1`); the rest's matrix is
     M = Lambda_rest' (Arr - S) Lambda_rest + [I 0; 0 0] (random rows, then X, then y).
     """
-    lams = lambdas(theta, st)
+    return rest_matrix_at(lambdas(theta, st), blocks, st)
+
+
+def rest_matrix_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
+    """:func:`rest_matrix` given the terms' factors lambda_k themselves (any square roots
+    of the relative covariances: the kernel uses them only through products)."""
     lam1 = lams[0]
     p1 = lam1.shape[0]
-    P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=theta.dtype)[None]
+    P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=lam1.dtype)[None]
     C = cholesky(P1)
     T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
     M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m), lams[1:], st)
     rand = jnp.arange(st.m_rand)
     return C, T, M.at[rand, rand].add(1.0)
+
+
+def smooth_parts(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
+    """(log|L_theta|^2, log|R_X|^2, r_yy^2, R_X) at the terms' factors ``lams``, through
+    JAX's own Cholesky factor of the rest's matrix: differentiable to any order (unlike
+    :func:`dense_parts`, whose written-out gradient is first order), for the second
+    derivatives of inference (:mod:`jaxhlm.inference`).  R_X (p x p, lower triangular)
+    gives X'V^{-1}X = R_X R_X' / sigma^2."""
+    C, _, M = rest_matrix_at(lams, blocks, st)
+    L = jnp.linalg.cholesky(M)
+    log_d = 2.0 * jnp.log(jnp.diagonal(L))
+    mr, p = st.m_rand, st.p
+    logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + jnp.sum(log_d[:mr])
+    return logdet_theta, jnp.sum(log_d[mr:mr + p]), L[-1, -1] ** 2, L[mr:mr + p, mr:mr + p]
 
 
 def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:

@@ -146,6 +146,11 @@ class Precompiled:
         self.jitted = jax.jit(fun, static_argnums=self.static_argnums, **jit_options)
         self._memory: dict = {}
 
+    def for_structure(self, st):
+        """This program, stored, for a structure of jaxhlm's own covariances; else JAX's
+        jit alone (a user's covariance class may change under the same ``repr``)."""
+        return self if st.builtin else self.jitted
+
     def _split(self, args):
         static = tuple(args[i] for i in self.static_argnums)
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)

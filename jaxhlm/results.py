@@ -129,12 +129,22 @@ class LMMResult:
 
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """The fixed effects' t tests, indexed by coefficient: Estimate, Std. Error, df,
-        t value, Pr(>|t|), as lmerTest's ``summary(m, ddf = "Satterthwaite")$coefficients``
-        (:mod:`jaxhlm.inference.satterthwaite`); ``ddf="asymptotic"``: z tests (Estimate,
-        Std. Error, z value, Pr(>|z|)).  Kenward-Roger is not implemented yet."""
+        t value, Pr(>|t|), as lmerTest's ``summary(m, ddf = ...)$coefficients``:
+        ``ddf="satterthwaite"`` (:mod:`jaxhlm.inference.satterthwaite`) or
+        ``"kenward-roger"`` (SEs from the adjusted covariance, REML fits only;
+        :mod:`jaxhlm.inference.kenward_roger`); ``"asymptotic"``: z tests (Estimate,
+        Std. Error, z value, Pr(>|z|))."""
         from .inference import coef_table
 
         return coef_table(self, ddf)
+
+    def anova(self, ddf: str = "satterthwaite") -> pd.DataFrame:
+        """Type III F tests of the fixed-effect terms, indexed by term: Sum Sq, Mean Sq,
+        NumDF, DenDF, F value, Pr(>F), as lmerTest's ``anova(m, ddf = ...)``
+        (:mod:`jaxhlm.inference.fixed`); ``ddf``: ``"satterthwaite"`` or ``"kenward-roger"``."""
+        from .inference import anova_table
+
+        return anova_table(self, ddf)
 
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:

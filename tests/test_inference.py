@@ -1,5 +1,6 @@
-"""Satterthwaite t tests of fixed effects against lmerTest 3.1-3 (lme4 1.1-31, bobyqa), and
-the identities behind them.
+"""Satterthwaite and Kenward-Roger t and F tests of fixed effects against lmerTest 3.1-3 and
+pbkrtest 0.5.2 (lme4 1.1-31, bobyqa), likelihood-ratio tests against lme4, and the
+identities behind them.
 
 References: ``tests/reference/inference/*.json``, made by ``../shared/tools/inference.R``
 from ``manifest.tsv`` (Oats and Machines from nlme, Exam from mlmRev, saved under
@@ -47,10 +48,7 @@ def case(request):
     return _fitted(request.param)
 
 
-def test_satterthwaite_table_matches_lmertest(case):
-    ref, res = case
-    table = res.coef_table(ddf="satterthwaite")
-    want = pd.DataFrame(ref["satterthwaite"]).set_index("name")
+def _check_coef_table(table, want):
     # R's treatment-contrast names (VarietyVictory) for formulaic's (Variety[T.Victory])
     assert [n.replace("[T.", "").replace("]", "") for n in table.index] == list(want.index)
     want.index = table.index
@@ -60,6 +58,61 @@ def test_satterthwaite_table_matches_lmertest(case):
     np.testing.assert_allclose(table["df"], want["df"], rtol=2e-3, err_msg="df")
     # p-values follow from t and df; where df is large they barely move with it
     np.testing.assert_allclose(table["Pr(>|t|)"], want["Pr(>|t|)"], rtol=2e-2, atol=1e-300)
+
+
+def test_satterthwaite_table_matches_lmertest(case):
+    ref, res = case
+    _check_coef_table(res.coef_table(ddf="satterthwaite"), pd.DataFrame(ref["satterthwaite"]).set_index("name"))
+
+
+KR_CASES = ["oats", "machines", "exam"]   # split-plot, nested, unbalanced with a slope
+
+
+@pytest.mark.parametrize("name", KR_CASES)
+def test_kenward_roger_table_matches_pbkrtest(name):
+    """SEs from the adjusted covariance Phi_A and df from pbkrtest's Lb_ddf, as lmerTest's
+    summary(m, ddf = "Kenward-Roger"); pbkrtest's arithmetic is exact (no numerical
+    derivatives), so df agree to the optimisers' 1e-6, far inside 2e-3."""
+    ref, res = _fitted(name)
+    _check_coef_table(res.coef_table(ddf="kenward-roger"), pd.DataFrame(ref["kenward_roger"]).set_index("name"))
+
+
+@pytest.mark.parametrize("name", KR_CASES)
+@pytest.mark.parametrize("ddf", ["satterthwaite", "kenward-roger"])
+def test_type3_anova_matches_lmertest(name, ddf):
+    """anova(m, ddf = ...): per term F (scaled by Kenward-Roger's factor), NumDF, DenDF,
+    and the mean squares; F and DenDF to 2e-3 relative, as the df."""
+    ref, res = _fitted(name)
+    table = res.anova(ddf)
+    want = pd.DataFrame(ref["anova_" + ddf.replace("-", "_")]).set_index("name")
+    assert list(table.index) == list(want.index)
+    assert list(table.columns) == ["Sum Sq", "Mean Sq", "NumDF", "DenDF", "F value", "Pr(>F)"]
+    np.testing.assert_array_equal(table["NumDF"], want["NumDF"])
+    for col in ("Sum Sq", "Mean Sq", "F value"):
+        np.testing.assert_allclose(table[col], want[col], rtol=1e-4, err_msg=col)
+    np.testing.assert_allclose(table["DenDF"], want["DenDF"], rtol=2e-3)
+    np.testing.assert_allclose(table["Pr(>F)"], want["Pr(>F)"], rtol=2e-2, atol=1e-300)
+
+
+def test_kenward_roger_df_are_exact_on_a_balanced_split_plot():
+    """Oats is a balanced split-plot: nitro is tested within whole plots on 53 df
+    (72 - 1 - 3 - 15), Variety between them on 10 (18 whole plots - 6 blocks - 2).
+    Kenward-Roger's df reproduce these exactly (Kenward and Roger 1997, section 4)."""
+    _ref, res = _fitted("oats")
+    np.testing.assert_allclose(res.anova("kenward-roger")["DenDF"], [53.0, 10.0], rtol=1e-7)
+
+
+def test_kenward_roger_needs_reml_and_refuses_a_boundary_fit():
+    df = jaxhlm.datasets.load("sleepstudy")
+    ml = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit(reml=False)
+    with pytest.raises(jaxhlm.JaxhlmError, match="only available for REML"):
+        ml.coef_table(ddf="kenward-roger")
+    flat = df.assign(g=np.arange(len(df)) % 7, e=np.random.default_rng(0).standard_normal(len(df)))
+    flat["y"] = flat["e"] - flat.groupby("g")["e"].transform("mean")   # equal group means: singular
+    res = jaxhlm.LMM("y ~ Days + (1 | g)", flat).fit()
+    assert res.singular
+    with pytest.raises(jaxhlm.JaxhlmError, match="boundary .*ddf='satterthwaite'"):
+        res.coef_table(ddf="kenward-roger")
 
 
 @pytest.mark.parametrize("name", ["sleepstudy_inference", "exam"])
@@ -120,6 +173,8 @@ def test_asymptotic_table_and_unknown_ddf():
     np.testing.assert_allclose(z["z value"], res.fixef / res.fixef_se)
     with pytest.raises(jaxhlm.JaxhlmError, match="ddf='containment'.*'satterthwaite'"):
         res.coef_table(ddf="containment")
+    with pytest.raises(jaxhlm.JaxhlmError, match="ddf='asymptotic'.*'kenward-roger'"):
+        res.anova(ddf="asymptotic")
 
 
 def test_likelihood_ratio_test_matches_lme4(case):

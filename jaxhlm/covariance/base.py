@@ -17,6 +17,10 @@ structure says how lambda depends on the term's parameters (the term's part of t
 - ``canonical(par)``: the equivalent parameters in lme4's half-space (same lambda lambda');
 - ``param_names(group, columns)``: lme4's names of the parameters (``getME(m, "theta")``);
 - ``reports_correlations``: whether VarCorr lists the term's correlations;
+- ``linear_entries()``: for a structure whose covariance sigma^2 lambda lambda' is a
+  linear combination of known matrices, the (row, column) entries that are its free
+  elements (pbkrtest's parameters, which Kenward-Roger's adjustment differentiates in,
+  :mod:`jaxhlm.inference.kenward_roger`); others need not define it;
 - for NUTS (:mod:`jaxhlm.bayes.posterior`): :meth:`sample` builds the parameters from
   sampled sites (by default an SD per column, :func:`jaxhlm.tables.sd_name`), and
   :meth:`sites` and :meth:`inverse_mass` name those sites and scale them.
@@ -76,6 +80,13 @@ class Covariance(abc.ABC):
     def scales(self) -> np.ndarray:
         """Which parameters are scales (lower bound 0): folded, snapped, tested for singularity."""
         return self.lower() == 0
+
+    def linear_entries(self) -> tuple[tuple[int, int], ...]:
+        """The free (row, column) elements, row >= column, of a covariance that is linear in
+        them (see the module docstring); by default the structure is not linear."""
+        raise JaxhlmError(
+            f"covariance structure {type(self).__name__} is not linear in its parameters, which "
+            "Kenward-Roger's adjustment needs (as pbkrtest); use ddf='satterthwaite'")
 
     def canonical(self, par: jnp.ndarray) -> jnp.ndarray:
         """The same lambda lambda' with lme4's signs (default: scales made non-negative)."""

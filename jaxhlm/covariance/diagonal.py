@@ -31,6 +31,10 @@ class Diagonal(Covariance):
     def lam(self, par):
         return jnp.diag(par)
 
+    def linear_entries(self):
+        """The variances."""
+        return tuple((a, a) for a in range(self.p))
+
     def lower(self) -> np.ndarray:
         return np.zeros(self.p)
 

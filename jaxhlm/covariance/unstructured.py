@@ -40,6 +40,10 @@ class Unstructured(Covariance):
     def nparams(self) -> int:
         return self.p * (self.p + 1) // 2
 
+    def linear_entries(self):
+        """Every variance and covariance: the lower triangle, column by column (pbkrtest's order)."""
+        return self.tri_indices
+
     def lam(self, par):
         rows, cols = zip(*self.tri_indices)
         return jnp.zeros((self.p, self.p), par.dtype).at[rows, cols].set(par)

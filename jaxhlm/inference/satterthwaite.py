@@ -24,7 +24,13 @@ depend on how the variance parameters are written (the delta method is invariant
 theta's Cholesky-factor parameterisation gives lmerTest's numbers.  As lmerTest does,
 A uses only H's eigenvalues above 1e-8 (a boundary fit's flat directions drop out).
 
-Everything here is a pure function of (phi, blocks): jit-compiled and vmap-able.
+For an F test of q contrasts L (q x p), lmerTest's ``contestMD``: with L C L' = P D P'
+(eigenvalues d_1 >= ... above sqrt(eps) d_1, q' of them), F = sum_m (P_m'L beta)^2 / d_m / q'
+with each row's nu_m as above, and the denominator df 2E / (E - q'), E = sum nu_m/(nu_m - 2)
+(2 if any nu_m <= 2; their mean if all are equal).
+
+:func:`parts` is a pure function of (phi, blocks): jit-compiled and vmap-able; the
+tests of contrasts (:class:`Satterthwaite`) read it on the host.
 """
 
 from __future__ import annotations
@@ -32,14 +38,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 from jax.scipy.linalg import solve_triangular
-from scipy import special
 
 from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
-from ..kernel import rest_matrix
-from ..linalg import log_diag_sum
+from ..kernel import smooth_parts
 from ..precompiled import Precompiled
 from ..structure import Structure
 
@@ -53,31 +56,26 @@ def _split(phi, blocks: Blocks, st: Structure):
     return theta, sigma
 
 
-def _factor(theta, blocks: Blocks, st: Structure):
-    """log|L_theta|^2, log|R_X|^2, r^2 and R_X from a Cholesky factor of the rest's matrix."""
-    C, _, M = rest_matrix(theta, blocks, st)
-    L = jnp.linalg.cholesky(M)
-    log_d = 2.0 * jnp.log(jnp.diagonal(L))
-    mr, p = st.m_rand, st.p
-    logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + jnp.sum(log_d[:mr])
-    return logdet_theta, jnp.sum(log_d[mr:mr + p]), L[-1, -1] ** 2, L[mr:mr + p, mr:mr + p]
+def deviance_and_vcov(phi, blocks: Blocks, st: Structure, reml: bool):
+    """-2 log L(theta, sigma), REML or ML, sigma not profiled (the module docstring), and
+    C(phi) = sigma^2 (R_X R_X')^{-1}: lme4's ``vcov(m)`` at the variance parameters phi."""
+    theta, sigma = _split(phi, blocks, st)
+    logdet_theta, logdet_x, pwrss, Rx = smooth_parts(st.lambdas(theta), blocks, st)
+    dof = blocks.nobs - st.p if reml else blocks.nobs
+    dev = (logdet_theta + (logdet_x if reml else 0.0) - blocks.logw
+           + dof * (LOG_2PI + 2.0 * jnp.log(sigma)) + pwrss / sigma ** 2)
+    Ri = solve_triangular(Rx, jnp.eye(st.p, dtype=Rx.dtype), lower=True)
+    return dev, sigma ** 2 * Ri.T @ Ri
 
 
 def deviance(phi, blocks: Blocks, st: Structure, reml: bool):
-    """-2 log L(theta, sigma), REML or ML, sigma not profiled (the module docstring)."""
-    theta, sigma = _split(phi, blocks, st)
-    logdet_theta, logdet_x, pwrss, _ = _factor(theta, blocks, st)
-    dof = blocks.nobs - st.p if reml else blocks.nobs
-    return (logdet_theta + (logdet_x if reml else 0.0) - blocks.logw
-            + dof * (LOG_2PI + 2.0 * jnp.log(sigma)) + pwrss / sigma ** 2)
+    """-2 log L(theta, sigma) (:func:`deviance_and_vcov`)."""
+    return deviance_and_vcov(phi, blocks, st, reml)[0]
 
 
 def vcov_beta(phi, blocks: Blocks, st: Structure):
-    """C(phi) = sigma^2 (R_X'R_X)^{-1}: lme4's ``vcov(m)`` at the variance parameters phi."""
-    theta, sigma = _split(phi, blocks, st)
-    Rx = _factor(theta, blocks, st)[3]
-    Ri = solve_triangular(Rx, jnp.eye(st.p, dtype=Rx.dtype), lower=True)
-    return sigma ** 2 * Ri.T @ Ri
+    """C(phi), lme4's ``vcov(m)`` at phi (:func:`deviance_and_vcov`)."""
+    return deviance_and_vcov(phi, blocks, st, True)[1]
 
 
 def varpar(theta, sigma, st: Structure):
@@ -86,44 +84,70 @@ def varpar(theta, sigma, st: Structure):
     return theta if st.known_sigma else jnp.concatenate([theta, jnp.asarray([sigma], jnp.float64)])
 
 
-def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
-    """Satterthwaite's df of each coefficient's t test at the estimates phi (module docstring):
-    (p,) degrees of freedom, and the coefficients' variances l'C l (p,).  Pure: jit and
-    vmap it; :func:`coef_table` runs it as a stored program (:mod:`jaxhlm.precompiled`)."""
-    H = jax.hessian(deviance)(phi, blocks, st, reml)
+def parts(phi, blocks: Blocks, st: Structure, reml: bool):
+    """What every Satterthwaite test reads at the estimates phi: C = vcov(beta) (p, p), its
+    Jacobian J = dC/dphi (p, p, dim phi) and A = 2 H^{-1} over H's eigenvalues above
+    :data:`EIGEN_TOL` (dim phi, dim phi).  Pure: jit and vmap it."""
+    def first(ph):   # one nested forward pass (dim phi is small)
+        out = jax.jacfwd(deviance_and_vcov)(ph, blocks, st, reml)
+        return out[0], out[1]
+
+    H, J = jax.jacfwd(first, has_aux=True)(phi)
     w, V = jnp.linalg.eigh(0.5 * (H + H.T))
     keep = w > EIGEN_TOL
     A = 2.0 * (V * jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)[None, :]) @ V.T
-    variance = jnp.diagonal(vcov_beta(phi, blocks, st))
-    g = jax.jacfwd(lambda ph: jnp.diagonal(vcov_beta(ph, blocks, st)))(phi)   # (p, dim phi)
+    return vcov_beta(phi, blocks, st), J, A
+
+
+def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
+    """Satterthwaite's df of each coefficient's t test at the estimates phi (module
+    docstring): (p,) degrees of freedom, and the coefficients' variances (p,)."""
+    C, J, A = parts(phi, blocks, st, reml)
+    variance = jnp.diagonal(C)
+    g = jnp.einsum("kka->ka", J)
     return 2.0 * variance ** 2 / jnp.einsum("ka,ab,kb->k", g, A, g), variance
 
 
-_SATTERTHWAITE = Precompiled(satterthwaite_df, (2, 3), "satterthwaite")
-
-DDF = ("satterthwaite", "asymptotic")
+_PARTS = Precompiled(parts, (2, 3), "satterthwaite")
 
 
-def coef_table(result, ddf: str = "satterthwaite") -> pd.DataFrame:
-    """The fixed effects' table of a fit (:meth:`jaxhlm.LMMResult.coef_table`)."""
-    key = str(ddf).lower().replace("_", "-")
-    if key not in DDF:
-        from ..errors import JaxhlmError
+def f_denominator_df(nu: np.ndarray) -> float:
+    """lmerTest's ``get_Fstat_ddf``: the F test's df from its rows' t-test df."""
+    if nu.size == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < 1e-8):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2.0)))
+    return 2.0 * E / (E - nu.size)
 
-        known = ", ".join(repr(d) for d in DDF)
-        raise JaxhlmError(f"ddf={ddf!r} is not available; use one of {known} "
-                          "(Kenward-Roger is not implemented yet)")
-    estimate = result.fixef
-    se = result.fixef_se
-    stat = estimate / se
-    if key == "asymptotic":
-        return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": stat,
-                             "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))})
-    bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
-    phi = np.asarray(varpar(result.theta, result.sigma, bucketed.structure))
-    # stored only for jaxhlm's own covariance structures (a user's may change under one repr)
-    program = _SATTERTHWAITE if bucketed.structure.builtin else _SATTERTHWAITE.jitted
-    df, _ = program(phi, bucketed.blocks, bucketed.structure, bool(result.reml))
-    df = pd.Series(np.asarray(df, dtype=float), index=estimate.index)
-    return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "df": df, "t value": stat,
-                         "Pr(>|t|)": 2.0 * special.stdtr(df, -np.abs(stat))})
+
+class Satterthwaite:
+    """Satterthwaite's tests of a fit's contrasts (lmerTest's ``contest1D``, ``contestMD``)."""
+
+    name = "Satterthwaite"
+
+    def __init__(self, result):
+        bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
+        st = bucketed.structure
+        phi = np.asarray(varpar(result.theta, result.sigma, st))
+        C, J, A = _PARTS.for_structure(st)(phi, bucketed.blocks, st, bool(result.reml))
+        self.C, self.J, self.A = (np.asarray(a, dtype=float) for a in (C, J, A))
+        self.beta = result.fixef.to_numpy()
+
+    def t_test(self, l: np.ndarray) -> tuple[float, float]:
+        """(variance of l'beta, df)."""
+        var = float(l @ self.C @ l)
+        g = np.einsum("i,ija,j->a", l, self.J, l)
+        return var, 2.0 * var ** 2 / float(g @ self.A @ g)
+
+    def f_test(self, L: np.ndarray) -> tuple[float, int, float, float]:
+        """(F, NumDF, DenDF, F's scaling 1) of L beta = 0."""
+        d, P = np.linalg.eigh(L @ self.C @ L.T)
+        d, P = d[::-1], P[:, ::-1]
+        q = int(np.sum(d > max(np.sqrt(np.finfo(float).eps) * d[0], 0.0)))
+        rows = P[:, :q].T @ L
+        nu = np.array([self.t_test(r)[1] for r in rows])
+        F = float(np.sum((rows @ self.beta) ** 2 / d[:q]) / q)
+        return F, q, f_denominator_df(nu), 1.0
