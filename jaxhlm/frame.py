@@ -71,12 +71,15 @@ class TermSpec:
 
 @dataclasses.dataclass
 class Term:
-    """A random-effects term with its data: codes (n,) in [0, ell) and covariates Z (n, p)."""
+    """A random-effects term with its data: codes (n,) in [0, ell) and covariates Z (n, p);
+    ``expr``: the formula of its covariates (for a column of ``(x || g)``, the whole ``x``),
+    which builds them on new data (:mod:`jaxhlm.prediction`)."""
 
     spec: TermSpec
     codes: np.ndarray
     Z: np.ndarray
     levels: list[str]
+    expr: str = "1"
 
 
 @dataclasses.dataclass
@@ -392,19 +395,19 @@ def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str
         shown = f"{term.keyword or ''}({term.expr} | {term.group})"
         if term.correlated:
             cov = _covariance.for_term(term.keyword, len(columns), shown)
-            raw.append((term.group, tuple(columns), codes, Z, levels, cov))
+            raw.append((term.group, tuple(columns), codes, Z, levels, cov, term.expr))
         else:  # (x || g): one uncorrelated term per column
-            raw.extend((term.group, (c,), codes, Z[:, [j]], levels, _covariance.Unstructured(1))
+            raw.extend((term.group, (c,), codes, Z[:, [j]], levels, _covariance.Unstructured(1), term.expr)
                        for j, c in enumerate(columns))
     # lme4 orders terms by decreasing number of levels; R's order() is stable.
     raw.sort(key=lambda t: -len(t[4]))
     seen: dict[str, int] = {}
     terms = []
-    for group, columns, codes, Z, levels, cov in raw:
+    for group, columns, codes, Z, levels, cov, expr in raw:
         k = seen.get(group, 0)
         seen[group] = k + 1
         name = group if k == 0 else f"{group}.{k}"
-        terms.append(Term(TermSpec(group, name, columns, len(levels), cov), codes, Z, levels))
+        terms.append(Term(TermSpec(group, name, columns, len(levels), cov), codes, Z, levels, expr))
     return terms
 
 

@@ -146,6 +146,24 @@ class LMMResult:
 
         return anova_table(self, ddf)
 
+    def predict(self, newdata: pd.DataFrame | None = None, re_form=None,
+                allow_new_levels: bool = False) -> pd.Series:
+        """lme4's ``predict(m, newdata, re.form, allow.new.levels)``: x'beta + the chosen
+        terms' z'b (``re_form=None``: all; ``"~0"``: none, lme4's ``re.form = NA``; or a
+        formula of random terms); unseen levels are an error unless
+        ``allow_new_levels=True`` (then b = 0).  See :mod:`jaxhlm.prediction`."""
+        from .prediction import predict
+
+        return predict(self, newdata, re_form, allow_new_levels)
+
+    def fitted(self) -> pd.Series:
+        """lme4's ``fitted(m)``: X beta + Z b at the model's rows."""
+        return self.predict().rename("fitted")
+
+    def residuals(self) -> pd.Series:
+        """lme4's ``residuals(m)``: y - fitted (response residuals)."""
+        return (self._model.frame.y - self.fitted()).rename("residuals")
+
     # ------------------------------------------------------------------ output
     def to_dict(self) -> dict[str, Any]:
         """The fit as plain JSON-able data, with the fields of lme4's reference files."""
