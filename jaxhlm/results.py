@@ -146,6 +146,16 @@ class LMMResult:
 
         return anova_table(self, ddf)
 
+    def confint(self, method: str = "wald", level: float = 0.95, *, nsim: int = 500,
+                seed: int = 0) -> pd.DataFrame:
+        """lme4's ``confint(m, method, level, oldNames = FALSE)``: rows ``sd_(Intercept)|Subject``,
+        ``cor_Days.(Intercept)|Subject``, ..., ``sigma``, then the coefficients; columns
+        ``2.5 %``, ``97.5 %``.  ``method="wald"`` (fixed effects only, as lme4) or
+        ``"bootstrap"`` (percentile, ``nsim`` replicates); see :mod:`jaxhlm.inference.intervals`."""
+        from .inference.intervals import confint
+
+        return confint(self, method, level, nsim, seed)
+
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None,
                 allow_new_levels: bool = False) -> pd.Series:
         """lme4's ``predict(m, newdata, re.form, allow.new.levels)``: x'beta + the chosen

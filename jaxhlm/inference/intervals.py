@@ -1,0 +1,72 @@
+"""Confidence intervals for a fit's parameters: lme4's ``confint(m, method, level,
+oldNames = FALSE)``.
+
+Rows as lme4 names them: per random-effects term its SDs and correlations in the order
+of its covariance's lower triangle, column by column (``sd_(Intercept)|Subject``,
+``cor_Days.(Intercept)|Subject``, ``sd_Days|Subject``), then ``sigma``, then the fixed
+effects; columns the two probabilities as R prints them (``2.5 %``, ``97.5 %``).
+
+- ``"wald"``: beta-hat +- z SE for the fixed effects; none (NaN) for the variance
+  parameters, as lme4 (their sampling distributions are far from normal);
+- ``"bootstrap"``: percentile intervals of a parametric bootstrap (lme4's ``bootMer``,
+  ``boot.type = "perc"``), :meth:`jaxhlm.LMMResult.bootstrap` with ``nsim`` and ``seed``;
+- ``"profile"``: not implemented yet (lme4's likelihood profile).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import special
+
+from ..errors import JaxhlmError
+from ..tables import corr_name, sd_name
+
+METHODS = ("wald", "bootstrap", "profile")
+
+
+def variance_names(specs) -> list[tuple[str, str]]:
+    """(lme4's name, the batch tables' name) of each SD and correlation, then sigma."""
+    out = []
+    for s in specs:
+        for c in range(s.p):
+            for r in range(c, s.p):
+                if r == c:
+                    out.append((f"sd_{s.columns[c]}|{s.group}", sd_name(s.name, s.columns[c])))
+                elif s.covariance.reports_correlations:
+                    out.append((f"cor_{s.columns[r]}.{s.columns[c]}|{s.group}",
+                                corr_name(s.name, s.columns[c], s.columns[r])))
+    return out + [("sigma", "sigma")]
+
+
+def _labels(level: float) -> list[str]:
+    a = (1.0 - level) / 2.0
+    return [f"{100 * p:.3g} %" for p in (a, 1.0 - a)]
+
+
+def confint(result, method: str = "wald", level: float = 0.95, nsim: int = 500,
+            seed: int = 0) -> pd.DataFrame:
+    """lme4's ``confint`` (the module docstring)."""
+    key = str(method).lower()
+    if key not in METHODS:
+        raise JaxhlmError(f"method={method!r} is not available; use one of "
+                          + ", ".join(repr(m) for m in METHODS))
+    if not 0.0 < level < 1.0:
+        raise JaxhlmError(f"level must be between 0 and 1, not {level!r}")
+    if key == "profile":
+        raise JaxhlmError("profile intervals are not implemented yet; use method='wald' or 'bootstrap'")
+    names = variance_names(result._model.frame.specs)
+    index = [n for n, _ in names] + list(result.fixef.index)
+    if key == "wald":
+        z = special.ndtri(1.0 - (1.0 - level) / 2.0)
+        se = result.fixef_se.to_numpy()
+        est = result.fixef.to_numpy()
+        lower = np.concatenate([np.full(len(names), np.nan), est - z * se])
+        upper = np.concatenate([np.full(len(names), np.nan), est + z * se])
+    else:
+        table = result.bootstrap(nsim, seed).confint(level)
+        rows = [b for _, b in names] + list(result.fixef.index)
+        lower = table.loc[rows, "percentile_lower"].to_numpy()
+        upper = table.loc[rows, "percentile_upper"].to_numpy()
+    lo, hi = _labels(level)
+    return pd.DataFrame({lo: lower, hi: upper}, index=pd.Index(index, name="parameter"))
