@@ -33,7 +33,7 @@ def designs(draw):
     return kind, n1, n2, per, seed
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(designs())
 @pytest.mark.timeout(600)
 def test_batched_equals_looped_over_designs(design):
