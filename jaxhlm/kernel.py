@@ -228,7 +228,12 @@ def factorize(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
     Term 1's diagonal blocks C_j, then L_rr L_rr' = M, the rest's matrix after
     eliminating term 1 (:func:`rest_matrix`).
     """
-    C, T, M = rest_matrix(theta, blocks, st)
+    return factorize_at(lambdas(theta, st), blocks, st)
+
+
+def factorize_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure) -> Factor:
+    """:func:`factorize` given the terms' factors lambda_k themselves."""
+    C, T, M = rest_matrix_at(lams, blocks, st)
     L, logdet_r, logdet_x, pwrss = dense_parts(M, st.m_rand, st.p)
     logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + logdet_r
     return Factor(C, T, L, logdet_theta, logdet_x, pwrss)

@@ -150,11 +150,20 @@ class LMMResult:
                 seed: int = 0) -> pd.DataFrame:
         """lme4's ``confint(m, method, level, oldNames = FALSE)``: rows ``sd_(Intercept)|Subject``,
         ``cor_Days.(Intercept)|Subject``, ..., ``sigma``, then the coefficients; columns
-        ``2.5 %``, ``97.5 %``.  ``method="wald"`` (fixed effects only, as lme4) or
-        ``"bootstrap"`` (percentile, ``nsim`` replicates); see :mod:`jaxhlm.inference.intervals`."""
+        ``2.5 %``, ``97.5 %``.  ``method="wald"`` (fixed effects only, as lme4),
+        ``"profile"`` (likelihood profile, lme4's default) or ``"bootstrap"`` (percentile,
+        ``nsim`` replicates); see :mod:`jaxhlm.inference.intervals`."""
         from .inference.intervals import confint
 
         return confint(self, method, level, nsim, seed)
+
+    def profile(self, cutoff: float | None = None):
+        """lme4's ``profile(m)``: zeta = sign(x - x-hat) sqrt(deviance change) of every
+        parameter (SDs, correlations, sigma, fixed effects; the ML deviance, as lme4), traced
+        to +-``cutoff``; ``.table``, ``.plot()`` (:mod:`jaxhlm.inference.profile`)."""
+        from .inference.profile import profile
+
+        return profile(self, cutoff)
 
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None,
                 allow_new_levels: bool = False) -> pd.Series:

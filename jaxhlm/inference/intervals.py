@@ -10,7 +10,8 @@ effects; columns the two probabilities as R prints them (``2.5 %``, ``97.5 %``).
   parameters, as lme4 (their sampling distributions are far from normal);
 - ``"bootstrap"``: percentile intervals of a parametric bootstrap (lme4's ``bootMer``,
   ``boot.type = "perc"``), :meth:`jaxhlm.LMMResult.bootstrap` with ``nsim`` and ``seed``;
-- ``"profile"``: not implemented yet (lme4's likelihood profile).
+- ``"profile"``: where the likelihood profile's zeta crosses -+ z (lme4's default;
+  :mod:`.profile`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ def confint(result, method: str = "wald", level: float = 0.95, nsim: int = 500,
                           + ", ".join(repr(m) for m in METHODS))
     if not 0.0 < level < 1.0:
         raise JaxhlmError(f"level must be between 0 and 1, not {level!r}")
-    if key == "profile":
-        raise JaxhlmError("profile intervals are not implemented yet; use method='wald' or 'bootstrap'")
     names = variance_names(result._model.frame.specs)
     index = [n for n, _ in names] + list(result.fixef.index)
     if key == "wald":
@@ -63,6 +62,10 @@ def confint(result, method: str = "wald", level: float = 0.95, nsim: int = 500,
         est = result.fixef.to_numpy()
         lower = np.concatenate([np.full(len(names), np.nan), est - z * se])
         upper = np.concatenate([np.full(len(names), np.nan), est + z * se])
+    elif key == "profile":
+        from .profile import confint as profile_confint
+
+        lower, upper = profile_confint(result, level)
     else:
         table = result.bootstrap(nsim, seed).confint(level)
         rows = [b for _, b in names] + list(result.fixef.index)

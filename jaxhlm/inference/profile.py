@@ -1,0 +1,329 @@
+"""Likelihood profiles and profile confidence intervals: lme4's ``profile(m)`` and
+``confint(m, method = "profile")``.
+
+As lme4 (``devfun2``), a REML fit is refitted by maximum likelihood first, and every
+parameter is profiled on the ML deviance with base value d-hat, its minimum:
+
+    zeta(x) = sign(x - x-hat) sqrt(d_x - d-hat),
+
+d_x the deviance minimised over the other parameters with this one held at x.  The
+parameters are lme4's: per random-effects term its SDs and correlations (the free
+elements of its covariance, :meth:`jaxhlm.covariance.Covariance.linear_entries`), then
+sigma, then the fixed effects.
+
+- A variance parameter: the deviance at v = (SDs, correlations, sigma) with beta at its
+  conditional estimate (lme4's ``devfun2``), -2 log L = log|L_theta|^2 - sum log w_i
+  + n log(2 pi sigma^2) + r^2 / sigma^2, where each term's lambda = diag(SD) chol(R) /
+  sigma (R its correlation matrix): SDs enter linearly, so the deviance is smooth up
+  to an SD of 0.  It is minimised over the other elements of v (L-BFGS-B within lme4's
+  bounds: SDs and sigma >= 0, correlations in [-1, 1]) with the gradient by autodiff.
+- A fixed effect beta_j: held at f by moving x_j f into the response (as lme4 does with
+  an offset), which maps the rest's matrix after eliminating term 1
+  (:func:`jaxhlm.kernel.rest_matrix`) to a matrix without x_j's row and column whose
+  last column is y - f x_j; the ML deviance profiled over sigma is minimised over theta.
+
+lme4 traces zeta on a grid and inverts a spline through it; here each interval end is
+the root of zeta(x) = -+ z_{(1+level)/2} (secant steps to a bracket, then Brent's method),
+each zeta an inner optimisation started at the previous one's optimum.  Where the
+profile does not reach the level before a bound (an SD's 0, a correlation's +-1), the
+bound is the interval's end, as lme4's ``confint`` gives it.  :func:`profile` traces
+zeta up to lme4's cutoff for plots (lme4's ``xyplot(profile(m))``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from scipy import optimize, special
+
+from ..errors import JaxhlmError
+from ..families.gaussian import LOG_2PI
+from ..kernel import dense_parts, factorize_at, rest_matrix
+from ..linalg import log_diag_sum
+from ..precompiled import Precompiled
+from ..structure import Structure
+from .intervals import variance_names
+
+CORR_BOUND = 1.0 - 1e-10
+"""Correlations are kept inside (-1, 1) in the inner optimisation (a correlation matrix
+at +-1 has no Cholesky factor); a profile that reaches this bound ends at +-1."""
+
+
+# ---------------------------------------------------------------- the two deviances
+def _layout(st: Structure):
+    """Per term: the (row, column) of each element of v (diagonal: an SD; else a correlation)."""
+    return [t.covariance.linear_entries() for t in st.terms]
+
+
+def _lambdas(v, st: Structure):
+    lams, k = [], 0
+    sigma = v[-1]
+    for t, entries in zip(st.terms, _layout(st)):
+        sd = jnp.zeros(t.p, v.dtype)
+        R = jnp.eye(t.p, dtype=v.dtype)
+        for (r, c), x in zip(entries, v[k:k + len(entries)]):
+            if r == c:
+                sd = sd.at[r].set(x)
+            else:
+                R = R.at[r, c].set(x).at[c, r].set(x)
+        k += len(entries)
+        lams.append(sd[:, None] * jnp.linalg.cholesky(R) / sigma)
+    return lams
+
+
+def variance_deviance(v, blocks, st: Structure):
+    """-2 log L at v = (SDs and correlations per term, sigma), beta at its conditional
+    estimate (lme4's ``devfun2``)."""
+    f = factorize_at(_lambdas(v, st), blocks, st)
+    sigma2 = v[-1] ** 2
+    return (f.logdet_theta - blocks.logw + blocks.nobs * (LOG_2PI + jnp.log(sigma2))
+            + f.pwrss / sigma2)
+
+
+def fixed_deviance(theta, blocks, st: Structure, keep, j, f):
+    """The ML deviance at theta, profiled over sigma and the other fixed effects, with
+    beta_j held at f (the module docstring); ``keep``: the rest's rows but x_j's, y last."""
+    C, _, M = rest_matrix(theta, blocks, st)
+    y, xj = st.m - 1, st.m_rand + j
+    col = M[keep, y] - f * M[keep, xj]
+    corner = M[y, y] - 2.0 * f * M[y, xj] + f * f * M[xj, xj]
+    Mk = M[keep][:, keep].at[:, -1].set(col).at[-1, :].set(col).at[-1, -1].set(corner)
+    _, logdet_r, _, pwrss = dense_parts(Mk, st.m_rand, st.p - 1)
+    n = blocks.nobs
+    return (2.0 * jnp.sum(log_diag_sum(C)) + logdet_r - blocks.logw
+            + n * (1.0 + LOG_2PI + jnp.log(pwrss / n)))
+
+
+_VARIANCE = Precompiled(jax.value_and_grad(variance_deviance), (2,), "profile_variance")
+_FIXED = Precompiled(jax.value_and_grad(fixed_deviance), (2,), "profile_fixed")
+
+
+# ---------------------------------------------------------------- the profiler
+SIGMA_FLOOR = 1e-3
+"""sigma's lower bound in the inner optimisations, relative to its estimate (far below any
+profile's reach; at 0 every lambda = SD / sigma would overflow)."""
+
+INNER = {"ftol": 1e-14, "gtol": 1e-9, "maxiter": 500}
+"""L-BFGS-B's settings for the inner optimisations (deviances to about 1e-10)."""
+
+
+def _finite(value, grad, keep=None, scale=None):
+    """(value, gradient) for the optimiser, of the free elements ``keep`` and scaled; a
+    non-finite deviance (a trial step too far) becomes a large one, so that the line
+    search steps back."""
+    value, grad = float(value), np.asarray(grad, dtype=float)
+    if keep is not None:
+        grad = grad[keep] * scale
+    if not np.isfinite(value) or not np.all(np.isfinite(grad)):
+        return 1e300, np.zeros_like(grad)
+    return value, grad
+
+
+
+@dataclasses.dataclass
+class _Parameter:
+    name: str
+    estimate: float
+    lower: float
+    upper: float
+    step: float            # a first step away from the estimate
+    zeta: object           # x -> zeta(x)
+    points: list = dataclasses.field(default_factory=list)
+
+
+class Profiler:
+    """zeta of each parameter of a fit (see the module docstring), evaluated on demand."""
+
+    def __init__(self, result):
+        model = result._model
+        st = model.structure
+        if st.known_sigma:
+            raise JaxhlmError("profiles need sigma estimated; this model's residual variances "
+                              "are known (residual_variance=)")
+        for t in st.terms:
+            t.covariance.linear_entries()   # raises for a structure that has no SDs and correlations
+        self.ml = model.fit(reml=False) if result.reml else result
+        self.base = self.ml.objective
+        bucketed = model.bucketed
+        self._blocks, self._st = bucketed.blocks, bucketed.structure
+        self._vg = _VARIANCE.for_structure(self._st)
+        self._fg = _FIXED.for_structure(self._st)
+        self.v_hat = self._v_hat()
+        names = [n for n, _ in variance_names(model.frame.specs)]
+        self.parameters: dict[str, _Parameter] = {}
+        lower, upper = self._v_bounds()
+        for w, name in enumerate(names):
+            x = self.v_hat[w]
+            step = 0.01 * abs(x) if abs(x) > 1e-8 else 1e-3
+            self.parameters[name] = _Parameter(name, x, lower[w], upper[w], step, self._variance_zeta(w))
+        beta, se = self.ml.fixef.to_numpy(), self.ml.fixef_se.to_numpy()
+        for j, name in enumerate(self.ml.fixef.index):
+            self.parameters[name] = _Parameter(name, beta[j], -np.inf, np.inf, 0.1 * se[j],
+                                               self._fixed_zeta(j))
+
+    # v: SDs and correlations per term, then sigma
+    def _v_hat(self) -> np.ndarray:
+        out = []
+        for t, lam, entries in zip(self._st.terms, self.ml._lams, _layout(self._st)):
+            cov = self.ml.sigma ** 2 * lam @ lam.T
+            sd = np.sqrt(np.diag(cov))
+            for r, c in entries:
+                out.append(sd[r] if r == c else (cov[r, c] / (sd[r] * sd[c]) if sd[r] * sd[c] > 0 else 0.0))
+        return np.array(out + [self.ml.sigma])
+
+    def _v_bounds(self):
+        lower, upper = [], []
+        for entries in _layout(self._st):
+            for r, c in entries:
+                lower.append(0.0 if r == c else -1.0)
+                upper.append(np.inf if r == c else 1.0)
+        return np.array(lower + [0.0]), np.array(upper + [np.inf])
+
+    def _zeta(self, x: float, estimate: float, deviance: float) -> float:
+        return float(np.sign(x - estimate) * np.sqrt(max(deviance - self.base, 0.0)))
+
+    def _variance_zeta(self, w: int):
+        lower, upper = self._v_bounds()
+        lower = np.where(lower == -1.0, -CORR_BOUND, lower)
+        upper = np.where(upper == 1.0, CORR_BOUND, upper)
+        lower[-1] = SIGMA_FLOOR * self.ml.sigma
+        others = np.arange(self.v_hat.size) != w
+        # the optimiser works on v / scale: SDs and sigma relative to their estimates
+        scale = np.where(lower == 0.0, np.maximum(np.abs(self.v_hat), 1e-3 * self.ml.sigma), 1.0)
+        scale[-1] = self.ml.sigma
+        s = scale[others]
+        state = {"start": self.v_hat[others] / s}
+
+        def fun(z, x):
+            v = self.v_hat.copy()
+            v[others], v[w] = z * s, x
+            return _finite(*self._vg(v, self._blocks, self._st), others, s)
+
+        def zeta(x: float) -> float:
+            x = float(np.clip(x, lower[w], upper[w]))
+            if not others.any():
+                dev = fun(np.zeros(0), x)[0]
+            else:
+                res = optimize.minimize(fun, state["start"], args=(x,), jac=True, method="L-BFGS-B",
+                                        bounds=list(zip(lower[others] / s, upper[others] / s)),
+                                        options=INNER)
+                state["start"], dev = res.x, float(res.fun)
+            return self._zeta(x, self.v_hat[w], dev)
+
+        return zeta
+
+    def _fixed_zeta(self, j: int):
+        st = self._st
+        xj = st.m_rand + j
+        keep = np.array([k for k in range(st.m) if k != xj])
+        lower = st.theta_lower()
+        state = {"start": np.asarray(self.ml.theta, dtype=float)}
+        beta = self.ml.fixef.to_numpy()
+
+        def fun(theta, f):
+            return _finite(*self._fg(theta, self._blocks, st, keep, j, f))
+
+        def zeta(f: float) -> float:
+            res = optimize.minimize(fun, state["start"], args=(float(f),), jac=True, method="L-BFGS-B",
+                                    bounds=[(lo, None) if np.isfinite(lo) else (None, None) for lo in lower],
+                                    options=INNER)
+            state["start"] = res.x
+            return self._zeta(f, beta[j], float(res.fun))
+
+        return zeta
+
+    # ------------------------------------------------------------ roots
+    def _eval(self, par: _Parameter, x: float) -> float:
+        z = par.zeta(x)
+        par.points.append((x, z))
+        return z
+
+    def end(self, name: str, target: float) -> float:
+        """The x on ``name``'s side sign(target) where zeta(x) = target, or the bound it
+        reaches first."""
+        par = self.parameters[name]
+        side = np.sign(target)
+        bound = par.upper if side > 0 else par.lower
+        x0, z0 = par.estimate, 0.0
+        x1 = par.estimate + side * par.step
+        if np.isfinite(bound) and side * (x1 - bound) > 0:
+            x1 = 0.5 * (par.estimate + bound)
+        z1 = self._eval(par, x1)
+        for _ in range(60):
+            if side * (z1 - target) >= 0:    # bracketed between x0 and x1
+                return optimize.brentq(lambda x: self._eval(par, x) - target, x0, x1,
+                                       xtol=1e-10 * (1.0 + abs(x1)), rtol=1e-12)
+            if z1 == z0:
+                x2 = x1 + 2.0 * (x1 - x0)
+            else:   # secant on zeta, which is nearly linear in x; overshoot a little
+                x2 = x1 + 1.1 * (target - z1) * (x1 - x0) / (z1 - z0)
+                x2 = x1 + np.clip(x2 - x1, 0.0 if side > 0 else -10 * abs(x1 - x0) - abs(par.step),
+                                  10 * abs(x1 - x0) + abs(par.step) if side > 0 else 0.0)
+            if np.isfinite(bound) and side * (x2 - bound) >= 0:
+                zb = self._eval(par, bound)
+                if side * (zb - target) < 0:   # the profile stops short of the level at the bound
+                    return float(bound)
+                x2, z2 = bound, zb
+            else:
+                z2 = self._eval(par, x2)
+            x0, z0, x1, z1 = x1, z1, x2, z2
+        raise JaxhlmError(f"the profile of {name} did not reach zeta = {target:g}")
+
+
+TRACE_POINTS = 6
+"""Evenly spaced points per side of a traced profile, besides those the roots visit."""
+
+
+@dataclasses.dataclass
+class Profile:
+    """A fit's likelihood profiles (lme4's ``profile(m)``, a ``thpr``): ``table`` has one
+    row per evaluated point, columns ``parameter``, ``value``, ``zeta``, sorted;
+    ``estimates``: each parameter's ML estimate (zeta = 0); ``cutoff``: how far zeta was
+    traced on each side."""
+
+    table: pd.DataFrame
+    estimates: pd.Series
+    cutoff: float
+
+    def plot(self, path=None, levels=(0.5, 0.8, 0.9, 0.95, 0.99)):
+        """zeta against each parameter, one panel each, with the +-z of ``levels`` as
+        dotted lines (lme4's ``xyplot(profile(m))``); written as PNG to ``path`` if given.
+        Returns the matplotlib Figure."""
+        from ..tools.plots import profile as plot_profile
+
+        return plot_profile(self, path, levels)
+
+
+def profile(result, cutoff: float | None = None) -> Profile:
+    """Trace every parameter's zeta out to +-``cutoff`` (default lme4's:
+    sqrt(qchisq(0.99, number of parameters))) or the parameter's bound."""
+    prof = Profiler(result)
+    if cutoff is None:
+        cutoff = float(np.sqrt(special.chdtri(len(prof.parameters), 0.01)))
+    rows = []
+    for name, par in prof.parameters.items():
+        ends = [prof.end(name, -cutoff), prof.end(name, cutoff)]
+        for end in ends:
+            for x in np.linspace(par.estimate, end, TRACE_POINTS + 1)[1:-1]:
+                prof._eval(par, x)
+        rows += [(name, x, z) for x, z in par.points] + [(name, par.estimate, 0.0)]
+    table = pd.DataFrame(rows, columns=["parameter", "value", "zeta"]).drop_duplicates(["parameter", "value"])
+    order = {n: k for k, n in enumerate(prof.parameters)}
+    table = table.sort_values(["parameter", "value"], key=lambda c: c.map(order) if c.name == "parameter" else c)
+    estimates = pd.Series({n: p.estimate for n, p in prof.parameters.items()}, name="estimate")
+    return Profile(table.reset_index(drop=True), estimates, cutoff)
+
+
+def confint(result, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Profile intervals of every parameter, in :func:`.intervals.variance_names` order, then
+    the fixed effects."""
+    prof = Profiler(result)
+    z = special.ndtri(0.5 + level / 2.0)
+    names = list(prof.parameters)
+    lower = np.array([prof.end(n, -z) for n in names])
+    upper = np.array([prof.end(n, z) for n in names])
+    return lower, upper
