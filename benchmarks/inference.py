@@ -8,7 +8,8 @@ fit.  jaxhlm runs twice per repetition, with an empty compilation cache (every p
 compiled: the first call a user ever makes) and again on the cache that run left (the
 stored programs of :mod:`jaxhlm.precompiled`: every later process, any data set of the same
 bucket).  R: ``summary(m, ddf = "Kenward-Roger")``, ``anova(m, ddf = "Kenward-Roger")``,
-``summary(m)`` (Satterthwaite), ``anova(m)``, each after the fit, timed with
+``summary(m)`` (Satterthwaite), ``anova(m)``, ``confint(m)`` (Wald, then profile: lme4's
+ML refit included on both sides), each after the fit, timed with
 ``system.time``; lmerTest caches nothing between them except its Satterthwaite
 derivatives, which ``lmer`` computes with the fit (timed with the fit).  Medians over
 ``--reps``; ratios are R / jaxhlm (above 1: jaxhlm faster).  Writes
@@ -42,7 +43,8 @@ for key, call in [("kr_table", lambda: res.coef_table("kenward-roger")),
                   ("kr_anova", lambda: res.anova("kenward-roger")),
                   ("satterthwaite_table", lambda: res.coef_table("satterthwaite")),
                   ("satterthwaite_anova", lambda: res.anova("satterthwaite")),
-                  ("wald_confint", lambda: res.confint("wald"))]:
+                  ("wald_confint", lambda: res.confint("wald")),
+                  ("profile_confint", lambda: res.confint("profile"))]:
     t = time.perf_counter(); call(); out[key] = time.perf_counter() - t
 print(json.dumps(out))
 """ % {"formula": FORMULA}
@@ -59,6 +61,7 @@ out$kr_anova <- tm(anova(m, ddf = "Kenward-Roger"))
 out$satterthwaite_table <- tm(summary(m))
 out$satterthwaite_anova <- tm(anova(m))
 out$wald_confint <- tm(confint(m, method = "Wald"))
+out$profile_confint <- tm(suppressMessages(confint(as(m, "lmerMod"), method = "profile", oldNames = FALSE)))
 cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
 """ % {"formula": FORMULA}
 
