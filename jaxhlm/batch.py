@@ -114,7 +114,9 @@ class BatchResult:
     :func:`fit_many`, or the :class:`~jaxhlm.stacking.Stacked` data sets of
     :func:`fit_datasets` (either gives ``formula``, ``structure``, ``specs`` (the terms
     with their names) and the fixed-effect names).  ``lams``: per term, lambda_k of
-    every fit (B, p_k, p_k).
+    every fit (B, p_k, p_k).  ``sources``: where each fit's blocks come from, to compute
+    statistics of the fits later (:meth:`coef_table`): tuples (positions of the fits in
+    the batch, ``take`` as in :func:`_run_chunks`, their padded structure).
     """
 
     model: Any
@@ -127,6 +129,7 @@ class BatchResult:
     status: np.ndarray
     iterations: np.ndarray
     lams: tuple = dataclasses.field(repr=False)
+    sources: tuple = dataclasses.field(default=(), repr=False)
     sd: np.ndarray = dataclasses.field(init=False)
     sd_names: list[str] = dataclasses.field(init=False)
     corr: np.ndarray = dataclasses.field(init=False)
@@ -176,6 +179,14 @@ class BatchResult:
         return (f"{len(self)} fits by {'REML' if self.reml else 'ML'} of {self.model.formula}\n"
                 f"status: {counts}; singular: {int(self.singular.sum())}\n"
                 f"{stats.to_string(float_format=lambda v: f'{v:.5g}')}")
+
+    def coef_table(self, ddf: str = "satterthwaite", *, batch_size: int | None = None) -> pd.DataFrame:
+        """Every fit's fixed-effect t tests, indexed by (fit, coefficient), with the columns
+        of :meth:`jaxhlm.LMMResult.coef_table`; the derivatives of all fits in vmapped
+        chunks (:func:`jaxhlm.inference.fixed.coef_table_many`)."""
+        from .inference.fixed import coef_table_many
+
+        return coef_table_many(self, ddf, lambda n: chunk_size(n, batch_size))
 
     def confint(self, level: float = 0.95) -> pd.DataFrame:
         """Bootstrap intervals per parameter: percentile and shortest coverage.
@@ -312,7 +323,8 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
         return padded.responses(many), response_axes(many)
 
     out = _fit_batch(take, B, padded.structure, starts, reml, options, batch_size, progress)
-    return BatchResult(model=model, reml=bool(reml), **_fields(out))
+    return BatchResult(model=model, reml=bool(reml), **_fields(out),
+                       sources=((np.arange(B), take, padded.structure),))
 
 
 def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int | None = None,
@@ -343,7 +355,7 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int |
     """
     stacked = stack(formula, list(datasets), buckets)
     axes = Blocks(*[0] * len(Blocks._fields))
-    parts = []
+    parts, sources = [], []
     for bucket in stacked.buckets:
         B = bucket.index.size
         starts = np.broadcast_to(bucket.structure.theta_start(), (B, bucket.structure.ntheta))
@@ -353,9 +365,10 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int |
 
         parts.append(_fields(_fit_batch(take, B, bucket.structure, starts, reml, options,
                                         batch_size, progress)))
+        sources.append((bucket.index, take, bucket.structure))
     order = np.argsort(np.concatenate([b.index for b in stacked.buckets]))
     fields = jax.tree.map(lambda *a: np.concatenate(a)[order], *parts)
-    return BatchResult(model=stacked, reml=bool(reml), **fields)
+    return BatchResult(model=stacked, reml=bool(reml), **fields, sources=tuple(sources))
 
 
 def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):

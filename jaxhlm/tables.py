@@ -5,6 +5,7 @@
 - :func:`term_covariances`: per term, sigma^2 lambda lambda', the SDs and correlations;
 - :func:`sd_corr`, :func:`varcorr`: those as named columns, or as lme4's
   ``as.data.frame(VarCorr(m))``;
+- :func:`lme4_variance_names`: lme4's names of the SDs and correlations in ``confint``;
 - :func:`singular`: lme4's ``isSingular`` (a scale parameter below 1e-4);
 - :func:`status_name`: a fit's status code as a word;
 - :func:`ranef`: ``as.data.frame(ranef(m, condVar = TRUE))``.
@@ -33,6 +34,23 @@ def sd_name(term: str, column: str) -> str:
 def corr_name(term: str, a: str, b: str) -> str:
     """A random-effect correlation's name: ``corr(Subject:(Intercept),Days)``."""
     return f"corr({term}:{a},{b})"
+
+
+def lme4_variance_names(specs) -> list[tuple[str, str]]:
+    """(lme4's ``confint(oldNames = FALSE)`` name, :func:`sd_name`/:func:`corr_name`) of each
+    random-effect SD and correlation, per term in the order of its covariance's lower
+    triangle, column by column (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``,
+    ``sd_Days|Subject``), then ``sigma``."""
+    out = []
+    for s in specs:
+        for c in range(s.p):
+            for r in range(c, s.p):
+                if r == c:
+                    out.append((f"sd_{s.columns[c]}|{s.group}", sd_name(s.name, s.columns[c])))
+                elif s.covariance.reports_correlations:
+                    out.append((f"cor_{s.columns[r]}.{s.columns[c]}|{s.group}",
+                                corr_name(s.name, s.columns[c], s.columns[r])))
+    return out + [("sigma", "sigma")]
 
 
 def status_name(code: int) -> str:

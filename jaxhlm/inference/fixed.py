@@ -40,7 +40,7 @@ def _tester(result, key: str):
     """The fit's tester for method ``key``, built once per fit."""
     cache = result.__dict__.setdefault("_testers", {})
     if key not in cache:
-        cache[key] = METHODS[key](result)
+        cache[key] = METHODS[key].of(result)
     return cache[key]
 
 
@@ -55,10 +55,53 @@ def coef_table(result, ddf: str = "satterthwaite") -> pd.DataFrame:
                              "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))})
     tester = _tester(result, key)
     var, df = np.array([tester.t_test(l) for l in np.eye(len(estimate))]).T
-    se = pd.Series(np.sqrt(var), index=estimate.index)
+    return _t_table(estimate.to_numpy(), np.sqrt(var), df, estimate.index)
+
+
+def _t_table(estimate, se, df, index) -> pd.DataFrame:
     stat = estimate / se
     return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "df": df, "t value": stat,
-                         "Pr(>|t|)": 2.0 * special.stdtr(df, -np.abs(stat))})
+                         "Pr(>|t|)": 2.0 * special.stdtr(df, -np.abs(stat))}, index=index)
+
+
+def coef_table_many(batch, ddf: str, chunk_size) -> pd.DataFrame:
+    """Every fit's t tests (:meth:`jaxhlm.batch.BatchResult.coef_table`): each method's
+    arrays of a chunk of fits (``chunk_size(n)`` of n) in one vmapped program, then the
+    tests per fit on the host.  A fit whose tests do not exist (a Kenward-Roger boundary
+    fit) has NaN rows, counted in a warning."""
+    key = _method(ddf, (*METHODS, "asymptotic"))
+    B, p = batch.fixef.shape
+    index = pd.MultiIndex.from_product([range(B), batch.fixef_names], names=["fit", "coefficient"])
+    estimate = batch.fixef.reshape(-1)
+    if key == "asymptotic":
+        se = batch.fixef_se.reshape(-1)
+        return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": estimate / se,
+                             "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(estimate / se))}, index=index)
+    method = METHODS[key]
+    var, df = np.full((B, p), np.nan), np.full((B, p), np.nan)
+    failed = 0
+    for positions, take, st in batch.sources:
+        n = positions.size
+        size = chunk_size(n)
+        for lo in range(0, n, size):
+            rows = np.minimum(np.arange(lo, lo + size), n - 1)
+            fits = positions[rows]
+            blocks, axes = take(rows)
+            arrays = method.arrays_many(batch.theta[fits], batch.sigma[fits],
+                                        [lam[fits] for lam in batch.lams], blocks, st, axes, batch.reml)
+            for k in range(min(size, n - lo)):
+                try:
+                    tester = method(*[a[k] for a in arrays], batch.fixef[fits[k]])
+                except JaxhlmError:
+                    failed += 1
+                    continue
+                var[fits[k]], df[fits[k]] = np.array([tester.t_test(l) for l in np.eye(p)]).T
+    if failed:
+        import warnings
+
+        warnings.warn(f"{failed} of {B} fits have no {method.name} tests (boundary fits); their "
+                      "rows are NaN", stacklevel=3)
+    return _t_table(estimate, np.sqrt(var).reshape(-1), df.reshape(-1), index)
 
 
 def anova(result, ddf: str = "satterthwaite") -> pd.DataFrame:

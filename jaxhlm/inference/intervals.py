@@ -21,23 +21,9 @@ import pandas as pd
 from scipy import special
 
 from ..errors import JaxhlmError
-from ..tables import corr_name, sd_name
+from ..tables import lme4_variance_names as variance_names
 
 METHODS = ("wald", "bootstrap", "profile")
-
-
-def variance_names(specs) -> list[tuple[str, str]]:
-    """(lme4's name, the batch tables' name) of each SD and correlation, then sigma."""
-    out = []
-    for s in specs:
-        for c in range(s.p):
-            for r in range(c, s.p):
-                if r == c:
-                    out.append((f"sd_{s.columns[c]}|{s.group}", sd_name(s.name, s.columns[c])))
-                elif s.covariance.reports_correlations:
-                    out.append((f"cor_{s.columns[r]}.{s.columns[c]}|{s.group}",
-                                corr_name(s.name, s.columns[c], s.columns[r])))
-    return out + [("sigma", "sigma")]
 
 
 def _labels(level: float) -> list[str]:

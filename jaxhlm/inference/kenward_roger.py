@@ -24,9 +24,10 @@ blocked factor (:mod:`jaxhlm.kernel`) gives without it, in the linear parameters
                                                    I_ij = -its second derivative,
 
 since dSigma/dgamma_i = G_i and d P = -P dSigma P.  The blocked factor needs the terms'
-lambda_k = chol(Cov_k / sigma^2), so gamma's derivatives exist only where each Cov_k is
-positive definite: at a boundary (singular) fit, :class:`KenwardRoger` says so.  The
-tests of L beta (q = rank L rows) then follow pbkrtest's ``.KR_adjust``:
+lambda_k = chol(Cov_k / sigma^2), whose derivatives exist only where each Cov_k is
+positive definite; at a boundary (singular) fit they are taken at Cov_k + 1e-6 sigma^2 I
+(:data:`BOUNDARY_FLOOR`): on ``tests/reference/inference/boundary.json`` SEs and df then
+agree with pbkrtest's to 1e-6.  The tests of L beta (q = rank L rows) then follow pbkrtest's ``.KR_adjust``:
 Theta = L'(L Phi L')^{-1} L, A_1 = sum_ij W_ij tr(Theta Phi P_i Phi) tr(Theta Phi P_j Phi),
 A_2 = sum_ij W_ij tr(Theta Phi P_i Phi Theta Phi P_j Phi), and from them the denominator df
 and the F statistic's scaling (:meth:`KenwardRoger.f_test`); the t test of one
@@ -41,12 +42,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ..blocks import Blocks
 from ..errors import JaxhlmError
 from ..kernel import smooth_parts
 from ..precompiled import Precompiled
 from ..structure import Structure
+
+BOUNDARY_FLOOR = 1e-6
+"""At a boundary fit (a term's relative covariance Cov_k / sigma^2 with an eigenvalue
+below this), the derivatives are taken at Cov_k + BOUNDARY_FLOOR sigma^2 I: chol has no
+derivative at a singular matrix, while pbkrtest's Sigma(gamma) is smooth there."""
 
 SINGULAR_TOL = 1e-10
 """pbkrtest inverts I when its smallest absolute eigenvalue exceeds this, else takes its
@@ -64,12 +71,18 @@ def _covariances(gamma, st: Structure):
     return covs, gamma[k]
 
 
+def _factor(c):
+    """chol(c), c a relative covariance; at (near) a singular c, of c + BOUNDARY_FLOOR I
+    (the module docstring)."""
+    floor = jnp.where(jnp.linalg.eigvalsh(lax.stop_gradient(c))[0] < BOUNDARY_FLOOR, BOUNDARY_FLOOR, 0.0)
+    return jnp.linalg.cholesky(c + floor * jnp.eye(c.shape[0], dtype=c.dtype))
+
+
 def precision_and_log_determinants(gamma, blocks: Blocks, st: Structure):
     """F(gamma) = X'Sigma^{-1}X (p, p) and log|Sigma| + log|F| up to a constant (the
     module docstring)."""
     covs, s2 = _covariances(gamma, st)
-    logdet_theta, logdet_x, _, Rx = smooth_parts(
-        [jnp.linalg.cholesky(c / s2) for c in covs], blocks, st)
+    logdet_theta, logdet_x, _, Rx = smooth_parts([_factor(c / s2) for c in covs], blocks, st)
     return Rx @ Rx.T / s2, (blocks.nobs - st.p) * jnp.log(s2) + logdet_theta + logdet_x
 
 
@@ -105,40 +118,68 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
 _ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger")
 
 
-def linear_parameters(result, st: Structure) -> np.ndarray:
-    """gamma at the fit: each term's free covariance elements (sigma^2 lambda_k lambda_k'),
-    then sigma^2."""
-    s2 = result.sigma ** 2
+def linear_parameters(sigma: float, lams, st: Structure) -> np.ndarray:
+    """gamma at a fit's sigma and lambda_k: each term's free covariance elements
+    (sigma^2 lambda_k lambda_k'), then sigma^2."""
+    s2 = float(sigma) ** 2
     out = []
-    for t, lam in zip(st.terms, result._lams):
+    for t, lam in zip(st.terms, lams):
+        lam = np.asarray(lam)
         cov = s2 * lam @ lam.T
         out += [cov[r, c] for r, c in t.covariance.linear_entries()]
     return np.array(out + [s2])
 
 
+def adjusted_many(gamma, blocks: Blocks, st: Structure, axes: tuple):
+    """:func:`adjusted` of B fits at once: ``gamma`` (B, k), ``blocks`` with the batch on
+    the axes ``axes`` (:func:`jaxhlm.blocks.response_axes`)."""
+    return jax.vmap(lambda g, b: adjusted(g, b, st), in_axes=(0, Blocks(*axes)))(gamma, blocks)
+
+
+_ADJUSTED_MANY = Precompiled(adjusted_many, (2, 3), "kenward_roger_many")
+
+
+def _check(result_reml: bool, st: Structure) -> None:
+    if not result_reml:
+        raise JaxhlmError("Kenward-Roger's method is only available for REML fits (as in "
+                          "lmerTest and pbkrtest); refit with reml=True")
+    if st.known_sigma:
+        raise JaxhlmError("Kenward-Roger's method needs the residual variance estimated; this "
+                          "model's is known (residual_variance=)")
+
+
 class KenwardRoger:
-    """Kenward-Roger tests of a fit's contrasts (see the module docstring)."""
+    """Kenward-Roger tests of a fit's contrasts (see the module docstring) from its
+    :func:`adjusted` arrays and beta-hat."""
 
     name = "Kenward-Roger"
 
-    def __init__(self, result):
-        st = result._model.structure
-        if not result.reml:
-            raise JaxhlmError("Kenward-Roger's method is only available for REML fits (as in "
-                              "lmerTest and pbkrtest); refit with reml=True")
-        if st.known_sigma:
-            raise JaxhlmError("Kenward-Roger's method needs the residual variance estimated; this "
-                              "model's is known (residual_variance=)")
-        gamma = linear_parameters(result, st)
-        bucketed = result._model.bucketed
-        out = _ADJUSTED.for_structure(bucketed.structure)(gamma, bucketed.blocks, bucketed.structure)
-        self.Phi, self.PhiA, self.P, self.W = (np.asarray(a, dtype=float) for a in out)
+    def __init__(self, Phi, PhiA, P, W, beta):
+        self.Phi, self.PhiA, self.P, self.W = (np.asarray(a, dtype=float) for a in (Phi, PhiA, P, W))
+        self.beta = np.asarray(beta, dtype=float)
         if not all(np.all(np.isfinite(a)) for a in (self.PhiA, self.P, self.W)):
             raise JaxhlmError(
                 "Kenward-Roger's adjustment is not available at this boundary (singular) fit: a "
                 "random-effects covariance is singular, where the derivatives it needs do not exist "
                 "in the blocked factor; use ddf='satterthwaite'")
-        self.beta = result.fixef.to_numpy()
+
+    @classmethod
+    def of(cls, result) -> "KenwardRoger":
+        """The tests of a single fit (:class:`jaxhlm.LMMResult`)."""
+        _check(result.reml, result._model.structure)
+        gamma = linear_parameters(result.sigma, result._lams, result._model.structure)
+        bucketed = result._model.bucketed
+        out = _ADJUSTED.for_structure(bucketed.structure)(gamma, bucketed.blocks, bucketed.structure)
+        return cls(*out, result.fixef.to_numpy())
+
+    @staticmethod
+    def arrays_many(theta, sigma, lams, blocks, st: Structure, axes, reml: bool):
+        """:func:`adjusted` of a chunk of fits (sigma (B,), lams per term (B, p_k, p_k)), as NumPy."""
+        _check(reml, st)
+        gamma = np.stack([linear_parameters(s, [lam[b] for lam in lams], st)
+                          for b, s in enumerate(np.asarray(sigma))])
+        out = _ADJUSTED_MANY.for_structure(st)(gamma, blocks, st, tuple(axes))
+        return [np.asarray(a) for a in out]
 
     def _a12(self, L: np.ndarray) -> tuple[float, float]:
         Theta = L.T @ np.linalg.solve(L @ self.Phi @ L.T, L)

@@ -46,7 +46,7 @@ from ..kernel import dense_parts, factorize_at, rest_matrix
 from ..linalg import log_diag_sum
 from ..precompiled import Precompiled
 from ..structure import Structure
-from .intervals import variance_names
+from ..tables import lme4_variance_names as variance_names
 
 CORR_BOUND = 1.0 - 1e-10
 """Correlations are kept inside (-1, 1) in the inner optimisation (a correlation matrix
@@ -292,10 +292,29 @@ class Profile:
     def plot(self, path=None, levels=(0.5, 0.8, 0.9, 0.95, 0.99)):
         """zeta against each parameter, one panel each, with the +-z of ``levels`` as
         dotted lines (lme4's ``xyplot(profile(m))``); written as PNG to ``path`` if given.
-        Returns the matplotlib Figure."""
-        from ..tools.plots import profile as plot_profile
+        Returns the matplotlib Figure (drawn on the Agg canvas; no pyplot state)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        return plot_profile(self, path, levels)
+        names = list(self.estimates.index)
+        ncols = min(len(names), 3)
+        nrows = -(-len(names) // ncols)
+        fig = Figure(figsize=(4.5 * ncols, 3.5 * nrows), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax in axes[len(names):]:
+            ax.remove()
+        cuts = special.ndtri(0.5 + np.asarray(levels) / 2.0)
+        for ax, name in zip(axes, names):
+            rows = self.table[self.table["parameter"] == name]
+            ax.plot(rows["value"], rows["zeta"], "-", color="C0")
+            for z in np.concatenate([cuts, -cuts]):
+                ax.axhline(z, ls=":", color="grey", lw=0.8)
+            ax.axvline(self.estimates[name], ls="--", color="grey", lw=0.8)
+            ax.set(xlabel=name, ylabel="zeta")
+        if path is not None:
+            fig.savefig(path, dpi=100)
+        return fig
 
 
 def profile(result, cutoff: float | None = None) -> Profile:

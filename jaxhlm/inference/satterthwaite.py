@@ -123,18 +123,40 @@ def f_denominator_df(nu: np.ndarray) -> float:
     return 2.0 * E / (E - nu.size)
 
 
+def parts_many(phi, blocks: Blocks, st: Structure, axes: tuple, reml: bool):
+    """:func:`parts` of B fits at once: ``phi`` (B, dim phi), ``blocks`` with the batch on
+    the axes ``axes`` (:func:`jaxhlm.blocks.response_axes`)."""
+    return jax.vmap(lambda ph, b: parts(ph, b, st, reml), in_axes=(0, Blocks(*axes)))(phi, blocks)
+
+
+_PARTS_MANY = Precompiled(parts_many, (2, 3, 4), "satterthwaite_many")
+
+
 class Satterthwaite:
-    """Satterthwaite's tests of a fit's contrasts (lmerTest's ``contest1D``, ``contestMD``)."""
+    """Satterthwaite's tests of a fit's contrasts (lmerTest's ``contest1D``, ``contestMD``)
+    from its :func:`parts` and beta-hat."""
 
     name = "Satterthwaite"
 
-    def __init__(self, result):
+    def __init__(self, C, J, A, beta):
+        self.C, self.J, self.A = (np.asarray(a, dtype=float) for a in (C, J, A))
+        self.beta = np.asarray(beta, dtype=float)
+
+    @classmethod
+    def of(cls, result) -> "Satterthwaite":
+        """The tests of a single fit (:class:`jaxhlm.LMMResult`)."""
         bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
         st = bucketed.structure
         phi = np.asarray(varpar(result.theta, result.sigma, st))
         C, J, A = _PARTS.for_structure(st)(phi, bucketed.blocks, st, bool(result.reml))
-        self.C, self.J, self.A = (np.asarray(a, dtype=float) for a in (C, J, A))
-        self.beta = result.fixef.to_numpy()
+        return cls(C, J, A, result.fixef.to_numpy())
+
+    @staticmethod
+    def arrays_many(theta, sigma, lams, blocks, st: Structure, axes, reml: bool):
+        """:func:`parts` of a chunk of fits (their theta (B, ntheta), sigma (B,)), as NumPy."""
+        phi = theta if st.known_sigma else np.concatenate([theta, np.asarray(sigma)[:, None]], axis=1)
+        out = _PARTS_MANY.for_structure(st)(phi, blocks, st, tuple(axes), bool(reml))
+        return [np.asarray(a) for a in out]
 
     def t_test(self, l: np.ndarray) -> tuple[float, float]:
         """(variance of l'beta, df)."""

@@ -4,8 +4,6 @@
   of groups, the peers' refit rates as dotted lines (``-throughput.png``); the median wall
   time of one batch against the number of groups, one line per backend and batch size
   (``-groups.png``, for models run at several group counts).  Log-log axes.
-- :func:`profile`: a fit's likelihood profiles, zeta against each parameter (lme4's
-  ``xyplot(profile(m))``);
 - :func:`power_curve`: power against the effect size, one line per design, bars of
   +-1.96 Monte Carlo standard errors, a dashed line at the test's level (``-power.png``).
 
@@ -126,24 +124,3 @@ def _save(fig, stem: Path, suffix: str) -> Path:
     fig.savefig(path, dpi=110)
     return path
 
-
-def profile(prof, path=None, levels=(0.5, 0.8, 0.9, 0.95, 0.99)):
-    """zeta against each parameter of a :class:`jaxhlm.inference.profile.Profile`, one panel
-    each, dotted lines at +-z of each level; saved as PNG to ``path`` if given."""
-    from scipy import special
-
-    names = list(prof.estimates.index)
-    fig, axes = _figure(len(names))
-    for ax, name in zip(axes, names):
-        rows = prof.table[prof.table["parameter"] == name]
-        ax.plot(rows["value"], rows["zeta"], "-", color="C0")
-        for level in levels:
-            z = special.ndtri(0.5 + level / 2.0)
-            ax.axhline(z, ls=":", color="grey", lw=0.8)
-            ax.axhline(-z, ls=":", color="grey", lw=0.8)
-        ax.axvline(prof.estimates[name], ls="--", color="grey", lw=0.8)
-        ax.set_xlabel(name)
-        ax.set_ylabel("zeta")
-    if path is not None:
-        fig.savefig(path, dpi=100)
-    return fig
