@@ -79,15 +79,11 @@ def _fit(args) -> int:
     if args.json == "-":
         print(res.to_json(indent=1))
         return 0
-    print(res.summary())
-    if args.ddf:
-        shown = lambda v: f"{v:.4g}"   # noqa: E731
-        print(f"\nFixed effects, {'z tests' if args.ddf == 'asymptotic' else 't tests, df by ' + args.ddf}:")
-        print(res.coef_table(ddf=args.ddf).to_string(float_format=shown))
-        if args.ddf != "asymptotic" and len(res.fixef) > 1:
-            table = res.anova(ddf=args.ddf)
-            print(f"\n{table.attrs['heading']}:")
-            print(table.to_string(float_format=shown))
+    print(res.summary(ddf=args.ddf))   # lme4's layout; lmerTest's with --ddf
+    if args.ddf and args.ddf != "asymptotic" and len(res.fixef) > 1:
+        table = res.anova(ddf=args.ddf)
+        print(f"\n{table.attrs['heading']}:")
+        print(table.to_string(float_format=lambda v: f"{v:.4g}"))
     if args.json:
         Path(args.json).write_text(res.to_json(indent=1))
     return 0

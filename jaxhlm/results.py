@@ -203,11 +203,17 @@ class LMMResult:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
-    def summary(self) -> str:
-        """A text summary laid out as lme4's ``summary(m)``."""
+    def summary(self, ddf: str | None = "satterthwaite") -> str:
+        """A text summary laid out as lmerTest's ``summary(m, ddf = ...)``: the fixed
+        effects' t tests with df and p-values (:meth:`coef_table`); ``ddf=None``: lme4's
+        ``summary(m)``, t values only (no derivatives computed; posterior modes always)."""
         crit = "REML criterion at convergence" if self.reml else "deviance"
+        tests = ddf is not None and self.prior is None
+        method = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's"}.get(
+            str(ddf).lower(), str(ddf))
         lines = [
-            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'} (jaxhlm)",
+            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
+            + (f". t-tests use {method} method" if tests and ddf != "asymptotic" else "") + " (jaxhlm)",
             f"Formula: {self.formula}",
         ]
         if self.prior is not None:
@@ -224,9 +230,12 @@ class LMMResult:
         groups = ";  ".join(f"{g}, {n}" for g, n in self.ngroups.items())
         lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
         lines += ["", "Fixed effects:"]
-        fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se,
-                           "t value": self.fixef / self.fixef_se})
-        lines.append(fe.to_string(float_format=lambda v: f"{v:.4f}"))
+        if tests:
+            lines.append(self.coef_table(ddf).to_string(float_format=lambda v: f"{v:.4g}"))
+        else:
+            fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se,
+                               "t value": self.fixef / self.fixef_se})
+            lines.append(fe.to_string(float_format=lambda v: f"{v:.4f}"))
         lines.append("")
         if self.singular:
             lines.append("boundary (singular) fit: see help('isSingular')")

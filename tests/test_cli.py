@@ -90,7 +90,7 @@ def test_sample_prints_summary_and_writes_draws(tmp_path, capsys):
 def test_fit_with_satterthwaite_df_and_anova(capsys):
     assert main(["fit", "sleepstudy", F, "--ddf", "satterthwaite"]) == 0
     text = capsys.readouterr().out
-    assert "t tests, df by satterthwaite" in text and "Pr(>|t|)" in text
+    assert "t-tests use Satterthwaite's method" in text and "Pr(>|t|)" in text
     assert "Type III Analysis of Variance Table with Satterthwaite's method" in text and "DenDF" in text
     assert main(["anova", "sleepstudy", "Reaction ~ Days + (1 | Subject)", F]) == 0
     text = capsys.readouterr().out

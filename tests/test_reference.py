@@ -110,6 +110,8 @@ def test_summary_and_json(sleepstudy):
     text = res.summary()
     assert "REML criterion at convergence: 1743.6283" in text
     assert "Subject" in text and "Residual" in text
+    assert "t-tests use Satterthwaite's method" in text and "Pr(>|t|)" in text   # lmerTest's layout
+    assert "Pr(>|t|)" not in res.summary(ddf=None)                                # lme4's
     d = res.to_dict()
     import json
 
