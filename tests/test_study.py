@@ -175,3 +175,24 @@ def test_config_errors_name_the_key(tmp_path, capsys, edit, message):
 def test_shipped_study_configs_load():
     for path in sorted(CONFIGS.glob("*.toml")):
         assert study.load_study(path).nsim >= 1000
+
+
+def test_kenward_roger_t_test_study_and_clopper_pearson_intervals(tmp_path):
+    """method = "kenward-roger": each data set's t test as lmerTest's summary gives it (the
+    batch's p-value of data set 0 equals a single fit's), and each cell's power carries its
+    exact binomial interval (scipy's binomtest, Clopper-Pearson)."""
+    config = study.load_study(_tiny(tmp_path, method="kenward-roger"))
+    df = designs.frame(8, 6, 0, config.seed)
+    full = jaxhlm.LMM(config.formula, df)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 0), 0)
+    Y = designs.simulate(full, [1.0, 0.8], [0.8], 1.0, key, np.arange(2))
+    fit, reject, usable = study._test(config, full, None, 1, Y, key, lambda n: None)
+    one = jaxhlm.LMM(config.formula, df.assign(y=Y[0])).fit().coef_table("kenward-roger")
+    p = fit.coef_table("kenward-roger")["Pr(>|t|)"].to_numpy().reshape(2, -1)[0, 1]
+    assert p == pytest.approx(one["Pr(>|t|)"].iloc[1], rel=1e-4) and reject[0] == (p <= 0.05)
+    cells, _ = study.run(config, tmp_path / "kr", plots=False)
+    assert cells["power"].iloc[1] > cells["power"].iloc[0]
+    for _, cell in cells.iterrows():
+        k = round(cell.power * cell.n_used)
+        ci = stats.binomtest(k, int(cell.n_used)).proportion_ci(0.95, method="exact")
+        assert (cell.power_lower, cell.power_upper) == pytest.approx((ci.low, ci.high), rel=1e-9)

@@ -4,8 +4,8 @@
   of groups, the peers' refit rates as dotted lines (``-throughput.png``); the median wall
   time of one batch against the number of groups, one line per backend and batch size
   (``-groups.png``, for models run at several group counts).  Log-log axes.
-- :func:`power_curve`: power against the effect size, one line per design, bars of
-  +-1.96 Monte Carlo standard errors, a dashed line at the test's level (``-power.png``).
+- :func:`power_curve`: power against the effect size, one line per design, bars of its
+  95% Clopper-Pearson interval (simr's), a dashed line at the test's level (``-power.png``).
 
 matplotlib is optional (``pip install 'jaxhlm[bench]'``): without it the plots are
 skipped with a message.  Figures are drawn on ``matplotlib.figure.Figure`` with the Agg
@@ -92,8 +92,8 @@ def power_curve(cells: pd.DataFrame, stem: Path, title: str, level: float, log=N
     for (g, m, items), line in cells.groupby(["groups", "obs_per_group", "items"], sort=True):
         line = line.sort_values("effect")
         label = f"{g} groups x {m} obs" + (f", {items} items" if items else "")
-        ax.errorbar(line["effect"], line["power"], yerr=1.96 * line["power_mcse"], fmt="o-",
-                    capsize=3, label=label)
+        bars = [line["power"] - line["power_lower"], line["power_upper"] - line["power"]]
+        ax.errorbar(line["effect"], line["power"], yerr=bars, fmt="o-", capsize=3, label=label)
     ax.axhline(level, ls="--", color="grey", lw=1)
     ax.axhline(0.8, ls=":", color="grey", lw=1)
     ax.set(xlabel="effect (true coefficient)", ylabel="power", ylim=(-0.02, 1.02), title=title)

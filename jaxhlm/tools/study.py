@@ -11,6 +11,10 @@ sets are drawn from the true model and fitted with ``LMM.fit_many``:
 
 - ``wald``: reject when |beta-hat / se| > z_{1 - level/2} (a Wald z test on the
   coefficient, with se from the fit's vcov; REML fits unless ``reml = false``);
+- ``satterthwaite``, ``kenward-roger``: the t test of lmerTest's ``summary`` with that
+  method's df (and, for Kenward-Roger, its adjusted se; REML fits), reject when
+  p <= level (simr's ``fixed(term, "t")`` and ``fixed(term, "kr")``), from the batch's
+  :meth:`jaxhlm.batch.BatchResult.coef_table`;
 - ``lrt``: the likelihood ratio 2 (l_full - l_null) (ML fits of the model and of the model
   without the term, both batched) against chi^2_1's 1 - level quantile;
 - ``bootstrap``: the parametric bootstrap LRT (pbkrtest's ``PBmodcomp``): for each data
@@ -22,7 +26,8 @@ Per cell, over the N data sets whose fits converged (S is the number of rejectio
 d_i = beta-hat_i - beta, with Monte Carlo standard errors as in Morris, White & Crowther,
 Stat. Med. 2019, table 6):
 
-    power    = S / N                         MCSE sqrt(power (1 - power) / N)
+    power    = S / N                         MCSE sqrt(power (1 - power) / N),
+                                             95% Clopper-Pearson interval (as simr's)
     bias     = mean(d)                       MCSE sd(d) / sqrt(N)
     RMSE     = sqrt(mean(d^2))               MCSE sd(d^2) / (2 RMSE sqrt(N))
     coverage = mean(|d| <= z_{1-level/2} se) MCSE sqrt(coverage (1 - coverage) / N)
@@ -69,7 +74,7 @@ class Hypothesis:
     """The tested fixed-effect term and the test."""
 
     term: str
-    method: Literal["wald", "lrt", "bootstrap"] = "wald"
+    method: Literal["wald", "satterthwaite", "kenward-roger", "lrt", "bootstrap"] = "wald"
     level: float = dataclasses.field(default=0.05, metadata=check(lambda v: 0 < v < 1, "between 0 and 1"))
     nboot: int = dataclasses.field(default=99, metadata=positive())
 
@@ -184,7 +189,7 @@ class Progress:
 
 def fits_per_cell(study: Study) -> int:
     n, t = study.nsim, study.test
-    return {"wald": n, "lrt": 2 * n, "bootstrap": 2 * n * (1 + t.nboot)}[t.method]
+    return {"lrt": 2 * n, "bootstrap": 2 * n * (1 + t.nboot)}.get(t.method, n)
 
 
 def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -206,7 +211,7 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
     for d, (groups, m, items) in enumerate(designs_):
         df = designs.frame(groups, m, items, study.seed)
         full = LMM(study.formula, df)
-        null = LMM(study.null_formula, df) if study.test.method != "wald" else None
+        null = LMM(study.null_formula, df) if study.test.method in ("lrt", "bootstrap") else None
         names = full.frame.fixef_names
         null_frame = null.frame if null is not None else build(study.null_formula, df)
         j = next(i for i, n in enumerate(names) if n not in null_frame.fixef_names)  # the tested one
@@ -257,6 +262,11 @@ def _test(study: Study, full, null, j: int, Y: np.ndarray, boot_key, tick):
         tick(len(Y))
         z = stats.norm.ppf(1 - t.level / 2)
         return fit, np.abs(fit.fixef[:, j] / fit.fixef_se[:, j]) > z, fit.converged
+    if t.method in ("satterthwaite", "kenward-roger"):
+        fit = full.fit_many(Y, study.reml, batch_size=B)
+        tick(len(Y))
+        p = fit.coef_table(t.method, batch_size=B)["Pr(>|t|)"].to_numpy().reshape(len(Y), -1)[:, j]
+        return fit, p <= t.level, fit.converged & np.isfinite(p)
     fit, fit0 = full.fit_many(Y, False, batch_size=B), null.fit_many(Y, False, batch_size=B)
     tick(2 * len(Y))
     lr = np.maximum(fit0.objective - fit.objective, 0.0)
@@ -297,9 +307,13 @@ def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> n
 
 # ---------------------------------------------------------------------- summaries
 def _power(reject: np.ndarray) -> dict:
-    n = reject.size
-    power = float(reject.mean()) if n else math.nan
-    return {"power": power, "power_mcse": math.sqrt(power * (1 - power) / n) if n else math.nan}
+    """Power, its MCSE and its 95% Clopper-Pearson (exact binomial) interval."""
+    n, k = reject.size, int(reject.sum())
+    power = k / n if n else math.nan
+    lower = float(stats.beta.ppf(0.025, k, n - k + 1)) if k > 0 else 0.0
+    upper = float(stats.beta.ppf(0.975, k + 1, n - k)) if k < n else 1.0
+    return {"power": power, "power_mcse": math.sqrt(power * (1 - power) / n) if n else math.nan,
+            "power_lower": lower if n else math.nan, "power_upper": upper if n else math.nan}
 
 
 def _accuracy(est: np.ndarray, se: np.ndarray, truth: float, level: float) -> dict:
