@@ -213,3 +213,46 @@ def test_likelihood_ratio_test_refuses_what_it_cannot_compare():
         jaxhlm.anova(jaxhlm.LMM("Reaction ~ x + (1 | Subject)", other).fit(), full)
     with pytest.raises(jaxhlm.JaxhlmError, match=r"not nested.*\(1 \| Days\)"):
         jaxhlm.anova(jaxhlm.LMM("Reaction ~ Days + (1 | Days)", df).fit(), full)
+
+
+def _dense_kenward_roger(model, gamma):
+    """pbkrtest's ``vcovAdj`` written out with the n x n Sigma (its own algorithm, dense
+    NumPy): Phi, Phi_A, P_i, W from G_i = Z_k (I (x) E_i) Z_k' and G = I for sigma^2."""
+    frame = model.frame
+    n, X = frame.nobs, frame.X
+    G = []
+    for term in frame.terms:
+        p, ell = term.spec.p, term.spec.nlevels
+        Z = np.zeros((n, ell * p))
+        Z[np.arange(n)[:, None], term.codes[:, None] * p + np.arange(p)] = term.Z
+        for r, c in term.spec.covariance.linear_entries():
+            E = np.zeros((p, p))
+            E[r, c] = E[c, r] = 1.0
+            G.append(Z @ np.kron(np.eye(ell), E) @ Z.T)
+    G.append(np.eye(n))
+    Sinv = np.linalg.inv(sum(g * Gi for g, Gi in zip(gamma, G)))
+    Phi = np.linalg.inv(X.T @ Sinv @ X)
+    P = [-(X.T @ Sinv @ Gi @ Sinv @ X) for Gi in G]
+    Q = [[X.T @ Sinv @ Gi @ Sinv @ Gj @ Sinv @ X for Gj in G] for Gi in G]
+    k = len(G)
+    info = np.array([[np.sum((Gi @ Sinv).T * (Gj @ Sinv)) - 2 * np.sum(Phi * Q[i][j])
+                      + np.sum((Phi @ P[i]) * (P[j] @ Phi)) for j, Gj in enumerate(G)]
+                     for i, Gi in enumerate(G)])
+    W = 2 * np.linalg.inv(info)
+    U = sum(W[i, j] * (Q[i][j] - P[i] @ Phi @ P[j]) for i in range(k) for j in range(k))
+    return Phi, Phi + 2 * Phi @ U @ Phi, np.stack(P), W
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ Days + (Days | Subject)",
+                                     "Reaction ~ Days + (1 | Subject) + (0 + Days | Subject)"])
+def test_kenward_roger_by_derivatives_equals_pbkrtests_dense_algorithm(formula):
+    """The blocked factor's derivatives give pbkrtest's Phi, Phi_A, P_i and W, computed here
+    by its own dense n x n algorithm, to 1e-8 (sleepstudy: n = 180)."""
+    from jaxhlm.inference.kenward_roger import adjusted, linear_parameters
+
+    model = jaxhlm.LMM(formula, jaxhlm.datasets.load("sleepstudy"))
+    res = model.fit()
+    gamma = linear_parameters(res.sigma, res._lams, model.structure)
+    ours = jax.jit(adjusted, static_argnums=2)(gamma, model.blocks, model.structure)
+    for name, a, b in zip(("Phi", "Phi_A", "P", "W"), ours, _dense_kenward_roger(model, gamma)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max(), err_msg=name)

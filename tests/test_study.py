@@ -147,7 +147,7 @@ def test_design_is_balanced_and_crossed():
 @pytest.mark.parametrize("edit,message", [
     (("nsim = 40", "nsim = \"many\""), "'nsim' must be an integer, got 'many' (a string)"),
     (("nboot = 19", "nbot = 19"), "unknown key 'test.nbot' (did you mean 'nboot'?)"),
-    (("method = \"lrt\"", "method = \"score\""), "'test.method' must be one of 'wald', 'lrt', 'bootstrap'"),
+    (("method = \"lrt\"", "method = \"score\""), "'test.method' must be one of 'wald', 'satterthwaite', 'kenward-roger', 'lrt', 'bootstrap'"),
     (("groups = [8]", "groups = 8"), "'grid.groups' must be an array of integers, got 8"),
     (("groups = [8]", "groups = [1]"), "'grid.groups' must be at least 2, got 1"),
     (("\"(Intercept)\" = 1.0", "Intercept = 1.0"), "truth.fixef: unknown 'Intercept'; missing '(Intercept)'"),
