@@ -8,7 +8,7 @@
     jaxhlm datasets
     jaxhlm bench CONFIG.toml [--out-dir DIR] [--no-plots]
     jaxhlm study CONFIG.toml [--out-dir DIR] [--no-plots]
-    jaxhlm warmup CONFIG.toml | jaxhlm warmup DATA "FORMULA" [--ml] [--nsim N] [--responses B]
+    jaxhlm warmup CONFIG.toml | jaxhlm warmup DATA "FORMULA" [--ml] [--nsim N] [--responses B] [--inference]
 
 DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
 summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout;
@@ -156,7 +156,8 @@ def _warmup(args) -> int:
     else:
         from .model import LMM
 
-        LMM(args.formula, read_data(args.target)).warmup(not args.ml, nsim=args.nsim, responses=args.responses)
+        LMM(args.formula, read_data(args.target)).warmup(not args.ml, nsim=args.nsim, responses=args.responses,
+                                                         inference=args.inference)
     print(f"compiled and stored in {time.perf_counter() - began:.1f} s")
     return 0
 
@@ -236,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     warm.add_argument("--ml", action="store_true")
     warm.add_argument("--nsim", type=int, default=0, help="bootstrap replicates to prepare for")
     warm.add_argument("--responses", type=int, default=0, help="responses of fit-many to prepare for")
+    warm.add_argument("--inference", action="store_true",
+                      help="also the t tables (Satterthwaite, Kenward-Roger) and the profile")
     warm.set_defaults(run=_warmup)
     ls = sub.add_parser("datasets", help="list the bundled data sets")
     ls.set_defaults(run=lambda a: print("\n".join(datasets.names())) or 0)

@@ -127,16 +127,25 @@ class LMM:
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
         return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)
 
-    def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0) -> "LMM":
+    def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,
+               inference: bool = False) -> "LMM":
         """Compile, and keep on disk (:mod:`jaxhlm.precompiled`), the programs that
         ``fit(reml)``, ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
         responses will run, by running each once on one chunk of simulated responses
-        (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's).  Every
-        model of the same bucket (:mod:`jaxhlm.padding`) then starts warm, in this
-        process and in later ones: ``jaxhlm warmup DATA FORMULA --nsim N``."""
+        (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
+        ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
+        REML, Kenward-Roger's tables; the profile).  Every model of the same bucket
+        (:mod:`jaxhlm.padding`) then starts warm, in this process and in later ones:
+        ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
         from .batch import chunk_size
 
         res = self.fit(reml)
+        if inference:
+            res.coef_table("satterthwaite")
+            if reml and not self.structure.known_sigma:
+                res.coef_table("kenward-roger")
+            if not self.structure.known_sigma:
+                res.profile()
         if nsim:
             res.bootstrap(min(nsim, chunk_size(nsim)))
         if responses:

@@ -216,3 +216,18 @@ def test_entries_of_an_unbounded_cache_get_access_times(tmp_path):
     _date_legacy_entries(tmp_path)
     stamp = (tmp_path / "jit_old-123-atime").read_bytes()
     assert int.from_bytes(stamp, "little") == (tmp_path / "jit_old-123-cache").stat().st_mtime_ns
+
+
+def test_warmup_with_inference_prepares_the_tests_and_profile_of_the_bucket(sleepstudy):
+    """``LMM.warmup(inference=True)`` runs the Satterthwaite, Kenward-Roger and profile
+    programs once; a model of the same bucket (a subject fewer) then reuses every one
+    of them: no program is added to their stores."""
+    from jaxhlm.inference import kenward_roger, profile, satterthwaite
+
+    keep = sorted(sleepstudy.Subject.astype(str).unique())
+    jaxhlm.LMM(F, sleepstudy).warmup(inference=True)
+    programs = (satterthwaite._PARTS, kenward_roger._ADJUSTED, profile._VARIANCE, profile._FIXED)
+    before = [len(p._memory) for p in programs]
+    res = jaxhlm.LMM(F, sleepstudy[sleepstudy.Subject.astype(str).isin(keep[1:])]).fit()
+    res.coef_table("satterthwaite"), res.coef_table("kenward-roger"), res.confint("profile")
+    assert [len(p._memory) for p in programs] == before

@@ -65,10 +65,10 @@ def test_satterthwaite_table_matches_lmertest(case):
     _check_coef_table(res.coef_table(ddf="satterthwaite"), pd.DataFrame(ref["satterthwaite"]).set_index("name"))
 
 
-KR_CASES = ["oats", "machines", "exam"]   # split-plot, nested, unbalanced with a slope
+ANOVA_CASES = ["oats", "machines", "exam"]   # split-plot, nested, unbalanced with a slope
 
 
-@pytest.mark.parametrize("name", KR_CASES)
+@pytest.mark.parametrize("name", CASES)
 def test_kenward_roger_table_matches_pbkrtest(name):
     """SEs from the adjusted covariance Phi_A and df from pbkrtest's Lb_ddf, as lmerTest's
     summary(m, ddf = "Kenward-Roger"); pbkrtest's arithmetic is exact (no numerical
@@ -77,7 +77,7 @@ def test_kenward_roger_table_matches_pbkrtest(name):
     _check_coef_table(res.coef_table(ddf="kenward-roger"), pd.DataFrame(ref["kenward_roger"]).set_index("name"))
 
 
-@pytest.mark.parametrize("name", KR_CASES)
+@pytest.mark.parametrize("name", ANOVA_CASES)
 @pytest.mark.parametrize("ddf", ["satterthwaite", "kenward-roger"])
 def test_type3_anova_matches_lmertest(name, ddf):
     """anova(m, ddf = ...): per term F (scaled by Kenward-Roger's factor), NumDF, DenDF,
