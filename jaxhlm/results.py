@@ -209,11 +209,14 @@ class LMMResult:
         ``summary(m)``, t values only (no derivatives computed; posterior modes always)."""
         crit = "REML criterion at convergence" if self.reml else "deviance"
         tests = ddf is not None and self.prior is None
-        method = {"satterthwaite": "Satterthwaite's", "kenward-roger": "Kenward-Roger's"}.get(
-            str(ddf).lower(), str(ddf))
+        table = self.coef_table(ddf) if tests else None
+        if tests:
+            from .inference.fixed import method_name
+
+            method = method_name(ddf)
         lines = [
             f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
-            + (f". t-tests use {method} method" if tests and ddf != "asymptotic" else "") + " (jaxhlm)",
+            + (f". t-tests use {method}'s method" if tests and method else "") + " (jaxhlm)",
             f"Formula: {self.formula}",
         ]
         if self.prior is not None:
@@ -231,7 +234,7 @@ class LMMResult:
         lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
         lines += ["", "Fixed effects:"]
         if tests:
-            lines.append(self.coef_table(ddf).to_string(float_format=lambda v: f"{v:.4g}"))
+            lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
         else:
             fe = pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se,
                                "t value": self.fixef / self.fixef_se})

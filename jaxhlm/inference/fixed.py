@@ -36,6 +36,12 @@ def _method(ddf: str, allowed) -> str:
     return key
 
 
+def method_name(ddf: str) -> str | None:
+    """The name of ``ddf``'s method (``Satterthwaite``, ``Kenward-Roger``); None for z tests."""
+    key = _method(ddf, (*METHODS, "asymptotic"))
+    return METHODS[key].name if key in METHODS else None
+
+
 def _tester(result, key: str):
     """The fit's tester for method ``key``, built once per fit."""
     cache = result.__dict__.setdefault("_testers", {})
@@ -49,13 +55,16 @@ def coef_table(result, ddf: str = "satterthwaite") -> pd.DataFrame:
     key = _method(ddf, (*METHODS, "asymptotic"))
     estimate = result.fixef
     if key == "asymptotic":
-        se = result.fixef_se
-        stat = estimate / se
-        return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": stat,
-                             "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))})
+        return _z_table(estimate.to_numpy(), result.fixef_se.to_numpy(), estimate.index)
     tester = _tester(result, key)
     var, df = np.array([tester.t_test(l) for l in np.eye(len(estimate))]).T
     return _t_table(estimate.to_numpy(), np.sqrt(var), df, estimate.index)
+
+
+def _z_table(estimate, se, index) -> pd.DataFrame:
+    stat = estimate / se
+    return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": stat,
+                         "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(stat))}, index=index)
 
 
 def _t_table(estimate, se, df, index) -> pd.DataFrame:
@@ -74,9 +83,7 @@ def coef_table_many(batch, ddf: str, chunk_size) -> pd.DataFrame:
     index = pd.MultiIndex.from_product([range(B), batch.fixef_names], names=["fit", "coefficient"])
     estimate = batch.fixef.reshape(-1)
     if key == "asymptotic":
-        se = batch.fixef_se.reshape(-1)
-        return pd.DataFrame({"Estimate": estimate, "Std. Error": se, "z value": estimate / se,
-                             "Pr(>|z|)": 2.0 * special.ndtr(-np.abs(estimate / se))}, index=index)
+        return _z_table(estimate, batch.fixef_se.reshape(-1), index)
     method = METHODS[key]
     var, df = np.full((B, p), np.nan), np.full((B, p), np.nan)
     failed = 0
