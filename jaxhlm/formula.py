@@ -12,7 +12,8 @@
 - ``(expr | a:b)``: the interaction of ``a`` and ``b`` as one grouping factor;
 - ``keyword(expr | g)``: a covariance structure other than lme4's unstructured one
   (lme4 2.0 and glmmTMB's syntax: ``diag(x | g)``, ``us(x | g)``; the keywords are
-  those of :mod:`jaxhlm.covariance`, which resolves them when the frame is built).
+  those of :mod:`jaxhlm.covariance`, which resolves them when the frame is built);
+  options follow the grouping factor: ``cs(x | g, hom = TRUE)``.
 
 Parsing is plain string work on the parenthesised groups of the right-hand side;
 it never evaluates anything.
@@ -43,6 +44,29 @@ class RandomTerm:
     factors: tuple[str, ...]
     correlated: bool = True
     keyword: str | None = None
+    options: tuple[tuple[str, object], ...] = ()
+
+
+_OPTION_VALUES = {"TRUE": True, "FALSE": False, "True": True, "False": False, "T": True, "F": False}
+
+
+def _options(text: str, where: int, formula: str) -> tuple[tuple[str, object], ...]:
+    """``name = value, ...`` after a structure's grouping factor: R's logicals and numbers."""
+    out = []
+    for item in text.split(","):
+        name, eq, value = (s.strip() for s in item.partition("="))
+        if not eq or not name.isidentifier() or not value:
+            raise FormulaError(f"a covariance structure's option is written 'name = value'; got "
+                               f"'{item.strip()}':\n{caret(formula, where)}")
+        if value in _OPTION_VALUES:
+            out.append((name, _OPTION_VALUES[value]))
+        else:
+            try:
+                out.append((name, float(value) if any(c in value for c in ".eE") else int(value)))
+            except ValueError:
+                raise FormulaError(f"option {name} = {value}: the value must be TRUE, FALSE or a "
+                                   f"number:\n{caret(formula, where)}") from None
+    return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +162,13 @@ def parse(text: str) -> ParsedFormula:
                 raise FormulaError(f"'{keyword}(... || ...)': a covariance structure takes '|', "
                                    f"not '||':\n{caret(text, where)}")
             start -= len(rhs[last:start]) - word.start(1)
+        options = ()
+        if "," in group:
+            if keyword is None:
+                raise FormulaError(f"options after a grouping factor need a covariance structure, "
+                                   f"as in cs(x | g, hom = TRUE):\n{caret(text, where)}")
+            group, rest = (s.strip() for s in group.split(",", 1))
+            options = _options(rest, where, text)
         if not expr:
             raise FormulaError(f"random term has nothing before '|' (use '1' for an "
                                f"intercept):\n{caret(text, where + 1)}")
@@ -145,7 +176,7 @@ def parse(text: str) -> ParsedFormula:
             raise FormulaError(f"random term has no grouping factor after '|':\n"
                                f"{caret(text, offset + end - 1)}")
         for name, factors in _expand_group(group, where, text):
-            random.append(RandomTerm(expr, name, factors, correlated, keyword))
+            random.append(RandomTerm(expr, name, factors, correlated, keyword, options))
         fixed_pieces.append(rhs[last:start])
         last = end
     fixed_pieces.append(rhs[last:])

@@ -394,7 +394,7 @@ def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str
             raise FormulaError(f"random-effects term ({term.expr} | {term.group}) has no columns")
         shown = f"{term.keyword or ''}({term.expr} | {term.group})"
         if term.correlated:
-            cov = _covariance.for_term(term.keyword, len(columns), shown)
+            cov = _covariance.for_term(term.keyword, len(columns), shown, term.options)
             raw.append((term.group, tuple(columns), codes, Z, levels, cov, term.expr))
         else:  # (x || g): one uncorrelated term per column
             raw.extend((term.group, (c,), codes, Z[:, [j]], levels, _covariance.Unstructured(1), term.expr)
@@ -427,7 +427,7 @@ def _check_identifiable(terms: list[Term], n: int, known_sigma: bool = False) ->
         raise DataError("number of levels of each grouping factor must be < number of "
                         f"observations (problems: {', '.join(many)}; {n} observations)")
     for t in terms:
-        if t.spec.q >= n:
+        if t.spec.q >= n and not t.spec.covariance.separates_residual:
             expr = " + ".join(t.spec.columns)
             raise DataError(f"number of observations (={n}) <= number of random effects "
                             f"(={t.spec.q}) for term ({expr} | {t.spec.group}); the random-effects "

@@ -36,6 +36,7 @@ def _simulated(seed=0):
         "w": rng.normal(size=n),
     })
     df["y"] = 1 + 0.5 * df.x + rng.normal(size=n) + rng.normal(size=30)[df.g1.astype(int)]
+    df["f"] = pd.Categorical(np.random.default_rng(seed + 1).integers(0, 3, n).astype(str))
     return df
 
 
@@ -45,6 +46,8 @@ MODELS = [
     ("Pastes", "strength ~ 1 + (1 | batch/cask)", None),
     ("simulated", "y ~ x + w + (1 | g1) + (x | g2) + (0 + w | g3)", _simulated),
     ("simulated", "y ~ x + (x | g1) + (1 | g2:g3)", _simulated),
+    # structured covariances (jaxhlm.covariance): term 1 and later terms
+    ("simulated", "y ~ x + cs(0 + f | g1) + ar1(0 + f | g2) + homcs(0 + f | g3)", _simulated),
 ]
 
 

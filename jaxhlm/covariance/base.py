@@ -17,6 +17,10 @@ structure says how lambda depends on the term's parameters (the term's part of t
 - ``canonical(par)``: the equivalent parameters in lme4's half-space (same lambda lambda');
 - ``param_names(group, columns)``: lme4's names of the parameters (``getME(m, "theta")``);
 - ``reports_correlations``: whether VarCorr lists the term's correlations;
+- ``separates_residual``: whether the structure's correlations tell its variances from
+  the residual variance even with a random effect per observation (lme4's
+  ``check.nobs.vs.nRE`` is skipped for such a term: ``ar1(0 + time | g)`` with a level
+  of time per row);
 - ``linear_entries()``: for a structure whose covariance sigma^2 lambda lambda' is a
   linear combination of known matrices, the (row, column) entries that are its free
   elements (pbkrtest's parameters, which Kenward-Roger's adjustment differentiates in,
@@ -72,6 +76,11 @@ class Covariance(abc.ABC):
     @abc.abstractmethod
     def param_names(self, group: str, columns: Sequence[str]) -> list[str]:
         """The parameters' names, as lme4 names theta."""
+
+    @property
+    def separates_residual(self) -> bool:
+        """See the module docstring (default: no, as for lme4's own structures)."""
+        return False
 
     def start(self) -> np.ndarray:
         """lme4's start: 1 for scales, 0 for the rest."""
