@@ -17,7 +17,9 @@ from .batch import fit_many
 from .bayes import posterior as _posterior
 from .bayes import priors as _priors
 from .families import GAUSSIAN
+from .errors import JaxhlmError
 from .fitting import Options, fit_blocks
+from .residual import whiten as _whiten
 from .results import LMMResult
 from .start import moment_start
 
@@ -49,10 +51,21 @@ class LMM:
         print(res.summary())
     """
 
-    def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None):
+    def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None,
+                 correlation=None, variance=None):
         self.formula = formula
         self.frame = _frame.build(formula, data, weights, residual_variance)
-        self.structure, self._host_blocks = _blocks.build(self.frame)
+        if correlation is None and variance is None:
+            self.structure, self._host_blocks = _blocks.build(self.frame)
+        else:   # nlme's correlation= and weights=: the model carries its rows (jaxhlm.residual)
+            residual, self._host_blocks = _whiten.bind(self.frame, correlation, variance)
+            self.structure = dataclasses.replace(self.frame.structure, residual=residual)
+
+    def _plain(self, what: str) -> None:
+        """Refuse what residual structures do not support yet, naming it."""
+        if self.structure.residual is not None:
+            raise JaxhlmError(f"{what} is not available yet for models with a residual structure "
+                              "(correlation= or variance=); fit() and its tables are")
 
     @functools.cached_property
     def blocks(self) -> _blocks.Blocks:
@@ -63,6 +76,8 @@ class LMM:
     def bucketed(self) -> padding.Bucketed:
         """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
         :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
+        if self.structure.residual is not None:   # rows, not blocks: not padded
+            return padding.Bucketed(self.structure, self.structure, _placed(self._host_blocks))
         out = padding.bucket(self.structure, self._host_blocks)
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
@@ -87,8 +102,10 @@ class LMM:
 
     @property
     def theta_names(self) -> list[str]:
-        """lme4's names of theta (``getME(m, "theta")``'s names)."""
-        return self.frame.theta_names
+        """lme4's names of theta (``getME(m, "theta")``'s names), then the residual
+        structure's (nlme's names, for parameters on the optimiser's scale)."""
+        res = self.structure.residual
+        return self.frame.theta_names + ([] if res is None else res.param_names())
 
     def objective(self, theta, reml: bool = True, prior=None) -> float:
         """The REML criterion (or ML deviance) at ``theta``, in lme4's order of theta; with a
@@ -119,12 +136,14 @@ class LMM:
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
                num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
         """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.bayes.posterior.sample`)."""
+        self._plain("sample()")
         return _posterior.sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
                       num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 
     def fit_many(self, Y, reml: bool = True, *, batch_size: int | None = None,
                  options: Options = Options(), progress: bool = False):
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
+        self._plain("fit_many()")
         return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)
 
     def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,
@@ -138,6 +157,8 @@ class LMM:
         (:mod:`jaxhlm.padding`) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
         from .batch import chunk_size
+
+        self._plain("warmup()")
 
         res = self.fit(reml)
         if inference:

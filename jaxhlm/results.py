@@ -108,7 +108,7 @@ class LMMResult:
             formula=model.formula, reml=reml, objective=float(opt.fun), nobs=frame.nobs,
             fixef=pd.Series(np.asarray(cond.beta), index=names, name="fixef"),
             vcov=pd.DataFrame(np.asarray(cond.vcov), index=names, columns=names),
-            theta=theta, theta_names=frame.theta_names, sigma=sigma,
+            theta=theta, theta_names=model.theta_names, sigma=sigma,
             ngroups=tables.ngroups(frame.specs),
             singular=bool(tables.singular(theta, st.scales())),
             status=int(opt.status), iterations=int(opt.iterations),
@@ -119,11 +119,13 @@ class LMMResult:
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
         """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``);
         replicate i draws from ``fold_in(key(seed), i)``."""
+        self._model._plain("simulate()")
         return simulate(self._model, self.fixef.to_numpy(), self.theta, self.sigma, nsim, seed)
 
     def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int | None = None, progress: bool = False):
         """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``),
         each refit starting at this fit's theta, as lme4's ``refit`` does."""
+        self._model._plain("bootstrap()")
         return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,
                          nsim, seed, batch_size=batch_size, options=self._options, progress=progress)
 
@@ -163,6 +165,7 @@ class LMMResult:
         to +-``cutoff``; ``.table``, ``.plot()`` (:mod:`jaxhlm.inference.profile`)."""
         from .inference.profile import profile
 
+        self._model._plain("profile()")
         return profile(self, cutoff)
 
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None,

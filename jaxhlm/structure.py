@@ -8,8 +8,9 @@ known.  Names (of terms, columns, coefficients, levels) are not part of it: they
 in the model frame (:mod:`jaxhlm.frame`), so models of identical shapes but other
 names share one compiled program.
 
-theta concatenates the terms' parameters in lme4's order of terms; the functions
-here split it and map it to the terms' relative covariance factors lambda_k.
+theta concatenates the terms' parameters in lme4's order of terms, then those of a
+residual structure (:mod:`jaxhlm.residual`) if the model has one; the functions here
+split it and map it to the terms' relative covariance factors lambda_k.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .covariance import Covariance
+from .residual.base import Residual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +50,15 @@ class Structure:
 
     ``terms``: the random-effects terms in lme4's order (most levels first); ``p``: the
     number of fixed effects; ``known_sigma``: the residual SD is given (its value is in
-    the blocks), not estimated.
+    the blocks), not estimated; ``residual``: the residual structure (None: independent
+    rows of equal variance), whose model carries rows instead of blocks
+    (:mod:`jaxhlm.residual.whiten`).
     """
 
     terms: tuple[TermShape, ...]
     p: int
     known_sigma: bool = False
+    residual: Residual | None = None
 
     @property
     def rest_terms(self) -> tuple[TermShape, ...]:
@@ -70,24 +75,30 @@ class Structure:
         return self.m_rand + self.p + 1
 
     @property
-    def ntheta(self) -> int:
+    def ntheta_random(self) -> int:
+        """The random terms' share of theta."""
         return sum(t.ntheta for t in self.terms)
 
-    def _concat(self, part) -> np.ndarray:
-        return np.concatenate([np.asarray(part(t.covariance), dtype=float) for t in self.terms])
+    @property
+    def ntheta(self) -> int:
+        return self.ntheta_random + (0 if self.residual is None else self.residual.nparams)
+
+    def _concat(self, part, residual) -> np.ndarray:
+        tail = [] if self.residual is None else [np.asarray(residual(self.residual), dtype=float)]
+        return np.concatenate([np.asarray(part(t.covariance), dtype=float) for t in self.terms] + tail)
 
     def theta_lower(self) -> np.ndarray:
         """lme4's lower bounds of theta (0 for scales, -inf for the rest)."""
-        return self._concat(lambda c: c.lower())
+        return self._concat(lambda c: c.lower(), lambda r: np.full(r.nparams, -np.inf))
 
     def theta_start(self) -> np.ndarray:
         """lme4's starting value (lambda_k = I for lme4's structures)."""
-        return self._concat(lambda c: c.start())
+        return self._concat(lambda c: c.start(), lambda r: r.start())
 
     def scales(self) -> np.ndarray:
         """Which elements of theta are scales: snapped to 0 at a boundary, tested for
         singularity, floored away from 0 at a start (:mod:`jaxhlm.covariance.base`)."""
-        return self._concat(lambda c: c.scales()).astype(bool)
+        return self._concat(lambda c: c.scales(), lambda r: np.zeros(r.nparams)).astype(bool)
 
     def split(self, theta):
         """theta (..., ntheta) as one array per term."""
@@ -100,10 +111,13 @@ class Structure:
 
     def canonical(self, theta: jnp.ndarray) -> jnp.ndarray:
         """theta in lme4's half-space (same lambda_k lambda_k'), term by term."""
-        return jnp.concatenate([t.covariance.canonical(par) for t, par in zip(self.terms, self.split(theta))])
+        tail = [theta[self.ntheta_random:]] if self.residual is not None else []
+        return jnp.concatenate([t.covariance.canonical(par) for t, par in zip(self.terms, self.split(theta))]
+                               + tail)
 
     @property
     def builtin(self) -> bool:
         """Whether every covariance structure is jaxhlm's own (whose source keys stored
         programs; a user's class may change without changing its ``repr``)."""
-        return all(type(t.covariance).__module__.startswith("jaxhlm.") for t in self.terms)
+        return self.residual is None and all(
+            type(t.covariance).__module__.startswith("jaxhlm.") for t in self.terms)

@@ -34,6 +34,7 @@ def data(name):
         d["agef"] = pd.Categorical(d["age"], categories=[8, 10, 12, 14])
     if name == "Ovary":
         d["Mare"] = pd.Categorical(d["Mare"], categories=d["Mare"].unique())
+        d["sin2pi"], d["cos2pi"] = np.sin(2 * np.pi * d["Time"]), np.cos(2 * np.pi * d["Time"])
     return d
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from ..blocks import Blocks
 from ..kernel import (Conditional, Factor, dense_parts, estimates, factorize, lambdas,
                       rest_b, rest_matrix, split_rest, term1_mode)
+from ..residual.whiten import blocks_at
 from ..linalg import cholesky, log_diag_sum, solve_lower, solve_upper_t
 from ..structure import Structure
 
@@ -66,6 +67,7 @@ def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
 
     lme4: ``mkLmerDevfun(...)(theta)``; MixedModels.jl: ``objective(updateL!(setθ!(m, θ)))``.
     """
+    blocks = blocks_at(theta, blocks, st)
     return criterion(factorize(theta, blocks, st), blocks, st, reml, penalty, theta)
 
 
@@ -73,6 +75,7 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
                 penalty=None) -> Conditional:
     """beta-hat, sigma-hat, vcov(beta) and the conditional modes and covariances of b at
     theta (:func:`jaxhlm.kernel.estimates` at the profiled or known sigma^2)."""
+    blocks = blocks_at(theta, blocks, st)
     f = factorize(theta, blocks, st)
     return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml))
 
@@ -87,6 +90,7 @@ def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
     P = [I 0; 0 -beta; 0 1] (random rows, then y - X beta): its dense factor's last
     element squared is r^2(beta) and its leading part gives log|L_theta|^2.
     """
+    blocks = blocks_at(theta, blocks, st)
     C, _, M = rest_matrix(theta, blocks, st)
     mr, p = st.m_rand, st.p
     My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
@@ -111,6 +115,7 @@ def draw_ranef(key: jax.Array, theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp
     term 1, mean M_RR^{-1} (M_Ry - M_RX beta)), then term 1's levels given it, each
     N(:func:`jaxhlm.kernel.term1_mode`, sigma^2 (C_j C_j')^{-1}).  b = Lambda u, per term (ell_k, p_k).
     """
+    blocks = blocks_at(theta, blocks, st)
     C, T, M = rest_matrix(theta, blocks, st)
     lams = lambdas(theta, st)
     mr, p = st.m_rand, st.p

@@ -146,6 +146,10 @@ def _check(result_reml: bool, st: Structure) -> None:
     if st.known_sigma:
         raise JaxhlmError("Kenward-Roger's method needs the residual variance estimated; this "
                           "model's is known (residual_variance=)")
+    if st.residual is not None:
+        raise JaxhlmError("Kenward-Roger's method needs a covariance linear in its parameters (as "
+                          "pbkrtest); a residual correlation or variance function is not; use "
+                          "ddf='satterthwaite'")
 
 
 class KenwardRoger:

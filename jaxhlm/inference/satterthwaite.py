@@ -44,6 +44,7 @@ from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
 from ..kernel import smooth_parts
 from ..precompiled import Precompiled
+from ..residual.whiten import blocks_at
 from ..structure import Structure
 
 EIGEN_TOL = 1e-8
@@ -60,6 +61,7 @@ def deviance_and_vcov(phi, blocks: Blocks, st: Structure, reml: bool):
     """-2 log L(theta, sigma), REML or ML, sigma not profiled (the module docstring), and
     C(phi) = sigma^2 (R_X R_X')^{-1}: lme4's ``vcov(m)`` at the variance parameters phi."""
     theta, sigma = _split(phi, blocks, st)
+    blocks = blocks_at(theta, blocks, st)
     logdet_theta, logdet_x, pwrss, Rx = smooth_parts(st.lambdas(theta), blocks, st)
     dof = blocks.nobs - st.p if reml else blocks.nobs
     dev = (logdet_theta + (logdet_x if reml else 0.0) - blocks.logw

@@ -71,6 +71,9 @@ for (reml in c(TRUE, FALSE)) {
   m <- lme(follicles ~ sin(2 * pi * Time) + cos(2 * pi * Time), ovary, random = ~ 1 | Mare,
            correlation = corAR1(), method = meth, control = ctl)
   save(paste0("ovary_lme_ar1_", tag), "Ovary", "lme(follicles ~ sin(2*pi*Time) + cos(2*pi*Time), random = ~ 1 | Mare, correlation = corAR1())", nl(m))
+  m <- lme(Reaction ~ Days, sleep, random = ~ 1 | Subject, correlation = corAR1(form = ~ Days | Subject),
+           method = meth, control = ctl)
+  save(paste0("sleepstudy_lme_ar1_", tag), "sleepstudy", "lme(Reaction ~ Days, random = ~ 1 | Subject, correlation = corAR1(form = ~ Days | Subject))", nl(m))
   m <- lme(Reaction ~ Days, sleep, random = ~ Days | Subject, correlation = corAR1(form = ~ Days | Subject),
            weights = varPower(form = ~ Days1), method = meth, control = ctl)
   save(paste0("sleepstudy_lme_ar1_power_", tag), "sleepstudy", "lme(Reaction ~ Days, random = ~ Days | Subject, correlation = corAR1(form = ~ Days | Subject), weights = varPower(form = ~ Days1))", nl(m))

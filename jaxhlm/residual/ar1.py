@@ -1,0 +1,90 @@
+"""``AR1(group, time)``: nlme's ``corAR1(form = ~ time | group)``, corr(e_i, e_j) = phi^|t_i - t_j|.
+
+Within a group, rows sorted by their integer time t (``time=None``: the rows' order, as
+``corAR1(form = ~ 1 | group)``).  nlme uses the time differences, so a missing visit
+leaves a lag of 2 (checked in R: Orthodont's ``form = ~ age`` with age 8, 10, ... is not
+``~ I(age / 2)``).  An AR(1) process is Markov, so R^{-1/2} is bidiagonal (the
+innovations form): with d_i = t_i - t_{i-1} the lag to the row before,
+
+    (W e)_1 = e_1,   (W e)_i = (e_i - phi^{d_i} e_{i-1}) / sqrt(1 - phi^{2 d_i}),
+    log|det W| = -1/2 sum_{i > 1} log(1 - phi^{2 d_i}),
+
+O(n) per evaluation.  The parameter is z with phi = tanh z (nlme: log((1+phi)/(1-phi)) = 2z);
+powers phi^d come from a product table up to the largest lag (static), so negative phi
+and phi = 0 are exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from .base import Correlation, column
+
+
+@dataclasses.dataclass(frozen=True)
+class AR1(Correlation):
+    """Residual AR(1) within groups (nlme's ``corAR1``): ``AR1(group="Subject", time="Days")``."""
+
+    time: str | None = None
+    max_lag: int = 1
+    nlme = "corAR1"
+
+    @property
+    def nparams(self) -> int:
+        return 1
+
+    def columns(self) -> list[str]:
+        return super().columns() + ([] if self.time is None else [self.time])
+
+    def param_names(self) -> list[str]:
+        return ["Phi"]
+
+    def natural(self, par):
+        return np.tanh(np.asarray(par, dtype=float))
+
+    def bind(self, data: pd.DataFrame, groups):
+        n = len(data)
+        if self.time is None:
+            t = np.zeros(n)
+            for g in np.unique(groups):
+                rows = np.flatnonzero(groups == g)
+                t[rows] = np.arange(rows.size)
+        else:
+            raw = column(data, self.time, "AR1's time")
+            if not pd.api.types.is_numeric_dtype(raw):
+                raise DataError(f"AR1's time column {self.time!r} is not numeric")
+            t = raw.to_numpy(dtype=float)
+            bad = np.flatnonzero(~np.isfinite(t) | (t != np.round(t)))
+            if bad.size:
+                raise DataError(f"AR1's time column {self.time!r} must hold integers (nlme's corAR1); "
+                                f"row {data.index[bad[0]]!r} has {t[bad[0]]!r}")
+        order = np.lexsort((t, groups))
+        same = groups[order][1:] == groups[order][:-1]
+        dt = np.diff(t[order])
+        if np.any(same & (dt == 0)):
+            k = np.flatnonzero(same & (dt == 0))[0]
+            a, b = order[k], order[k + 1]
+            raise DataError(f"AR1's time {self.time!r} repeats within a group: {t[a]:g} in rows "
+                            f"{data.index[a]!r} and {data.index[b]!r} (same {self.group})")
+        prev = np.arange(n)
+        lag = np.zeros(n, dtype=np.int64)
+        prev[order[1:][same]] = order[:-1][same]
+        lag[order[1:][same]] = dt[same].astype(np.int64)
+        bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)))
+        return bound, (prev.astype(np.int32), lag.astype(np.int32))
+
+    def whiten(self, par, arrays, M):
+        prev, lag = arrays
+        z = par[0]
+        phi = jnp.tanh(z)
+        powers = jnp.concatenate([jnp.ones(1, M.dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
+        has = lag > 0
+        a = jnp.where(has, powers[lag], 0.0)
+        root = jnp.sqrt(1.0 - a * a)
+        out = (M - a[:, None] * M[prev]) / root[:, None]
+        return out, -jnp.sum(jnp.log(root))

@@ -1,0 +1,151 @@
+"""The protocol of residual structures: Var e = sigma^2 Lambda_e with Lambda_e = D R D.
+
+nlme writes the residual covariance of a linear mixed model (``lme``) or a generalised
+least-squares model (``gls``) as sigma^2 D R D: a *variance function* gives the SD
+multipliers D = diag(g_i) (``weights = varIdent(...)``, ``varPower(...)``), and a
+*correlation structure* the block-diagonal correlation R, one block per group
+(``correlation = corAR1(...)``, ``corCompSymm(...)``; Pinheiro and Bates 2000, Mixed-
+Effects Models in S and S-PLUS, section 5.2).
+
+jaxhlm fits them by whitening (:mod:`jaxhlm.residual.whiten`): with W = R^{-1/2} D^{-1},
+W e ~ N(0, sigma^2 I), so the rows of [Z X y] multiplied by W give an ordinary mixed
+model whose cross-product blocks (:mod:`jaxhlm.blocks`) are recomputed at each value of
+the structure's parameters, and -2 log L gains log|Lambda_e| = -2 log|det W|.  W keeps
+Z's sparsity when each correlation group lies within one level of every random term
+(nlme's rule: the correlation applies within the innermost grouping level).
+
+A structure is a frozen dataclass (hashable: it is part of the compiled program's static
+:class:`~jaxhlm.structure.Structure`).  It names the data columns it needs, and
+:meth:`bind` reads them once (NumPy) into arrays and returns a copy holding the static
+sizes those arrays need (e.g. AR(1)'s largest lag).  Its parameters are unbounded reals
+(the optimiser's); :meth:`natural` gives nlme's values (phi, rho, variance ratios,
+powers), and ``param_names`` their names.  To add one, subclass :class:`Correlation`
+(define :meth:`Correlation.whiten`) or :class:`VarianceFunction` (define
+:meth:`VarianceFunction.log_sd`) in a new file of this package.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class ResidualPart(abc.ABC):
+    """What correlation structures and variance functions share."""
+
+    nlme: ClassVar[str] = ""
+
+    @property
+    @abc.abstractmethod
+    def nparams(self) -> int:
+        """The number of (unbounded) parameters."""
+
+    @abc.abstractmethod
+    def columns(self) -> list[str]:
+        """The data columns the structure reads."""
+
+    @abc.abstractmethod
+    def bind(self, data: pd.DataFrame, groups: np.ndarray | None) -> tuple["ResidualPart", tuple]:
+        """The structure with its static sizes and its arrays (NumPy) for the model's rows
+        ``data``; ``groups``: each row's correlation group (codes), for correlations."""
+
+    @abc.abstractmethod
+    def param_names(self) -> list[str]:
+        """nlme's names of the natural parameters (:meth:`natural`)."""
+
+    @abc.abstractmethod
+    def natural(self, par: np.ndarray) -> np.ndarray:
+        """The parameters on nlme's scale (``coef(..., unconstrained = FALSE)``)."""
+
+    def start(self) -> np.ndarray:
+        """The optimiser's start: independent rows with equal variances."""
+        return np.zeros(self.nparams)
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation(ResidualPart):
+    """A within-group residual correlation R (nlme's ``corStruct``).
+
+    ``group``: the grouping column (None: the model's innermost grouping factor, as
+    nlme's ``lme`` takes it)."""
+
+    group: str | None = None
+
+    def columns(self) -> list[str]:
+        return [] if self.group is None else [self.group]
+
+    @abc.abstractmethod
+    def whiten(self, par: jnp.ndarray, arrays: tuple, M: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """(R^{-1/2} M, log|det R^{-1/2}|) for the rows M (n, k) of the model."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VarianceFunction(ResidualPart):
+    """Residual SD multipliers g_i (nlme's ``varFunc``): Var e_i = sigma^2 g_i^2."""
+
+    @abc.abstractmethod
+    def log_sd(self, par: jnp.ndarray, arrays: tuple) -> jnp.ndarray:
+        """log g_i (n,) at the parameters."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Residual:
+    """A model's residual structure, bound to its rows: the static part of a compiled fit.
+
+    Its parameters follow the random terms' in theta: the correlation's, then the
+    variance function's."""
+
+    correlation: Correlation | None = None
+    variance: VarianceFunction | None = None
+
+    @property
+    def parts(self) -> list[ResidualPart]:
+        return [p for p in (self.correlation, self.variance) if p is not None]
+
+    @property
+    def nparams(self) -> int:
+        return sum(p.nparams for p in self.parts)
+
+    def split(self, par):
+        """The correlation's and the variance function's parameters (empty where absent)."""
+        k = self.correlation.nparams if self.correlation is not None else 0
+        return par[..., :k], par[..., k:]
+
+    def start(self) -> np.ndarray:
+        return np.concatenate([p.start() for p in self.parts] + [np.zeros(0)])
+
+    def param_names(self) -> list[str]:
+        return [n for p in self.parts for n in p.param_names()]
+
+    def natural(self, par) -> np.ndarray:
+        pc, pv = self.split(np.asarray(par, dtype=float))
+        out = []
+        if self.correlation is not None:
+            out.append(self.correlation.natural(pc))
+        if self.variance is not None:
+            out.append(self.variance.natural(pv))
+        return np.concatenate(out + [np.zeros(0)])
+
+
+def column(data: pd.DataFrame, name: str, what: str) -> pd.Series:
+    """A column the structure reads, or an error naming it."""
+    if not isinstance(name, str) or name not in data.columns:
+        raise DataError(f"{what}: no column {name!r} in the data")
+    return data[name]
+
+
+def codes_of(values: pd.Series) -> tuple[np.ndarray, list]:
+    """Integer codes and levels of a grouping column (a Categorical's order, else sorted)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat = values.cat.remove_unused_categories()
+        return cat.cat.codes.to_numpy(np.int64), list(cat.cat.categories)
+    levels, codes = np.unique(values.astype(str).to_numpy(), return_inverse=True)
+    return codes.astype(np.int64), list(levels)

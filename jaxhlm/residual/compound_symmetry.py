@@ -1,0 +1,73 @@
+"""``CompoundSymmetry(group)``: nlme's ``corCompSymm(form = ~ 1 | group)``, one correlation rho.
+
+Within a group of n_g rows R = (1 - rho) I + rho 11', positive definite for
+-1/(n_max - 1) < rho < 1.  Its inverse square root is
+
+    R^{-1/2} = (1 - rho)^{-1/2} [I - c_g 11' / n_g],   c_g = 1 - sqrt((1 - rho) / (1 + (n_g - 1) rho)),
+
+so whitening subtracts a share c_g of each group's mean: O(n) per evaluation, and
+log|det R^{-1/2}| = -1/2 sum_g [(n_g - 1) log(1 - rho) + log(1 + (n_g - 1) rho)].
+The parameter z maps to rho as :mod:`jaxhlm.covariance.compound_symmetry`'s does with
+a = 1/(n_max - 1) (z = 0: rho = 0).
+
+With rho >= 0 this is the marginal covariance of a random intercept per group,
+sigma_b^2 11' + sigma^2 I: ``GLS("y ~ x", correlation=CompoundSymmetry("g"))`` and
+``LMM("y ~ x + (1 | g)")`` give the same fit (``tests/test_structures.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+from .base import Correlation
+
+
+@dataclasses.dataclass(frozen=True)
+class CompoundSymmetry(Correlation):
+    """One residual correlation within groups (nlme's ``corCompSymm``): ``CompoundSymmetry("Subject")``."""
+
+    max_size: int = 2
+    nlme = "corCompSymm"
+
+    @property
+    def nparams(self) -> int:
+        return 1
+
+    def param_names(self) -> list[str]:
+        return ["Rho"]
+
+    def _a(self) -> float:
+        return 1.0 / (self.max_size - 1)
+
+    def natural(self, par):
+        a = self._a()
+        w = np.asarray(par, dtype=float) + np.log(a)
+        return -a + (1 + a) / (1 + np.exp(-w))
+
+    def bind(self, data: pd.DataFrame, groups):
+        sizes = np.bincount(groups)
+        if sizes.max() < 2:
+            raise DataError(f"CompoundSymmetry: every group of {self.group!r} has one row, so there "
+                            "is no correlation to estimate")
+        return dataclasses.replace(self, max_size=int(sizes.max())), (groups.astype(np.int32),
+                                                                        sizes.astype(float))
+
+    def whiten(self, par, arrays, M):
+        groups, sizes = arrays
+        a = self._a()
+        w = par[0] + np.log(a)
+        within = (1 + a) * jax.nn.sigmoid(-w)                      # 1 - rho
+        rho = -a + (1 + a) * jax.nn.sigmoid(w)
+        present = sizes > 0
+        big = jnp.where(present, 1.0 + (sizes - 1.0) * rho, 1.0)   # 1 + (n_g - 1) rho
+        c = 1.0 - jnp.sqrt(within / big)
+        means = jax.ops.segment_sum(M, groups, num_segments=sizes.shape[0]) / jnp.maximum(sizes, 1.0)[:, None]
+        out = (M - (c[:, None] * means)[groups]) / jnp.sqrt(within)
+        logdet = -0.5 * jnp.sum(jnp.where(present, (sizes - 1.0) * jnp.log(within) + jnp.log(big), 0.0))
+        return out, logdet
