@@ -7,15 +7,17 @@ Importing jaxhlm enables float64 in JAX and a persistent compilation cache
 """
 
 from . import _config  # noqa: F401  (float64 and the compilation cache, first)
-from . import covariance, datasets, families
+from . import covariance, datasets, families, residual
 from ._config import enable_compilation_cache
 from .batch import BatchResult, fit_datasets
 from .bayes import priors
 from .bayes.priors import Priors
 from .errors import DataError, FormulaError, JaxhlmError
 from .fitting import Options
+from .gls import GLS
 from .model import LMM
 from .optimize import Status
+from .residual import AR1, CompoundSymmetry, VarIdent, VarPower
 from .results import LMMResult
 
 __version__ = "0.1.0"
@@ -29,6 +31,6 @@ def anova(reduced, full):
     return _anova(reduced, full)
 
 
-__all__ = ["LMM", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
+__all__ = ["LMM", "GLS", "AR1", "CompoundSymmetry", "VarIdent", "VarPower", "residual", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
            "families", "priors", "DataError", "FormulaError", "JaxhlmError", "enable_compilation_cache",
            "fit_datasets", "anova", "__version__"]

@@ -245,9 +245,12 @@ def _weights_column(data: pd.DataFrame, weights, residual_variance):
     return data.assign(**{WEIGHTS: column}), WEIGHTS, (None if residual_variance is None else 1.0)
 
 
-def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -> ModelFrame:
+def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None,
+          placeholder: str | None = None) -> ModelFrame:
     """Build the model frame of formula ``text`` on ``data`` (see the module docstring),
-    with optional prior weights or known residual variances (:func:`_weights_column`)."""
+    with optional prior weights or known residual variances (:func:`_weights_column`).
+    ``placeholder``: the grouping column of a term that stands for no random effects
+    (:class:`jaxhlm.covariance.Absent`; a GLS model's)."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     parsed = _formula.parse(text)
@@ -291,6 +294,9 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None) -
                       f"{'s' if len(dropped) > 1 else ''}: {', '.join(dropped)}", stacklevel=3)
 
     terms = _random_terms(parsed, frame, text)
+    if placeholder is not None:
+        terms = [dataclasses.replace(t, spec=dataclasses.replace(t.spec, covariance=_covariance.Absent(1)))
+                 if t.spec.group == placeholder else t for t in terms]
     for t in terms:
         _check_finite(t.Z, list(t.spec.columns), rows, f"the random-effects term of {t.spec.group}")
     _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None)
@@ -417,6 +423,7 @@ def _check_identifiable(terms: list[Term], n: int, known_sigma: bool = False) ->
     With sigma known (known residual variances) one observation per level is
     identifiable (the meta-analysis model), so only the first check applies.
     """
+    terms = [t for t in terms if t.spec.covariance.nparams]   # not a placeholder (Absent)
     few = [t.spec.group for t in terms if t.spec.nlevels < 2]
     if few:
         raise DataError(f"grouping factors must have > 1 sampled level (problems: {', '.join(few)})")

@@ -44,7 +44,10 @@ class LMM:
     sigma^2 / w_i, lme4's ``weights =``).  ``residual_variance``: known residual
     variances s_i^2 (a column name or values), so sigma is not estimated: the
     meta-analysis model y_i ~ N(x_i'beta + z_i'b, s_i^2), e.g. eight schools,
-    ``LMM("y ~ 1 + (1 | school)", df, residual_variance="se2")``.  Example::
+    ``LMM("y ~ 1 + (1 | school)", df, residual_variance="se2")``.  ``correlation``,
+    ``variance``: a residual correlation structure and a variance function
+    (:mod:`jaxhlm.residual`; nlme's ``lme(..., correlation =, weights =)``), e.g.
+    ``correlation=jaxhlm.AR1(group="Subject", time="Days")``.  Example::
 
         model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
         res = model.fit(reml=True)
@@ -53,8 +56,11 @@ class LMM:
 
     def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None,
                  correlation=None, variance=None):
+        self._setup(formula, _frame.build(formula, data, weights, residual_variance), correlation, variance)
+
+    def _setup(self, formula: str, frame, correlation, variance) -> None:
         self.formula = formula
-        self.frame = _frame.build(formula, data, weights, residual_variance)
+        self.frame = frame
         if correlation is None and variance is None:
             self.structure, self._host_blocks = _blocks.build(self.frame)
         else:   # nlme's correlation= and weights=: the model carries its rows (jaxhlm.residual)

@@ -84,6 +84,35 @@ class LMMResult:
         return self.objective + math.log(self.nobs) * self.npar
 
     @property
+    def residual_parameters(self) -> pd.Series:
+        """The residual structure's parameters on nlme's scale (AR(1)'s ``Phi``,
+        compound symmetry's ``Rho``, varIdent's ratios by level, varPower's ``power``);
+        empty without one (:mod:`jaxhlm.residual`)."""
+        st = self._model.structure
+        if st.residual is None:
+            return pd.Series([], dtype=float, name="residual")
+        return pd.Series(st.residual.natural(self.theta[st.ntheta_random:]),
+                         index=st.residual.param_names(), name="residual")
+
+    @property
+    def correlation_parameter(self) -> float | None:
+        """The residual correlation's parameter (nlme's ``coef(corStruct, FALSE)``: AR(1)'s
+        phi or compound symmetry's rho), None without one."""
+        res = self._model.structure.residual
+        if res is None or res.correlation is None:
+            return None
+        return float(self.residual_parameters.iloc[0])
+
+    @property
+    def variance_parameters(self) -> pd.Series | None:
+        """The variance function's parameters (nlme's ``coef(varStruct, FALSE)``), None without one."""
+        res = self._model.structure.residual
+        if res is None or res.variance is None:
+            return None
+        k = res.correlation.nparams if res.correlation is not None else 0
+        return self.residual_parameters.iloc[k:]
+
+    @property
     def fixef_se(self) -> pd.Series:
         return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.fixef.index)
 
@@ -217,8 +246,11 @@ class LMMResult:
             from .inference.fixed import method_name
 
             method = method_name(ddf)
+        st = self._model.structure
+        random = bool(tables.present(self._model.frame.specs)[0])
         lines = [
-            f"Linear mixed model fit by {'REML' if self.reml else 'maximum likelihood'}"
+            f"{'Linear mixed model' if random else 'Generalized least squares'} fit by "
+            f"{'REML' if self.reml else 'maximum likelihood'}"
             + (f". t-tests use {method}'s method" if tests and method else "") + " (jaxhlm)",
             f"Formula: {self.formula}",
         ]
@@ -232,9 +264,14 @@ class LMMResult:
         else:
             lines.append(f"{'AIC':>10} {'BIC':>10} {'logLik':>10} {'deviance':>10}")
             lines.append(f"{self.aic:>10.1f} {self.bic:>10.1f} {self.loglik:>10.1f} {self.objective:>10.1f}")
-        lines += ["", "Random effects:", _format_varcorr(self.varcorr)]
-        groups = ";  ".join(f"{g}, {n}" for g, n in self.ngroups.items())
-        lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        if random:
+            lines += ["", "Random effects:", _format_varcorr(self.varcorr)]
+            groups = ";  ".join(f"{g}, {n}" for g, n in self.ngroups.items())
+            lines.append(f"Number of obs: {self.nobs}, groups:  {groups}")
+        else:
+            lines += ["", f"Residual standard error: {self.sigma:.4g};  number of obs: {self.nobs}"]
+        if st.residual is not None:
+            lines += ["", _format_residual(st.residual, self.residual_parameters)]
         lines += ["", "Fixed effects:"]
         if tests:
             lines.append(table.to_string(float_format=lambda v: f"{v:.4g}"))
@@ -261,6 +298,21 @@ class LMMResult:
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as dicts, missing values as None (JSON null)."""
     return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def _format_residual(residual, values: pd.Series) -> str:
+    """nlme's lines for a residual structure: its class, form and parameters."""
+    lines, k = [], 0
+    for part, what in ((residual.correlation, "Correlation structure"), (residual.variance, "Variance function")):
+        if part is None:
+            continue
+        form = ", ".join(f"{f.name} = {getattr(part, f.name)!r}" for f in dataclasses.fields(part)
+                         if f.name in ("group", "time", "column"))
+        vals = values.iloc[k:k + part.nparams]
+        k += part.nparams
+        lines.append(f"{what}: {part.nlme} ({form})")
+        lines.append("  " + "  ".join(f"{name}: {v:.4g}" for name, v in vals.items()))
+    return "\n".join(lines)
 
 
 def _format_varcorr(vc: pd.DataFrame) -> str:

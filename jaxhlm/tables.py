@@ -42,7 +42,7 @@ def lme4_variance_names(specs) -> list[tuple[str, str]]:
     triangle, column by column (``sd_(Intercept)|Subject``, ``cor_Days.(Intercept)|Subject``,
     ``sd_Days|Subject``), then ``sigma``."""
     out = []
-    for s in specs:
+    for s in present(specs)[0]:
         for c in range(s.p):
             for r in range(c, s.p):
                 if r == c:
@@ -79,9 +79,17 @@ def term_covariances(lams: Sequence[np.ndarray], sigma: np.ndarray):
     return out
 
 
+def present(specs, *per_term):
+    """The terms (and their per-term values) that have random effects: without the
+    placeholder of a model with none (:class:`jaxhlm.covariance.Absent`)."""
+    kept = [k for k, t in enumerate(specs) if t.covariance.nparams]
+    return [[seq[k] for k in kept] for seq in (list(specs),) + tuple(list(s) for s in per_term)]
+
+
 def sd_corr(specs, lams: Sequence[np.ndarray], sigma: np.ndarray):
     """Random-effect SDs (B, k) and correlations (B, c) with their names, for a batch."""
     sds, sd_names, corrs, corr_names = [], [], [], []
+    specs, lams = present(specs, lams)
     for t, (_, sd, corr) in zip(specs, term_covariances(lams, sigma)):
         for a, col in enumerate(t.columns):
             sds.append(sd[:, a])
@@ -100,6 +108,7 @@ def varcorr(specs, lams: Sequence[np.ndarray], sigma: float) -> pd.DataFrame:
     """``as.data.frame(VarCorr(m))`` from one fit's lambda_k (p, p): variances, then
     covariances (lower triangle, column-major) per term, then the residual."""
     rows = []
+    specs, lams = present(specs, lams)
     covs = term_covariances([np.asarray(lam)[None] for lam in lams], np.array([sigma]))
     for t, (cov, sd, corr) in zip(specs, covs):
         for a in range(t.p):
@@ -119,6 +128,9 @@ def ranef(terms, b, b_var) -> pd.DataFrame:
     """``as.data.frame(ranef(m, condVar = TRUE))``: one row per term, covariate and level
     (``terms``: the frame's :class:`jaxhlm.frame.Term` list)."""
     parts = []
+    terms, b, b_var = present([t.spec for t in terms], terms, b, b_var)[1:]
+    if not terms:
+        return pd.DataFrame(columns=["grpvar", "term", "grp", "condval", "condsd"])
     for term, bk, vk in zip(terms, b, b_var):
         bk, vk = np.asarray(bk), np.asarray(vk)
         for a, col in enumerate(term.spec.columns):
@@ -131,6 +143,6 @@ def ranef(terms, b, b_var) -> pd.DataFrame:
 def ngroups(specs) -> dict[str, int]:
     """Levels per grouping factor (lme4's ``ngrps``), in the terms' order."""
     out: dict[str, int] = {}
-    for t in specs:
+    for t in present(specs)[0]:
         out.setdefault(t.group, t.nlevels)
     return out

@@ -130,3 +130,180 @@ def test_structured_batches_equal_single_fits():
         assert many.objective[k] == pytest.approx(single.objective, rel=1e-10)
         np.testing.assert_allclose(many.theta[k], single.theta, rtol=1e-4)
         np.testing.assert_allclose(many.fixef[k], single.fixef.to_numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- residual structures
+def _ovary():
+    return data("Ovary")
+
+
+RESIDUAL = [
+    ("sleepstudy_lme_ar1", jaxhlm.LMM, "sleepstudy", "Reaction ~ Days + (1 | Subject)",
+     lambda: dict(correlation=jaxhlm.AR1("Subject", "Days"))),
+    ("ovary_lme_ar1", jaxhlm.LMM, "Ovary", "follicles ~ sin2pi + cos2pi + (1 | Mare)",
+     lambda: dict(correlation=jaxhlm.AR1())),          # nlme's corAR1(): row order in Mare
+    ("sleepstudy_lme_ar1_power", jaxhlm.LMM, "sleepstudy", "Reaction ~ Days + (Days | Subject)",
+     lambda: dict(correlation=jaxhlm.AR1("Subject", "Days"), variance=jaxhlm.VarPower("Days1"))),
+    ("orthodont_lme_varident", jaxhlm.LMM, "Orthodont", "distance ~ age + Sex + (1 | Subject)",
+     lambda: dict(variance=jaxhlm.VarIdent("Sex"))),
+    ("orthodont_gls_cs", jaxhlm.GLS, "Orthodont", "distance ~ age + Sex",
+     lambda: dict(correlation=jaxhlm.CompoundSymmetry("Subject"))),
+    ("sleepstudy_gls_ar1", jaxhlm.GLS, "sleepstudy", "Reaction ~ Days",
+     lambda: dict(correlation=jaxhlm.AR1("Subject", "Days"))),
+    ("orthodont_gls_ar1_gaps", jaxhlm.GLS, "Orthodont", "distance ~ age",
+     lambda: dict(correlation=jaxhlm.AR1("Subject", "visit"), variance=jaxhlm.VarIdent("Sex"))),
+]
+
+
+@pytest.mark.parametrize("method", ["reml", "ml"])
+@pytest.mark.parametrize("name,cls,dataset,formula,kwargs", RESIDUAL)
+def test_residual_structures_match_nlme(name, cls, dataset, formula, kwargs, method):
+    r = ref(f"{name}_{method}")
+    d = data(dataset)
+    if "gaps" in name:
+        d = d.drop(index=[1, 6, 14])    # R's rows 2, 7 and 15: lags of 2 within Subject
+    res = cls(formula, d, **kwargs()).fit(reml=method == "reml")
+    if cls is jaxhlm.GLS and method == "ml":
+        # nlme's gls reports ML standard errors with sigma^2 = RSS/(n - p); jaxhlm's (as lme4's
+        # and nlme's lme) use the ML estimate RSS/n
+        n, p = res.nobs, res.fixef.size
+        r = dict(r, fixef_se=list(np.asarray(r["fixef_se"]) * np.sqrt((n - p) / n)))
+    check_common(res, r)
+    if r["corStruct"] is not None:
+        assert res.correlation_parameter == pytest.approx(r["corStruct"][0], rel=2e-3)
+    if r["varStruct"] is not None:
+        got = res.variance_parameters
+        np.testing.assert_allclose(got[r["varStruct_names"]].to_numpy(), r["varStruct"], rtol=2e-3)
+    if r.get("random_cov") is not None:
+        np.testing.assert_allclose(varcorr_matrix(res, res.varcorr.grp.iloc[0]),
+                                   np.atleast_2d(r["random_cov"]), rtol=2e-3)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+def test_gls_compound_symmetry_is_a_random_intercept(reml):
+    """The seed question: Var y = sigma_b^2 11' + sigma^2 I is compound symmetry with
+    rho = sigma_b^2 / (sigma_b^2 + sigma^2), so GLS with it and the LMM with (1 | g) are
+    one model whenever rho >= 0: same optimum, coefficients and total variance."""
+    d = data("Orthodont")
+    gls = jaxhlm.GLS("distance ~ age + Sex", d, correlation=jaxhlm.CompoundSymmetry("Subject")).fit(reml=reml)
+    lmm = jaxhlm.LMM("distance ~ age + Sex + (1 | Subject)", d).fit(reml=reml)
+    assert gls.objective == pytest.approx(lmm.objective, rel=1e-9)
+    np.testing.assert_allclose(gls.fixef.to_numpy(), lmm.fixef.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(gls.fixef_se.to_numpy(), lmm.fixef_se.to_numpy(), rtol=1e-5)
+    var_b = float(lmm.varcorr.vcov.iloc[0])
+    total = var_b + lmm.sigma ** 2
+    assert gls.sigma ** 2 == pytest.approx(total, rel=1e-5)
+    assert gls.correlation_parameter == pytest.approx(var_b / total, rel=1e-5)
+
+
+def _dense_residual_criterion(model, theta, reml):
+    """The criterion with V = Z Lambda Lambda' Z' + D R D formed densely from the
+    structures' definitions (not from the whitening)."""
+    from test_kernel import dense_parts
+
+    st = model.structure
+    Z, Lam, X, y = dense_parts(model, theta[:st.ntheta_random])
+    res = st.residual
+    pc, pv = res.split(np.asarray(theta[st.ntheta_random:]))
+    d = model.frame.data
+    n = len(y)
+    g = np.ones(n)
+    if isinstance(res.variance, jaxhlm.VarIdent):
+        levels = list(res.variance.levels)
+        ratio = np.concatenate([[1.0], np.exp(pv)])
+        g = ratio[[levels.index(v) for v in d[res.variance.column]]]
+    elif isinstance(res.variance, jaxhlm.VarPower):
+        g = np.abs(d[res.variance.column].to_numpy(float)) ** pv[0]
+    R = np.eye(n)
+    if res.correlation is not None:
+        grp = d[res.correlation.group].astype(str).to_numpy()
+        same = grp[:, None] == grp[None, :]
+        if isinstance(res.correlation, jaxhlm.AR1):
+            t = d[res.correlation.time].to_numpy(float)
+            R = np.where(same, np.tanh(pc[0]) ** np.abs(t[:, None] - t[None, :]), 0.0)
+        else:
+            rho = res.correlation.natural(pc)[0]
+            R = np.where(same, rho, 0.0) + (1 - rho) * np.eye(n)
+    V = Z @ Lam @ Lam.T @ Z.T + g[:, None] * R * g[None, :]
+    Vi = np.linalg.inv(V)
+    beta = np.linalg.solve(X.T @ Vi @ X, X.T @ Vi @ y)
+    r = y - X @ beta
+    q = r @ Vi @ r
+    _, ld_v = np.linalg.slogdet(V)
+    p = X.shape[1]
+    if not reml:
+        return ld_v + n * (1 + np.log(2 * np.pi * q / n))
+    _, ld_x = np.linalg.slogdet(X.T @ Vi @ X)
+    return ld_v + ld_x + (n - p) * (1 + np.log(2 * np.pi * q / (n - p)))
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("formula,kwargs", [
+    ("distance ~ age + (age | Subject)", lambda: dict(correlation=jaxhlm.AR1("Subject", "visit"),
+                                                       variance=jaxhlm.VarIdent("Sex"))),
+    ("distance ~ age + (1 | Subject)", lambda: dict(correlation=jaxhlm.CompoundSymmetry("Subject"),
+                                                     variance=jaxhlm.VarPower("age"))),
+    ("distance ~ age + Sex", lambda: dict(correlation=jaxhlm.AR1("Subject", "age"))),   # lags of 2 and 4
+])
+def test_residual_objective_equals_dense_density(formula, kwargs, reml):
+    d = data("Orthodont").drop(index=[1, 6, 14, 40]).reset_index(drop=True)
+    cls = jaxhlm.LMM if "|" in formula else jaxhlm.GLS
+    model = cls(formula, d, **kwargs())
+    rng = np.random.default_rng(5)
+    lower = model.structure.theta_lower()
+    for _ in range(3):
+        theta = np.where(lower == 0, rng.uniform(0.2, 1.5, lower.size), rng.normal(0, 0.6, lower.size))
+        assert model.objective(theta, reml=reml) == pytest.approx(
+            _dense_residual_criterion(model, theta, reml), rel=1e-10)
+
+
+def test_least_squares_without_structures():
+    """GLS without a structure is ordinary least squares: numpy's coefficients, and
+    Satterthwaite's df are exactly n - p."""
+    d = data("Orthodont")
+    res = jaxhlm.GLS("distance ~ age", d).fit()
+    X = np.column_stack([np.ones(len(d)), d.age])
+    beta, rss, *_ = np.linalg.lstsq(X, d.distance, rcond=None)
+    np.testing.assert_allclose(res.fixef.to_numpy(), beta, rtol=1e-10)
+    assert res.sigma ** 2 == pytest.approx(rss[0] / (len(d) - 2), rel=1e-10)
+    np.testing.assert_allclose(res.coef_table()["df"], len(d) - 2, rtol=1e-8)
+
+
+def test_residual_summary_and_parameters():
+    d = data("Orthodont")
+    res = jaxhlm.LMM("distance ~ age + (1 | Subject)", d, correlation=jaxhlm.AR1("Subject", "age"),
+                     variance=jaxhlm.VarIdent("Sex")).fit()
+    assert list(res.theta_names) == ["Subject.(Intercept)", "Phi", "Male"]
+    assert list(res.residual_parameters.index) == ["Phi", "Male"]
+    text = res.summary()
+    assert "Correlation structure: corAR1" in text and "Variance function: varIdent" in text
+    gls = jaxhlm.GLS("distance ~ age", d, correlation=jaxhlm.CompoundSymmetry("Subject")).fit()
+    assert gls.summary().startswith("Generalized least squares fit by REML")
+    assert gls.varcorr.grp.tolist() == ["Residual"] and gls.ranef.empty
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d.assign(t=d.age // 4),
+                          correlation=jaxhlm.AR1("Subject", "t")), "repeats within a group"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d.assign(t=d.age / 3),
+                          correlation=jaxhlm.AR1("Subject", "t")), "must hold integers"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, variance=jaxhlm.VarIdent("one")),
+     "has one level"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, variance=jaxhlm.VarIdent("nope")),
+     "no column 'nope'"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
+                          correlation=jaxhlm.CompoundSymmetry("Sex")), "must lie within the levels"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, weights="age",
+                          correlation=jaxhlm.AR1()), "prior weights"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, correlation="ar1"), "correlation= takes"),
+    (lambda d: jaxhlm.GLS("distance ~ age + (1 | Subject)", d), "without random-effects terms"),
+    (lambda d: jaxhlm.GLS("distance ~ age", d, correlation=jaxhlm.AR1()), "needs group="),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, variance=jaxhlm.VarPower("zero")),
+     "non-zero"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
+                          correlation=jaxhlm.AR1()).fit_many(np.ones((2, len(d)))), "fit_many"),
+])
+def test_residual_structure_errors_name_the_column(make, message):
+    d = data("Orthodont").assign(one="a", zero=0.0)
+    with pytest.raises(jaxhlm.JaxhlmError, match=message):
+        make(d)

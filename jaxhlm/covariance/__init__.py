@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..errors import FormulaError
+from .absent import Absent
 from .ar1 import AR1
 from .base import Covariance
 from .compound_symmetry import CompoundSymmetry, HomogeneousCompoundSymmetry
@@ -68,4 +69,4 @@ def for_term(keyword: str | None, p: int, term: str, options: tuple = ()) -> Cov
 for _cls in (Unstructured, Diagonal, CompoundSymmetry, HomogeneousCompoundSymmetry, AR1):
     register(_cls.keyword, _cls)
 
-__all__ = ["AR1", "CompoundSymmetry", "Covariance", "Diagonal", "HomogeneousCompoundSymmetry", "Unstructured", "for_term", "keywords", "register"]
+__all__ = ["AR1", "Absent", "CompoundSymmetry", "Covariance", "Diagonal", "HomogeneousCompoundSymmetry", "Unstructured", "for_term", "keywords", "register"]

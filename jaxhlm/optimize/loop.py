@@ -108,6 +108,10 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     vg = jax.value_and_grad(fun)
     n = x0.shape[0]
     dtype = x0.dtype
+    if n == 0:   # nothing to optimise (a least-squares fit): the value at the empty point
+        f0 = fun(x0)
+        return Minimum(x0, f0, x0, jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32),
+                       jnp.where(jnp.isfinite(f0), Status.CONVERGED, Status.NONFINITE).astype(jnp.int32))
     mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
     probes = strategy.probes
     done = n + 1
