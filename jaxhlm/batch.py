@@ -47,6 +47,7 @@ from .fitting import Options, fit_blocks, storable
 from . import padding
 from .padding import ladder
 from .precompiled import Precompiled
+from .residual import whiten as _whiten
 from .optimize import Status
 from .stacking import stack
 from .start import moment_starts
@@ -61,7 +62,7 @@ its whole chunk for 100+ steps while the median fit needs under 10)."""
 
 def _fit_chunk_program(blocks, theta0, max_iter, st, reml, options, axes):
     return jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter),
-                    in_axes=(Blocks(*axes), 0))(blocks, theta0)
+                    in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
 
 
 _STATIC_CHUNK = (3, 4, 5, 6)
@@ -218,8 +219,8 @@ def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     mesh = Mesh(np.array(devices), ("batch",))
-    spec = Blocks(*[NamedSharding(mesh, PartitionSpec("batch") if a == 0 else PartitionSpec())
-                    for a in axes])
+    spec = type(many)(*[NamedSharding(mesh, PartitionSpec("batch") if a == 0 else PartitionSpec())
+                        for a in axes])
     return jax.device_put(many, spec)
 
 
@@ -317,10 +318,18 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
         start = np.asarray(theta0, float)
         starts = np.broadcast_to(start, (B, start.size))
     design, padded = model._host_blocks, model.bucketed
+    if model.structure.residual is not None:   # rows, not blocks (jaxhlm.residual.whiten)
+        if np.isnan(Y).any():
+            raise ValueError("responses with missing values (NaN) cannot be fitted in a batch with "
+                             "a residual structure yet; drop those rows from the model")
 
-    def take(index):
-        many = with_responses(model.frame, model.structure, design, Y[index])
-        return padded.responses(many), response_axes(many)
+        def take(index):
+            rows = padded.blocks._replace(y=Y[index])
+            return rows, _whiten.response_axes(rows)
+    else:
+        def take(index):
+            many = with_responses(model.frame, model.structure, design, Y[index])
+            return padded.responses(many), response_axes(many)
 
     out = _fit_batch(take, B, padded.structure, starts, reml, options, batch_size, progress)
     return BatchResult(model=model, reml=bool(reml), **_fields(out),
@@ -371,10 +380,11 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int |
     return BatchResult(model=stacked, reml=bool(reml), **fields, sources=tuple(sources))
 
 
-def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st):
+def _simulate_one(key, beta, theta, sigma, X, codes, Zs, st, rows=None):
     lams = st.lambdas(theta)
     k_e, *k_u = jax.random.split(key, 1 + len(st.terms))
-    y = X @ beta + sigma * jax.random.normal(k_e, (X.shape[0],), X.dtype)
+    e = jax.random.normal(k_e, (X.shape[0],), X.dtype)
+    y = X @ beta + sigma * _whiten.residual_noise(theta, rows, st, e)
     for t, lam, key_u, code, Z in zip(st.terms, lams, k_u, codes, Zs):
         u = sigma * jax.random.normal(key_u, (t.nlevels, t.p), X.dtype)
         b = u @ lam.T
@@ -395,10 +405,10 @@ def simulate_trace_count() -> int:
     return _TRACES["simulate"]
 
 
-def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st):
+def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st, rows=None):
     _TRACES["simulate"] += 1
     key = jax.random.wrap_key_data(key_data)
-    one = lambda r, b, t, s: _simulate_one(jax.random.fold_in(key, r), b, t, s, X, codes, Zs, st)  # noqa: E731
+    one = lambda r, b, t, s: _simulate_one(jax.random.fold_in(key, r), b, t, s, X, codes, Zs, st, rows)  # noqa: E731
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
@@ -432,6 +442,9 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
     n = model.nobs
     rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
+    extra = ()
+    if st.residual is not None:   # correlated residuals: the model's own rows, not padded
+        rows, common, extra = n, st, (model._host_blocks,)
     design = (_grow_rows(frame.X, rows), tuple(_grow_rows(t.codes.astype(np.int32), rows) for t in frame.terms),
               tuple(_grow_rows(t.Z, rows) for t in frame.terms))
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
@@ -443,7 +456,7 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     out = np.empty((R, n))
     for lo in range(0, R, size):
         at = np.arange(lo, lo + size).clip(max=R - 1)  # the last chunk padded with its last row
-        y = program(key, index[at], fixef[at], theta[at], sigma[at], *design, common)
+        y = program(key, index[at], fixef[at], theta[at], sigma[at], *design, common, *extra)
         out[lo:lo + size] = np.asarray(y)[:min(size, R - lo), :n]
     return out
 

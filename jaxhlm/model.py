@@ -149,7 +149,6 @@ class LMM:
     def fit_many(self, Y, reml: bool = True, *, batch_size: int | None = None,
                  options: Options = Options(), progress: bool = False):
         """Fit many responses on this design at once (see :func:`jaxhlm.batch.fit_many`)."""
-        self._plain("fit_many()")
         return fit_many(self, Y, reml, batch_size=batch_size, options=options, progress=progress)
 
     def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,

@@ -148,13 +148,11 @@ class LMMResult:
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
         """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``);
         replicate i draws from ``fold_in(key(seed), i)``."""
-        self._model._plain("simulate()")
         return simulate(self._model, self.fixef.to_numpy(), self.theta, self.sigma, nsim, seed)
 
     def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int | None = None, progress: bool = False):
         """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``),
         each refit starting at this fit's theta, as lme4's ``refit`` does."""
-        self._model._plain("bootstrap()")
         return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,
                          nsim, seed, batch_size=batch_size, options=self._options, progress=progress)
 

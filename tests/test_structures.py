@@ -301,9 +301,57 @@ def test_residual_summary_and_parameters():
     (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, variance=jaxhlm.VarPower("zero")),
      "non-zero"),
     (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
-                          correlation=jaxhlm.AR1()).fit_many(np.ones((2, len(d)))), "fit_many"),
+                          correlation=jaxhlm.AR1()).fit().profile(), r"profile\(\) is not available"),
+    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
+                          correlation=jaxhlm.AR1()).fit().coef_table("kenward-roger"), "linear in its"),
 ])
 def test_residual_structure_errors_name_the_column(make, message):
     d = data("Orthodont").assign(one="a", zero=0.0)
     with pytest.raises(jaxhlm.JaxhlmError, match=message):
         make(d)
+
+
+@pytest.mark.parametrize("correlation", [lambda: jaxhlm.AR1("Subject", "age"),
+                                         lambda: jaxhlm.CompoundSymmetry("Subject")])
+def test_coloring_is_a_square_root_of_R_and_whitening_undoes_it(correlation):
+    """Simulation's R^{1/2} (``color``) times its transpose is R, formed densely from the
+    definition, and ``whiten`` inverts it, with gaps in the times (lags 2 and 4)."""
+    import jax
+    import jax.numpy as jnp
+
+    d = data("Orthodont").drop(index=[1, 6, 14, 40]).reset_index(drop=True)
+    model = jaxhlm.LMM("distance ~ age + (1 | Subject)", d, correlation=correlation())
+    st, rows = model.structure, model._host_blocks
+    corr = st.residual.correlation
+    par = jnp.asarray([0.7])
+    n = len(d)
+    C = jax.vmap(lambda e: corr.color(par, rows.correlation, e), out_axes=1)(jnp.eye(n))
+    grp = d.Subject.astype(str).to_numpy()
+    same = grp[:, None] == grp[None, :]
+    if isinstance(corr, jaxhlm.AR1):
+        R = np.where(same, np.tanh(0.7) ** np.abs(d.age.to_numpy()[:, None] - d.age.to_numpy()[None, :]), 0.0)
+    else:
+        rho = corr.natural(np.array([0.7]))[0]
+        R = np.where(same, rho, 0.0) + (1 - rho) * np.eye(n)
+    np.testing.assert_allclose(np.asarray(C @ C.T), R, atol=1e-12)
+    white, logdet = corr.whiten(par, rows.correlation, C)
+    np.testing.assert_allclose(np.asarray(white), np.eye(n), atol=1e-12)
+    assert float(logdet) == pytest.approx(-0.5 * np.linalg.slogdet(R)[1], rel=1e-10)
+
+
+def test_residual_batches_equal_single_fits_and_bootstrap_runs():
+    """fit_many with AR(1) residuals and a variance function == one fit per response
+    (optimum to 1e-9; location to 1e-4, BFGS against Newton); a bootstrap refits all."""
+    d = data("sleepstudy")
+    kw = lambda: dict(correlation=jaxhlm.AR1("Subject", "Days"), variance=jaxhlm.VarPower("Days1"))  # noqa: E731
+    model = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d, **kw())
+    res = model.fit()
+    Y = res.simulate(3, seed=1)
+    assert Y.shape == (3, len(d)) and np.all(np.isfinite(Y))
+    many = model.fit_many(Y)
+    for k in range(3):
+        single = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d.assign(Reaction=Y[k]), **kw()).fit()
+        assert many.objective[k] == pytest.approx(single.objective, rel=1e-9)
+        np.testing.assert_allclose(many.theta[k], single.theta, rtol=1e-4, atol=1e-5)
+    boot = res.bootstrap(16, seed=2)
+    assert np.all(boot.status == jaxhlm.Status.CONVERGED)

@@ -9,7 +9,10 @@ innovations form): with d_i = t_i - t_{i-1} the lag to the row before,
     (W e)_1 = e_1,   (W e)_i = (e_i - phi^{d_i} e_{i-1}) / sqrt(1 - phi^{2 d_i}),
     log|det W| = -1/2 sum_{i > 1} log(1 - phi^{2 d_i}),
 
-O(n) per evaluation.  The parameter is z with phi = tanh z (nlme: log((1+phi)/(1-phi)) = 2z);
+O(n) per evaluation.  Simulation runs the recursion forwards,
+x_i = phi^{d_i} x_{i-1} + sqrt(1 - phi^{2 d_i}) e_i, as an associative scan of the affine
+maps x -> a x + c over the rows in (group, time) order (a = 0 at a group's first row).
+The parameter is z with phi = tanh z (nlme: log((1+phi)/(1-phi)) = 2z);
 powers phi^d come from a product table up to the largest lag (static), so negative phi
 and phi = 0 are exact.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -76,15 +80,30 @@ class AR1(Correlation):
         prev[order[1:][same]] = order[:-1][same]
         lag[order[1:][same]] = dt[same].astype(np.int64)
         bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)))
-        return bound, (prev.astype(np.int32), lag.astype(np.int32))
+        return bound, (prev.astype(np.int32), lag.astype(np.int32), order.astype(np.int32))
+
+    def _coefficients(self, par, lag, dtype):
+        """a_i = phi^{d_i} (0 for a group's first row) and sqrt(1 - a_i^2)."""
+        phi = jnp.tanh(par[0])
+        powers = jnp.concatenate([jnp.ones(1, dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
+        a = jnp.where(lag > 0, powers[lag], 0.0)
+        return a, jnp.sqrt(1.0 - a * a)
 
     def whiten(self, par, arrays, M):
-        prev, lag = arrays
-        z = par[0]
-        phi = jnp.tanh(z)
-        powers = jnp.concatenate([jnp.ones(1, M.dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
-        has = lag > 0
-        a = jnp.where(has, powers[lag], 0.0)
-        root = jnp.sqrt(1.0 - a * a)
+        prev, lag, _ = arrays
+        a, root = self._coefficients(par, lag, M.dtype)
         out = (M - a[:, None] * M[prev]) / root[:, None]
         return out, -jnp.sum(jnp.log(root))
+
+    def color(self, par, arrays, e):
+        _, lag, order = arrays
+        a, root = self._coefficients(par, lag, e.dtype)
+        a, c = a[order], (root * e)[order]
+
+        def compose(first, second):          # x -> a2 (a1 x + c1) + c2
+            a1, c1 = first
+            a2, c2 = second
+            return a1 * a2, a2 * c1 + c2
+
+        _, x = jax.lax.associative_scan(compose, (a, c))
+        return jnp.zeros_like(e).at[order].set(x)

@@ -20,7 +20,7 @@ A structure is a frozen dataclass (hashable: it is part of the compiled program'
 sizes those arrays need (e.g. AR(1)'s largest lag).  Its parameters are unbounded reals
 (the optimiser's); :meth:`natural` gives nlme's values (phi, rho, variance ratios,
 powers), and ``param_names`` their names.  To add one, subclass :class:`Correlation`
-(define :meth:`Correlation.whiten`) or :class:`VarianceFunction` (define
+(define :meth:`Correlation.whiten` and its inverse :meth:`Correlation.color`) or :class:`VarianceFunction` (define
 :meth:`VarianceFunction.log_sd`) in a new file of this package.
 """
 
@@ -85,6 +85,11 @@ class Correlation(ResidualPart):
     @abc.abstractmethod
     def whiten(self, par: jnp.ndarray, arrays: tuple, M: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(R^{-1/2} M, log|det R^{-1/2}|) for the rows M (n, k) of the model."""
+
+    @abc.abstractmethod
+    def color(self, par: jnp.ndarray, arrays: tuple, e: jnp.ndarray) -> jnp.ndarray:
+        """A square root of R times e (n,): R^{1/2} e has covariance R when e ~ N(0, I)
+        (simulation), and :meth:`whiten` undoes it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,14 +58,26 @@ class CompoundSymmetry(Correlation):
         return dataclasses.replace(self, max_size=int(sizes.max())), (groups.astype(np.int32),
                                                                         sizes.astype(float))
 
-    def whiten(self, par, arrays, M):
-        groups, sizes = arrays
+    def _eigenvalues(self, par, sizes):
+        """1 - rho, and 1 + (n_g - 1) rho per group (1 for an empty group)."""
         a = self._a()
         w = par[0] + np.log(a)
-        within = (1 + a) * jax.nn.sigmoid(-w)                      # 1 - rho
+        within = (1 + a) * jax.nn.sigmoid(-w)
         rho = -a + (1 + a) * jax.nn.sigmoid(w)
+        return within, jnp.where(sizes > 0, 1.0 + (sizes - 1.0) * rho, 1.0)
+
+    def color(self, par, arrays, e):
+        """R^{1/2} e = sqrt(1 - rho) e + (sqrt(1 + (n_g-1) rho) - sqrt(1 - rho)) / n_g * sum_g e."""
+        groups, sizes = arrays
+        within, big = self._eigenvalues(par, sizes)
+        share = (jnp.sqrt(big) - jnp.sqrt(within)) / jnp.maximum(sizes, 1.0)
+        sums = jax.ops.segment_sum(e, groups, num_segments=sizes.shape[0])
+        return jnp.sqrt(within) * e + (share * sums)[groups]
+
+    def whiten(self, par, arrays, M):
+        groups, sizes = arrays
+        within, big = self._eigenvalues(par, sizes)
         present = sizes > 0
-        big = jnp.where(present, 1.0 + (sizes - 1.0) * rho, 1.0)   # 1 + (n_g - 1) rho
         c = 1.0 - jnp.sqrt(within / big)
         means = jax.ops.segment_sum(M, groups, num_segments=sizes.shape[0]) / jnp.maximum(sizes, 1.0)[:, None]
         out = (M - (c[:, None] * means)[groups]) / jnp.sqrt(within)

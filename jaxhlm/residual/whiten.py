@@ -65,6 +65,25 @@ def blocks_at(theta, data, st) -> Blocks:
     return blocks._replace(logw=2.0 * logdet - 2.0 * jnp.sum(jnp.where(used, log_g, 0.0)))
 
 
+def residual_noise(theta, data: RowData, st, e):
+    """D R^{1/2} e: standard normal e (n,) made residuals of relative covariance D R D
+    (times sigma, a simulated model's e); e itself without a residual structure."""
+    res = st.residual
+    if res is None:
+        return e
+    pc, pv = res.split(theta[st.ntheta_random:])
+    if res.correlation is not None:
+        e = res.correlation.color(pc, data.correlation, e)
+    if res.variance is not None:
+        e = e * jnp.exp(res.variance.log_sd(pv, data.variance))
+    return e
+
+
+def response_axes(data: RowData) -> RowData:
+    """``in_axes`` for vmapping over rows whose ``y`` has a leading batch axis."""
+    return RowData(None, 0, None, None, None, None)
+
+
 def bind(frame, correlation: Correlation | None, variance: VarianceFunction | None):
     """The :class:`~jaxhlm.residual.base.Residual` and :class:`RowData` of a model frame's
     rows (NumPy, once), with the checks that name a bad column, row or term."""
