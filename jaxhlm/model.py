@@ -142,7 +142,6 @@ class LMM:
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
                num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
         """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.bayes.posterior.sample`)."""
-        self._plain("sample()")
         return _posterior.sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
                       num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 

@@ -355,3 +355,25 @@ def test_residual_batches_equal_single_fits_and_bootstrap_runs():
         np.testing.assert_allclose(many.theta[k], single.theta, rtol=1e-4, atol=1e-5)
     boot = res.bootstrap(16, seed=2)
     assert np.all(boot.status == jaxhlm.Status.CONVERGED)
+
+
+def test_residual_marginal_likelihood_and_nuts():
+    """NUTS's likelihood with a residual structure equals the ML fit's at its optimum
+    (profiled = unprofiled at beta-hat, sigma-hat), and a short run samples phi and the
+    power near the fit's values."""
+    import jax.numpy as jnp
+
+    from jaxhlm.families import GAUSSIAN
+
+    d = data("sleepstudy")
+    model = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d, correlation=jaxhlm.AR1("Subject", "Days"),
+                       variance=jaxhlm.VarPower("Days1"))
+    ml = model.fit(reml=False)
+    ll = GAUSSIAN.marginal_loglik(jnp.asarray(ml.theta), jnp.asarray(ml.fixef.to_numpy()),
+                                  jnp.asarray(ml.sigma), model.blocks, model.structure)
+    assert -2 * float(ll) == pytest.approx(ml.objective, rel=1e-10)
+    post = model.sample(num_warmup=150, num_samples=150, num_chains=1, seed=1)
+    assert {"corAR1:Phi", "varPower:power", "sigma", "sd(Subject:(Intercept))"} <= set(post.names)
+    fit = model.fit()
+    assert abs(np.mean(post.samples["corAR1:Phi"]) - fit.correlation_parameter) < 0.2
+    assert abs(np.mean(post.samples["varPower:power"]) - fit.variance_parameters["power"]) < 0.2

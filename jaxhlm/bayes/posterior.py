@@ -57,7 +57,8 @@ def numpyro_model(model, priors: ResolvedPriors):
                  else jnp.asarray(blocks.sigma, beta.dtype))
         theta = jnp.concatenate([
             t.covariance.sample(numpyro.sample, t.name, t.columns, sds, conc, jnp.asarray(sigma))
-            for t, sds, conc in zip(specs, priors.sd, priors.lkj)])
+            for t, sds, conc in zip(specs, priors.sd, priors.lkj)]
+            + ([] if st.residual is None else [st.residual.sample(numpyro.sample)]))
         numpyro.factor("marginal_loglik", GAUSSIAN.marginal_loglik(theta, beta, sigma, blocks, st))
 
     return fn
@@ -68,14 +69,18 @@ def site_names(model) -> list[str]:
     names = list(model.frame.fixef_names) + ([] if model.structure.known_sigma else ["sigma"])
     for t in model.frame.specs:
         names += t.covariance.sites(t.name, t.columns)
+    if model.structure.residual is not None:
+        names += model.structure.residual.sites()
     return names
 
 
-def theta_of(specs, values: dict[str, jnp.ndarray], sigma: jnp.ndarray) -> jnp.ndarray:
-    """theta (..., ntheta) from the terms' sampled sites (arrays with leading axes)."""
+def theta_of(specs, values: dict[str, jnp.ndarray], sigma: jnp.ndarray, residual=None) -> jnp.ndarray:
+    """theta (..., ntheta) from the terms' sampled sites (arrays with leading axes), then
+    the residual structure's (:mod:`jaxhlm.residual`) if there is one."""
     get = lambda site, _: jnp.asarray(values[site])  # noqa: E731
     return jnp.concatenate([t.covariance.sample(get, t.name, t.columns, [None] * t.p, 1.0, sigma)
-                            for t in specs], axis=-1)
+                            for t in specs] + ([] if residual is None else [residual.sample(get)]),
+                           axis=-1)
 
 
 def ess_bulk(x: np.ndarray) -> float:
@@ -146,7 +151,7 @@ class Posterior:
         beta = jnp.stack([jnp.asarray(self.samples[n]) for n in self.model.frame.fixef_names], -1)
         sigma = (jnp.asarray(self.samples["sigma"]) if "sigma" in self.samples
                  else jnp.full((C, D), float(blocks.sigma)))
-        theta = theta_of(self.model.frame.specs, self.raw, sigma)
+        theta = theta_of(self.model.frame.specs, self.raw, sigma, st.residual)
         keys = jax.random.split(jax.random.key(seed), C * D)
         flat = lambda a: a.reshape((C * D,) + a.shape[2:])  # noqa: E731
         draw = jax.jit(jax.vmap(lambda k, th, b, s: GAUSSIAN.draw_ranef(k, th, b, s, blocks, st)))
@@ -272,7 +277,7 @@ def _lambdas_of_draws(specs, st, sites: dict, sigma):
     """lambda_k (C * D, p_k, p_k) per term from the covariance sites' draws (C, D, ...);
     compiled once per model and shape, so a sampler's later runs compile nothing."""
     theta = theta_of(specs, sites, sigma)
-    return jax.vmap(st.lambdas)(theta.reshape(-1, st.ntheta))
+    return jax.vmap(st.lambdas)(theta.reshape(-1, st.ntheta_random))
 
 
 def _named(model, raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -291,6 +296,8 @@ def _named(model, raw: dict[str, np.ndarray], fixed: dict[str, Any]) -> dict[str
     sd, sd_names, corr, corr_names = sd_corr(model.frame.specs, lams, sigma.reshape(-1))
     out.update({n: sd[:, j].reshape(C, D) for j, n in enumerate(sd_names)})
     out.update({n: corr[:, j].reshape(C, D) for j, n in enumerate(corr_names)})
+    if model.structure.residual is not None:
+        out.update({k: raw[k] for k in model.structure.residual.sites()})
     return out
 
 
@@ -341,6 +348,7 @@ def calibrate(model, priors: Priors | None = None, *, reps: int = 200, seed: int
     from ..blocks import response_axes, with_responses
 
     st, frame = model.structure, model.frame
+    model._plain("calibrate()")
     if frame.weights is not None:
         raise JaxhlmError("calibrate simulates y with residual variance sigma^2; it does not "
                           "support weights or known residual variances")

@@ -51,6 +51,14 @@ class AR1(Correlation):
     def natural(self, par):
         return np.tanh(np.asarray(par, dtype=float))
 
+    def prior(self):
+        import numpyro.distributions as dist
+
+        return dist.Uniform(-1.0, 1.0)
+
+    def unbounded(self, natural):
+        return jnp.arctanh(natural)
+
     def bind(self, data: pd.DataFrame, groups):
         n = len(data)
         if self.time is None:

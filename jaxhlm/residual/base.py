@@ -19,7 +19,9 @@ A structure is a frozen dataclass (hashable: it is part of the compiled program'
 :meth:`bind` reads them once (NumPy) into arrays and returns a copy holding the static
 sizes those arrays need (e.g. AR(1)'s largest lag).  Its parameters are unbounded reals
 (the optimiser's); :meth:`natural` gives nlme's values (phi, rho, variance ratios,
-powers), and ``param_names`` their names.  To add one, subclass :class:`Correlation`
+powers), and ``param_names`` their names.  NUTS samples the natural values under the
+structure's :meth:`~ResidualPart.prior` (uniform on a correlation's range; log-normal(0, 1)
+for an SD ratio; normal(0, 1) for a power).  To add one, subclass :class:`Correlation`
 (define :meth:`Correlation.whiten` and its inverse :meth:`Correlation.color`) or :class:`VarianceFunction` (define
 :meth:`VarianceFunction.log_sd`) in a new file of this package.
 """
@@ -68,6 +70,25 @@ class ResidualPart(abc.ABC):
     def start(self) -> np.ndarray:
         """The optimiser's start: independent rows with equal variances."""
         return np.zeros(self.nparams)
+
+    # ------------------------------------------------------------------ NUTS
+    def sites(self) -> list[str]:
+        """The sampled sites (:meth:`sample`): nlme's class and parameter, ``corAR1:Phi``."""
+        return [f"{self.nlme}:{name}" for name in self.param_names()]
+
+    @abc.abstractmethod
+    def prior(self):
+        """The prior of each natural parameter (a NumPyro distribution, one for all)."""
+
+    @abc.abstractmethod
+    def unbounded(self, natural):
+        """The inverse of :meth:`natural`, in jnp (arrays may carry leading axes)."""
+
+    def sample(self, get) -> jnp.ndarray:
+        """The parameters (..., nparams) from the sites, ``get(site, prior)`` as
+        :meth:`jaxhlm.covariance.Covariance.sample`'s."""
+        d = self.prior()
+        return jnp.stack([self.unbounded(get(site, d)) for site in self.sites()], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +150,13 @@ class Residual:
 
     def param_names(self) -> list[str]:
         return [n for p in self.parts for n in p.param_names()]
+
+    def sites(self) -> list[str]:
+        return [n for p in self.parts for n in p.sites()]
+
+    def sample(self, get) -> jnp.ndarray:
+        """The parameters (..., nparams) from their NUTS sites (:meth:`ResidualPart.sample`)."""
+        return jnp.concatenate([p.sample(get) for p in self.parts], axis=-1)
 
     def natural(self, par) -> np.ndarray:
         pc, pv = self.split(np.asarray(par, dtype=float))

@@ -50,6 +50,15 @@ class CompoundSymmetry(Correlation):
         w = np.asarray(par, dtype=float) + np.log(a)
         return -a + (1 + a) / (1 + np.exp(-w))
 
+    def prior(self):
+        import numpyro.distributions as dist
+
+        return dist.Uniform(-self._a(), 1.0)
+
+    def unbounded(self, natural):
+        a = self._a()
+        return jax.scipy.special.logit((natural + a) / (1 + a)) - np.log(a)
+
     def bind(self, data: pd.DataFrame, groups):
         sizes = np.bincount(groups)
         if sizes.max() < 2:

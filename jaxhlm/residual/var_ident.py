@@ -40,6 +40,14 @@ class VarIdent(VarianceFunction):
     def natural(self, par):
         return np.exp(np.asarray(par, dtype=float))
 
+    def prior(self):
+        import numpyro.distributions as dist
+
+        return dist.LogNormal(0.0, 1.0)
+
+    def unbounded(self, natural):
+        return jnp.log(natural)
+
     def bind(self, data: pd.DataFrame, groups):
         codes, levels = codes_of(column(data, self.column, "VarIdent"))
         if len(levels) < 2:

@@ -37,6 +37,14 @@ class VarPower(VarianceFunction):
     def natural(self, par):
         return np.asarray(par, dtype=float)
 
+    def prior(self):
+        import numpyro.distributions as dist
+
+        return dist.Normal(0.0, 1.0)
+
+    def unbounded(self, natural):
+        return natural
+
     def bind(self, data: pd.DataFrame, groups):
         raw = column(data, self.column, "VarPower")
         if not pd.api.types.is_numeric_dtype(raw):
