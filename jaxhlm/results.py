@@ -233,10 +233,26 @@ class LMMResult:
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
+    def _gls_summary(self) -> str:
+        """nlme's ``summary(gls)`` layout, for a model without random effects."""
+        st = self._model.structure
+        lines = [f"Generalized least squares fit by {'REML' if self.reml else 'maximum likelihood'} (jaxhlm)",
+                 f"  Model: {self.formula}",
+                 f"{'AIC':>10} {'BIC':>10} {'logLik':>10}",
+                 f"{self.aic:>10.4f} {self.bic:>10.4f} {self.loglik:>10.4f}", ""]
+        if st.residual is not None:
+            lines += [_format_residual(st.residual, self.residual_parameters), ""]
+        lines += ["Coefficients:", _gls_coefficients(self).to_string(float_format=lambda v: f"{v:.6g}"), "",
+                  f"Residual standard error: {self.sigma:.6g}",
+                  f"Degrees of freedom: {self.nobs} total; {self.nobs - self.fixef.size} residual"]
+        return "\n".join(lines)
+
     def summary(self, ddf: str | None = "satterthwaite") -> str:
         """A text summary laid out as lmerTest's ``summary(m, ddf = ...)``: the fixed
         effects' t tests with df and p-values (:meth:`coef_table`); ``ddf=None``: lme4's
         ``summary(m)``, t values only (no derivatives computed; posterior modes always)."""
+        if not tables.present(self._model.frame.specs)[0]:
+            return self._gls_summary()
         crit = "REML criterion at convergence" if self.reml else "deviance"
         tests = ddf is not None and self.prior is None
         table = self.coef_table(ddf) if tests else None
@@ -296,6 +312,16 @@ class LMMResult:
 def _records(df: pd.DataFrame) -> list[dict]:
     """Rows as dicts, missing values as None (JSON null)."""
     return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def _gls_coefficients(res) -> pd.DataFrame:
+    """nlme's ``summary(gls)$tTable``: t tests with the residual df n - p."""
+    from scipy import stats
+
+    df = res.nobs - res.fixef.size
+    t = res.fixef / res.fixef_se
+    return pd.DataFrame({"Value": res.fixef, "Std.Error": res.fixef_se, "t-value": t,
+                         "p-value": 2 * stats.t.sf(np.abs(t), df)})
 
 
 def _format_residual(residual, values: pd.Series) -> str:

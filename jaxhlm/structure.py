@@ -117,7 +117,8 @@ class Structure:
 
     @property
     def builtin(self) -> bool:
-        """Whether every covariance structure is jaxhlm's own (whose source keys stored
-        programs; a user's class may change without changing its ``repr``)."""
-        return self.residual is None and all(
-            type(t.covariance).__module__.startswith("jaxhlm.") for t in self.terms)
+        """Whether every covariance and residual structure is jaxhlm's own (whose source
+        keys stored programs; a user's class may change without changing its ``repr``)."""
+        parts = [] if self.residual is None else self.residual.parts
+        return all(type(x).__module__.startswith("jaxhlm.") for x in
+                   [t.covariance for t in self.terms] + parts)

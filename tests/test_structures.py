@@ -279,6 +279,7 @@ def test_residual_summary_and_parameters():
     assert "Correlation structure: corAR1" in text and "Variance function: varIdent" in text
     gls = jaxhlm.GLS("distance ~ age", d, correlation=jaxhlm.CompoundSymmetry("Subject")).fit()
     assert gls.summary().startswith("Generalized least squares fit by REML")
+    assert "Degrees of freedom: 108 total; 106 residual" in gls.summary()
     assert gls.varcorr.grp.tolist() == ["Residual"] and gls.ranef.empty
 
 
@@ -377,3 +378,52 @@ def test_residual_marginal_likelihood_and_nuts():
     fit = model.fit()
     assert abs(np.mean(post.samples["corAR1:Phi"]) - fit.correlation_parameter) < 0.2
     assert abs(np.mean(post.samples["varPower:power"]) - fit.variance_parameters["power"]) < 0.2
+
+
+STORED = r"""
+import json, sys
+import jaxhlm
+from jaxhlm.batch import simulate_trace_count
+from jaxhlm.fitting import trace_count
+d = jaxhlm.datasets.load("sleepstudy")
+res = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d, correlation=jaxhlm.AR1("Subject", "Days")).fit()
+boot = res.bootstrap(8, seed=1)
+print(json.dumps({"traces": trace_count(), "simulate": simulate_trace_count(),
+                  "objective": res.objective, "boot": boot.objective.tolist()}))
+"""
+
+
+def test_a_second_process_loads_residual_structure_programs(tmp_path):
+    """The fit, the simulator and the batched refits of a model with a residual structure
+    are stored (:mod:`jaxhlm.precompiled`); a second process traces none of them."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run():
+        env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+        out = subprocess.run([sys.executable, "-c", STORED], capture_output=True, text=True,
+                             timeout=400, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run()
+    assert first["traces"] >= 2 and first["simulate"] == 1
+    second = run()
+    assert second == {**first, "traces": 0, "simulate": 0}
+
+
+def test_structured_terms_sample_and_bootstrap():
+    """NUTS samples a cs term's SDs and rho (its sites) near the fit; its bootstrap refits all."""
+    d = data("Machines")
+    model = jaxhlm.LMM("score ~ Machine + homcs(0 + Machine | Worker)", d)
+    fit = model.fit()
+    post = model.sample(num_warmup=150, num_samples=150, num_chains=1, seed=2)
+    assert {"sd(Worker:Machine[A])", "corr(Worker:Machine[A],Machine[B])"} <= set(post.names)
+    rho = fit.varcorr.sdcor.iloc[3]
+    assert abs(np.median(post.samples["corr(Worker:Machine[A],Machine[B])"]) - rho) < 0.3
+    np.testing.assert_allclose(post.raw["rho(Worker)"], post.samples["corr(Worker:Machine[A],Machine[B])"],
+                               atol=1e-10)
+    boot = fit.bootstrap(16, seed=3)
+    assert np.mean(boot.status == jaxhlm.Status.CONVERGED) >= 0.9
