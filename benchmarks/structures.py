@@ -93,8 +93,8 @@ def simulate(path: Path, subjects: int = 3000, visits: int = 8, phi: float = 0.6
     ids = np.repeat(np.arange(subjects), visits)
     with open(path, "w") as f:
         f.write("id,visit,treat,y\n")
-        for row in zip(ids, visit, treat, y):
-            f.write(f"{row[0]},{row[1]},{row[2]},{row[3]!r}\n")
+        for i, v, t, value in zip(ids.tolist(), visit.tolist(), treat.tolist(), y.tolist()):
+            f.write(f"{i},{v},{t},{value!r}\n")
 
 
 def _run(cmd, env=None) -> tuple[dict, float]:

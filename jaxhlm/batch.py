@@ -324,7 +324,7 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
                              "a residual structure yet; drop those rows from the model")
 
         def take(index):
-            rows = padded.blocks._replace(y=Y[index])
+            rows = _whiten.with_responses(design, model.structure, Y[index])
             return rows, _whiten.response_axes(rows)
     else:
         def take(index):

@@ -427,3 +427,35 @@ def test_structured_terms_sample_and_bootstrap():
                                atol=1e-10)
     boot = fit.bootstrap(16, seed=3)
     assert np.mean(boot.status == jaxhlm.Status.CONVERGED) >= 0.9
+
+
+@pytest.mark.parametrize("kwargs", [
+    lambda: dict(correlation=jaxhlm.AR1("Subject", "age"), variance=jaxhlm.VarIdent("Sex")),
+    lambda: dict(correlation=jaxhlm.AR1("Subject", "visit"), variance=jaxhlm.VarPower("age")),
+    lambda: dict(variance=jaxhlm.VarPower("age")),
+])
+def test_class_blocks_equal_the_rows_blocks(kwargs):
+    """The blocks combined from precomputed row classes (jaxhlm.residual.whiten's module
+    docstring) equal those of the whitened rows, field by field, at arbitrary parameters
+    and for a batch of responses (with_responses)."""
+    import jax.numpy as jnp
+
+    from jaxhlm.residual.whiten import blocks_at, with_responses
+
+    d = data("Orthodont").drop(index=[1, 6, 14, 40]).reset_index(drop=True)
+    model = jaxhlm.LMM("distance ~ age + (age | Subject)", d, **kwargs())
+    st, rows = model.structure, model._host_blocks
+    assert rows.sets is not None
+    plain = rows._replace(sets=None)
+    rng = np.random.default_rng(7)
+    Y = d.distance.to_numpy() + rng.normal(size=(2, len(d)))
+    many = with_responses(rows, st, Y)
+    for _ in range(2):
+        theta = jnp.asarray(np.concatenate([[1.1, 0.2, 0.4], rng.normal(0, 0.5, st.ntheta - 3)]))
+        for k in range(2):
+            fast = blocks_at(theta, many._replace(y=Y[k], sets=many.sets._replace(
+                zy1=many.sets.zy1[k], Arr=many.sets.Arr[k])), st)
+            slow = blocks_at(theta, plain._replace(y=Y[k]), st)
+            for f in ("A11", "coo_val", "zy1", "pair_val", "Arr", "nobs", "logw"):
+                np.testing.assert_allclose(np.asarray(getattr(fast, f)), np.asarray(getattr(slow, f)),
+                                           rtol=1e-10, atol=1e-10, err_msg=f)

@@ -90,22 +90,26 @@ class AR1(Correlation):
         bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)))
         return bound, (prev.astype(np.int32), lag.astype(np.int32), order.astype(np.int32))
 
-    def _coefficients(self, par, lag, dtype):
-        """a_i = phi^{d_i} (0 for a group's first row) and sqrt(1 - a_i^2)."""
+    def markov(self, arrays):
+        prev, lag, _ = arrays
+        return prev, lag
+
+    def coefficients(self, par, key):
+        """a_i = phi^{d_i} (0 for a group's first row, d_i = 0) and sqrt(1 - a_i^2)."""
         phi = jnp.tanh(par[0])
-        powers = jnp.concatenate([jnp.ones(1, dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
-        a = jnp.where(lag > 0, powers[lag], 0.0)
+        powers = jnp.concatenate([jnp.ones(1, par.dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
+        a = jnp.where(key > 0, powers[key], 0.0)
         return a, jnp.sqrt(1.0 - a * a)
 
     def whiten(self, par, arrays, M):
         prev, lag, _ = arrays
-        a, root = self._coefficients(par, lag, M.dtype)
+        a, root = self.coefficients(par, lag)
         out = (M - a[:, None] * M[prev]) / root[:, None]
         return out, -jnp.sum(jnp.log(root))
 
     def color(self, par, arrays, e):
         _, lag, order = arrays
-        a, root = self._coefficients(par, lag, e.dtype)
+        a, root = self.coefficients(par, lag)
         a, c = a[order], (root * e)[order]
 
         def compose(first, second):          # x -> a2 (a1 x + c1) + c2

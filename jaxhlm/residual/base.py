@@ -107,6 +107,18 @@ class Correlation(ResidualPart):
     def whiten(self, par: jnp.ndarray, arrays: tuple, M: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """(R^{-1/2} M, log|det R^{-1/2}|) for the rows M (n, k) of the model."""
 
+    def markov(self, arrays: tuple):
+        """For a correlation whose whitening is bidiagonal, (W e)_i = (e_i - a_i e_prev(i)) / r_i
+        with (a_i, r_i) set by an integer key of the row (AR(1): its lag; 0: no predecessor),
+        the NumPy pair (prev, key); None otherwise.  It lets :mod:`jaxhlm.residual.whiten`
+        precompute the cross-products per class of rows, so that an evaluation costs
+        nothing in n."""
+        return None
+
+    def coefficients(self, par: jnp.ndarray, key: jnp.ndarray):
+        """(a, r) at the keys of :meth:`markov` (a = 0, r = 1 for key 0)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def color(self, par: jnp.ndarray, arrays: tuple, e: jnp.ndarray) -> jnp.ndarray:
         """A square root of R times e (n,): R^{1/2} e has covariance R when e ~ N(0, I)

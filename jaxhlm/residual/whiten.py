@@ -16,10 +16,28 @@ and lme4 define them (nlme's ``lme``/``gls`` and lme4 agree on both).
 W keeps the pattern of Z (each whitened row mixes rows of one correlation group, which
 share their levels of every random term) only when the groups lie within the levels of
 every random term; :func:`bind` checks that.
+
+**Cost independent of n.**  When W is bidiagonal (AR(1)) or diagonal (a variance function
+alone), whitened row i is alpha_i m_i + beta_i m_p (m_p the row before in its group;
+beta = 0 without one), and alpha_i, beta_i depend on the parameters only through a
+*class* of the row: its lag and its variance function's covariate at i and at p.  Every
+block is linear in the rows' outer products, and by polarisation
+
+    (alpha m_i + beta m_p)(alpha m_i + beta m_p)' = (alpha^2 - alpha beta) m_i m_i'
+        + (beta^2 - alpha beta) m_p m_p' + alpha beta (m_i + m_p)(m_i + m_p)',
+
+so the blocks at theta are a combination, with those three coefficients per class, of
+blocks computed once (NumPy) from the rows of each class, from their predecessors and
+from the sums (:class:`ClassSets`).  An evaluation then costs the size of the blocks
+(levels and nonzeros), not n: 3,000 subjects x 8 visits with AR(1) residuals take
+0.1 ms instead of 3 ms per criterion and gradient.  A variance covariate with many
+distinct values (more than :data:`MAX_CLASSES` classes) or compound symmetry
+(its whitening mixes whole groups) use the rows themselves, O(n) per evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -31,6 +49,29 @@ from ..errors import DataError, JaxhlmError
 from .base import Correlation, Residual, VarianceFunction, codes_of, column
 
 
+MAX_CLASSES = 64
+"""The most row classes precomputed (module docstring); beyond, blocks come from the rows."""
+
+SELF, PREV, SUM = 0, 1, 2
+"""The three row sets of a class: its rows, their predecessors, and the sums."""
+
+
+class ClassSets(NamedTuple):
+    """The blocks of each (class, row set) pair, stacked on a leading axis K, and what
+    sets their coefficients: per class its representative keys and its number of rows."""
+
+    A11: np.ndarray       # (K, ell_1, p_1, p_1)
+    coo_val: np.ndarray   # (K, nnz, p_1)
+    zy1: np.ndarray       # (K, ell_1, p_1): depends on the response
+    Arr: np.ndarray       # (K, m, m): its last row and column depend on the response
+    set_class: np.ndarray  # (K,) int: the class of each set
+    set_kind: np.ndarray  # (K,) int: SELF, PREV or SUM
+    key: np.ndarray       # (C,) int: the correlation's key (lag; 0 for no predecessor)
+    var_at: tuple         # the variance function's arrays at each class's representative row
+    var_prev: tuple       # ... at its predecessor
+    count: np.ndarray     # (C,) float: rows per class
+
+
 class RowData(NamedTuple):
     """The rows of a model with a residual structure (a pytree, in place of its blocks)."""
 
@@ -40,6 +81,7 @@ class RowData(NamedTuple):
     sigma: np.ndarray          # the known residual SD (unused: sigma is estimated)
     correlation: tuple         # the correlation structure's arrays (empty without one)
     variance: tuple            # the variance function's arrays
+    sets: ClassSets | None = None   # the precomputed class blocks (module docstring), or None
 
 
 def blocks_at(theta, data, st) -> Blocks:
@@ -49,6 +91,8 @@ def blocks_at(theta, data, st) -> Blocks:
     if res is None:
         return data
     pc, pv = res.split(theta[st.ntheta_random:])
+    if data.sets is not None:
+        return _blocks_of_classes(pc, pv, data, st)
     pat = data.pattern
     p1 = pat.Z1.shape[1]
     M = jnp.concatenate([pat.Z1, pat.vals, data.y[:, None]], axis=1)
@@ -63,6 +107,120 @@ def blocks_at(theta, data, st) -> Blocks:
     pat = pat._replace(Z1=M[:, :p1], vals=M[:, p1:-1])
     blocks = values(pat, st, data.weights, M[:, -1], data.sigma, xp=jnp)
     return blocks._replace(logw=2.0 * logdet - 2.0 * jnp.sum(jnp.where(used, log_g, 0.0)))
+
+
+def _class_coefficients(pc, pv, sets: ClassSets, res):
+    """alpha, beta and log(g r) per class (module docstring)."""
+    dtype = sets.count.dtype
+    a, root = (res.correlation.coefficients(pc, sets.key) if res.correlation is not None
+               else (jnp.zeros_like(sets.count), jnp.ones_like(sets.count)))
+    log_g = log_gp = jnp.zeros(sets.count.shape, dtype)
+    if res.variance is not None:
+        log_g = res.variance.log_sd(pv, sets.var_at)
+        log_gp = res.variance.log_sd(pv, sets.var_prev)
+    alpha = jnp.exp(-log_g) / root
+    beta = -a * jnp.exp(-log_gp) / root
+    return alpha, beta, log_g + jnp.log(root)
+
+
+def _blocks_of_classes(pc, pv, data: RowData, st) -> Blocks:
+    """The blocks at the parameters as a combination of the class sets' blocks."""
+    sets, pat = data.sets, data.pattern
+    alpha, beta, log_scale = _class_coefficients(pc, pv, sets, st.residual)
+    a, b = alpha[sets.set_class], beta[sets.set_class]
+    coef = jnp.where(sets.set_kind == SELF, a * a - a * b, jnp.where(sets.set_kind == PREV, b * b - a * b, a * b))
+    mix = lambda x: jnp.tensordot(coef, x, axes=1)  # noqa: E731
+    coo_val = mix(sets.coo_val)
+    return Blocks(
+        A11=mix(sets.A11), coo_row=pat.coo_row, coo_level=pat.coo_level, coo_val=coo_val,
+        zy1=mix(sets.zy1), pair_level=pat.pair_level, pair_out=pat.pair_out,
+        pair_val=coo_val[pat.pair_a][:, :, None] * coo_val[pat.pair_b][:, None, :],
+        pair_rand=pat.pair_rand, Arr=mix(sets.Arr), nobs=jnp.sum(sets.count),
+        logw=-2.0 * jnp.sum(sets.count * log_scale), sigma=jnp.asarray(data.sigma, coef.dtype))
+
+
+def _class_rows(res: Residual, arrays: dict, n: int):
+    """Each row's class and the row sets (module docstring): (prev, key, classes (n,),
+    representatives (C,)), or None where the classes cannot be used."""
+    markov = None if res.correlation is None else res.correlation.markov(arrays["correlation"])
+    if res.correlation is not None and markov is None:
+        return None
+    prev, key = markov if markov is not None else (np.arange(n), np.zeros(n, dtype=np.int64))
+    columns = [np.asarray(key, dtype=float)]
+    for a in arrays.get("variance", ()):
+        a = np.asarray(a, dtype=float)
+        columns += [a, np.where(key > 0, a[prev], 0.0)]
+    _, first, classes = np.unique(np.column_stack(columns), axis=0, return_index=True, return_inverse=True)
+    if first.size > MAX_CLASSES:
+        return None
+    return np.asarray(prev), np.asarray(key), classes.reshape(-1), first
+
+
+def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | None:
+    """The :class:`ClassSets` of the model's rows (NumPy, once), or None (module docstring)."""
+    n = rows.y.shape[0]
+    found = _class_rows(res, arrays, n)
+    if found is None:
+        return None
+    prev, key, classes, first = found
+    pat = rows.pattern
+    sets, set_class, set_kind = [], [], []
+    for c, rep in enumerate(first):
+        kinds = (SELF, PREV, SUM) if key[rep] > 0 else (SELF,)
+        for kind in kinds:
+            Z1, vals, y = _kind_rows(pat.Z1, prev, kind), _kind_rows(pat.vals, prev, kind), _kind_rows(rows.y, prev, kind)
+            w = (classes == c).astype(float)
+            sets.append(values(pat._replace(Z1=Z1, vals=vals), st, w, y))
+            set_class.append(c)
+            set_kind.append(kind)
+    var = arrays.get("variance", ())
+    return ClassSets(
+        A11=np.stack([b.A11 for b in sets]), coo_val=np.stack([b.coo_val for b in sets]),
+        zy1=np.stack([b.zy1 for b in sets]), Arr=np.stack([b.Arr for b in sets]),
+        set_class=np.asarray(set_class, np.int32), set_kind=np.asarray(set_kind, np.int32),
+        key=key[first].astype(np.int32), var_at=tuple(np.asarray(a)[first] for a in var),
+        var_prev=tuple(np.asarray(a)[prev[first]] for a in var),
+        count=np.bincount(classes, minlength=first.size).astype(float))
+
+
+def _kind_rows(a: np.ndarray, prev: np.ndarray, kind: int) -> np.ndarray:
+    """The rows themselves (SELF), their predecessors (PREV) or the sums (SUM)."""
+    return a if kind == SELF else a[prev] if kind == PREV else a + a[prev]
+
+
+def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
+    """Rows for B responses (Y (B, n)) on one design: ``y`` gains a leading axis, and so do
+    the class sets' response fields (Z_1'y and Arr's last row and column per set, sparse
+    products on the host, O(n) per response and set).  Vmap with :func:`response_axes`."""
+    from scipy import sparse
+
+    Y = np.atleast_2d(np.asarray(Y, dtype=float))
+    B, n = Y.shape
+    sets = rows.sets
+    if sets is None:
+        return rows._replace(y=Y)
+    pat = rows.pattern
+    p1, ell1, m = pat.Z1.shape[1], sets.zy1.shape[1], st.m
+    prev = _class_rows(st.residual, {"correlation": rows.correlation, "variance": rows.variance}, n)
+    prev, _, classes, first = prev
+    zy1 = np.empty((B,) + sets.zy1.shape)
+    Arr = np.broadcast_to(sets.Arr, (B,) + sets.Arr.shape).copy()
+    row_index = np.arange(n)
+    for k, (c, kind) in enumerate(zip(sets.set_class, sets.set_kind)):
+        w = (classes == c).astype(float)
+        Z1 = _kind_rows(pat.Z1, prev, kind) * w[:, None]
+        vals = _kind_rows(pat.vals, prev, kind) * w[:, None]
+        Yk = Y if kind == SELF else Y[:, prev] if kind == PREV else Y + Y[:, prev]
+        z1 = sparse.csr_matrix((Z1.reshape(-1), (np.repeat(row_index, p1),
+                                (pat.codes1[:, None] * p1 + np.arange(p1)).reshape(-1))), shape=(n, ell1 * p1))
+        rest = sparse.csr_matrix((vals.reshape(-1), (np.repeat(row_index, vals.shape[1]),
+                                  pat.cols[:, :-1].reshape(-1))), shape=(n, m - 1))
+        zy1[:, k] = np.asarray((z1.T @ Yk.T).T).reshape(B, ell1, p1)
+        ry = np.asarray((rest.T @ Yk.T).T)
+        Arr[:, k, -1, :-1] = ry
+        Arr[:, k, :-1, -1] = ry
+        Arr[:, k, -1, -1] = np.einsum("bi,bi->b", Yk * w, Yk)
+    return rows._replace(y=Y, sets=sets._replace(zy1=zy1, Arr=Arr))
 
 
 def residual_noise(theta, data: RowData, st, e):
@@ -80,8 +238,10 @@ def residual_noise(theta, data: RowData, st, e):
 
 
 def response_axes(data: RowData) -> RowData:
-    """``in_axes`` for vmapping over rows whose ``y`` has a leading batch axis."""
-    return RowData(None, 0, None, None, None, None)
+    """``in_axes`` for vmapping over the output of :func:`with_responses`."""
+    sets = None if data.sets is None else ClassSets(
+        None, None, 0, 0, None, None, None, None, None, None)
+    return RowData(None, 0, None, None, None, None, sets)
 
 
 def bind(frame, correlation: Correlation | None, variance: VarianceFunction | None):
@@ -107,8 +267,7 @@ def bind(frame, correlation: Correlation | None, variance: VarianceFunction | No
                                   "random effects")
             innermost = real[0]      # the most levels: nlme's innermost grouping
             codes, group_name = innermost.codes.astype(np.int64), innermost.spec.group
-            from dataclasses import replace
-            correlation = replace(correlation, group=group_name)
+            correlation = dataclasses.replace(correlation, group=group_name)
         else:
             codes, _ = codes_of(column(data, correlation.group, type(correlation).__name__))
             group_name = correlation.group
@@ -128,4 +287,5 @@ def bind(frame, correlation: Correlation | None, variance: VarianceFunction | No
     res = Residual(correlation, variance)
     rows = RowData(pattern(frame), frame.y, np.ones(frame.nobs), np.asarray(1.0),
                    out.get("correlation", ()), out.get("variance", ()))
-    return res, rows
+    st = dataclasses.replace(frame.structure, residual=res)
+    return res, rows._replace(sets=_class_sets(rows, res, st, out))
