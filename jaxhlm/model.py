@@ -157,19 +157,19 @@ class LMM:
         responses will run, by running each once on one chunk of simulated responses
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
-        REML, Kenward-Roger's tables; the profile).  Every model of the same bucket
-        (:mod:`jaxhlm.padding`) then starts warm, in this process and in later ones:
+        REML, Kenward-Roger's tables; the profile; with a residual structure only the
+        first).  Every model of the same bucket (:mod:`jaxhlm.padding`; with a residual
+        structure, of the same shapes) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
         from .batch import chunk_size
 
-        self._plain("warmup()")
-
         res = self.fit(reml)
+        plain = self.structure.residual is None   # Kenward-Roger and profiles: not with one
         if inference:
             res.coef_table("satterthwaite")
-            if reml and not self.structure.known_sigma:
+            if reml and not self.structure.known_sigma and plain:
                 res.coef_table("kenward-roger")
-            if not self.structure.known_sigma:
+            if not self.structure.known_sigma and plain:
                 res.profile()
         if nsim:
             res.bootstrap(min(nsim, chunk_size(nsim)))
