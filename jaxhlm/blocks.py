@@ -157,7 +157,7 @@ def pattern(frame: ModelFrame, pairs: bool | None = None) -> Pattern:
     pair_a, pair_b = pair_a[order], pair_b[order]
     i32 = np.int32
     return Pattern(codes1.astype(i32), first.Z, cols.astype(i32), vals[:, :-1],
-                   inv.reshape(-1, w - 1).astype(i32), coo_row.astype(i32), coo_level.astype(i32),
+                   inv.reshape(frame.nobs, w - 1).astype(i32), coo_row.astype(i32), coo_level.astype(i32),
                    pair_a.astype(i32), pair_b.astype(i32), coo_level[pair_a].astype(i32),
                    pair_out[order].astype(i32), coo_row[pair_b] < st.m_rand)
 

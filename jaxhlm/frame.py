@@ -246,11 +246,12 @@ def _weights_column(data: pd.DataFrame, weights, residual_variance):
 
 
 def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None,
-          placeholder: str | None = None) -> ModelFrame:
+          placeholder: str | None = None, residual: bool = True) -> ModelFrame:
     """Build the model frame of formula ``text`` on ``data`` (see the module docstring),
     with optional prior weights or known residual variances (:func:`_weights_column`).
     ``placeholder``: the grouping column of a term that stands for no random effects
-    (:class:`jaxhlm.covariance.Absent`; a GLS model's)."""
+    (:class:`jaxhlm.covariance.Absent`; a GLS model's).  ``residual=False``: the model has no
+    residual variance (a GLMM), so, as lme4's ``glmer``, only ``check.nlev.gtr.1`` applies."""
     if not isinstance(data, pd.DataFrame):
         raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
     parsed = _formula.parse(text)
@@ -299,7 +300,7 @@ def build(text: str, data: pd.DataFrame, weights=None, residual_variance=None,
                  if t.spec.group == placeholder else t for t in terms]
     for t in terms:
         _check_finite(t.Z, list(t.spec.columns), rows, f"the random-effects term of {t.spec.group}")
-    _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None)
+    _check_identifiable(terms, y.shape[0], known_sigma=sigma is not None or not residual)
     w = frame[wcol].to_numpy(dtype=float) if wcol else None
     return ModelFrame(parsed, y, X, fixef_names, terms, frame, dropped, n_dropped, w, sigma)
 

@@ -239,6 +239,18 @@ def factorize_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure) -> Fact
     return Factor(C, T, L, logdet_theta, logdet_x, pwrss)
 
 
+def factorize_smooth(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Factor:
+    """:func:`factorize` through JAX's own Cholesky factor of the rest's matrix (as
+    :func:`smooth_parts`): differentiable in forward mode and to any order, for PIRLS's
+    modes (:mod:`jaxhlm.pirls`), which are differentiated through their loop."""
+    C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st)
+    L = jnp.linalg.cholesky(M)
+    log_d = 2.0 * jnp.log(jnp.diagonal(L))
+    mr, p = st.m_rand, st.p
+    return Factor(C, T, L, 2.0 * jnp.sum(log_diag_sum(C)) + jnp.sum(log_d[:mr]),
+                  jnp.sum(log_d[mr:mr + p]), L[-1, -1] ** 2)
+
+
 class Conditional(NamedTuple):
     """Estimates given theta: fixed effects, sigma, and the conditional modes of b."""
 
@@ -263,7 +275,8 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     lams = lambdas(theta, st)
     m, mr, p = st.m, st.m_rand, st.p
     L = f.L
-    x = solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0]
+    x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0] if m > 1
+         else jnp.zeros((0,), L.dtype))      # nothing but term 1 and y (a GLMM's beta given)
     u_rest, beta = x[:mr], x[mr:]
     b_rest = rest_b(u_rest, lams, st)
     u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
@@ -271,7 +284,7 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b = [u1 @ lam1.T]
 
     Lx = L[mr:mr + p, mr:mr + p]
-    Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype))
+    Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype)) if p else Lx
     vcov = sigma2 * Lx_inv.T @ Lx_inv
 
     # Term 1: V_j = K_j + K_j lambda_1' (sum_pairs a_a G~[r_a, r_b] a_b') lambda_1 K_j,

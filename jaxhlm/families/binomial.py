@@ -1,0 +1,56 @@
+"""The binomial family (lme4's ``glmer(..., family = binomial)``): k_i successes of n_i trials.
+
+The response is the proportion y_i = k_i / n_i with trials n_i (a 0/1 response has
+n_i = 1; ``cbind(successes, failures)`` gives both; a proportion needs ``weights=`` the
+trials, as in R).  Var(y_i) = mu_i (1 - mu_i) / n_i, so PIRLS's working weights are
+n_i (dmu/deta)^2 / (mu (1 - mu)), and the log-likelihood is R's ``binomial()$aic / -2``:
+
+    log p(k | mu) = log C(n, k) + k log mu + (n - k) log(1 - mu).
+
+Links: logit (canonical), probit, cloglog (:mod:`jaxhlm.families.links`).  To add a
+family, write a file like this one: ``variance(mu)``, ``loglik(y, mu, trials)``,
+``start(y, trials)`` (R's ``mustart``) and ``check(y, trials, name, rows)`` (the edge's
+errors), with a ``link``; :mod:`jaxhlm.pirls` does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from ..errors import DataError
+from .links import Logit
+
+
+@dataclasses.dataclass(frozen=True)
+class Binomial:
+    """Binomial responses with a link (default logit)."""
+
+    link: object = Logit()
+    name = "binomial"
+
+    def variance(self, mu):
+        return mu * (1 - mu)
+
+    def loglik(self, y, mu, trials):
+        k = y * trials
+        return (gammaln(trials + 1) - gammaln(k + 1) - gammaln(trials - k + 1)
+                + k * jnp.log(mu) + (trials - k) * jnp.log1p(-mu))
+
+    def start(self, y, trials):
+        """R's ``binomial()$initialize``: mustart = (n y + 0.5) / (n + 1)."""
+        return (trials * y + 0.5) / (trials + 1)
+
+    def check(self, y: np.ndarray, trials: np.ndarray, name: str, rows) -> None:
+        bad = np.flatnonzero((y < 0) | (y > 1))
+        if bad.size:
+            raise DataError(f"binomial response {name} must be in [0, 1] (a proportion, or "
+                            f"successes <= trials); row {rows[bad[0]]!r} has {y[bad[0]]:g}")
+        k = y * trials
+        bad = np.flatnonzero(np.abs(k - np.round(k)) > 1e-8 * np.maximum(trials, 1))
+        if bad.size:
+            raise DataError(f"binomial response {name}: successes must be whole numbers; row "
+                            f"{rows[bad[0]]!r} has {k[bad[0]]:g} of {trials[bad[0]]:g} trials")

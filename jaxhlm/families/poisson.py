@@ -1,0 +1,44 @@
+"""The Poisson family (lme4's ``glmer(..., family = poisson)``): counts y_i with mean mu_i.
+
+Var(y_i) = mu_i; log link (canonical); an offset (``offset(log(t))`` in the formula)
+enters eta.  log p(y | mu) = y log mu - mu - log y!.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from ..errors import DataError
+from .links import Log
+
+
+@dataclasses.dataclass(frozen=True)
+class Poisson:
+    """Poisson counts with a link (default log)."""
+
+    link: object = Log()
+    name = "poisson"
+
+    def variance(self, mu):
+        return mu
+
+    def loglik(self, y, mu, trials):
+        return trials * (y * jnp.log(mu) - mu - gammaln(y + 1))
+
+    def start(self, y, trials):
+        """R's ``poisson()$initialize``: mustart = y + 0.1."""
+        return y + 0.1
+
+    def check(self, y: np.ndarray, trials: np.ndarray, name: str, rows) -> None:
+        bad = np.flatnonzero(y < 0)
+        if bad.size:
+            raise DataError(f"Poisson response {name} must be non-negative counts; row "
+                            f"{rows[bad[0]]!r} has {y[bad[0]]:g}")
+        bad = np.flatnonzero(y != np.round(y))
+        if bad.size:
+            raise DataError(f"Poisson response {name} must be whole counts; row {rows[bad[0]]!r} "
+                            f"has {y[bad[0]]:g}")

@@ -1,0 +1,293 @@
+"""``GLMM``: a generalized linear mixed model from an lme4 formula (lme4's ``glmer``).
+
+``GLMM(formula, data, family="binomial" | "poisson", link=None, weights=None)`` builds the
+model frame once (:mod:`jaxhlm.frame`) and the arrays of :mod:`jaxhlm.pirls`;
+:meth:`GLMM.fit` maximises the Laplace approximation (``nagq=1``, lme4's default: first
+theta alone with beta inside PIRLS, as glmer's first stage, then (theta, beta) together)
+or stops after the first stage (``nagq=0``).  Responses as R takes them: a 0/1 or a count
+column, ``cbind(successes, failures)``, or a proportion with ``weights=`` the trials;
+``offset(expr)`` terms in the formula enter the linear predictor.
+
+Limits of this first version (issue 14): single fits only (no ``fit_many``, bootstrap,
+NUTS or adaptive Gauss-Hermite quadrature yet).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from . import frame as _frame
+from . import tables
+from .blocks import pattern
+from .errors import DataError, FormulaError, JaxhlmError
+from .families.binomial import Binomial
+from .families.links import LINKS
+from .families.poisson import Poisson
+from .optimize import Status, minimize
+from .pirls import GLMMData, mode, objective_fn
+
+FAMILIES = {"binomial": Binomial, "poisson": Poisson}
+RESPONSE, TRIALS, OFFSET = "glmm_response_", "glmm_trials_", "glmm_offset_"
+_FUNCTIONS = {"log": np.log, "exp": np.exp, "sqrt": np.sqrt, "log1p": np.log1p, "abs": np.abs}
+
+
+def _split_call(text: str, name: str):
+    """The argument of each top-level ``name(...)`` in text, and the text without them."""
+    args, out, i = [], [], 0
+    for m in re.finditer(rf"\b{name}\s*\(", text):
+        if m.start() < i:
+            continue
+        depth, j = 1, m.end()
+        while j < len(text) and depth:
+            depth += {"(": 1, ")": -1}.get(text[j], 0)
+            j += 1
+        args.append(text[m.end():j - 1])
+        out.append(text[i:m.start()])
+        i = j
+    out.append(text[i:])
+    return args, "".join(out)
+
+
+def _evaluate(expr: str, data: pd.DataFrame, what: str) -> np.ndarray:
+    try:
+        value = eval(expr, {"__builtins__": {}, **_FUNCTIONS}, {c: data[c].to_numpy() for c in data.columns
+                                                                 if isinstance(c, str)})
+    except NameError as e:
+        raise FormulaError(f"{what} {expr!r}: {e} (not a column of the data)") from None
+    except Exception as e:  # noqa: BLE001 - the user's expression
+        raise FormulaError(f"{what} {expr!r} could not be evaluated: {e}") from None
+    return np.broadcast_to(np.asarray(value, dtype=float), (len(data),)).copy()
+
+
+def _family(family, link):
+    if isinstance(family, str):
+        if family not in FAMILIES:
+            raise JaxhlmError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        cls = FAMILIES[family]
+        if link is None:
+            return cls()
+        if link not in LINKS:
+            raise JaxhlmError(f"unknown link {link!r}; known: {', '.join(LINKS)}")
+        return cls(LINKS[link]())
+    return family
+
+
+class GLMM:
+    """A generalized linear mixed model (lme4's ``glmer``); see the module docstring.
+
+    Example::
+
+        cbpp = jaxhlm.datasets.load("cbpp")
+        res = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp,
+                          family="binomial").fit()
+        print(res.summary())
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame, family="binomial", *, link=None, weights=None):
+        if not isinstance(data, pd.DataFrame):
+            raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")
+        if not isinstance(formula, str) or formula.count("~") != 1:
+            raise FormulaError(f"a GLMM formula is 'response ~ terms'; got {formula!r}")
+        self.formula = formula
+        self.family = _family(family, link)
+        lhs, rhs = formula.split("~")
+        lhs = lhs.strip()
+        offsets, rhs = _split_call(rhs, "offset")
+        rhs = re.sub(r"\+\s*\+", "+", rhs).strip().strip("+").strip() or "1"
+        d = data.copy()
+        bound, rest = _split_call(lhs, "cbind")
+        if bound:
+            parts = [p.strip() for p in bound[0].split(",")]
+            if len(parts) != 2 or rest.strip():
+                raise FormulaError(f"write a binomial response as cbind(successes, failures); got {lhs!r}")
+            k, f = (_evaluate(p, data, "cbind() argument") for p in parts)
+            n = k + f
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d[RESPONSE] = np.where(n > 0, k / np.where(n > 0, n, 1), np.nan)
+            d[TRIALS] = n
+            if np.any(k < 0) or np.any(f < 0):
+                row = int(np.flatnonzero((k < 0) | (f < 0))[0])
+                raise DataError(f"cbind({bound[0]}): negative successes or failures in row "
+                                f"{data.index[row]!r} ({k[row]:g}, {f[row]:g})")
+        else:
+            d[RESPONSE] = _evaluate(lhs, data, "response")
+            if weights is None:
+                d[TRIALS] = 1.0
+            else:
+                d[TRIALS] = (data[weights].to_numpy(float) if isinstance(weights, str)
+                             else np.asarray(weights, float))
+        d[OFFSET] = sum((_evaluate(o, data, "offset") for o in offsets), np.zeros(len(data)))
+        self.frame = _frame.build(f"{RESPONSE} ~ {rhs}", d, residual=False)
+        fd = self.frame.data
+        y, trials = self.frame.y, fd[TRIALS].to_numpy(float)
+        self.family.check(y, trials, lhs, fd.index)
+        st = self.frame.structure
+        if st.known_sigma:
+            raise JaxhlmError("a GLMM has no residual variance to fix")
+        frame0 = dataclasses.replace(self.frame, X=self.frame.X[:, :0])
+        self.structure = st
+        self.data = GLMMData(pattern(self.frame), pattern(frame0), self.frame.X, fd[OFFSET].to_numpy(float),
+                             y, trials, tuple(t.codes.astype(np.int32) for t in self.frame.terms),
+                             tuple(t.Z for t in self.frame.terms))
+
+    @property
+    def nobs(self) -> int:
+        return self.frame.nobs
+
+    def objective(self, theta, beta=None) -> float:
+        """The Laplace deviance at (theta, beta); beta=None: beta inside PIRLS (nAGQ = 0)."""
+        from .pirls import laplace
+
+        inside = beta is None
+        beta = jnp.zeros(self.structure.p) if inside else jnp.asarray(beta, float)
+        return float(jax.jit(laplace, static_argnums=(3, 4, 5))(
+            jnp.asarray(theta, float), beta, self.data, self.structure, self.family, inside))
+
+    def fit(self, nagq: int = 1, *, max_iter: int = 200) -> "GLMMResult":
+        """Fit by the Laplace approximation (``nagq=1``, glmer's default) or with beta inside
+        PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
+        if nagq not in (0, 1):
+            raise JaxhlmError(f"nagq={nagq}: this version fits nagq=0 and nagq=1 (Laplace); "
+                              "adaptive Gauss-Hermite quadrature is not available yet")
+        out = _fit(self.data, self.structure, self.family, int(nagq), int(max_iter))
+        return GLMMResult.from_arrays(self, jax.device_get(out), nagq)
+
+
+def _fit_program(data, st, family, nagq, max_iter):
+    nt = st.ntheta
+    scales = jnp.asarray(st.scales())
+    g0, _ = objective_fn(data, st, family, True)
+    x0 = jnp.asarray(st.theta_start())
+    first = minimize(g0, x0, canonical=st.canonical, snap_mask=scales, method="bfgs", max_iter=max_iter)
+    m0 = mode(first.x, jnp.zeros(st.p), data, st, family, True)
+    if nagq == 0:
+        return first, m0, first.x, m0.beta, m0.vcov
+    g1, f1 = objective_fn(data, st, family, False)
+    x1 = jnp.concatenate([first.x, m0.beta])
+    canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
+    mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
+    second = minimize(g1, x1, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter)
+    theta, beta = second.x[:nt], second.x[nt:]
+    m1 = mode(theta, beta, data, st, family, False)
+    H = jax.jacfwd(jax.jacfwd(f1))(second.x)          # lme4's use.hessian: vcov = 2 H^-1 (beta block)
+    vcov = 2.0 * jnp.linalg.inv(H)[nt:, nt:]
+    return second, m1, theta, beta, vcov
+
+
+_fit = jax.jit(_fit_program, static_argnums=(1, 2, 3, 4))
+
+
+@dataclasses.dataclass
+class GLMMResult:
+    """A fitted GLMM: lme4's accessors (``fixef``, ``vcov``, ``theta``, ``VarCorr``, ``ranef``),
+    ``objective`` = -2 log L of the approximation, ``loglik``, ``aic``, ``bic``."""
+
+    formula: str
+    family: object
+    nagq: int
+    objective: float
+    nobs: int
+    fixef: pd.Series
+    vcov: pd.DataFrame
+    theta: np.ndarray
+    theta_names: list
+    status: int
+    iterations: int
+    pirls_iterations: int
+    singular: bool
+    _model: object = dataclasses.field(repr=False)
+    _b: list = dataclasses.field(repr=False)
+    _eta: np.ndarray = dataclasses.field(repr=False)
+
+    @classmethod
+    def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
+        opt, m, theta, beta, vcov = out
+        names = model.frame.fixef_names
+        st = model.structure
+        return cls(model.formula, model.family, nagq, float(opt.fun), model.nobs,
+                   pd.Series(np.asarray(beta), index=names, name="fixef"),
+                   pd.DataFrame(np.asarray(vcov), index=names, columns=names),
+                   np.asarray(theta, float), model.frame.theta_names, int(opt.status),
+                   int(opt.iterations), int(m.iterations),
+                   bool(tables.singular(np.asarray(theta), st.scales())), model,
+                   [np.asarray(b) for b in m.b], np.asarray(m.eta))
+
+    @property
+    def converged(self) -> bool:
+        return self.status == Status.CONVERGED
+
+    @property
+    def npar(self) -> int:
+        return self.fixef.size + self.theta.size
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + math.log(self.nobs) * self.npar
+
+    @property
+    def fixef_se(self) -> pd.Series:
+        return pd.Series(np.sqrt(np.diag(self.vcov.to_numpy())), index=self.fixef.index)
+
+    @property
+    def varcorr(self) -> pd.DataFrame:
+        """``as.data.frame(VarCorr(m))`` (no residual row: the scale is fixed at 1)."""
+        lams = self._model.structure.lambdas(jnp.asarray(self.theta))
+        vc = tables.varcorr(self._model.frame.specs, [np.asarray(l) for l in lams], 1.0)
+        return vc[vc.grp != "Residual"].reset_index(drop=True)
+
+    @property
+    def ranef(self) -> pd.DataFrame:
+        """The conditional modes of b (lme4's ``ranef``; no conditional SDs yet)."""
+        parts = []
+        for term, bk in zip(self._model.frame.terms, self._b):
+            for a, col in enumerate(term.spec.columns):
+                parts.append(pd.DataFrame({"grpvar": term.spec.group, "term": col, "grp": term.levels,
+                                           "condval": bk[:, a]}))
+        return pd.concat(parts, ignore_index=True)
+
+    def fitted(self, type: str = "response") -> np.ndarray:
+        """The fitted means mu (``type="response"``) or linear predictor (``"link"``)."""
+        eta = self._eta
+        if type == "link":
+            return eta
+        return np.asarray(self.family.link.inverse(jnp.asarray(eta)))
+
+    def coef_table(self) -> pd.DataFrame:
+        """glmer's z tests: Estimate, Std. Error, z value, Pr(>|z|)."""
+        from scipy import stats
+
+        z = self.fixef / self.fixef_se
+        return pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se, "z value": z,
+                             "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
+
+    def summary(self) -> str:
+        how = "Laplace Approximation" if self.nagq == 1 else "nAGQ = 0 (beta inside PIRLS)"
+        vc = self.varcorr
+        lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) (jaxhlm)",
+                 f" Family: {self.family.name}  ( {self.family.link.name} )",
+                 f"Formula: {self.formula}", "",
+                 f"{'AIC':>10} {'BIC':>10} {'logLik':>10} {'-2*logLik':>10}",
+                 f"{self.aic:>10.1f} {self.bic:>10.1f} {self.loglik:>10.1f} {self.objective:>10.1f}", "",
+                 "Random effects:", vc.to_string(index=False),
+                 f"Number of obs: {self.nobs}, groups:  "
+                 + ";  ".join(f"{g}, {n}" for g, n in tables.ngroups(self._model.frame.specs).items()), "",
+                 "Fixed effects:", self.coef_table().to_string(float_format=lambda v: f"{v:.4g}"), "",
+                 f"optimizer: bfgs, {tables.status_name(self.status)} after {self.iterations} iterations"]
+        if self.singular:
+            lines.append("boundary (singular) fit: see help('isSingular')")
+        return "\n".join(lines)

@@ -1,0 +1,155 @@
+"""Generalized linear mixed models (issue 14, first part): Laplace fits against lme4's glmer.
+
+References: ``tests/reference/glmm/*.json``, made by ``../shared/tools/glmm.R`` from
+``manifest.tsv`` there (data: ``export_data.R``; lme4 1.1-31, bobyqa then a Nelder-Mead
+polish, the better kept).  Tolerances from the issue: the -2 log-likelihood never worse
+than lme4's by 1e-6 relative (ours is lower where lme4's PIRLS stops early: its default
+``tolPwrss = 1e-7`` leaves 5.7e-4 in cbpp's deviance, see
+``test_cbpp_matches_lme4_with_a_tight_pirls_tolerance``), fixed effects within 2e-3 of the
+largest, theta within 2e-3.
+"""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import optimize, special
+
+import jaxhlm
+from jaxhlm.errors import DataError
+from jaxhlm.glmm import GLMM
+
+REF = Path(__file__).parent / "reference" / "glmm"
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+
+
+def ref(name):
+    return json.loads((REF / f"{name}.json").read_text())
+
+
+def data(name, factors):
+    d = pd.read_csv(REF / "data" / f"{name}.csv.gz")
+    for c in factors:
+        d[c] = pd.Categorical(d[c].astype(str))
+    return d
+
+
+@pytest.fixture(scope="module")
+def cbpp_model():
+    return GLMM(CBPP, jaxhlm.datasets.load("cbpp"), family="binomial")
+
+
+@pytest.fixture(scope="module")
+def cbpp_fit(cbpp_model):
+    return cbpp_model.fit()
+
+
+def check(res, r):
+    assert res.converged
+    assert res.objective <= r["minus2loglik"] * (1 + 1e-6)
+    fe = np.asarray(r["fixef"])
+    np.testing.assert_allclose(res.fixef.to_numpy(), fe, atol=2e-3 * np.max(np.abs(fe)))
+    np.testing.assert_allclose(res.theta, r["theta"], atol=2e-3)
+
+
+def test_cbpp_laplace_matches_glmer(cbpp_fit):
+    r = ref("cbpp_laplace")
+    check(cbpp_fit, r)
+    assert list(cbpp_fit.fixef.index) == ["(Intercept)", "period[T.2]", "period[T.3]", "period[T.4]"]
+    # glmer's SEs come from a finite-difference Hessian of its deviance; ours from the exact one
+    np.testing.assert_allclose(cbpp_fit.fixef_se.to_numpy(), r["fixef_se"], rtol=2e-2)
+    text = cbpp_fit.summary()
+    assert "Laplace Approximation" in text and "z value" in text
+
+
+def test_cbpp_matches_lme4_with_a_tight_pirls_tolerance(cbpp_fit):
+    """lme4 1.1-31 with ``glmerControl(tolPwrss = 1e-13, optimizer = "bobyqa")`` (run here):
+    -2 log L 184.052563743, theta 0.6422615, beta (-1.398532, -0.9923327, -1.128672,
+    -1.580314): ours to the digits R printed."""
+    assert cbpp_fit.objective == pytest.approx(184.052563743, abs=2e-8)
+    assert cbpp_fit.theta[0] == pytest.approx(0.6422615, abs=2e-6)
+    np.testing.assert_allclose(cbpp_fit.fixef.to_numpy(), [-1.398532, -0.9923327, -1.128672, -1.580314],
+                               atol=2e-6)
+
+
+def _laplace_by_hand(d, theta, beta):
+    """Laplace's -2 log L of cbpp's model, herd by herd with scipy: the mode of
+    log p(k | u) - u^2 / 2 in u, then -2 log p(k | u*) + u*^2 + log(1 + lambda^2 sum n mu (1 - mu))."""
+    X = np.column_stack([np.ones(len(d))] + [(d.period == p).to_numpy(float) for p in ["2", "3", "4"]])
+    k, n = d.incidence.to_numpy(float), d["size"].to_numpy(float)
+    total = 0.0
+    for h in d.herd.cat.categories:
+        rows = (d.herd == h).to_numpy()
+        xb, kk, nn = X[rows] @ beta, k[rows], n[rows]
+
+        def nll(u):
+            mu = special.expit(xb + theta * u)
+            return -np.sum(special.gammaln(nn + 1) - special.gammaln(kk + 1) - special.gammaln(nn - kk + 1)
+                           + kk * np.log(mu) + (nn - kk) * np.log1p(-mu)) + u ** 2 / 2
+
+        u = optimize.minimize_scalar(nll, bounds=(-20, 20), method="bounded", options={"xatol": 1e-12}).x
+        mu = special.expit(xb + theta * u)
+        total += 2 * nll(u) + np.log(1 + theta ** 2 * np.sum(nn * mu * (1 - mu)))
+    return total
+
+
+def test_laplace_deviance_equals_a_computation_by_hand(cbpp_model):
+    d = jaxhlm.datasets.load("cbpp")
+    for theta, beta in [(0.6, [-1.4, -1.0, -1.1, -1.6]), (1.3, [-0.5, 0.2, -2.0, -0.1])]:
+        ours = cbpp_model.objective([theta], beta)
+        assert ours == pytest.approx(_laplace_by_hand(d, theta, np.asarray(beta)), rel=1e-9)
+
+
+def test_gradient_through_pirls_equals_finite_differences(cbpp_model):
+    """The gradient (forward mode through PIRLS's loop, handed to reverse mode) equals
+    central differences of the deviance (h = 1e-5: error ~1e-9 relative)."""
+    from jaxhlm.pirls import objective_fn
+
+    g, f = objective_fn(cbpp_model.data, cbpp_model.structure, cbpp_model.family, False)
+    x = jnp.asarray([0.8, -1.2, -0.9, -1.0, -1.5])
+    grad = np.asarray(jax.jit(jax.grad(g))(x))
+    fj = jax.jit(f)
+    h = 1e-5
+    fd = [(float(fj(x.at[i].add(h))) - float(fj(x.at[i].add(-h)))) / (2 * h) for i in range(x.size)]
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_nagq0_puts_beta_inside_pirls(cbpp_model, cbpp_fit):
+    """nAGQ = 0: the deviance at (theta, beta-hat(theta)) over theta alone is no lower than
+    Laplace's optimum over both, and close to it (glmer's nAGQ = 0 is a fast approximation)."""
+    fast = cbpp_model.fit(nagq=0)
+    assert fast.converged
+    assert cbpp_fit.objective <= fast.objective < cbpp_fit.objective + 0.2
+    np.testing.assert_allclose(fast.fixef.to_numpy(), cbpp_fit.fixef.to_numpy(), atol=0.05)
+
+
+def test_random_slope_matches_glmer():
+    """mlmRev's Contraception, (urban | district): a correlated random slope."""
+    d = data("Contraception", ["urban", "livch", "district"])
+    res = GLMM("use ~ age + urban + livch + (urban | district)", d, family="binomial").fit()
+    check(res, ref("contraception_laplace"))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: GLMM("incidence ~ period + (1 | herd)", d, family="binomial"), r"must be in \[0, 1\]"),
+    (lambda d: GLMM("cbind(incidence, incidence - size) ~ period + (1 | herd)", d, family="binomial"),
+     "negative successes or failures"),
+    (lambda d: GLMM("neg ~ period + (1 | herd)", d.assign(neg=-d.incidence), family="poisson"),
+     "non-negative counts"),
+    (lambda d: GLMM("half ~ period + (1 | herd)", d.assign(half=d.incidence + 0.5), family="poisson"),
+     "whole counts"),
+    (lambda d: GLMM("p ~ period + (1 | herd)", d.assign(p=d.incidence / d["size"] + 0.01),
+                    family="binomial", weights="size"), "successes must be whole numbers"),
+    (lambda d: GLMM(CBPP, d, family="gamma"), "unknown family 'gamma'"),
+    (lambda d: GLMM(CBPP, d, family="binomial", link="inverse"), "unknown link 'inverse'"),
+    (lambda d: GLMM("incidence ~ period + offset(log(nope)) + (1 | herd)", d, family="poisson"),
+     "'nope' is not defined"),
+    (lambda d: GLMM(CBPP, d).fit(nagq=5), "adaptive Gauss-Hermite"),
+])
+def test_glmm_errors_name_the_column_and_row(make, message):
+    with pytest.raises(jaxhlm.JaxhlmError, match=message):
+        make(jaxhlm.datasets.load("cbpp"))
