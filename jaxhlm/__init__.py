@@ -14,6 +14,7 @@ from .bayes import priors
 from .bayes.priors import Priors
 from .errors import DataError, FormulaError, JaxhlmError
 from .fitting import Options
+from .glmm import GLMM, GLMMResult
 from .gls import GLS
 from .model import LMM
 from .optimize import Status
@@ -31,6 +32,6 @@ def anova(reduced, full):
     return _anova(reduced, full)
 
 
-__all__ = ["LMM", "GLS", "AR1", "CompoundSymmetry", "VarIdent", "VarPower", "residual", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
+__all__ = ["LMM", "GLS", "GLMM", "GLMMResult", "AR1", "CompoundSymmetry", "VarIdent", "VarPower", "residual", "LMMResult", "BatchResult", "Options", "Priors", "Status", "covariance", "datasets",
            "families", "priors", "DataError", "FormulaError", "JaxhlmError", "enable_compilation_cache",
            "fit_datasets", "anova", "__version__"]

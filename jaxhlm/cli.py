@@ -2,6 +2,7 @@
 
     jaxhlm fit DATA "FORMULA" [--ml] [--json PATH] [--prior zero-avoiding|gamma]
                [--weights COL | --residual-variance COL]
+               [--family binomial|poisson [--link L] [--nagq 0|1]]
     jaxhlm sample DATA "FORMULA" [--chains 4] [--warmup 1000] [--draws 1000] [--seed S] [--out draws.csv]
     jaxhlm fit-many DATA "FORMULA" --responses Y.csv --out fits.csv [--ml] [--batch-size N]
     jaxhlm bootstrap DATA "FORMULA" --nsim N [--seed S] --out boot.csv [--ml] [--level L]
@@ -13,7 +14,8 @@
 DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
 summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout;
 ``--prior`` gives blme's posterior mode; ``--weights`` / ``--residual-variance`` name a
-column of prior weights or of known residual variances).  ``sample`` draws from the
+column of prior weights or of known residual variances; ``--family`` fits a GLMM,
+lme4's ``glmer``, :class:`jaxhlm.GLMM`).  ``sample`` draws from the
 posterior by NUTS with the default priors (:class:`jaxhlm.Priors`) and prints its summary.
 ``fit-many`` fits every column of Y.csv (rows aligned with DATA) as a response;
 ``bootstrap`` refits N parametric-bootstrap replicates; both write one row per fit
@@ -74,6 +76,13 @@ PRIORS = {"zero-avoiding": "zero_avoiding", "wishart": "wishart", "gamma": "gamm
 def _fit(args) -> int:
     from .bayes import priors
 
+    if args.family != "gaussian":   # a GLMM (glmer)
+        from .glmm import GLMM
+
+        res = GLMM(args.formula, read_data(args.data), family=args.family, link=args.link,
+                   weights=args.weights).fit(nagq=args.nagq)
+        print(res.summary())
+        return 0
     prior = getattr(priors, PRIORS[args.prior])() if args.prior else None
     res = _model(args).fit(reml=not args.ml, prior=prior)
     if args.json == "-":
@@ -184,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--ddf", choices=["satterthwaite", "kenward-roger", "asymptotic"],
                      help="also print the fixed effects' t tests and type III F tests with these "
                           "degrees of freedom (lmerTest's; kenward-roger: pbkrtest's, REML only)")
+    fit.add_argument("--family", choices=["gaussian", "binomial", "poisson"], default="gaussian",
+                     help="binomial or poisson: a generalized linear mixed model (lme4's glmer)")
+    fit.add_argument("--link", choices=["logit", "probit", "cloglog", "log"],
+                     help="the GLMM's link (default: the family's canonical one)")
+    fit.add_argument("--nagq", type=int, default=1, choices=[0, 1],
+                     help="GLMM: 1 = Laplace (glmer's default), 0 = beta inside PIRLS")
     fit.set_defaults(run=_fit)
     lrt = sub.add_parser("anova", help="likelihood-ratio test of two nested models (lme4's anova)")
     lrt.add_argument("data", help="CSV or Parquet file, or a bundled data set's name")

@@ -275,13 +275,9 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     lams = lambdas(theta, st)
     m, mr, p = st.m, st.m_rand, st.p
     L = f.L
-    x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0] if m > 1
-         else jnp.zeros((0,), L.dtype))      # nothing but term 1 and y (a GLMM's beta given)
-    u_rest, beta = x[:mr], x[mr:]
-    b_rest = rest_b(u_rest, lams, st)
-    u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
+    beta, b1, b_rest = _modes(f, lams, blocks, st)
     lam1 = lams[0]
-    b = [u1 @ lam1.T]
+    b = [b1]
 
     Lx = L[mr:mr + p, mr:mr + p]
     Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype)) if p else Lx
@@ -307,6 +303,25 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b += split_rest(b_rest, st)
     b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
+
+
+def _modes(f: Factor, lams, blocks: Blocks, st: Structure):
+    """beta-hat, term 1's modes b_1 (ell_1, p_1) and the rest's b (flat) from the factor."""
+    m, mr = st.m, st.m_rand
+    L = f.L
+    x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0] if m > 1
+         else jnp.zeros((0,), L.dtype))      # nothing but term 1 and y (a GLMM's beta given)
+    u_rest, beta = x[:mr], x[mr:]
+    b_rest = rest_b(u_rest, lams, st)
+    u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
+    return beta, u1 @ lams[0].T, b_rest
+
+
+def modes(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure):
+    """beta-hat and the conditional modes b per term (ell_k, p_k) from the factor: the
+    part of :func:`estimates` that PIRLS's iterations need (:mod:`jaxhlm.pirls`)."""
+    beta, b1, b_rest = _modes(f, lambdas(theta, st), blocks, st)
+    return beta, [b1] + split_rest(b_rest, st)
 
 
 def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, st: Structure) -> jnp.ndarray:

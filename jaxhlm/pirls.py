@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .blocks import Pattern, values
-from .kernel import estimates, factorize_smooth
+from .kernel import estimates, factorize_smooth, modes
 from .structure import Structure
 
 PIRLS_TOL = 1e-10
@@ -92,11 +92,11 @@ def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: 
         pat, s, response = data.pattern0, _without_x(st), z - data.X @ beta
     blocks = values(pat, s, w, response, xp=jnp)
     f = factorize_smooth(theta, blocks, s)
-    est = estimates(f, theta, blocks, s, jnp.asarray(1.0, eta.dtype))
-    beta_new = est.beta if beta_inside else beta
-    eta_new = linear_predictor(beta_new, est.b, data)
+    beta_hat, b = modes(f, theta, blocks, s)
+    beta_new = beta_hat if beta_inside else beta
+    eta_new = linear_predictor(beta_new, b, data)
     usq = f.pwrss - jnp.sum(w * (z - (eta_new - data.offset)) ** 2)
-    return eta_new, beta_new, est.b, usq, f.logdet_theta, est.vcov
+    return eta_new, beta_new, b, usq, f.logdet_theta, (f, blocks, s)
 
 
 def _without_x(st: Structure) -> Structure:
@@ -105,8 +105,10 @@ def _without_x(st: Structure) -> Structure:
     return dataclasses.replace(st, p=0)
 
 
-def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool) -> Mode:
-    """The conditional mode by PIRLS (module docstring), from R's starting means."""
+def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
+         with_vcov: bool = False) -> Mode:
+    """The conditional mode by PIRLS (module docstring), from R's starting means;
+    ``with_vcov``: also PIRLS's (X'WX-based) covariance of beta (nAGQ = 0's)."""
     mu0 = family.start(data.y, data.trials)
     eta0 = family.link.link(mu0)
     if not beta_inside:
@@ -126,7 +128,9 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool) 
 
     inf = jnp.asarray(jnp.inf, eta0.dtype)
     eta, beta_c, pdev, it, _ = jax.lax.while_loop(going, loop, (eta0, beta0, inf, jnp.asarray(0), inf))
-    eta_f, beta_f, b, usq, logdet, vcov = _step(eta, theta, beta_c, data, st, family, beta_inside)
+    eta_f, beta_f, b, usq, logdet, (f, blocks, s) = _step(eta, theta, beta_c, data, st, family, beta_inside)
+    vcov = (estimates(f, theta, blocks, s, jnp.asarray(1.0, eta.dtype)).vcov if with_vcov
+            else jnp.zeros((0, 0), eta.dtype))
     return Mode(eta_f, beta_f, b, usq, logdet, deviance(eta_f, usq), it, vcov)
 
 
@@ -150,8 +154,13 @@ def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool):
     def g(x):
         return f(x)
 
-    def fwd(x):
-        return f(x), jax.jacfwd(f)(x)
+    def with_value(x):
+        value = f(x)
+        return value, value
+
+    def fwd(x):   # one pass of PIRLS, its tangents vmapped: (value, gradient)
+        grad, value = jax.jacfwd(with_value, has_aux=True)(x)
+        return value, grad
 
     def bwd(grad, ct):
         return (ct * grad,)

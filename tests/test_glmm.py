@@ -153,3 +153,11 @@ def test_random_slope_matches_glmer():
 def test_glmm_errors_name_the_column_and_row(make, message):
     with pytest.raises(jaxhlm.JaxhlmError, match=message):
         make(jaxhlm.datasets.load("cbpp"))
+
+
+def test_command_line_fits_a_glmm(capsys):
+    from jaxhlm import cli
+
+    assert cli.main(["fit", "cbpp", CBPP, "--family", "binomial"]) == 0
+    out = capsys.readouterr().out
+    assert "Family: binomial  ( logit )" in out and "period[T.4]" in out
