@@ -18,16 +18,16 @@ derivatives, which ``lmer`` computes with the fit (timed with the fit).  Medians
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from side_by_side import reps_arguments, run_json
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "reference" / "inference" / "data" / "Exam.csv.gz"
@@ -66,22 +66,15 @@ cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA), "\n")
 """ % {"formula": FORMULA}
 
 
-def _run(cmd, env=None) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
-    args = ap.parse_args()
+    args = reps_arguments(__doc__)
     runs = {"R (lmerTest, pbkrtest)": [], "jaxhlm, empty cache": [], "jaxhlm, stored programs": []}
     for _ in range(args.reps):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(os.environ, JAXHLM_COMPILATION_CACHE=cache)
-            runs["jaxhlm, empty cache"].append(_run([sys.executable, "-c", JAXHLM, str(DATA)], env))
-            runs["jaxhlm, stored programs"].append(_run([sys.executable, "-c", JAXHLM, str(DATA)], env))
-        runs["R (lmerTest, pbkrtest)"].append(_run(["Rscript", "-e", R, str(DATA)]))
+            runs["jaxhlm, empty cache"].append(run_json([sys.executable, "-c", JAXHLM, str(DATA)], env))
+            runs["jaxhlm, stored programs"].append(run_json([sys.executable, "-c", JAXHLM, str(DATA)], env))
+        runs["R (lmerTest, pbkrtest)"].append(run_json(["Rscript", "-e", R, str(DATA)]))
     medians = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
     r = medians["R (lmerTest, pbkrtest)"]
     keys = list(r)
