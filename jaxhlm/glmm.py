@@ -15,7 +15,6 @@ NUTS or adaptive Gauss-Hermite quadrature yet).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
 import jax
@@ -32,6 +31,7 @@ from .families.links import LINKS
 from .families.poisson import Poisson
 from .optimize import Status, minimize
 from .pirls import GLMMData, mode, objective_fn
+from .results import InformationCriteria
 
 FAMILIES = {"binomial": Binomial, "poisson": Poisson}
 RESPONSE, TRIALS, OFFSET = "glmm_response_", "glmm_trials_", "glmm_offset_"
@@ -207,7 +207,7 @@ _fit = jax.jit(_fit_program, static_argnums=(1, 2, 3, 4))
 
 
 @dataclasses.dataclass
-class GLMMResult:
+class GLMMResult(InformationCriteria):
     """A fitted GLMM: lme4's accessors (``fixef``, ``vcov``, ``theta``, ``VarCorr``, ``ranef``),
     ``objective`` = -2 log L of the approximation, ``loglik``, ``aic``, ``bic``."""
 
@@ -248,18 +248,6 @@ class GLMMResult:
     @property
     def npar(self) -> int:
         return self.fixef.size + self.theta.size
-
-    @property
-    def loglik(self) -> float:
-        return -0.5 * self.objective
-
-    @property
-    def aic(self) -> float:
-        return self.objective + 2 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.objective + math.log(self.nobs) * self.npar
 
     @property
     def fixef_se(self) -> pd.Series:

@@ -23,8 +23,25 @@ from .batch import bootstrap, simulate
 from .optimize import Status
 
 
+class InformationCriteria:
+    """``loglik``, ``aic`` and ``bic`` (lme4's) of a fit with ``objective`` (-2 log L),
+    ``npar`` and ``nobs``: LMM and GLMM results share them."""
+
+    @property
+    def loglik(self) -> float:
+        return -0.5 * self.objective
+
+    @property
+    def aic(self) -> float:
+        return self.objective + 2 * self.npar
+
+    @property
+    def bic(self) -> float:
+        return self.objective + math.log(self.nobs) * self.npar
+
+
 @dataclasses.dataclass
-class LMMResult:
+class LMMResult(InformationCriteria):
     """A fitted linear mixed model (see the module docstring for each field's meaning).
 
     The tables (``varcorr``, ``ranef``) are built on first access: a fit that only
@@ -70,18 +87,6 @@ class LMMResult:
     def npar(self) -> int:
         """p + length(theta), + 1 for sigma unless it is known."""
         return len(self.fixef) + len(self.theta) + (not self._model.structure.known_sigma)
-
-    @property
-    def loglik(self) -> float:
-        return -0.5 * self.objective
-
-    @property
-    def aic(self) -> float:
-        return self.objective + 2 * self.npar
-
-    @property
-    def bic(self) -> float:
-        return self.objective + math.log(self.nobs) * self.npar
 
     @property
     def residual_parameters(self) -> pd.Series:

@@ -21,7 +21,6 @@ from typing import ClassVar, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import FormulaError
 from ..tables import sd_name
 from .base import Covariance, SampleSite
 from .compound_symmetry import rho_site
@@ -34,9 +33,7 @@ class AR1(Covariance):
     keyword: ClassVar[str] = "ar1"
 
     def __post_init__(self):
-        if self.p < 2:
-            raise FormulaError(f"ar1(...) needs at least two columns (the levels of a time factor, "
-                               f"as in ar1(0 + time | g)); this term has {self.p}")
+        self.require_columns(2, "the levels of a time factor, as in ar1(0 + time | g)")
 
     @property
     def nparams(self) -> int:

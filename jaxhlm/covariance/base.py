@@ -45,7 +45,7 @@ from typing import Callable, ClassVar, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import JaxhlmError
+from ..errors import FormulaError, JaxhlmError
 from ..tables import sd_name
 
 SampleSite = Callable[[str, object], jnp.ndarray]
@@ -81,6 +81,13 @@ class Covariance(abc.ABC):
     def separates_residual(self) -> bool:
         """See the module docstring (default: no, as for lme4's own structures)."""
         return False
+
+    def require_columns(self, least: int, example: str) -> None:
+        """A structure that needs at least ``least`` columns says so, naming the keyword."""
+        if self.p < least:
+            words = {2: "two", 3: "three"}
+            raise FormulaError(f"{self.keyword}(...) needs at least {words.get(least, least)} columns ({example}); "
+                               f"this term has {self.p}")
 
     def start(self) -> np.ndarray:
         """lme4's start: 1 for scales, 0 for the rest."""

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import FormulaError
 from ..tables import sd_name
 from .base import Covariance, SampleSite
 
@@ -48,9 +47,7 @@ class CompoundSymmetry(Covariance):
     keyword: ClassVar[str] = "cs"
 
     def __post_init__(self):
-        if self.p < 2:
-            raise FormulaError(f"{self.keyword}(...) needs at least two columns (one correlation "
-                               f"between them); this term has {self.p}")
+        self.require_columns(2, "one correlation between them")
 
     @property
     def nsd(self) -> int:
