@@ -8,14 +8,15 @@ or stops after the first stage (``nagq=0``).  Responses as R takes them: a 0/1 o
 column, ``cbind(successes, failures)``, or a proportion with ``weights=`` the trials;
 ``offset(expr)`` terms in the formula enter the linear predictor.
 
-Limits of this first version (issue 14): single fits only (no ``fit_many``, bootstrap,
-NUTS or adaptive Gauss-Hermite quadrature yet).
+``nagq`` > 1: adaptive Gauss-Hermite quadrature (:mod:`jaxhlm.quadrature`, which says on
+which footing lme4 reports its likelihood then).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +24,15 @@ import numpy as np
 import pandas as pd
 
 from . import frame as _frame
-from . import tables
+from . import quadrature, tables
 from .blocks import pattern
 from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
 from .families.links import LINKS
 from .families.poisson import Poisson
 from .optimize import Status, minimize
-from .pirls import GLMMData, mode, objective_fn
+from .pirls import GLMMData, laplace, mode, objective_fn
+from .quadrature import check_scalar_term
 from .results import InformationCriteria
 
 FAMILIES = {"binomial": Binomial, "poisson": Poisson}
@@ -141,23 +143,39 @@ class GLMM:
     def nobs(self) -> int:
         return self.frame.nobs
 
-    def objective(self, theta, beta=None) -> float:
-        """The Laplace deviance at (theta, beta); beta=None: beta inside PIRLS (nAGQ = 0)."""
-        from .pirls import laplace
-
+    def objective(self, theta, beta=None, nagq: int = 1) -> float:
+        """-2 log L at (theta, beta) by the Laplace approximation (``nagq=1``) or adaptive
+        Gauss-Hermite quadrature with ``nagq`` nodes; beta=None: beta inside PIRLS (nAGQ = 0)."""
         inside = beta is None
         beta = jnp.zeros(self.structure.p) if inside else jnp.asarray(beta, float)
-        return float(jax.jit(laplace, static_argnums=(3, 4, 5))(
-            jnp.asarray(theta, float), beta, self.data, self.structure, self.family, inside))
+        return float(_objective(jnp.asarray(theta, float), beta, self.data, self.structure, self.family,
+                                inside, self._nagq(nagq, inside)))
+
+    def _nagq(self, nagq, inside: bool = False) -> int:
+        if not isinstance(nagq, (int, np.integer)) or nagq < 0:
+            raise JaxhlmError(f"nagq must be a whole number >= 0; got {nagq!r}")
+        if nagq > 1:
+            if inside:
+                raise JaxhlmError(f"nagq={nagq}: quadrature needs beta (beta=None is nAGQ = 0's criterion)")
+            check_scalar_term(self.structure, nagq)
+        return int(nagq)
 
     def fit(self, nagq: int = 1, *, max_iter: int = 200) -> "GLMMResult":
-        """Fit by the Laplace approximation (``nagq=1``, glmer's default) or with beta inside
-        PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
-        if nagq not in (0, 1):
-            raise JaxhlmError(f"nagq={nagq}: this version fits nagq=0 and nagq=1 (Laplace); "
-                              "adaptive Gauss-Hermite quadrature is not available yet")
-        out = _fit(self.data, self.structure, self.family, int(nagq), int(max_iter))
+        """Fit by the Laplace approximation (``nagq=1``, glmer's default), adaptive
+        Gauss-Hermite quadrature with ``nagq`` > 1 nodes (one scalar random-effects term,
+        :mod:`jaxhlm.quadrature`), or with beta inside PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
+        nagq = self._nagq(nagq)
+        out = _fit(self.data, self.structure, self.family, nagq, int(max_iter))
         return GLMMResult.from_arrays(self, jax.device_get(out), nagq)
+
+
+def _deviance(nagq: int):
+    return laplace if nagq <= 1 else quadrature.deviance(nagq)
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _objective(theta, beta, data, st, family, inside, nagq):
+    return _deviance(nagq)(theta, beta, data, st, family, inside)
 
 
 HESSIAN_STEP = 1e-3
@@ -189,9 +207,9 @@ def _fit_program(data, st, family, nagq, max_iter):
         opt = minimize(g0, theta0, canonical=st.canonical, snap_mask=scales, method="bfgs", max_iter=max_iter)
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
         return opt, m, opt.x, m.beta, m.vcov
-    # Laplace: (theta, beta) together, from beta-hat of PIRLS at lme4's starting theta
+    # Laplace or AGQ: (theta, beta) together, from beta-hat of PIRLS at lme4's starting theta
     start = mode(theta0, jnp.zeros(st.p), data, st, family, True)
-    g1, f1 = objective_fn(data, st, family, False)
+    g1, f1 = objective_fn(data, st, family, False, _deviance(nagq))
     canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
     opt = minimize(g1, jnp.concatenate([theta0, start.beta]), canonical=canonical, snap_mask=mask,
@@ -286,7 +304,8 @@ class GLMMResult(InformationCriteria):
                              "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
 
     def summary(self) -> str:
-        how = "Laplace Approximation" if self.nagq == 1 else "nAGQ = 0 (beta inside PIRLS)"
+        how = {0: "nAGQ = 0 (beta inside PIRLS)", 1: "Laplace Approximation"}.get(
+            self.nagq, f"Adaptive Gauss-Hermite Quadrature, nAGQ = {self.nagq}")
         vc = self.varcorr
         lines = [f"Generalized linear mixed model fit by maximum likelihood ({how}) (jaxhlm)",
                  f" Family: {self.family.name}  ( {self.family.link.name} )",

@@ -140,15 +140,17 @@ def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: boo
     return m.pdev + m.logdet
 
 
-def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool):
+def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool, deviance=laplace):
     """The outer criterion as a function of x = theta (nAGQ = 0) or (theta, beta), with a
-    reverse-mode gradient computed in forward mode through PIRLS (module docstring)."""
+    reverse-mode gradient computed in forward mode through PIRLS (module docstring).
+    ``deviance``: :func:`laplace`, or adaptive Gauss-Hermite quadrature's
+    (:func:`jaxhlm.quadrature.deviance`) with the same signature."""
     nt = st.ntheta
 
     def f(x):
         theta, beta = (x, None) if beta_inside else (x[:nt], x[nt:])
-        return laplace(theta, jnp.zeros(st.p, x.dtype) if beta is None else beta, data, st, family,
-                       beta_inside)
+        return deviance(theta, jnp.zeros(st.p, x.dtype) if beta is None else beta, data, st, family,
+                        beta_inside)
 
     @jax.custom_vjp
     def g(x):

@@ -1,4 +1,4 @@
-"""Generalized linear mixed models (issue 14, first part): Laplace fits against lme4's glmer.
+"""Generalized linear mixed models (issue 14): Laplace and adaptive Gauss-Hermite fits against lme4's glmer.
 
 References: ``tests/reference/glmm/*.json``, made by ``../shared/tools/glmm.R`` from
 ``manifest.tsv`` there (data: ``export_data.R``; lme4 1.1-31, bobyqa then a Nelder-Mead
@@ -127,6 +127,73 @@ def test_nagq0_puts_beta_inside_pirls(cbpp_model, cbpp_fit):
     np.testing.assert_allclose(fast.fixef.to_numpy(), cbpp_fit.fixef.to_numpy(), atol=0.05)
 
 
+def saturated(model):
+    """The saturated model's -2 log-likelihood (mu_i = y_i): lme4's nAGQ > 1 likelihoods
+    leave it out (:mod:`jaxhlm.quadrature`)."""
+    y, n = model.data.y, model.data.trials
+    if model.family.name == "binomial":
+        k = y * n
+        ll = (special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
+              + special.xlogy(k, y) + special.xlog1py(n - k, -y))
+    else:
+        ll = special.xlogy(y, y) - y - special.gammaln(y + 1)
+    return -2 * np.sum(ll)
+
+
+@pytest.mark.parametrize("name,factors", [("cbpp_agq25", ["herd", "period"]),
+                                          ("grouseticks_agq7", ["BROOD", "YEAR"])])
+def test_adaptive_quadrature_matches_glmer(name, factors):
+    """nAGQ = 25 (binomial) and 7 (Poisson): theta and beta as glmer's; -2 log L equals
+    lme4's plus the saturated term it leaves out, to 1e-8 relative (both optimise it)."""
+    r = ref(name)
+    model = GLMM(r["formula"], data(r["dataset"], factors), family=r["family"])
+    res = model.fit(nagq=r["nAGQ"])
+    assert res.converged and f"nAGQ = {r['nAGQ']}" in res.summary()
+    assert res.objective == pytest.approx(r["minus2loglik"] + saturated(model), rel=1e-8)
+    fe = np.asarray(r["fixef"])
+    np.testing.assert_allclose(res.fixef.to_numpy(), fe, atol=2e-3 * np.max(np.abs(fe)))
+    np.testing.assert_allclose(res.theta, r["theta"], atol=2e-3)
+    np.testing.assert_allclose(res.fixef_se.to_numpy(), r["fixef_se"], rtol=2e-3)
+
+
+def test_adaptive_quadrature_converges_to_the_integral(cbpp_model):
+    """With many nodes, AGQ's -2 log L equals the herds' integrals over u computed by
+    adaptive 1-D quadrature (scipy's quad, to 1e-12); one node is the Laplace value."""
+    from scipy import integrate
+
+    d = jaxhlm.datasets.load("cbpp")
+    X = np.column_stack([np.ones(len(d))] + [(d.period == p).to_numpy(float) for p in ["2", "3", "4"]])
+    k, n = d.incidence.to_numpy(float), d["size"].to_numpy(float)
+    theta, beta = 1.1, np.asarray([-1.2, -0.8, -1.3, -1.9])
+    total = 0.0
+    for h in d.herd.cat.categories:
+        rows = (d.herd == h).to_numpy()
+
+        def integrand(u, xb=X[rows] @ beta, kk=k[rows], nn=n[rows]):
+            mu = special.expit(xb + theta * u)
+            return np.exp(np.sum(special.gammaln(nn + 1) - special.gammaln(kk + 1) - special.gammaln(nn - kk + 1)
+                                 + kk * np.log(mu) + (nn - kk) * np.log1p(-mu)) - u ** 2 / 2) / np.sqrt(2 * np.pi)
+
+        total += -2 * np.log(integrate.quad(integrand, -12, 12, epsabs=0, epsrel=1e-12, limit=200)[0])
+    assert cbpp_model.objective([theta], beta, nagq=30) == pytest.approx(total, rel=1e-9)
+    assert cbpp_model.objective([theta], beta, nagq=1) == pytest.approx(cbpp_model.objective([theta], beta))
+
+
+def test_gaussian_family_reproduces_the_lmm():
+    """Identity: with the Gaussian family (sigma given) PIRLS is exact and the Laplace
+    deviance at theta_GLMM = sigma theta_LMM is the LMM's ML deviance; its fit, the LMM's."""
+    from jaxhlm.families import Gaussian
+
+    d = jaxhlm.datasets.load("sleepstudy")
+    lmm = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", d).fit(reml=False)
+    glmm = GLMM("Reaction ~ Days + (Days | Subject)", d, family=Gaussian(sigma=lmm.sigma))
+    assert glmm.objective(lmm.theta * lmm.sigma, lmm.fixef.to_numpy()) == pytest.approx(lmm.objective, rel=1e-12)
+    res = glmm.fit()     # the same optimum, to the optimisers' stopping tolerances
+    assert res.objective == pytest.approx(lmm.objective, abs=1e-7)
+    np.testing.assert_allclose(res.theta / lmm.sigma, lmm.theta, atol=1e-4)
+    np.testing.assert_allclose(res.fixef.to_numpy(), lmm.fixef.to_numpy(), rtol=1e-5)
+
+
 def test_random_slope_matches_glmer():
     """mlmRev's Contraception, (urban | district): a correlated random slope."""
     d = data("Contraception", ["urban", "livch", "district"])
@@ -148,7 +215,9 @@ def test_random_slope_matches_glmer():
     (lambda d: GLMM(CBPP, d, family="binomial", link="inverse"), "unknown link 'inverse'"),
     (lambda d: GLMM("incidence ~ period + offset(log(nope)) + (1 | herd)", d, family="poisson"),
      "'nope' is not defined"),
-    (lambda d: GLMM(CBPP, d).fit(nagq=5), "adaptive Gauss-Hermite"),
+    (lambda d: GLMM("cbind(incidence, size - incidence) ~ (1 | period) + (1 | herd)", d).fit(nagq=5),
+     "single scalar random-effects term"),
+    (lambda d: GLMM(CBPP, d).fit(nagq=-1), "nagq must be a whole number"),
 ])
 def test_glmm_errors_name_the_column_and_row(make, message):
     with pytest.raises(jaxhlm.JaxhlmError, match=message):

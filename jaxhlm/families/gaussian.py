@@ -19,13 +19,16 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..blocks import Blocks
+from ..errors import DataError
 from ..kernel import (Conditional, Factor, dense_parts, estimates, factorize, lambdas,
                       rest_b, rest_matrix, split_rest, term1_mode)
 from ..residual.whiten import blocks_at
 from ..linalg import cholesky, log_diag_sum, solve_lower, solve_upper_t
 from ..structure import Structure
+from .links import Identity
 
 LOG_2PI = 1.8378770664093453
 
@@ -137,13 +140,36 @@ def draw_ranef(key: jax.Array, theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp
 
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
-    """The Gaussian family (identity link) as the fit and NUTS use it: hashable, static."""
+    """The Gaussian family (identity link) as the fit and NUTS use it: hashable, static.
 
+    It also speaks the GLMM families' protocol (:mod:`jaxhlm.families.binomial`) with
+    the residual SD ``sigma`` given: y_i ~ N(mu_i, sigma^2 / w_i), w_i the ``trials``
+    slot (prior weights).  PIRLS then converges in one step and the Laplace
+    approximation is exact, which pins :mod:`jaxhlm.pirls` to the LMM: at
+    theta_GLMM = sigma theta_LMM (b = sigma Lambda_LMM u) it gives the LMM's ML deviance.
+    """
+
+    sigma: float = 1.0
     name = "gaussian"
+    link = Identity()
     objective = staticmethod(objective)
     conditional = staticmethod(conditional)
     marginal_loglik = staticmethod(marginal_loglik)
     draw_ranef = staticmethod(draw_ranef)
+
+    def variance(self, mu):
+        return jnp.full_like(mu, self.sigma ** 2)
+
+    def loglik(self, y, mu, trials):
+        return -0.5 * (LOG_2PI + jnp.log(self.sigma ** 2 / trials) + trials * (y - mu) ** 2 / self.sigma ** 2)
+
+    def start(self, y, trials):
+        return y
+
+    def check(self, y, trials, name, rows) -> None:
+        bad = np.flatnonzero(~np.isfinite(y))
+        if bad.size:
+            raise DataError(f"Gaussian response {name}: row {rows[bad[0]]!r} has {y[bad[0]]!r}")
 
 
 GAUSSIAN = Gaussian()

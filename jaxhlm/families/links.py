@@ -6,6 +6,7 @@
 | :class:`Probit` | Phi^{-1}(mu) | Phi(eta) | ``binomial("probit")`` |
 | :class:`CLogLog` | log(-log(1 - mu)) | 1 - exp(-e^eta) | ``binomial("cloglog")`` |
 | :class:`Log` | log(mu) | e^eta | ``poisson()`` |
+| :class:`Identity` | mu | eta | ``gaussian()`` |
 
 Each is a frozen dataclass (static in compiled programs) with ``inverse(eta)``,
 ``derivative(eta)`` = dmu/deta and ``link(mu)``; as R's ``make.link``, the inverses are
@@ -81,5 +82,19 @@ class Log:
         return jnp.log(mu)
 
 
-LINKS = {c.name: c for c in (Logit, Probit, CLogLog, Log)}
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    name = "identity"
+
+    def inverse(self, eta):
+        return eta
+
+    def derivative(self, eta):
+        return jnp.ones_like(eta)
+
+    def link(self, mu):
+        return mu
+
+
+LINKS = {c.name: c for c in (Logit, Probit, CLogLog, Log, Identity)}
 """Links by R's names."""
