@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -136,9 +136,16 @@ class BatchResult:
     corr: np.ndarray = dataclasses.field(init=False)
     corr_names: list[str] = dataclasses.field(init=False)
 
+    has_sigma: ClassVar[bool] = True
+    """Whether the fits estimate a residual SD (a column of :meth:`to_frame`)."""
+
     def __post_init__(self):
         self.sd, self.sd_names, self.corr, self.corr_names = tables.sd_corr(
             self.model.specs, self.lams, self.sigma)
+
+    @property
+    def method(self) -> str:
+        return "REML" if self.reml else "ML"
 
     @property
     def fixef_names(self) -> list[str]:
@@ -162,7 +169,8 @@ class BatchResult:
             cols[name] = self.fixef[:, j]
         for j, name in enumerate(self.fixef_names):
             cols[f"se({name})"] = self.fixef_se[:, j]
-        cols["sigma"] = self.sigma
+        if self.has_sigma:
+            cols["sigma"] = self.sigma
         for j, name in enumerate(self.sd_names):
             cols[name] = self.sd[:, j]
         for j, name in enumerate(self.corr_names):
@@ -177,7 +185,7 @@ class BatchResult:
         numeric = frame.drop(columns=["converged", "singular", "status", "iterations"])
         stats = numeric.describe(percentiles=[0.025, 0.5, 0.975]).T[["mean", "std", "2.5%", "50%", "97.5%"]]
         counts = frame["status"].value_counts().to_dict()
-        return (f"{len(self)} fits by {'REML' if self.reml else 'ML'} of {self.model.formula}\n"
+        return (f"{len(self)} fits by {self.method} of {self.model.formula}\n"
                 f"status: {counts}; singular: {int(self.singular.sum())}\n"
                 f"{stats.to_string(float_format=lambda v: f'{v:.5g}')}")
 
@@ -198,7 +206,7 @@ class BatchResult:
         """
         frame = self.to_frame()
         frame = frame[frame["converged"]]
-        params = self.fixef_names + ["sigma"] + self.sd_names + self.corr_names
+        params = self.fixef_names + ["sigma"] * self.has_sigma + self.sd_names + self.corr_names
         rows = []
         for name in params:
             v = np.sort(frame[name].dropna().to_numpy())

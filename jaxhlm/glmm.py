@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from functools import partial
 
 import jax
@@ -31,7 +32,7 @@ from .families.binomial import Binomial
 from .families.links import LINKS
 from .families.poisson import Poisson
 from .optimize import Status, minimize
-from .pirls import GLMMData, laplace, mode, objective_fn
+from .pirls import PIRLS_MAX_ITER, GLMMData, laplace, mode, objective_fn
 from .quadrature import check_scalar_term
 from .results import InformationCriteria
 
@@ -99,9 +100,10 @@ class GLMM:
             raise FormulaError(f"a GLMM formula is 'response ~ terms'; got {formula!r}")
         self.formula = formula
         self.family = _family(family, link)
+        self.offsets = []
         lhs, rhs = formula.split("~")
         lhs = lhs.strip()
-        offsets, rhs = _split_call(rhs, "offset")
+        self.offsets, rhs = _split_call(rhs, "offset")
         rhs = re.sub(r"\+\s*\+", "+", rhs).strip().strip("+").strip() or "1"
         d = data.copy()
         bound, rest = _split_call(lhs, "cbind")
@@ -125,7 +127,7 @@ class GLMM:
             else:
                 d[TRIALS] = (data[weights].to_numpy(float) if isinstance(weights, str)
                              else np.asarray(weights, float))
-        d[OFFSET] = sum((_evaluate(o, data, "offset") for o in offsets), np.zeros(len(data)))
+        d[OFFSET] = sum((_evaluate(o, data, "offset") for o in self.offsets), np.zeros(len(data)))
         self.frame = _frame.build(f"{RESPONSE} ~ {rhs}", d, residual=False)
         fd = self.frame.data
         y, trials = self.frame.y, fd[TRIALS].to_numpy(float)
@@ -142,6 +144,29 @@ class GLMM:
     @property
     def nobs(self) -> int:
         return self.frame.nobs
+
+    @property
+    def specs(self):
+        return self.frame.specs
+
+    @property
+    def fixef_names(self) -> list[str]:
+        return self.frame.fixef_names
+
+    def offset(self, newdata: pd.DataFrame | None = None) -> np.ndarray:
+        """The offset terms' sum on the model's rows or on ``newdata``."""
+        if newdata is None:
+            return self.frame.data[OFFSET].to_numpy(float)
+        return sum((_evaluate(o, newdata, "offset") for o in self.offsets), np.zeros(len(newdata)))
+
+    def fit_many(self, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter: int = 200,
+                 progress: bool = False):
+        """Fit B responses on this design in vmapped chunks (:func:`jaxhlm.glmm_batch.fit_many`):
+        Y (B, nobs) on the model's response scale (0/1, proportions of the trials, counts)."""
+        from .glmm_batch import fit_many
+
+        return fit_many(self, Y, self._nagq(nagq), batch_size=batch_size, max_iter=max_iter,
+                        progress=progress)
 
     def objective(self, theta, beta=None, nagq: int = 1) -> float:
         """-2 log L at (theta, beta) by the Laplace approximation (``nagq=1``) or adaptive
@@ -166,7 +191,11 @@ class GLMM:
         :mod:`jaxhlm.quadrature`), or with beta inside PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
         nagq = self._nagq(nagq)
         out = _fit(self.data, self.structure, self.family, nagq, int(max_iter))
-        return GLMMResult.from_arrays(self, jax.device_get(out), nagq)
+        res = GLMMResult.from_arrays(self, jax.device_get(out), nagq)
+        if not res.converged:
+            warnings.warn(f"GLMM fit of {self.formula}: {tables.status_name(res.status)} "
+                          f"({_STATUS_MEANING.get(res.status, 'see res.status')})", stacklevel=2)
+        return res
 
 
 def _deviance(nagq: int):
@@ -177,6 +206,15 @@ def _deviance(nagq: int):
 def _objective(theta, beta, data, st, family, inside, nagq):
     return _deviance(nagq)(theta, beta, data, st, family, inside)
 
+
+_STATUS_MEANING = {
+    Status.MAX_ITERATIONS: "the optimiser's iteration limit was reached; raise max_iter",
+    Status.NONFINITE: "the deviance was not finite along the way",
+    Status.LINE_SEARCH_FAILED: "no decrease found; the optimum may be imprecise",
+    Status.PIRLS_DIVERGED: "the conditional modes (PIRLS) did not converge",
+    Status.SEPARATION: "fitted means numerically at 0 or 1 (rates at 0): complete or quasi-complete "
+                       "separation; estimates on the link scale diverge",
+}
 
 HESSIAN_STEP = 1e-3
 """The relative step of the central second differences for the deviance's Hessian
@@ -198,27 +236,48 @@ def hessian(f, x):
     return H + jnp.triu(H, 1).T
 
 
-def _fit_program(data, st, family, nagq, max_iter):
+def _fit_program(data, st, family, nagq, max_iter, start=None):
+    """One fit (vmap-able over ``data.y``): the optimum, the final PIRLS mode, theta, beta,
+    vcov(beta) and the status (:func:`status`).  ``start``: x0 = (theta, beta) (theta for
+    nagq=0), or None for lme4's start (beta-hat of PIRLS at lme4's starting theta)."""
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
-    theta0 = jnp.asarray(st.theta_start())
+    if start is None:
+        start = default_start(data, st, family, nagq)
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
         g0, _ = objective_fn(data, st, family, True)
-        opt = minimize(g0, theta0, canonical=st.canonical, snap_mask=scales, method="bfgs", max_iter=max_iter)
+        opt = minimize(g0, start, canonical=st.canonical, snap_mask=scales, method="bfgs", max_iter=max_iter)
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
-        return opt, m, opt.x, m.beta, m.vcov
-    # Laplace or AGQ: (theta, beta) together, from beta-hat of PIRLS at lme4's starting theta
-    start = mode(theta0, jnp.zeros(st.p), data, st, family, True)
+        return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family)
+    # Laplace or AGQ: (theta, beta) together
     g1, f1 = objective_fn(data, st, family, False, _deviance(nagq))
     canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
-    opt = minimize(g1, jnp.concatenate([theta0, start.beta]), canonical=canonical, snap_mask=mask,
-                   method="bfgs", max_iter=max_iter)
+    opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter)
     theta, beta = opt.x[:nt], opt.x[nt:]
     m = mode(theta, beta, data, st, family, False)
     # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
     vcov = 2.0 * jnp.linalg.inv(hessian(f1, opt.x))[nt:, nt:]
-    return opt, m, theta, beta, vcov
+    return opt, m, theta, beta, vcov, status(opt, m, family)
+
+
+def default_start(data, st, family, nagq):
+    """lme4's start: its theta, with (nagq >= 1) beta-hat of PIRLS there (beta inside)."""
+    theta0 = jnp.asarray(st.theta_start())
+    if nagq == 0:
+        return theta0
+    return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True).beta])
+
+
+def status(opt, m, family):
+    """A fit's status (:class:`jaxhlm.optimize.Status`): PIRLS_DIVERGED when the conditional
+    modes at the optimum did not converge (or are not finite), else the optimiser's, then
+    SEPARATION when it converged with fitted means numerically at their bounds (R's
+    ``glm.fit`` warning "fitted probabilities numerically 0 or 1 occurred")."""
+    pirls_ok = jnp.isfinite(m.pdev) & (m.iterations < PIRLS_MAX_ITER)
+    bounded = family.at_bound(family.link.inverse(m.eta))
+    code = jnp.where(bounded & (opt.status == Status.CONVERGED), Status.SEPARATION, opt.status)
+    return jnp.where(pirls_ok, code, Status.PIRLS_DIVERGED).astype(jnp.int32)
 
 
 _fit = jax.jit(_fit_program, static_argnums=(1, 2, 3, 4))
@@ -248,13 +307,13 @@ class GLMMResult(InformationCriteria):
 
     @classmethod
     def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
-        opt, m, theta, beta, vcov = out
+        opt, m, theta, beta, vcov, code = out
         names = model.frame.fixef_names
         st = model.structure
         return cls(model.formula, model.family, nagq, float(opt.fun), model.nobs,
                    pd.Series(np.asarray(beta), index=names, name="fixef"),
                    pd.DataFrame(np.asarray(vcov), index=names, columns=names),
-                   np.asarray(theta, float), model.frame.theta_names, int(opt.status),
+                   np.asarray(theta, float), model.frame.theta_names, int(code),
                    int(opt.iterations), int(m.iterations),
                    bool(tables.singular(np.asarray(theta), st.scales())), model,
                    [np.asarray(b) for b in m.b], np.asarray(m.eta))
@@ -288,12 +347,45 @@ class GLMMResult(InformationCriteria):
                                            "condval": bk[:, a]}))
         return pd.concat(parts, ignore_index=True)
 
-    def fitted(self, type: str = "response") -> np.ndarray:
-        """The fitted means mu (``type="response"``) or linear predictor (``"link"``)."""
-        eta = self._eta
-        if type == "link":
-            return eta
-        return np.asarray(self.family.link.inverse(jnp.asarray(eta)))
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link", re_form=None,
+                allow_new_levels: bool = False) -> pd.Series:
+        """lme4's ``predict(m, newdata, type, re.form, allow.new.levels)`` for glmer: the
+        linear predictor offset + x' beta + the chosen terms' z' b (``type="link"``, lme4's
+        default) or the mean g^{-1}(eta) (``type="response"``); ``re_form`` and new levels as
+        :meth:`jaxhlm.LMMResult.predict` (:mod:`jaxhlm.prediction`).  Offsets are evaluated
+        on ``newdata``."""
+        from .prediction import linear_predictor
+
+        if type not in ("link", "response"):
+            raise JaxhlmError(f"type={type!r}: use 'link' or 'response'")
+        model = self._model
+        eta = linear_predictor(model.frame, self.fixef.to_numpy(), self._b, newdata, re_form,
+                               allow_new_levels)
+        if model.offsets or newdata is None:
+            eta = eta + model.offset(newdata)
+        if type == "response":
+            eta = pd.Series(np.asarray(self.family.link.inverse(jnp.asarray(eta.to_numpy()))), index=eta.index)
+        return eta.rename("predict")
+
+    def fitted(self, type: str = "response") -> pd.Series:
+        """lme4's ``fitted(m)``: the means mu at the model's rows (``type="link"``: eta)."""
+        return self.predict(type=type).rename("fitted")
+
+    def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
+        """``nsim`` responses (nsim, nobs) from the fitted model (lme4's ``simulate``), on the
+        model's response scale; replicate i draws from ``fold_in(key(seed), i)``."""
+        from .glmm_batch import simulate
+
+        return simulate(self._model, self.fixef.to_numpy(), self.theta, nsim, seed)
+
+    def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int | None = None,
+                  progress: bool = False):
+        """Parametric bootstrap (lme4's ``bootMer``): simulate ``nsim`` responses and refit
+        each, from this fit's estimates as lme4's ``refit`` starts; a
+        :class:`jaxhlm.glmm_batch.GLMMBatchResult`."""
+        from .glmm_batch import bootstrap
+
+        return bootstrap(self, nsim, seed, batch_size=batch_size, progress=progress)
 
     def coef_table(self) -> pd.DataFrame:
         """glmer's z tests: Estimate, Std. Error, z value, Pr(>|z|)."""

@@ -307,6 +307,12 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
 
 def _modes(f: Factor, lams, blocks: Blocks, st: Structure):
     """beta-hat, term 1's modes b_1 (ell_1, p_1) and the rest's b (flat) from the factor."""
+    beta, u1, u_rest, b_rest = _spherical_modes(f, lams, blocks, st)
+    return beta, u1 @ lams[0].T, b_rest
+
+
+def _spherical_modes(f: Factor, lams, blocks: Blocks, st: Structure):
+    """beta-hat, the spherical modes u_1 (ell_1, p_1) and u_rest (flat), and b_rest."""
     m, mr = st.m, st.m_rand
     L = f.L
     x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0] if m > 1
@@ -314,14 +320,16 @@ def _modes(f: Factor, lams, blocks: Blocks, st: Structure):
     u_rest, beta = x[:mr], x[mr:]
     b_rest = rest_b(u_rest, lams, st)
     u1 = term1_mode(f.C, f.T, jnp.concatenate([b_rest, beta]), blocks)
-    return beta, u1 @ lams[0].T, b_rest
+    return beta, u1, u_rest, b_rest
 
 
 def modes(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure):
-    """beta-hat and the conditional modes b per term (ell_k, p_k) from the factor: the
-    part of :func:`estimates` that PIRLS's iterations need (:mod:`jaxhlm.pirls`)."""
-    beta, b1, b_rest = _modes(f, lambdas(theta, st), blocks, st)
-    return beta, [b1] + split_rest(b_rest, st)
+    """beta-hat, the conditional modes b per term (ell_k, p_k) and the spherical modes u
+    (flat: term 1's, then the rest's) from the factor: the part of :func:`estimates` that
+    PIRLS's iterations need (:mod:`jaxhlm.pirls`)."""
+    lams = lambdas(theta, st)
+    beta, u1, u_rest, b_rest = _spherical_modes(f, lams, blocks, st)
+    return beta, [u1 @ lams[0].T] + split_rest(b_rest, st), jnp.concatenate([u1.ravel(), u_rest])
 
 
 def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, st: Structure) -> jnp.ndarray:

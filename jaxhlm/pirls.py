@@ -8,7 +8,8 @@ eta = offset + X beta + Z Lambda u, u ~ N(0, I), lme4's Laplace approximation
 
 with u* the conditional mode of u (the minimiser of the penalised deviance
 -2 sum log p + ||u||^2) and L_theta L_theta' = Lambda'Z'WZ Lambda + I at the mode's GLM
-weights W.  PIRLS finds u* by penalised iteratively reweighted least squares: at the
+weights W.  PIRLS finds u* by penalised iteratively reweighted least squares (with
+step-halving, :func:`mode`): at the
 current eta, W = n (dmu/deta)^2 / V(mu) and the working response
 z = eta - offset + (y - mu) / (dmu/deta); the LMM's blocked factor
 (:mod:`jaxhlm.kernel`, blocks rebuilt inside jit by :func:`jaxhlm.blocks.values` from
@@ -16,9 +17,8 @@ z = eta - offset + (y - mu) / (dmu/deta); the LMM's blocked factor
 (``nAGQ = 1``: the outer optimisation is over (theta, beta)), X beta is moved into the
 offset and the blocks are those of the design without X; with beta solved inside PIRLS
 too (``nAGQ = 0``, MixedModels.jl's ``fast = true``) they include X, and the outer
-optimisation is over theta alone.  The penalised least squares' own residual sum gives
-||u||^2 = pwrss - sum W (z - X beta - Z b)^2, so u is never formed (Lambda may be
-singular).
+optimisation is over theta alone.  The factor gives the spherical modes u as well as
+b = Lambda u (:func:`jaxhlm.kernel.modes`), so ||u||^2 is exact where Lambda is singular.
 
 PIRLS runs a fixed-point ``lax.while_loop`` until the penalised deviance changes by less
 than 1e-10 relative.  Its derivatives: the loop is differentiated in forward mode (JAX's
@@ -41,6 +41,8 @@ from .structure import Structure
 
 PIRLS_TOL = 1e-10
 PIRLS_MAX_ITER = 60
+PIRLS_HALVINGS = 12
+"""At most this many halvings of a PIRLS step that raises the penalised deviance."""
 
 
 class GLMMData(NamedTuple):
@@ -81,7 +83,8 @@ class Mode(NamedTuple):
 
 
 def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
-    """One PIRLS step from eta: the next beta, b, eta and ||u||^2, the log-determinant."""
+    """One full PIRLS step from eta: the next eta, beta, b, the spherical u, the
+    log-determinant, and the factor's parts."""
     link = family.link
     mu, d = link.inverse(eta), link.derivative(eta)
     w = data.trials * d ** 2 / family.variance(mu)
@@ -92,11 +95,9 @@ def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: 
         pat, s, response = data.pattern0, _without_x(st), z - data.X @ beta
     blocks = values(pat, s, w, response, xp=jnp)
     f = factorize_smooth(theta, blocks, s)
-    beta_hat, b = modes(f, theta, blocks, s)
+    beta_hat, b, u = modes(f, theta, blocks, s)
     beta_new = beta_hat if beta_inside else beta
-    eta_new = linear_predictor(beta_new, b, data)
-    usq = f.pwrss - jnp.sum(w * (z - (eta_new - data.offset)) ** 2)
-    return eta_new, beta_new, b, usq, f.logdet_theta, (f, blocks, s)
+    return linear_predictor(beta_new, b, data), beta_new, b, u, f.logdet_theta, (f, blocks, s)
 
 
 def _without_x(st: Structure) -> Structure:
@@ -105,33 +106,48 @@ def _without_x(st: Structure) -> Structure:
     return dataclasses.replace(st, p=0)
 
 
+def penalised_deviance(eta, u, data: GLMMData, family):
+    """-2 sum log p(y | mu(eta)) + ||u||^2."""
+    return -2.0 * jnp.sum(family.loglik(data.y, family.link.inverse(eta), data.trials)) + jnp.sum(u ** 2)
+
+
 def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
          with_vcov: bool = False) -> Mode:
-    """The conditional mode by PIRLS (module docstring), from R's starting means;
-    ``with_vcov``: also PIRLS's (X'WX-based) covariance of beta (nAGQ = 0's)."""
-    mu0 = family.start(data.y, data.trials)
-    eta0 = family.link.link(mu0)
+    """The conditional mode by PIRLS (module docstring) from b = 0 (with beta given) or R's
+    starting means (beta inside), halving a step that does not lower the penalised
+    deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
+    from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
+    covariance of beta (nAGQ = 0's)."""
+    eta0 = family.link.link(family.start(data.y, data.trials))
     if not beta_inside:
-        eta0 = eta0 * 0 + data.offset + data.X @ beta     # b = 0 at the given beta
-    deviance = lambda eta, usq: -2.0 * jnp.sum(family.loglik(data.y, family.link.inverse(eta), data.trials)) + usq  # noqa: E731
+        eta0 = eta0 * 0 + data.offset + data.X @ beta
     beta0 = jnp.zeros(st.p, eta0.dtype) if beta_inside else beta
+    u0 = jnp.zeros(sum(t.q for t in st.terms), eta0.dtype)
+    inf = jnp.asarray(jnp.inf, eta0.dtype)
+    pdev0 = inf if beta_inside else penalised_deviance(eta0, u0, data, family)   # R's start is no (beta, u)
 
     def loop(s):
-        eta, beta_s, pdev, it, _ = s
-        eta_new, beta_new, _, usq, _, _ = _step(eta, theta, beta_s, data, st, family, beta_inside)
-        return eta_new, beta_new, deviance(eta_new, usq), it + 1, pdev
+        eta, beta_s, u, pdev, it, _ = s
+        eta_f, beta_f, _, u_f, _, _ = _step(eta, theta, beta_s, data, st, family, beta_inside)
+        at = lambda t: (eta + t * (eta_f - eta), beta_s + t * (beta_f - beta_s), u + t * (u_f - u))  # noqa: E731
+        dev_at = lambda t: penalised_deviance(at(t)[0], at(t)[2], data, family)  # noqa: E731
+        worse = lambda h: (h[1] > pdev + PIRLS_TOL * (1.0 + jnp.abs(pdev))) & (h[2] < PIRLS_HALVINGS)  # noqa: E731
+        half = lambda h: (h[0] / 2, dev_at(h[0] / 2), h[2] + 1)  # noqa: E731
+        one = jnp.asarray(1.0, eta.dtype)
+        t, dev, _ = jax.lax.while_loop(worse, half, (one, dev_at(one), jnp.asarray(0)))
+        return (*at(t), dev, it + 1, pdev)
 
     def going(s):
-        _, _, pdev, it, last = s
+        *_, pdev, it, last = s
         change = ~(jnp.abs(pdev - last) <= PIRLS_TOL * (1.0 + jnp.abs(pdev)))
         return (it < 2) | (change & (it < PIRLS_MAX_ITER))
 
-    inf = jnp.asarray(jnp.inf, eta0.dtype)
-    eta, beta_c, pdev, it, _ = jax.lax.while_loop(going, loop, (eta0, beta0, inf, jnp.asarray(0), inf))
-    eta_f, beta_f, b, usq, logdet, (f, blocks, s) = _step(eta, theta, beta_c, data, st, family, beta_inside)
+    eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, (eta0, beta0, u0, pdev0, jnp.asarray(0), inf))
+    eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta, beta_c, data, st, family, beta_inside)
     vcov = (estimates(f, theta, blocks, s, jnp.asarray(1.0, eta.dtype)).vcov if with_vcov
             else jnp.zeros((0, 0), eta.dtype))
-    return Mode(eta_f, beta_f, b, usq, logdet, deviance(eta_f, usq), it, vcov)
+    usq = jnp.sum(u ** 2)
+    return Mode(eta_f, beta_f, b, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov)
 
 
 def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):

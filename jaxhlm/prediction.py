@@ -94,7 +94,14 @@ def predict(result, newdata: pd.DataFrame | None = None, re_form=None,
             allow_new_levels: bool = False) -> pd.Series:
     """lme4's ``predict(m, newdata, re.form, allow.new.levels)`` (the module docstring):
     a Series indexed as ``newdata`` (the model's rows when it is None)."""
-    frame = result._model.frame
+    return linear_predictor(result._model.frame, result.fixef.to_numpy(), result._cond.b, newdata,
+                            re_form, allow_new_levels)
+
+
+def linear_predictor(frame, beta, b, newdata: pd.DataFrame | None = None, re_form=None,
+                     allow_new_levels: bool = False) -> pd.Series:
+    """x' beta + the chosen terms' z' b on ``newdata`` (the frame's rows when it is None),
+    with the fit's fixed effects ``beta`` and conditional modes ``b`` (per term (ell_k, p_k))."""
     chosen = _selected(frame, re_form)
     if newdata is None:
         newdata = frame.data
@@ -107,15 +114,14 @@ def predict(result, newdata: pd.DataFrame | None = None, re_form=None,
                         f"prediction needs; its columns are: {', '.join(map(str, newdata.columns))}")
     X, names = _columns(frame.formula.fixed_rhs, frame.data, newdata, "the fixed-effects matrix")
     position = {n: k for k, n in enumerate(names)}
-    beta = result.fixef.to_numpy()
-    eta = X[:, [position[n] for n in frame.fixef_names]] @ beta
-    for term, b, use in zip(frame.terms, result._cond.b, chosen):
+    eta = X[:, [position[n] for n in frame.fixef_names]] @ np.asarray(beta)
+    for term, bk, use in zip(frame.terms, b, chosen):
         if not use:
             continue
         Z, cols = _columns(term.expr, frame.data, newdata, f"the random-effects term of {term.spec.group}")
         Z = Z[:, [cols.index(c) for c in term.spec.columns]]
         codes = _codes(term, newdata, allow_new_levels)
-        bk = np.asarray(b)[np.maximum(codes, 0)] * (codes >= 0)[:, None]
+        bk = np.asarray(bk)[np.maximum(codes, 0)] * (codes >= 0)[:, None]
         eta = eta + np.where(newdata[term.spec.group.split(":")].isna().any(axis=1).to_numpy(),
                              np.nan, np.sum(Z * bk, axis=1))
     return pd.Series(eta, index=newdata.index, name="predict")

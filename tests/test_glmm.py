@@ -188,10 +188,19 @@ def test_gaussian_family_reproduces_the_lmm():
     lmm = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", d).fit(reml=False)
     glmm = GLMM("Reaction ~ Days + (Days | Subject)", d, family=Gaussian(sigma=lmm.sigma))
     assert glmm.objective(lmm.theta * lmm.sigma, lmm.fixef.to_numpy()) == pytest.approx(lmm.objective, rel=1e-12)
-    res = glmm.fit()     # the same optimum, to the optimisers' stopping tolerances
-    assert res.objective == pytest.approx(lmm.objective, abs=1e-7)
-    np.testing.assert_allclose(res.theta / lmm.sigma, lmm.theta, atol=1e-4)
-    np.testing.assert_allclose(res.fixef.to_numpy(), lmm.fixef.to_numpy(), rtol=1e-5)
+    # away from the optimum too: the Laplace approximation is exact for any (theta, beta)
+    # (the dense multivariate normal: Var y = sigma^2 I + Z Lambda Lambda' Z')
+    from scipy import stats
+
+    theta, beta = np.array([20.0, 3.0, 5.0]), np.array([240.0, 12.0])
+    lam = np.array([[theta[0], 0.0], [theta[1], theta[2]]])
+    subjects = d.Subject.astype(str).to_numpy()
+    Z = np.concatenate([np.column_stack([np.ones(len(d)), d.Days]) * (subjects == s)[:, None]
+                        for s in pd.unique(subjects)], axis=1)
+    G = np.kron(np.eye(Z.shape[1] // 2), lam @ lam.T)
+    V = lmm.sigma ** 2 * np.eye(len(d)) + Z @ G @ Z.T
+    dense = -2 * stats.multivariate_normal(beta[0] + beta[1] * d.Days.to_numpy(), V).logpdf(d.Reaction)
+    assert glmm.objective(theta, beta) == pytest.approx(dense, rel=1e-10)
 
 
 def test_random_slope_matches_glmer():
@@ -230,3 +239,79 @@ def test_command_line_fits_a_glmm(capsys):
     assert cli.main(["fit", "cbpp", CBPP, "--family", "binomial"]) == 0
     out = capsys.readouterr().out
     assert "Family: binomial  ( logit )" in out and "period[T.4]" in out
+
+
+def test_predict_matches_glmer(cbpp_fit):
+    """lme4 1.1-31's ``predict`` on new rows (tolPwrss = 1e-13 fit, as above): the mean with
+    every term, and the population-level linear predictor (``re.form = NA``)."""
+    nd = pd.DataFrame({"period": ["1", "2", "4"], "herd": ["1", "5", "15"]})
+    np.testing.assert_allclose(cbpp_fit.predict(nd, type="response"), [0.3082076436, 0.0703791221, 0.0290481413],
+                               rtol=1e-5)
+    np.testing.assert_allclose(cbpp_fit.predict(nd, re_form="~0"), [-1.3985321508, -2.3908648317, -2.9788460525],
+                               rtol=1e-5)
+    np.testing.assert_allclose(cbpp_fit.fitted()[:3], [0.3082076436, 0.1417482584, 0.1259575323], rtol=1e-5)
+    with pytest.raises(jaxhlm.JaxhlmError, match="level of herd"):
+        cbpp_fit.predict(nd.assign(herd="99"))
+    new = cbpp_fit.predict(nd.assign(herd="99"), allow_new_levels=True)
+    np.testing.assert_allclose(new, cbpp_fit.predict(nd, re_form="~0"))
+
+
+def test_predict_evaluates_offsets_on_newdata():
+    d = jaxhlm.datasets.load("cbpp").assign(t=lambda f: f["size"].astype(float))
+    res = GLMM("incidence ~ period + offset(log(t)) + (1 | herd)", d, family="poisson").fit()
+    np.testing.assert_allclose(res.predict(), np.log(res.fitted()), rtol=1e-12)
+    nd = d.head(4).assign(t=1.0)
+    np.testing.assert_allclose(res.predict(nd), res.predict().head(4) - np.log(d["size"].head(4)), rtol=1e-12)
+
+
+def test_batched_fits_equal_looped_fits(cbpp_model, cbpp_fit):
+    """fit_many (one vmapped program) == one fit per response, to 1e-8; simulate's draws
+    depend on the seed and replicate index only."""
+    Y = cbpp_fit.simulate(8, seed=3)
+    np.testing.assert_array_equal(Y[:2], cbpp_fit.simulate(2, seed=3))
+    d = jaxhlm.datasets.load("cbpp")
+    k = Y * d["size"].to_numpy()[None]
+    np.testing.assert_allclose(k, np.round(k), atol=1e-9)
+    many = cbpp_model.fit_many(Y)
+    assert many.converged.all() and "Laplace" in many.summary()
+    for i in range(3):
+        one = GLMM("y ~ period + (1 | herd)", d.assign(y=Y[i]), family="binomial", weights="size").fit()
+        assert many.objective[i] == pytest.approx(one.objective, rel=1e-10)
+        np.testing.assert_allclose(many.fixef[i], one.fixef.to_numpy(), atol=1e-6)
+        np.testing.assert_allclose(many.theta[i], one.theta, atol=1e-6)
+    table = many.coef_table()
+    assert table.shape == (8 * 4, 4) and "z value" in table.columns
+    assert "sigma" not in many.to_frame().columns
+
+
+def test_bootstrap_refits_from_the_estimates(cbpp_fit):
+    boot = cbpp_fit.bootstrap(8, seed=1)     # the size of the batch above: its program
+    assert len(boot) == 8 and boot.converged.all()
+    ci = boot.confint()
+    assert list(ci.index) == list(cbpp_fit.fixef.index) + ["sd(herd:(Intercept))"]
+    lo, hi = ci.loc["period[T.2]", ["percentile_lower", "percentile_upper"]]
+    assert lo < hi
+
+
+def test_statuses_flag_separation_without_raising():
+    """A covariate that separates a binary response: the fit warns and says SEPARATION;
+    in a batch, that fit's status says so while the others converge."""
+    from jaxhlm.optimize import Status
+
+    rng = np.random.default_rng(0)
+    d = pd.DataFrame({"g": np.repeat(list("abcdefgh"), 10), "x": rng.normal(size=80)})
+    d["y"] = (d.x > 0).astype(float)
+    with pytest.warns(UserWarning, match="separation"):
+        res = GLMM("y ~ x + (1 | g)", d, family="binomial").fit()
+    assert res.status == Status.SEPARATION
+    model = GLMM("y ~ x + (1 | g)", d.assign(y=rng.integers(0, 2, 80).astype(float)), family="binomial")
+    many = model.fit_many(np.stack([model.data.y, d.y.to_numpy()]))
+    assert list(many.status) == [Status.CONVERGED, Status.SEPARATION]
+
+
+@pytest.mark.parametrize("Y,message", [(np.zeros((2, 5)), r"Y must be \(B, 56\)"),
+                                       (np.full((1, 56), 2.0), r"response 0 of Y.*must be in \[0, 1\]"),
+                                       (np.full((1, 56), np.nan), "missing or infinite value")])
+def test_fit_many_checks_the_responses(cbpp_model, Y, message):
+    with pytest.raises(jaxhlm.JaxhlmError, match=message):
+        cbpp_model.fit_many(Y)

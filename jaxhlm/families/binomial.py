@@ -9,20 +9,25 @@ n_i (dmu/deta)^2 / (mu (1 - mu)), and the log-likelihood is R's ``binomial()$aic
 
 Links: logit (canonical), probit, cloglog (:mod:`jaxhlm.families.links`).  To add a
 family, write a file like this one: ``variance(mu)``, ``loglik(y, mu, trials)``,
-``start(y, trials)`` (R's ``mustart``) and ``check(y, trials, name, rows)`` (the edge's
-errors), with a ``link``; :mod:`jaxhlm.pirls` does the rest.
+``start(y, trials)`` (R's ``mustart``), ``check(y, trials, name, rows)`` (the edge's
+errors), ``sample(key, mu, trials)`` (simulation) and ``at_bound(mu)`` (the SEPARATION
+status), with a ``link``; :mod:`jaxhlm.pirls` does the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
 from ..errors import DataError
 from .links import Logit
+
+BOUND_EPS = 10 * 2.220446049250313e-16
+"""R's ``glm.fit`` threshold for fitted means numerically at their bounds: 10 eps."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,15 @@ class Binomial:
     def start(self, y, trials):
         """R's ``binomial()$initialize``: mustart = (n y + 0.5) / (n + 1)."""
         return (trials * y + 0.5) / (trials + 1)
+
+    def sample(self, key, mu, trials):
+        """Proportions k / n with k ~ Binomial(n, mu) (rows of n = 0 give 0)."""
+        k = jax.random.binomial(key, trials, mu, dtype=mu.dtype)
+        return jnp.where(trials > 0, k / jnp.where(trials > 0, trials, 1), 0.0)
+
+    def at_bound(self, mu):
+        """Any fitted probability numerically 0 or 1 (R's ``glm.fit``: within 10 eps)."""
+        return jnp.any((mu < BOUND_EPS) | (mu > 1 - BOUND_EPS))
 
     def check(self, y: np.ndarray, trials: np.ndarray, name: str, rows) -> None:
         bad = np.flatnonzero((y < 0) | (y > 1))

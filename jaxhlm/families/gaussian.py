@@ -166,6 +166,12 @@ class Gaussian:
     def start(self, y, trials):
         return y
 
+    def sample(self, key, mu, trials):
+        return mu + self.sigma * jax.random.normal(key, mu.shape, mu.dtype) / jnp.sqrt(trials)
+
+    def at_bound(self, mu):
+        return jnp.asarray(False)
+
     def check(self, y, trials, name, rows) -> None:
         bad = np.flatnonzero(~np.isfinite(y))
         if bad.size:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
 
 from ..errors import DataError
+from .binomial import BOUND_EPS
 from .links import Log
 
 
@@ -32,6 +34,13 @@ class Poisson:
     def start(self, y, trials):
         """R's ``poisson()$initialize``: mustart = y + 0.1."""
         return y + 0.1
+
+    def sample(self, key, mu, trials):
+        return jax.random.poisson(key, mu, dtype=jnp.int32).astype(mu.dtype)
+
+    def at_bound(self, mu):
+        """Any fitted rate numerically 0 (R's ``glm.fit``: below 10 eps)."""
+        return jnp.any(mu < BOUND_EPS)
 
     def check(self, y: np.ndarray, trials: np.ndarray, name: str, rows) -> None:
         bad = np.flatnonzero(y < 0)

@@ -44,6 +44,8 @@ class Status(enum.IntEnum):
     MAX_ITERATIONS = 1
     NONFINITE = 2          # objective or gradient not finite at the start or along the way
     LINE_SEARCH_FAILED = 3  # no decrease along the search direction, not at a stationary point
+    PIRLS_DIVERGED = 4      # a GLMM's conditional modes did not converge at the optimum
+    SEPARATION = 5          # a GLMM converged with fitted means numerically 0 or 1 (or rates 0)
 
 
 class Minimum(NamedTuple):

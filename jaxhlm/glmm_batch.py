@@ -1,0 +1,174 @@
+"""Many GLMM fits at once: one design with many responses, simulation, parametric bootstrap.
+
+As for LMMs (:mod:`jaxhlm.batch`), B responses on one design are B fits of one vmapped
+program: :func:`jaxhlm.glmm._fit_program` with the response batched and everything else
+(the design's patterns, X, offsets, trials) shared, in chunks of
+:func:`jaxhlm.batch.chunk_size` fits (the last one padded with its last response, so
+every chunk has one shape and one compilation).  PIRLS and the outer optimiser run as
+while loops inside the program; vmapped, a chunk steps until its slowest fit is done.
+Inside nothing raises: each fit carries its status (:class:`jaxhlm.optimize.Status`,
+with ``pirls_diverged`` and ``separation`` for GLMMs, :func:`jaxhlm.glmm.status`).
+
+Simulation follows lme4's ``simulate.merMod`` for glmer: u ~ N(0, I), b_k = Lambda_k u_k,
+eta = offset + X beta + Z b and y ~ the family at mu = g^{-1}(eta) (binomial proportions
+of the model's trials, Poisson counts).  Replicate i draws from
+``jax.random.fold_in(key, i)``, so a seed gives the same replicates whatever the chunking.
+The parametric bootstrap (lme4's ``bootMer``) refits each replicate, starting from the
+fit's estimates as lme4's ``refit`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size
+from .errors import DataError
+from .glmm import _fit_program, default_start
+from .optimize import Status
+from .pirls import GLMMData, linear_predictor
+
+RESPONSE_AXES = GLMMData(*[0 if f == "y" else None for f in GLMMData._fields])
+"""vmap's axes: the response batched, the design shared."""
+
+
+@dataclasses.dataclass
+class GLMMBatchResult(BatchResult):
+    """B GLMM fits (the fields of :class:`jaxhlm.batch.BatchResult`, without sigma: the
+    scale is 1); ``nagq`` as in :meth:`jaxhlm.GLMM.fit`.  :meth:`coef_table` gives every
+    fit's z tests."""
+
+    nagq: int = 1
+    has_sigma = False
+
+    @property
+    def method(self) -> str:
+        return {0: "nAGQ = 0", 1: "Laplace"}.get(self.nagq, f"AGQ (nAGQ = {self.nagq})")
+
+    def coef_table(self) -> pd.DataFrame:
+        """Every fit's Wald z tests (glmer's), indexed by (fit, coefficient)."""
+        from scipy import stats
+
+        z = self.fixef / self.fixef_se
+        index = pd.MultiIndex.from_product([range(len(self)), self.fixef_names], names=["fit", "coefficient"])
+        return pd.DataFrame({"Estimate": self.fixef.ravel(), "Std. Error": self.fixef_se.ravel(),
+                             "z value": z.ravel(), "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.ravel()))},
+                            index=index)
+
+
+def _fit_chunk_program(Y, starts, fresh, max_iter, data, st, family, nagq):
+    """vmapped fits of the responses Y, each from its row of ``starts`` or, where ``fresh``,
+    from lme4's start; at most ``max_iter`` iterations (an argument: both passes of
+    :func:`fit_many` run this one program)."""
+    def one(y, x0, new):
+        d = data._replace(y=y)
+        return _fit_program(d, st, family, nagq, max_iter, jnp.where(new, default_start(d, st, family, nagq), x0))
+
+    out = jax.vmap(one)(Y, starts, fresh)
+    return out, jax.vmap(st.lambdas)(out[2])
+
+
+_fit_chunk = jax.jit(_fit_chunk_program, static_argnums=(5, 6, 7))
+
+
+def _run_chunks(model, Y, starts, fresh, nagq, max_iter, size, progress):
+    B = Y.shape[0]
+    parts, began = [], time.perf_counter()
+    for lo in range(0, B, size):
+        index = np.minimum(np.arange(lo, lo + size), B - 1)
+        out = _fit_chunk(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
+                         np.int64(max_iter), model.data, model.structure, model.family, nagq)
+        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], jax.device_get(out)))
+        if progress:
+            done = min(lo + size, B)
+            print(f"\rfitted {done:,}/{B:,} ({done / (time.perf_counter() - began):,.1f} fits/s)",
+                  end="" if done < B else "\n", file=sys.stderr, flush=True)
+    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
+def responses(model, Y) -> np.ndarray:
+    """Y as (B, nobs) floats, each response checked as the model's own (the family's rules)."""
+    Y = Y.to_numpy(float).T if isinstance(Y, pd.DataFrame) else np.asarray(Y, dtype=float)
+    if Y.ndim == 1:
+        Y = Y[None]
+    if Y.ndim != 2 or Y.shape[1] != model.nobs:
+        raise DataError(f"Y must be (B, {model.nobs}) responses on the model's rows; got shape {Y.shape}")
+    rows = model.frame.data.index
+    for r, y in enumerate(Y):
+        if not np.all(np.isfinite(y)):
+            raise DataError(f"response {r} of Y has a missing or infinite value in row "
+                            f"{rows[int(np.flatnonzero(~np.isfinite(y))[0])]!r}")
+        model.family.check(y, model.data.trials, f"(response {r} of Y)", rows)
+    return Y
+
+
+def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter: int = 200,
+             progress: bool = False, start=None) -> GLMMBatchResult:
+    """Fit B responses (Y, (B, nobs) or a DataFrame of B columns, on the model's response
+    scale) on ``model``'s design; ``start``: x0 for every fit (theta, then beta; theta
+    alone for nagq=0), else lme4's start per fit."""
+    Y = responses(model, Y)
+    B = Y.shape[0]
+    size = chunk_size(B, batch_size, 1)
+    k = model.structure.ntheta + (model.structure.p if nagq else 0)
+    fresh = np.full(B, start is None)
+    starts = np.zeros((B, k)) if start is None else np.broadcast_to(np.asarray(start, float), (B, k))
+    # Vmapped fits step together until the slowest is done: a first pass of at most
+    # STRAGGLER_AFTER iterations, then the few fits still running go on in chunks of their own.
+    first = min(max_iter, STRAGGLER_AFTER)
+    out = _run_chunks(model, Y, starts, fresh, nagq, first, size, progress)
+    late = np.flatnonzero(out[0][0].status == Status.MAX_ITERATIONS)
+    if late.size and max_iter > first:
+        more = _run_chunks(model, Y[late], out[0][0].x[late], np.zeros(late.size, bool), nagq,
+                           max_iter - first, size, False)
+        opt = more[0][0]
+        more = ((opt._replace(iterations=opt.iterations + first),) + more[0][1:], more[1])
+        out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
+    (opt, _m, theta, beta, vcov, code), lams = out
+    return GLMMBatchResult(model=model, reml=False, objective=opt.fun, fixef=beta,
+                           fixef_se=np.sqrt(np.einsum("bii->bi", vcov)), theta=theta,
+                           sigma=np.ones(B), status=code, iterations=opt.iterations, lams=tuple(lams),
+                           nagq=nagq)
+
+
+def _draw_program(key_data, index, beta, theta, data, st, family):
+    key = jax.random.wrap_key_data(key_data)
+    lams = st.lambdas(theta)
+
+    def one(r):
+        k_y, *k_u = jax.random.split(jax.random.fold_in(key, r), 1 + len(st.terms))
+        b = [jax.random.normal(k, (t.nlevels, t.p), beta.dtype) @ lam.T for k, t, lam in zip(k_u, st.terms, lams)]
+        return family.sample(k_y, family.link.inverse(linear_predictor(beta, b, data)), data.trials)
+
+    return jax.vmap(one)(index)
+
+
+_draw = jax.jit(_draw_program, static_argnums=(5, 6))
+
+
+def simulate(model, fixef, theta, nsim: int, seed: int = 0) -> np.ndarray:
+    """``nsim`` responses (nsim, nobs) at (beta, theta) on ``model``'s design (module docstring)."""
+    key = np.asarray(jax.random.key_data(jax.random.key(seed)))
+    beta, theta = jnp.asarray(fixef, float), jnp.asarray(theta, float)
+    size = min(chunk_size(nsim), max(1, SIMULATE_ELEMENTS // max(model.nobs, 1)))
+    out = np.empty((nsim, model.nobs))
+    for lo in range(0, nsim, size):
+        at = np.arange(lo, lo + size).clip(max=nsim - 1)
+        y = _draw(key, jnp.asarray(at), beta, theta, model.data, model.structure, model.family)
+        out[lo:lo + size] = np.asarray(y)[:min(size, nsim - lo)]
+    return out
+
+
+def bootstrap(result, nsim: int, seed: int = 0, *, batch_size: int | None = None,
+              progress: bool = False) -> GLMMBatchResult:
+    """Parametric bootstrap of a GLMM fit: simulate, then refit from its estimates."""
+    model = result._model
+    Y = simulate(model, result.fixef.to_numpy(), result.theta, nsim, seed)
+    start = result.theta if result.nagq == 0 else np.concatenate([result.theta, result.fixef.to_numpy()])
+    return fit_many(model, Y, result.nagq, batch_size=batch_size, progress=progress, start=start)
