@@ -1,13 +1,19 @@
 """GLMM fits side by side with lme4's glmer (R): cbpp (binomial, 56 rows) and VerbAgg (7,584
-Bernoulli responses, crossed (1 | id) + (1 | item)), Laplace.
+Bernoulli responses, crossed (1 | id) + (1 | item)), Laplace; and cbpp's parametric bootstrap.
 
-    python benchmarks/glmm.py [--reps 3]
+    python benchmarks/glmm.py [--reps 3] [--nsim 1000] [--r-refits 100]
 
 Each side in fresh processes: the model built and fitted after import and reading the
 data, compilation included (jaxhlm with an empty compilation cache, then again on the
 cache the first run left), and a second fit in the same process (warm).  R: ``glmer`` with
 ``glmerControl(optimizer = "bobyqa")``, timed with ``system.time``.  Medians over
-``--reps``; ratios R / jaxhlm.  Writes ``benchmarks/results/glmm-DATE.json``.
+``--reps``; ratios R / jaxhlm.
+
+Bootstrap: ``--nsim`` refits of cbpp's model to responses simulated from its fit.  jaxhlm:
+``res.bootstrap(nsim)`` in a fresh process after the fit (first call: its compilation
+included, empty compilation cache), then again with another seed (warm).  R: lme4's
+``refit(m, newresp = simulate(m)[[1]])`` in a loop of ``--r-refits`` (what ``bootMer``
+does per replicate), scaled to ``nsim``.  Writes ``benchmarks/results/glmm-DATE.json``.
 """
 
 from __future__ import annotations
@@ -56,9 +62,48 @@ cat(jsonlite::toJSON(list(fit = t1, warm = t2, objective = -2 * as.numeric(logLi
 """
 
 
+JAXHLM_BOOT = r"""
+import sys, time, json
+import jaxhlm, pandas as pd
+nsim = int(sys.argv[1])
+d = jaxhlm.datasets.load("cbpp")
+res = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="binomial").fit()
+t = time.perf_counter(); b = res.bootstrap(nsim, seed=1); first = time.perf_counter() - t
+t = time.perf_counter(); b2 = res.bootstrap(nsim, seed=2); warm = time.perf_counter() - t
+print(json.dumps({"first": first, "warm": warm, "converged": int(b.converged.sum() + b2.converged.sum())}))
+"""
+
+R_BOOT = r"""
+suppressMessages(library(lme4))
+k <- as.integer(commandArgs(TRUE)[1]); set.seed(1)
+m <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, binomial,
+           control = glmerControl(optimizer = "bobyqa"))
+ys <- simulate(m, k)
+t <- system.time(for (i in seq_len(k)) refit(m, newresp = ys[[i]]))[["elapsed"]]
+cat(jsonlite::toJSON(list(per_refit = t / k), auto_unbox = TRUE, digits = NA), "
+")
+"""
+
+
+def bootstrap(args) -> dict:
+    runs = {"jaxhlm": [], "R (refit loop)": []}
+    for _ in range(args.reps):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, JAXHLM_COMPILATION_CACHE=cache)
+            runs["jaxhlm"].append(run_json([sys.executable, "-c", JAXHLM_BOOT, str(args.nsim)], env))
+        runs["R (refit loop)"].append(run_json(["Rscript", "-e", R_BOOT, str(args.r_refits)]))
+    r = statistics.median(x["per_refit"] for x in runs["R (refit loop)"]) * args.nsim
+    first = statistics.median(x["first"] for x in runs["jaxhlm"])
+    warm = statistics.median(x["warm"] for x in runs["jaxhlm"])
+    print(f"cbpp bootstrap, {args.nsim} refits: R refit loop {r:.1f} s (scaled from {args.r_refits}); jaxhlm "
+          f"first {first:.2f} s ({r / first:.0f}x), warm {warm:.2f} s ({r / warm:.0f}x)")
+    return {"nsim": args.nsim, "r_refits": args.r_refits, "runs": runs,
+            "medians": {"R (refit loop), scaled": r, "jaxhlm first": first, "jaxhlm warm": warm}}
+
+
 def main() -> None:
-    args = reps_arguments(__doc__)
-    results = {}
+    args = reps_arguments(__doc__, nsim=1000, r_refits=100)
+    results = {"bootstrap": bootstrap(args)}
     for name, (file, formula, family, factors) in MODELS.items():
         argv = [str(DATA / file), formula, family, ",".join(factors)]
         runs = {"R (glmer)": [], "jaxhlm, empty cache": [], "jaxhlm, stored programs": []}

@@ -14,8 +14,11 @@ def run_json(cmd, env=None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def reps_arguments(doc: str) -> argparse.Namespace:
-    """``--reps`` (default 3), with the script's first docstring line as description."""
+def reps_arguments(doc: str, **more: int) -> argparse.Namespace:
+    """``--reps`` (default 3) and any ``--name`` integers given with their defaults, with
+    the script's first docstring line as description."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
+    for name, default in more.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     return ap.parse_args()

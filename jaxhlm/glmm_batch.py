@@ -30,12 +30,16 @@ import pandas as pd
 
 from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size
 from .errors import DataError
-from .glmm import _fit_program, default_start
+from .glmm import _fit_program, default_start, stored
 from .optimize import Status
-from .pirls import GLMMData, linear_predictor
+from .pirls import linear_predictor
+from .precompiled import Precompiled
 
-RESPONSE_AXES = GLMMData(*[0 if f == "y" else None for f in GLMMData._fields])
-"""vmap's axes: the response batched, the design shared."""
+CHUNK_CPU = 32
+"""GLMM fits per chunk on a CPU (unless ``batch_size`` says otherwise): a vmapped chunk runs
+until its slowest fit (and its slowest PIRLS) is done, so narrower chunks waste less; 1,000
+cbpp bootstrap refits took 1.04-1.10 s in chunks of 32, 1.09-1.25 s of 64 and 1.16-1.58 s of
+128 (three repeats in one process, 2-core CPU, 2026-12-03)."""
 
 
 @dataclasses.dataclass
@@ -74,7 +78,7 @@ def _fit_chunk_program(Y, starts, fresh, max_iter, data, st, family, nagq):
     return out, jax.vmap(st.lambdas)(out[2])
 
 
-_fit_chunk = jax.jit(_fit_chunk_program, static_argnums=(5, 6, 7))
+_FIT_CHUNK = Precompiled(_fit_chunk_program, (5, 6, 7), "glmm_fit_chunk")
 
 
 def _run_chunks(model, Y, starts, fresh, nagq, max_iter, size, progress):
@@ -82,7 +86,7 @@ def _run_chunks(model, Y, starts, fresh, nagq, max_iter, size, progress):
     parts, began = [], time.perf_counter()
     for lo in range(0, B, size):
         index = np.minimum(np.arange(lo, lo + size), B - 1)
-        out = _fit_chunk(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
+        out = stored(_FIT_CHUNK, model.structure, model.family)(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
                          np.int64(max_iter), model.data, model.structure, model.family, nagq)
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], jax.device_get(out)))
         if progress:
@@ -115,6 +119,8 @@ def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter
     alone for nagq=0), else lme4's start per fit."""
     Y = responses(model, Y)
     B = Y.shape[0]
+    if batch_size is None and jax.default_backend() == "cpu":
+        batch_size = CHUNK_CPU
     size = chunk_size(B, batch_size, 1)
     k = model.structure.ntheta + (model.structure.p if nagq else 0)
     fresh = np.full(B, start is None)

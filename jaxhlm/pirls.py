@@ -21,10 +21,15 @@ optimisation is over theta alone.  The factor gives the spherical modes u as wel
 b = Lambda u (:func:`jaxhlm.kernel.modes`), so ||u||^2 is exact where Lambda is singular.
 
 PIRLS runs a fixed-point ``lax.while_loop`` until the penalised deviance changes by less
-than 1e-10 relative.  Its derivatives: the loop is differentiated in forward mode (JAX's
-jvp of a while loop), which is exact at the converged modes whatever the link; a
-``custom_vjp`` hands that gradient to reverse mode, so the optimisers of
-:mod:`jaxhlm.optimize` run unchanged.  Everything is pure, jit-compiled and vmap-able.
+than 1e-10 relative.  Its derivatives, in forward mode: with the family's canonical link
+(logit, log, identity) PIRLS is Newton's method for the penalised deviance, whose
+iteration map Phi has dPhi/du = 0 at the mode, so the mode's tangent is that of one
+step Phi(u*, x) from the undifferentiated mode: the loop runs without tangents and two
+differentiated steps follow (the second gives the weights' and the log-determinant's
+tangents).  With other links (probit, cloglog: Fisher scoring) the loop itself is
+differentiated (JAX's jvp of a while loop, exact at convergence).  A ``custom_vjp``
+hands the gradient to reverse mode, so the optimisers of :mod:`jaxhlm.optimize` run
+unchanged.  Everything is pure, jit-compiled and vmap-able.
 """
 
 from __future__ import annotations
@@ -118,6 +123,10 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
     from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
     covariance of beta (nAGQ = 0's)."""
+    newton = family.canonical
+    theta_d, beta_d = theta, beta
+    if newton:
+        theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
     eta0 = family.link.link(family.start(data.y, data.trials))
     if not beta_inside:
         eta0 = eta0 * 0 + data.offset + data.X @ beta
@@ -143,8 +152,11 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
         return (it < 2) | (change & (it < PIRLS_MAX_ITER))
 
     eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, (eta0, beta0, u0, pdev0, jnp.asarray(0), inf))
-    eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta, beta_c, data, st, family, beta_inside)
-    vcov = (estimates(f, theta, blocks, s, jnp.asarray(1.0, eta.dtype)).vcov if with_vcov
+    if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents
+        eta, beta_c, *_ = _step(eta, theta_d, beta_d if not beta_inside else beta_c, data, st, family, beta_inside)
+    eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_d if not beta_inside else beta_c,
+                                                        data, st, family, beta_inside)
+    vcov = (estimates(f, theta_d, blocks, s, jnp.asarray(1.0, eta.dtype)).vcov if with_vcov
             else jnp.zeros((0, 0), eta.dtype))
     usq = jnp.sum(u ** 2)
     return Mode(eta_f, beta_f, b, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov)

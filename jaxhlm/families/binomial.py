@@ -37,6 +37,11 @@ class Binomial:
     link: object = Logit()
     name = "binomial"
 
+    @property
+    def canonical(self) -> bool:
+        """Whether the link is the canonical one (PIRLS is then Newton's method)."""
+        return isinstance(self.link, Logit)
+
     def variance(self, mu):
         return mu * (1 - mu)
 

@@ -157,6 +157,8 @@ class Gaussian:
     marginal_loglik = staticmethod(marginal_loglik)
     draw_ranef = staticmethod(draw_ranef)
 
+    canonical = True
+
     def variance(self, mu):
         return jnp.full_like(mu, self.sigma ** 2)
 

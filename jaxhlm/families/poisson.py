@@ -25,6 +25,11 @@ class Poisson:
     link: object = Log()
     name = "poisson"
 
+    @property
+    def canonical(self) -> bool:
+        """Whether the link is the canonical one (PIRLS is then Newton's method)."""
+        return isinstance(self.link, Log)
+
     def variance(self, mu):
         return mu
 
