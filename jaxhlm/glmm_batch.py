@@ -145,30 +145,42 @@ def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter
 
 def _draw_program(key_data, index, beta, theta, data, st, family):
     key = jax.random.wrap_key_data(key_data)
-    lams = st.lambdas(theta)
 
-    def one(r):
+    def one(r, beta, theta):
         k_y, *k_u = jax.random.split(jax.random.fold_in(key, r), 1 + len(st.terms))
-        b = [jax.random.normal(k, (t.nlevels, t.p), beta.dtype) @ lam.T for k, t, lam in zip(k_u, st.terms, lams)]
+        b = [jax.random.normal(k, (t.nlevels, t.p), beta.dtype) @ lam.T
+             for k, t, lam in zip(k_u, st.terms, st.lambdas(theta))]
         return family.sample(k_y, family.link.inverse(linear_predictor(beta, b, data)), data.trials)
 
-    return jax.vmap(one)(index)
+    return jax.vmap(one)(index, beta, theta)
 
 
 _draw = jax.jit(_draw_program, static_argnums=(5, 6))
 
 
+def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
+    """Responses (R, nobs) on ``model``'s design, one per entry of ``index`` (R,), at
+    ``fixef`` (p,) or (R, p) and ``theta`` (ntheta,) or (R, ntheta) (shared or one set per
+    replicate); replicate r draws from ``fold_in(key, index[r])`` (module docstring)."""
+    index = np.asarray(index, dtype=np.int64)
+    R, st = index.shape[0], model.structure
+    fixef = np.broadcast_to(np.asarray(fixef, float), (R, st.p))
+    theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
+    if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    key = np.asarray(key)
+    size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // max(model.nobs, 1)))
+    out = np.empty((R, model.nobs))
+    for lo in range(0, R, size):
+        at = np.arange(lo, lo + size).clip(max=R - 1)
+        y = _draw(key, index[at], fixef[at], theta[at], model.data, st, model.family)
+        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
+    return out
+
+
 def simulate(model, fixef, theta, nsim: int, seed: int = 0) -> np.ndarray:
     """``nsim`` responses (nsim, nobs) at (beta, theta) on ``model``'s design (module docstring)."""
-    key = np.asarray(jax.random.key_data(jax.random.key(seed)))
-    beta, theta = jnp.asarray(fixef, float), jnp.asarray(theta, float)
-    size = min(chunk_size(nsim), max(1, SIMULATE_ELEMENTS // max(model.nobs, 1)))
-    out = np.empty((nsim, model.nobs))
-    for lo in range(0, nsim, size):
-        at = np.arange(lo, lo + size).clip(max=nsim - 1)
-        y = _draw(key, jnp.asarray(at), beta, theta, model.data, model.structure, model.family)
-        out[lo:lo + size] = np.asarray(y)[:min(size, nsim - lo)]
-    return out
+    return simulate_responses(model, fixef, theta, jax.random.key(seed), np.arange(nsim))
 
 
 def bootstrap(result, nsim: int, seed: int = 0, *, batch_size: int | None = None,

@@ -137,7 +137,8 @@ def test_simulate_reproduces_the_fitted_models_simulate(sleepstudy, monkeypatch)
 
 def test_design_is_balanced_and_crossed():
     df = designs.frame(4, 6, items=6, seed=0)
-    assert len(df) == 24 and list(df.columns) == ["subject", "item", "condition", "time", "x", "y"]
+    assert len(df) == 24 and list(df.columns) == ["subject", "item", "condition", "arm", "time", "x", "y"]
+    assert (df.groupby("subject")["arm"].nunique() == 1).all()               # arms between subjects
     assert (df.groupby("subject")["condition"].value_counts() == 3).all()    # within subject
     assert (df.groupby("item")["condition"].value_counts() == 2).all()       # within item
     assert (df.groupby("subject")["item"].nunique() == 6).all()              # fully crossed
@@ -170,6 +171,52 @@ def test_config_errors_name_the_key(tmp_path, capsys, edit, message):
     err = capsys.readouterr().err
     assert err.startswith("jaxhlm: error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+BINARY = """
+name = "crt"
+formula = "y ~ arm + (1 | subject)"
+nsim = 8
+seed = 2
+[truth]
+family = "binomial"
+fixef = { "(Intercept)" = -0.5 }
+theta = { "subject.(Intercept)" = 0.6 }
+[test]
+term = "arm"
+method = "wald"
+[grid]
+effects = [0.7]
+groups = [10]
+obs_per_group = [8]
+"""
+
+
+def test_binary_outcome_study_fits_glmms(tmp_path):
+    """family = "binomial": data sets drawn as lme4's simulate draws them (0/1), fitted by
+    GLMM.fit_many; a cell's estimates are those of a direct GLMM fit, no sigma row."""
+    path = tmp_path / "crt.toml"
+    path.write_text(BINARY)
+    config = study.load_study(path)
+    cells, params = study.run(config, tmp_path / "out", plots=False)
+    assert cells["n_used"].iloc[0] == 8 and "sigma" not in set(params["parameter"])
+    df = designs.frame(10, 8, 0, config.seed)
+    full = study._model(config, config.formula, df)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 0), 0)
+    Y = study._simulate(full, [-0.5, 0.7], [0.6], 1.0, key, np.arange(8))
+    assert set(np.unique(Y)) <= {0.0, 1.0}
+    one = jaxhlm.GLMM(config.formula, df.assign(y=Y[3]), family="binomial").fit()
+    fit, reject, _ = study._test(config, full, None, 1, Y, key, lambda n: None)
+    assert fit.fixef[3, 1] == pytest.approx(one.fixef.iloc[1], abs=1e-6)
+    assert reject[3] == (abs(one.fixef.iloc[1] / one.fixef_se.iloc[1]) > stats.norm.ppf(0.975))
+    row = params[params.parameter == "arm[T.treated]"].iloc[0]
+    assert row["truth"] == 0.7 and row["mean"] == pytest.approx(fit.fixef[:, 1].mean())
+    for edit, message in [(("method = \"wald\"", "method = \"satterthwaite\""), "a t test for Gaussian models"),
+                          (("family = \"binomial\"", "family = \"binomial\"\nlink = \"logistic\""),
+                           "truth.link 'logistic' is not one of")]:
+        path.write_text(BINARY.replace(*edit))
+        with pytest.raises(ConfigError, match=message):
+            study.load_study(path)
 
 
 def test_shipped_study_configs_load():

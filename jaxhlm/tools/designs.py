@@ -10,6 +10,8 @@ each, n = groups * obs_per_group rows, and the columns
   every subject sees every item once (fully crossed);
 - ``condition``: "a" or "b", (i + j) mod 2: within subject, balanced when obs_per_group
   is even; within item, balanced when the design is fully crossed and groups is even;
+- ``arm``: "control" or "treated", i mod 2: between subjects (a cluster randomized
+  trial's arms, the subjects its clusters);
 - ``time``: j = 0 .. obs_per_group-1 (a within-subject covariate, as sleepstudy's Days);
 - ``x``: a standard normal covariate, drawn once from ``numpy.random.default_rng(seed)``;
 - ``y``: a placeholder response (standard normal), replaced by :func:`simulate`'s.
@@ -31,7 +33,7 @@ import pandas as pd
 
 from ..batch import simulate_responses as simulate  # noqa: F401  (responses from a true model)
 
-COLUMNS = "subject, item, condition, time, x, y"
+COLUMNS = "subject, item, condition, arm, time, x, y"
 
 
 def frame(groups: int, obs_per_group: int, items: int = 0, seed: int = 0) -> pd.DataFrame:
@@ -44,5 +46,6 @@ def frame(groups: int, obs_per_group: int, items: int = 0, seed: int = 0) -> pd.
         columns["item"] = (i * obs_per_group + j) % items
     columns.update(
         condition=pd.Categorical(np.where((i + j) % 2 == 0, "a", "b"), categories=["a", "b"]),
+        arm=pd.Categorical(np.where(i % 2 == 0, "control", "treated"), categories=["control", "treated"]),
         time=j.astype(float), x=rng.standard_normal(i.size), y=rng.standard_normal(i.size))
     return pd.DataFrame(columns)

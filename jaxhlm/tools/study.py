@@ -2,16 +2,18 @@
 effect sizes and designs, every data set fitted in batches.
 
 A study (``configs/study/*.toml``, schema :class:`Study`) names a formula, the true
-parameters (``[truth]``: every fixed effect but the tested one, theta by lme4's names,
-sigma), the test (``[test]``: the fixed-effect ``term``, whose one coefficient is tested
+model (``[truth]``: every fixed effect but the tested one, theta by lme4's names, sigma;
+``family = "binomial"`` or ``"poisson"`` (and ``link``) for a GLMM, whose data sets are
+drawn as lme4's ``simulate`` draws them and fitted by ``GLMM.fit_many``, Laplace), the test (``[test]``: the fixed-effect ``term``, whose one coefficient is tested
 for being 0, the ``method`` and ``level``) and the grid (``[grid]``: the effects, i.e. the
 true values of the tested coefficient, and the designs: ``groups`` x ``obs_per_group`` x
 ``items`` of :func:`jaxhlm.tools.designs.frame`).  For each design and effect, ``nsim`` data
-sets are drawn from the true model and fitted with ``LMM.fit_many``:
+sets are drawn from the true model and fitted with ``LMM.fit_many`` (``GLMM.fit_many``):
 
 - ``wald``: reject when |beta-hat / se| > z_{1 - level/2} (a Wald z test on the
-  coefficient, with se from the fit's vcov; REML fits unless ``reml = false``);
-- ``satterthwaite``, ``kenward-roger``: the t test of lmerTest's ``summary`` with that
+  coefficient, with se from the fit's vcov; REML fits unless ``reml = false``; a GLMM's
+  z test is glmer's ``summary``);
+- ``satterthwaite``, ``kenward-roger`` (Gaussian only): the t test of lmerTest's ``summary`` with that
   method's df (and, for Kenward-Roger, its adjusted se; REML fits), reject when
   p <= level (simr's ``fixed(term, "t")`` and ``fixed(term, "kr")``), from the batch's
   :meth:`jaxhlm.batch.BatchResult.coef_table`;
@@ -62,11 +64,18 @@ from .configs import ConfigError, check, load, nonempty, positive
 
 @dataclasses.dataclass(frozen=True)
 class Truth:
-    """The true parameters: fixed effects and theta by name, sigma."""
+    """The true model: its family (and link: empty for the family's canonical one), fixed
+    effects and theta by name, sigma (Gaussian only)."""
 
     fixef: dict[str, float]
     theta: dict[str, float]
     sigma: float = dataclasses.field(default=1.0, metadata=check(lambda v: v > 0, "positive"))
+    family: Literal["gaussian", "binomial", "poisson"] = "gaussian"
+    link: str = ""
+
+    @property
+    def gaussian(self) -> bool:
+        return self.family == "gaussian"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +126,17 @@ class Study:
 def load_study(path) -> Study:
     """Read a study and check it against its model: the term, the names in ``[truth]``."""
     study = load(path, Study)
+    truth = study.truth
+    if not truth.gaussian:
+        from ..families.links import LINKS
+
+        if study.test.method in ("satterthwaite", "kenward-roger"):
+            raise ConfigError(f"{path}: test.method {study.test.method!r} is a t test for Gaussian models; "
+                              f"a {truth.family} study takes 'wald' (z), 'lrt' or 'bootstrap'")
+        if truth.link and truth.link not in LINKS:
+            raise ConfigError(f"{path}: truth.link {truth.link!r} is not one of {', '.join(LINKS)}")
+    elif truth.link not in ("", "identity"):
+        raise ConfigError(f"{path}: truth.link {truth.link!r}: a Gaussian study has the identity link")
     full, null, coef = _frames(study, path)
     names = [n for n in full.fixef_names if n != coef]
     given = study.truth.fixef
@@ -125,7 +145,8 @@ def load_study(path) -> Study:
                           "from grid.effects, remove it from [truth.fixef]")
     _same_names(given, names, f"{path}: truth.fixef", "the model's other fixed effects")
     _same_names(study.truth.theta, full.theta_names, f"{path}: truth.theta",
-                "the model's theta (lme4's names; for (1 | g), theta = SD of g's effects / sigma)")
+                "the model's theta (lme4's names; for (1 | g), theta = SD of g's effects / sigma, "
+                "for a GLMM the SD itself)")
     return study
 
 
@@ -199,7 +220,6 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
 
     from . import designs
     from ..frame import build
-    from ..model import LMM
 
     log = log or sys.stderr
 
@@ -210,17 +230,17 @@ def run(study: Study, out_dir, *, plots: bool = True, log=None) -> tuple[pd.Data
     cells, params, seconds = [], [], []
     for d, (groups, m, items) in enumerate(designs_):
         df = designs.frame(groups, m, items, study.seed)
-        full = LMM(study.formula, df)
-        null = LMM(study.null_formula, df) if study.test.method in ("lrt", "bootstrap") else None
+        full = _model(study, study.formula, df)
+        null = _model(study, study.null_formula, df) if study.test.method in ("lrt", "bootstrap") else None
         names = full.frame.fixef_names
         null_frame = null.frame if null is not None else build(study.null_formula, df)
         j = next(i for i, n in enumerate(names) if n not in null_frame.fixef_names)  # the tested one
-        theta = np.array([study.truth.theta[n] for n in full.theta_names])
+        theta = np.array([study.truth.theta[n] for n in full.frame.theta_names])
         data_key = jax.random.fold_in(jax.random.fold_in(root, 0), d)
         for k, effect in enumerate(study.grid.effects):
             began = time.perf_counter()
             beta = np.array([effect if i == j else study.truth.fixef[n] for i, n in enumerate(names)])
-            Y = designs.simulate(full, beta, theta, study.truth.sigma, data_key, np.arange(study.nsim))
+            Y = _simulate(full, beta, theta, study.truth.sigma, data_key, np.arange(study.nsim))
             where = f"{groups} groups x {m} obs{f' x {items} items' if items else ''}, effect {effect:g}"
             boot_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(root, 1), d), k)
             fit, reject, usable = _test(study, full, null, j, Y, boot_key,
@@ -254,20 +274,54 @@ def warmup(study: Study, log=None) -> None:
         run(small, out, plots=False, log=log or io.StringIO())
 
 
+def _model(study: Study, formula: str, df: pd.DataFrame):
+    """The study's model on a design: an LMM, or a GLMM of the truth's family (whose
+    placeholder response is made a valid one: 0, 1, 0, ...)."""
+    from ..glmm import GLMM
+    from ..model import LMM
+
+    truth = study.truth
+    if truth.gaussian:
+        return LMM(formula, df)
+    return GLMM(formula, df.assign(y=(np.arange(len(df)) % 2).astype(float)), family=truth.family,
+                link=truth.link or None)
+
+
+def _fit_many(model, Y, reml: bool, batch_size):
+    """``fit_many`` of an LMM (REML or ML) or of a GLMM (Laplace, ML always)."""
+    from ..glmm import GLMM
+
+    if isinstance(model, GLMM):
+        return model.fit_many(Y, batch_size=batch_size)
+    return model.fit_many(Y, reml, batch_size=batch_size)
+
+
+def _simulate(model, beta, theta, sigma, key, index) -> np.ndarray:
+    """Responses from the true model (per replicate parameters allowed): the LMM's
+    (:func:`jaxhlm.tools.designs.simulate`) or the GLMM's (lme4's ``simulate`` for glmer)."""
+    from . import designs
+    from ..glmm import GLMM
+    from ..glmm_batch import simulate_responses
+
+    if isinstance(model, GLMM):
+        return simulate_responses(model, beta, theta, key, index)
+    return designs.simulate(model, beta, theta, sigma, key, index)
+
+
 def _test(study: Study, full, null, j: int, Y: np.ndarray, boot_key, tick):
     """The fits the estimates come from, and per data set: rejected?, usable (fits converged)?"""
     t, B = study.test, study.batch_size or None
     if t.method == "wald":
-        fit = full.fit_many(Y, study.reml, batch_size=B)
+        fit = _fit_many(full, Y, study.reml, B)
         tick(len(Y))
         z = stats.norm.ppf(1 - t.level / 2)
         return fit, np.abs(fit.fixef[:, j] / fit.fixef_se[:, j]) > z, fit.converged
     if t.method in ("satterthwaite", "kenward-roger"):
-        fit = full.fit_many(Y, study.reml, batch_size=B)
+        fit = _fit_many(full, Y, study.reml, B)
         tick(len(Y))
         p = fit.coef_table(t.method, batch_size=B)["Pr(>|t|)"].to_numpy().reshape(len(Y), -1)[:, j]
         return fit, p <= t.level, fit.converged & np.isfinite(p)
-    fit, fit0 = full.fit_many(Y, False, batch_size=B), null.fit_many(Y, False, batch_size=B)
+    fit, fit0 = _fit_many(full, Y, False, B), _fit_many(null, Y, False, B)
     tick(2 * len(Y))
     lr = np.maximum(fit0.objective - fit.objective, 0.0)
     usable = fit.converged & fit0.converged
@@ -282,8 +336,6 @@ def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> n
     ``nboot`` responses from its fitted null model (replicate s * nboot + b of ``key``),
     each fitted by both models; p = (1 + #{LR* >= LR_s}) / (1 + #converged).
     Data sets go in groups of about one chunk of fits (``batch_size``; 0: jaxhlm's chunk)."""
-    from . import designs
-
     from ..batch import max_chunk
 
     nboot = study.test.nboot
@@ -294,8 +346,8 @@ def _bootstrap_p(study: Study, full, null, fit0, lr: np.ndarray, key, tick) -> n
         sims = np.arange(lo, min(lo + per, lr.shape[0]))
         rows = np.repeat(sims, nboot)
         index = rows * nboot + np.tile(np.arange(nboot), sims.size)
-        Yb = designs.simulate(null, fit0.fixef[rows], fit0.theta[rows], fit0.sigma[rows], key, index)
-        fb, fb0 = full.fit_many(Yb, False, batch_size=B), null.fit_many(Yb, False, batch_size=B)
+        Yb = _simulate(null, fit0.fixef[rows], fit0.theta[rows], fit0.sigma[rows], key, index)
+        fb, fb0 = _fit_many(full, Yb, False, B), _fit_many(null, Yb, False, B)
         tick(2 * len(Yb))
         ok = (fb.converged & fb0.converged).reshape(sims.size, nboot)
         star = np.maximum(fb0.objective - fb.objective, 0.0).reshape(sims.size, nboot)
@@ -344,7 +396,7 @@ def _parameters(fit, usable, beta, theta, sigma, level, design: dict) -> list[di
     from ..tables import sd_corr
 
     lams = [np.asarray(lam)[None] for lam in fit.model.structure.lambdas(jnp.asarray(theta))]
-    sd, sd_names, corr, corr_names = sd_corr(fit.model.specs, lams, np.array([sigma]))
+    sd, sd_names, corr, corr_names = sd_corr(fit.model.specs, lams, np.array([sigma if fit.has_sigma else 1.0]))
     rows = []
     for i, name in enumerate(fit.fixef_names):
         rows.append((name, beta[i], fit.fixef[usable, i], fit.fixef_se[usable, i]))
@@ -352,7 +404,8 @@ def _parameters(fit, usable, beta, theta, sigma, level, design: dict) -> list[di
         rows.append((name, sd[0, i], fit.sd[usable, i], None))
     for i, name in enumerate(corr_names):
         rows.append((name, corr[0, i], fit.corr[usable, i], None))
-    rows.append(("sigma", sigma, fit.sigma[usable], None))
+    if fit.has_sigma:
+        rows.append(("sigma", sigma, fit.sigma[usable], None))
     return [{**design, "parameter": name, "truth": float(truth), **_accuracy(est, se, truth, level)}
             for name, truth, est, se in rows]
 
