@@ -160,6 +160,18 @@ class GLMM:
             return self.frame.data[OFFSET].to_numpy(float)
         return sum((_evaluate(o, newdata, "offset") for o in self.offsets), np.zeros(len(newdata)))
 
+    def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000, num_chains: int = 4,
+               seed: int = 0, chain_method: str = "vectorized", target_accept_prob: float = 0.8,
+               thinning: int = 1):
+        """The posterior by NUTS, b sampled explicitly and non-centred
+        (:mod:`jaxhlm.bayes.glmm_posterior`); ``priors``: :class:`jaxhlm.bayes.priors.Priors`
+        (defaults on the link scale)."""
+        from .bayes.glmm_posterior import sample
+
+        return sample(self, priors, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                      seed=seed, chain_method=chain_method, target_accept_prob=target_accept_prob,
+                      thinning=thinning)
+
     def fit_many(self, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter: int = 200,
                  progress: bool = False):
         """Fit B responses on this design in vmapped chunks (:func:`jaxhlm.glmm_batch.fit_many`):

@@ -140,6 +140,10 @@ class Priors:
     - SD of the random effect of a column z: HalfNormal(2 s_y / s_z), s_z = 1 for a
       constant column;
     - correlations: LKJ(2), which shrinks mildly towards 0.
+
+    For a GLMM (:meth:`jaxhlm.GLMM.sample`) the same rules on the link scale, with s_y = 1
+    and ybar = 0 (no sigma): Normal(0, 10 / s_x) for a slope, Normal(0, 10) for the
+    intercept, HalfNormal(2 / s_z) for an SD.
     """
 
     fixef: Any = None
@@ -154,6 +158,9 @@ class Priors:
         y = frame.y
         s_y = float(np.std(y, ddof=1)) if y.size > 1 else 1.0
         s_y = s_y if s_y > 0 else 1.0
+        link_scale = getattr(model, "family", None) is not None    # a GLMM: eta's unit scale
+        if link_scale:
+            y, s_y = np.zeros(1), 1.0
 
         def scale_of(col: np.ndarray) -> float | None:
             s = float(np.std(col))
@@ -165,7 +172,7 @@ class Priors:
             default = (dist.Normal(0.0, 10.0 * s_y / s_x) if s_x is not None
                        else dist.Normal(0.0, 10.0 * (abs(float(np.mean(y))) + s_y)))
             fixef.append((name, _pick(self.fixef, name, default, "fixef", frame.fixef_names)))
-        sigma = None if model.structure.known_sigma else _pick(
+        sigma = None if model.structure.known_sigma or link_scale else _pick(
             self.sigma, "sigma", dist.HalfNormal(2.0 * s_y), "sigma", ["sigma"])
         term_names = [t.spec.name for t in frame.terms]
         sd_keys = term_names + [f"{t.spec.name}:{c}" for t in frame.terms for c in t.spec.columns]
