@@ -25,6 +25,9 @@
 #                        and logs in OUTDIR/reference-work/.  Pass: |GPU-CPU| <= 1e-8 (1 + |objective|)
 #                        for every model and every batch fit, and each side within 1e-6 of lme4.
 #                        Exit code 0 pass, 1 fail, 2 no GPU, 3 jaxhlm not importable.
+#   2b. GLMMs (100 s) benchmarks/gpu_glmm.py: cbpp and VerbAgg Laplace fits (first and warm, checked
+#                        against lme4 and the CPU) and cbpp's bootstrap of 10,000 (200 smoke);
+#                        OUTDIR/glmm.txt and glmm.json.  Its exit code goes to steps.tsv only.
 #   3. grid (the rest, up to 440 s from the start)
 #                        `python -m jaxhlm bench CONFIG --out-dir OUTDIR/grid --no-plots` on a reduced
 #                        copy of configs/bench/gpu.toml (the full grid needs far more than 8 minutes),
@@ -132,6 +135,17 @@ esac
 [ -f "$OUT/reference.json" ] || note="$note; no reference.json written"
 record reference $REF_RC $((SECONDS - t)) "$note"
 log "reference done: exit $REF_RC ($note), $((SECONDS - t))s"
+
+# ------------------------------------------------------------------ 2b. GLMMs
+t=$SECONDS
+GLMM_S=${GPU_SH_GLMM_S:-100}
+log "GLMM cells (budget ${GLMM_S}s)"
+if [ -n "$SMOKE" ]; then NSIM=200; else NSIM=10000; fi
+tmo "$GLMM_S" "$PY" benchmarks/gpu_glmm.py "$OUT" --nsim "$NSIM" > "$OUT/glmm.txt" 2>&1
+GLMM_RC=$?
+cat "$OUT/glmm.txt" | tail -n 5 | sed 's/^/  /'
+record glmm $GLMM_RC $((SECONDS - t)) "glmm.txt, glmm.json"
+log "GLMM done: exit $GLMM_RC ($((SECONDS - t))s)"
 
 # ------------------------------------------------------------------ 3. the grid
 t=$SECONDS

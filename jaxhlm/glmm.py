@@ -9,7 +9,9 @@ column, ``cbind(successes, failures)``, or a proportion with ``weights=`` the tr
 ``offset(expr)`` terms in the formula enter the linear predictor.
 
 ``nagq`` > 1: adaptive Gauss-Hermite quadrature (:mod:`jaxhlm.quadrature`, which says on
-which footing lme4 reports its likelihood then).
+which footing lme4 reports its likelihood then).  Many responses, simulation and the
+parametric bootstrap: :mod:`jaxhlm.glmm_batch`; NUTS: :mod:`jaxhlm.bayes.glmm_posterior`.
+A fit's status (:func:`status`) flags PIRLS divergence and separation, with a warning.
 """
 
 from __future__ import annotations

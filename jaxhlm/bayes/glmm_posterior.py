@@ -23,12 +23,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
 
 from ..pirls import linear_predictor
 from ..tables import sd_corr
 from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
-from .posterior import QUANTILES, Posterior, _lambdas_of_draws
+from .posterior import Posterior, _lambdas_of_draws, ranef_table
 from .priors import Priors
 
 
@@ -64,7 +63,8 @@ class GLMMPosterior(Posterior):
 
     def ranef(self, seed: int = 0, summary: bool = True):
         """b = u Lambda' per draw: per term (chains, draws, ell_k, p_k) (``summary=False``),
-        or lme4's ``ranef`` layout with the posterior mean, sd and quantiles."""
+        or lme4's ``ranef`` layout with the posterior mean, sd and quantiles (``seed``
+        unused: the draws are the chains')."""
         model = self.model
         specs, st = model.frame.specs, model.structure
         C, D = next(iter(self.samples.values())).shape
@@ -75,16 +75,7 @@ class GLMMPosterior(Posterior):
                  for t, lam, term in zip(specs, lams, [(x.nlevels, x.p) for x in st.terms])}
         if not summary:
             return draws
-        parts = []
-        for term in model.frame.terms:
-            d = draws[term.spec.name].reshape((C * D,) + draws[term.spec.name].shape[2:])
-            for a, col in enumerate(term.spec.columns):
-                q = np.quantile(d[:, :, a], QUANTILES, axis=0)
-                parts.append(pd.DataFrame({
-                    "grpvar": term.spec.group, "term": col, "grp": term.levels,
-                    "mean": d[:, :, a].mean(0), "sd": d[:, :, a].std(0, ddof=1),
-                    **{f"q{100 * p:g}": q[i] for i, p in enumerate(QUANTILES)}}))
-        return pd.concat(parts, ignore_index=True)
+        return ranef_table(model.frame.terms, [draws[t.name] for t in specs])
 
 
 def _named(model, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

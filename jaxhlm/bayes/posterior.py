@@ -159,16 +159,7 @@ class Posterior:
                  for d in draw(keys, flat(theta), flat(beta), flat(sigma))]
         if not summary:
             return {t.name: d for t, d in zip(self.model.frame.specs, draws)}
-        parts = []
-        for term, d in zip(self.model.frame.terms, draws):
-            d = d.reshape((C * D,) + d.shape[2:])
-            for a, col in enumerate(term.spec.columns):
-                q = np.quantile(d[:, :, a], QUANTILES, axis=0)
-                parts.append(pd.DataFrame({
-                    "grpvar": term.spec.group, "term": col, "grp": term.levels,
-                    "mean": d[:, :, a].mean(0), "sd": d[:, :, a].std(0, ddof=1),
-                    **{f"q{100 * p:g}": q[i] for i, p in enumerate(QUANTILES)}}))
-        return pd.concat(parts, ignore_index=True)
+        return ranef_table(self.model.frame.terms, draws)
 
     def to_arviz(self):
         """An ``arviz.InferenceData``: ``posterior`` holds :attr:`samples` (chain, draw),
@@ -186,6 +177,21 @@ class Posterior:
         C, D = next(iter(self.samples.values())).shape
         return (f"<Posterior of {self.model.formula!r}: {C} chains x {D} draws, "
                 f"{self.divergences} divergences>")
+
+
+def ranef_table(terms, draws) -> pd.DataFrame:
+    """lme4's ``ranef`` layout (grpvar, term, grp) with the posterior mean, sd and quantiles
+    of each b, from per-term draws (chains, draws, ell_k, p_k)."""
+    parts = []
+    for term, d in zip(terms, draws):
+        d = d.reshape((-1,) + d.shape[2:])
+        for a, col in enumerate(term.spec.columns):
+            q = np.quantile(d[:, :, a], QUANTILES, axis=0)
+            parts.append(pd.DataFrame({
+                "grpvar": term.spec.group, "term": col, "grp": term.levels,
+                "mean": d[:, :, a].mean(0), "sd": d[:, :, a].std(0, ddof=1),
+                **{f"q{100 * p:g}": q[i] for i, p in enumerate(QUANTILES)}}))
+    return pd.concat(parts, ignore_index=True)
 
 
 def initial_inverse_mass(model, fixed: dict[str, Any]) -> dict:

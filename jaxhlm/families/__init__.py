@@ -3,6 +3,9 @@
 | file | family | lme4 / MixedModels.jl |
 | --- | --- | --- |
 | ``gaussian.py`` | :class:`Gaussian`: profiled ML/REML criterion, sigma-hat, the marginal log-likelihood, draws of b | ``lmer``; ``LinearMixedModel`` |
+| ``binomial.py`` | ``Binomial``: proportions of trials (logit, probit, cloglog) | ``glmer(family = binomial)`` |
+| ``poisson.py`` | ``Poisson``: counts (log), offsets | ``glmer(family = poisson)`` |
+| ``links.py`` | the links: inverse, derivative, link | R's ``make.link`` |
 
 A family is a frozen dataclass (a static argument of compiled fits) with
 
@@ -12,9 +15,10 @@ A family is a frozen dataclass (a static argument of compiled fits) with
 - ``marginal_loglik(theta, beta, sigma, blocks, st)`` and
   ``draw_ranef(key, theta, beta, sigma, blocks, st)`` for NUTS.
 
-To add one (the GLMM families: binomial, Poisson), write a new file with such a class,
-built on :func:`jaxhlm.kernel.factorize` (PIRLS reweights the blocks per iteration),
-and pass it as ``family=`` to :func:`jaxhlm.fitting.fit_blocks`.
+A GLMM family (:class:`~jaxhlm.families.binomial.Binomial` says how to add one) has a
+``link`` and ``variance``, ``loglik``, ``start``, ``check``, ``sample``, ``at_bound`` and
+``canonical``; :mod:`jaxhlm.pirls` reweights the blocks per iteration, and
+:class:`Gaussian` speaks this protocol too (with sigma given).
 """
 
 from .gaussian import GAUSSIAN, Gaussian
