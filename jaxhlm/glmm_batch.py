@@ -1,13 +1,13 @@
 """Many GLMM fits at once: one design with many responses, simulation, parametric bootstrap.
 
 As for LMMs (:mod:`jaxhlm.batch`), B responses on one design are B fits of one vmapped
-program: :func:`jaxhlm.glmm._fit_program` with the response batched and everything else
+program: :func:`jaxhlm.glmm_fit.fit_program` with the response batched and everything else
 (the design's patterns, X, offsets, trials) shared, in chunks of
 :func:`jaxhlm.batch.chunk_size` fits (the last one padded with its last response, so
 every chunk has one shape and one compilation).  PIRLS and the outer optimiser run as
 while loops inside the program; vmapped, a chunk steps until its slowest fit is done.
 Inside nothing raises: each fit carries its status (:class:`jaxhlm.optimize.Status`,
-with ``pirls_diverged`` and ``separation`` for GLMMs, :func:`jaxhlm.glmm.status`).
+with ``pirls_diverged`` and ``separation`` for GLMMs, :func:`jaxhlm.glmm_fit.status`).
 
 Simulation follows lme4's ``simulate.merMod`` for glmer: u ~ N(0, I), b_k = Lambda_k u_k,
 eta = offset + X beta + Z b and y ~ the family at mu = g^{-1}(eta) (binomial proportions
@@ -30,7 +30,7 @@ import pandas as pd
 
 from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size
 from .errors import DataError
-from .glmm import _fit_program, default_start, stored
+from .glmm_fit import default_start, fit_program, stored
 from .optimize import Status
 from .pirls import linear_predictor
 from .precompiled import Precompiled
@@ -72,7 +72,7 @@ def _fit_chunk_program(Y, starts, fresh, max_iter, data, st, family, nagq):
     :func:`fit_many` run this one program)."""
     def one(y, x0, new):
         d = data._replace(y=y)
-        return _fit_program(d, st, family, nagq, max_iter, jnp.where(new, default_start(d, st, family, nagq), x0))
+        return fit_program(d, st, family, nagq, max_iter, jnp.where(new, default_start(d, st, family, nagq), x0))
 
     out = jax.vmap(one)(Y, starts, fresh)
     return out, jax.vmap(st.lambdas)(out[2])

@@ -1,0 +1,102 @@
+"""The compiled GLMM fit: one program from the data to the optimum, its vcov and status.
+
+:func:`fit_program` is vmap-able over the response (:mod:`jaxhlm.glmm_batch` maps it
+over chunks of responses; :class:`jaxhlm.GLMM` runs it once): lme4's start
+(:func:`default_start`), the outer BFGS over theta (``nagq=0``, beta inside PIRLS) or
+(theta, beta) (Laplace, or adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`),
+the final PIRLS mode, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
+(:func:`hessian`), and the fit's status (:func:`status`).  Programs are kept on disk for
+the next process (:mod:`jaxhlm.precompiled`, :func:`stored`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from . import quadrature
+from .optimize import Status, minimize
+from .pirls import PIRLS_MAX_ITER, laplace, mode, objective_fn
+from .precompiled import Precompiled
+
+
+def _deviance(nagq: int):
+    return laplace if nagq <= 1 else quadrature.deviance(nagq)
+
+
+@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _objective(theta, beta, data, st, family, inside, nagq):
+    return _deviance(nagq)(theta, beta, data, st, family, inside)
+
+
+HESSIAN_STEP = 1e-4
+"""The relative step of the central differences of the gradient for the deviance's
+Hessian (truncation error ~1e-8, rounding of the gradient ~1e-6 relative)."""
+
+
+def hessian(grad, x):
+    """The Hessian at x by central differences of the (forward-mode, exact) gradient, all
+    2k points in one vmapped call, symmetrised: 2k gradients where second differences of
+    the value take 2k(k+1) values (a third of a cbpp bootstrap's time before)."""
+    h = HESSIAN_STEP * jnp.maximum(jnp.abs(x), 1.0)
+    E = jnp.diag(h)
+    G = jax.vmap(grad)(jnp.concatenate([x[None] + E, x[None] - E]))
+    k = x.size
+    H = (G[:k] - G[k:]) / (2 * h[:, None])
+    return (H + H.T) / 2
+
+
+def fit_program(data, st, family, nagq, max_iter, start=None):
+    """One fit (vmap-able over ``data.y``): the optimum, the final PIRLS mode, theta, beta,
+    vcov(beta) and the status (:func:`status`).  ``start``: x0 = (theta, beta) (theta for
+    nagq=0), or None for lme4's start (beta-hat of PIRLS at lme4's starting theta)."""
+    nt = st.ntheta
+    scales = jnp.asarray(st.scales())
+    if start is None:
+        start = default_start(data, st, family, nagq)
+    if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
+        g0, _ = objective_fn(data, st, family, True)
+        opt = minimize(g0, start, canonical=st.canonical, snap_mask=scales, method="bfgs", max_iter=max_iter)
+        m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
+        return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family)
+    # Laplace or AGQ: (theta, beta) together
+    g1, _ = objective_fn(data, st, family, False, _deviance(nagq))
+    canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
+    mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
+    opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter)
+    theta, beta = opt.x[:nt], opt.x[nt:]
+    m = mode(theta, beta, data, st, family, False)
+    # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
+    vcov = 2.0 * jnp.linalg.inv(hessian(jax.grad(g1), opt.x))[nt:, nt:]
+    return opt, m, theta, beta, vcov, status(opt, m, family)
+
+
+def default_start(data, st, family, nagq):
+    """lme4's start: its theta, with (nagq >= 1) beta-hat of PIRLS there (beta inside)."""
+    theta0 = jnp.asarray(st.theta_start())
+    if nagq == 0:
+        return theta0
+    return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True).beta])
+
+
+def status(opt, m, family):
+    """A fit's status (:class:`jaxhlm.optimize.Status`): PIRLS_DIVERGED when the conditional
+    modes at the optimum did not converge (or are not finite), else the optimiser's, then
+    SEPARATION when it converged with fitted means numerically at their bounds (R's
+    ``glm.fit`` warning "fitted probabilities numerically 0 or 1 occurred")."""
+    pirls_ok = jnp.isfinite(m.pdev) & (m.iterations < PIRLS_MAX_ITER)
+    bounded = family.at_bound(family.link.inverse(m.eta))
+    code = jnp.where(bounded & (opt.status == Status.CONVERGED), Status.SEPARATION, opt.status)
+    return jnp.where(pirls_ok, code, Status.PIRLS_DIVERGED).astype(jnp.int32)
+
+
+_FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit")
+
+
+def stored(program: Precompiled, st, family):
+    """``program`` through the store of compiled programs (:mod:`jaxhlm.precompiled`) when
+    the structure and family are jaxhlm's own (their source keys the stored file), else
+    JAX's jit alone."""
+    return program if st.builtin and type(family).__module__.startswith("jaxhlm.") else program.jitted
