@@ -2,7 +2,7 @@
 
     jaxhlm fit DATA "FORMULA" [--ml] [--json PATH] [--prior zero-avoiding|gamma]
                [--weights COL | --residual-variance COL]
-               [--family binomial|poisson [--link L] [--nagq 0|1]]
+               [--family binomial|poisson [--link L] [--nagq K]]
     jaxhlm sample DATA "FORMULA" [--chains 4] [--warmup 1000] [--draws 1000] [--seed S] [--out draws.csv]
     jaxhlm fit-many DATA "FORMULA" --responses Y.csv --out fits.csv [--ml] [--batch-size N]
     jaxhlm bootstrap DATA "FORMULA" --nsim N [--seed S] --out boot.csv [--ml] [--level L]
@@ -197,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="binomial or poisson: a generalized linear mixed model (lme4's glmer)")
     fit.add_argument("--link", choices=["logit", "probit", "cloglog", "log"],
                      help="the GLMM's link (default: the family's canonical one)")
-    fit.add_argument("--nagq", type=int, default=1, choices=[0, 1],
-                     help="GLMM: 1 = Laplace (glmer's default), 0 = beta inside PIRLS")
+    fit.add_argument("--nagq", type=int, default=1,
+                     help="GLMM: 1 = Laplace (glmer's default), 0 = beta inside PIRLS, K > 1 = adaptive "
+                          "Gauss-Hermite quadrature with K nodes (one scalar random-effects term)")
     fit.set_defaults(run=_fit)
     lrt = sub.add_parser("anova", help="likelihood-ratio test of two nested models (lme4's anova)")
     lrt.add_argument("data", help="CSV or Parquet file, or a bundled data set's name")

@@ -32,7 +32,7 @@ from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
 from .families.links import LINKS
 from .families.poisson import Poisson
-from .glmm_fit import _FIT, _objective, stored
+from .glmm_fit import FIT, deviance_at, stored
 from .optimize import Status
 from .pirls import GLMMData
 from .quadrature import check_scalar_term
@@ -187,7 +187,7 @@ class GLMM:
         Gauss-Hermite quadrature with ``nagq`` nodes; beta=None: beta inside PIRLS (nAGQ = 0)."""
         inside = beta is None
         beta = jnp.zeros(self.structure.p) if inside else jnp.asarray(beta, float)
-        return float(_objective(jnp.asarray(theta, float), beta, self.data, self.structure, self.family,
+        return float(deviance_at(jnp.asarray(theta, float), beta, self.data, self.structure, self.family,
                                 inside, self._nagq(nagq, inside)))
 
     def _nagq(self, nagq, inside: bool = False) -> int:
@@ -204,7 +204,7 @@ class GLMM:
         Gauss-Hermite quadrature with ``nagq`` > 1 nodes (one scalar random-effects term,
         :mod:`jaxhlm.quadrature`), or with beta inside PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
         nagq = self._nagq(nagq)
-        out = stored(_FIT, self.structure, self.family)(self.data, self.structure, self.family, nagq,
+        out = stored(FIT, self.structure, self.family)(self.data, self.structure, self.family, nagq,
                                                          int(max_iter))
         res = GLMMResult.from_arrays(self, jax.device_get(out), nagq)
         if not res.converged:

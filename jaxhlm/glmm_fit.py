@@ -22,13 +22,16 @@ from .pirls import PIRLS_MAX_ITER, laplace, mode, objective_fn
 from .precompiled import Precompiled
 
 
-def _deviance(nagq: int):
+def deviance_for(nagq: int):
+    """-2 log L as a function of (theta, beta, data, st, family, beta_inside): Laplace's
+    (nagq 0 or 1) or adaptive Gauss-Hermite quadrature's with nagq nodes."""
     return laplace if nagq <= 1 else quadrature.deviance(nagq)
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _objective(theta, beta, data, st, family, inside, nagq):
-    return _deviance(nagq)(theta, beta, data, st, family, inside)
+def deviance_at(theta, beta, data, st, family, inside, nagq):
+    """:func:`deviance_for` evaluated, compiled (:meth:`jaxhlm.GLMM.objective`)."""
+    return deviance_for(nagq)(theta, beta, data, st, family, inside)
 
 
 HESSIAN_STEP = 1e-4
@@ -62,7 +65,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None):
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
         return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family)
     # Laplace or AGQ: (theta, beta) together
-    g1, _ = objective_fn(data, st, family, False, _deviance(nagq))
+    g1, _ = objective_fn(data, st, family, False, deviance_for(nagq))
     canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
     opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter)
@@ -92,7 +95,8 @@ def status(opt, m, family):
     return jnp.where(pirls_ok, code, Status.PIRLS_DIVERGED).astype(jnp.int32)
 
 
-_FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit")
+FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit")
+"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`)."""
 
 
 def stored(program: Precompiled, st, family):

@@ -242,6 +242,10 @@ def test_command_line_fits_a_glmm(capsys):
     assert cli.main(["fit", "cbpp", CBPP, "--family", "binomial"]) == 0
     out = capsys.readouterr().out
     assert "Family: binomial  ( logit )" in out and "period[T.4]" in out
+    assert cli.main(["fit", "cbpp", "cbind(incidence, size - incidence) ~ (1 | period) + (1 | herd)",
+                     "--family", "binomial", "--nagq", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "single scalar random-effects term" in err and "Traceback" not in err
 
 
 def test_predict_matches_glmer(cbpp_fit):
