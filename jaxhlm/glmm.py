@@ -243,6 +243,7 @@ class GLMMResult(InformationCriteria):
     _model: object = dataclasses.field(repr=False)
     _b: list = dataclasses.field(repr=False)
     _eta: np.ndarray = dataclasses.field(repr=False)
+    _b_var: list = dataclasses.field(repr=False)
 
     @classmethod
     def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
@@ -255,7 +256,7 @@ class GLMMResult(InformationCriteria):
                    np.asarray(theta, float), model.frame.theta_names, int(code),
                    int(opt.iterations), int(m.iterations),
                    bool(tables.singular(np.asarray(theta), st.scales())), model,
-                   [np.asarray(b) for b in m.b], np.asarray(m.eta))
+                   [np.asarray(b) for b in m.b], np.asarray(m.eta), [np.asarray(v) for v in m.b_var])
 
     @property
     def converged(self) -> bool:
@@ -278,13 +279,9 @@ class GLMMResult(InformationCriteria):
 
     @property
     def ranef(self) -> pd.DataFrame:
-        """The conditional modes of b (lme4's ``ranef``; no conditional SDs yet)."""
-        parts = []
-        for term, bk in zip(self._model.frame.terms, self._b):
-            for a, col in enumerate(term.spec.columns):
-                parts.append(pd.DataFrame({"grpvar": term.spec.group, "term": col, "grp": term.levels,
-                                           "condval": bk[:, a]}))
-        return pd.concat(parts, ignore_index=True)
+        """``as.data.frame(ranef(m, condVar = TRUE))``: the conditional modes of b and their
+        SDs from the Laplace factor at the mode, Lambda (L L')^{-1} Lambda' (beta held)."""
+        return tables.ranef(self._model.frame.terms, self._b, self._b_var)
 
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link", re_form=None,
                 allow_new_levels: bool = False) -> pd.Series:

@@ -70,7 +70,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None):
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
     opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter)
     theta, beta = opt.x[:nt], opt.x[nt:]
-    m = mode(theta, beta, data, st, family, False)
+    m = mode(theta, beta, data, st, family, False, with_vcov=True)
     # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
     vcov = 2.0 * jnp.linalg.inv(hessian(jax.grad(g1), opt.x))[nt:, nt:]
     return opt, m, theta, beta, vcov, status(opt, m, family)

@@ -75,7 +75,8 @@ def linear_predictor(beta, b, data: GLMMData):
 
 class Mode(NamedTuple):
     """PIRLS's result: the linear predictor, beta, b, ||u||^2, the factor's log-determinant,
-    the penalised deviance, iterations."""
+    the penalised deviance, iterations; with ``with_vcov``, vcov(beta) (beta inside) and
+    b's conditional covariances per term (lme4's ``condVar``, beta held at its value)."""
 
     eta: jnp.ndarray
     beta: jnp.ndarray
@@ -85,6 +86,7 @@ class Mode(NamedTuple):
     pdev: jnp.ndarray
     iterations: jnp.ndarray
     vcov: jnp.ndarray
+    b_var: list
 
 
 def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
@@ -122,7 +124,7 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     starting means (beta inside), halving a step that does not lower the penalised
     deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
     from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
-    covariance of beta (nAGQ = 0's)."""
+    covariance of beta (nAGQ = 0's) and b's conditional covariances."""
     newton = family.canonical
     theta_d, beta_d = theta, beta
     if newton:
@@ -156,10 +158,13 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
         eta, beta_c, *_ = _step(eta, theta_d, beta_d if not beta_inside else beta_c, data, st, family, beta_inside)
     eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_d if not beta_inside else beta_c,
                                                         data, st, family, beta_inside)
-    vcov = (estimates(f, theta_d, blocks, s, jnp.asarray(1.0, eta.dtype)).vcov if with_vcov
-            else jnp.zeros((0, 0), eta.dtype))
+    if with_vcov:
+        cond = estimates(f, theta_d, blocks, s, jnp.asarray(1.0, eta.dtype))
+        vcov, b_var = cond.vcov, cond.b_var
+    else:
+        vcov, b_var = jnp.zeros((0, 0), eta.dtype), []
     usq = jnp.sum(u ** 2)
-    return Mode(eta_f, beta_f, b, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov)
+    return Mode(eta_f, beta_f, b, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov, b_var)
 
 
 def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):

@@ -76,6 +76,13 @@ def test_cbpp_matches_lme4_with_a_tight_pirls_tolerance(cbpp_fit):
                                atol=2e-6)
 
 
+def test_ranef_with_conditional_sds_matches_glmer(cbpp_fit):
+    """``as.data.frame(ranef(m))`` of the tolPwrss = 1e-13 glmer fit, herds 1-3."""
+    r = cbpp_fit.ranef.set_index("grp").loc[["1", "2", "3"]]
+    np.testing.assert_allclose(r["condval"], [0.59002003, -0.29889722, 0.40625557], rtol=1e-4)
+    np.testing.assert_allclose(r["condsd"], [0.34826506, 0.36555821, 0.29731849], rtol=1e-4)
+
+
 def _laplace_by_hand(d, theta, beta):
     """Laplace's -2 log L of cbpp's model, herd by herd with scipy: the mode of
     log p(k | u) - u^2 / 2 in u, then -2 log p(k | u*) + u*^2 + log(1 + lambda^2 sum n mu (1 - mu))."""
