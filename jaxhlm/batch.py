@@ -248,6 +248,13 @@ def _put(a, index, b):
     return a
 
 
+def report_progress(done: int, B: int, began: float) -> None:
+    """One line on stderr: fits done of B and fits per second since ``began``."""
+    rate = done / max(time.perf_counter() - began, 1e-9)
+    print(f"\rfitted {done:,}/{B:,} ({rate:,.1f} fits/s)", end="" if done < B else "\n",
+          file=sys.stderr, flush=True)
+
+
 def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress):
     """vmapped fits of B models from the rows of ``starts``, in chunks of ``size`` fits
     (the last one padded with its last fit: every chunk has one shape), each at most
@@ -265,10 +272,7 @@ def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress):
                                 np.int64(max_iter), st, bool(reml), options, tuple(axes)))
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], out))
         if progress:
-            done = min(lo + size, B)
-            rate = done / (time.perf_counter() - began)
-            print(f"\rfitted {done:,}/{B:,} ({rate:,.0f} fits/s)", end="" if done < B else "\n",
-                  file=sys.stderr, flush=True)
+            report_progress(min(lo + size, B), B, began)
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 

@@ -20,7 +20,6 @@ fit's estimates as lme4's ``refit`` does.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import jax
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size
+from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size, report_progress
 from .errors import DataError
 from .glmm_fit import default_start, fit_program, stored
 from .optimize import Status
@@ -83,16 +82,15 @@ _FIT_CHUNK = Precompiled(_fit_chunk_program, (5, 6, 7), "glmm_fit_chunk")
 
 def _run_chunks(model, Y, starts, fresh, nagq, max_iter, size, progress):
     B = Y.shape[0]
+    program = stored(_FIT_CHUNK, model.structure, model.family)
     parts, began = [], time.perf_counter()
     for lo in range(0, B, size):
         index = np.minimum(np.arange(lo, lo + size), B - 1)
-        out = stored(_FIT_CHUNK, model.structure, model.family)(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
-                         np.int64(max_iter), model.data, model.structure, model.family, nagq)
+        out = program(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
+                      np.int64(max_iter), model.data, model.structure, model.family, nagq)
         parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], jax.device_get(out)))
         if progress:
-            done = min(lo + size, B)
-            print(f"\rfitted {done:,}/{B:,} ({done / (time.perf_counter() - began):,.1f} fits/s)",
-                  end="" if done < B else "\n", file=sys.stderr, flush=True)
+            report_progress(min(lo + size, B), B, began)
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
