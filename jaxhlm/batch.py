@@ -255,25 +255,47 @@ def report_progress(done: int, B: int, began: float) -> None:
           file=sys.stderr, flush=True)
 
 
-def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress):
-    """vmapped fits of B models from the rows of ``starts``, in chunks of ``size`` fits
-    (the last one padded with its last fit: every chunk has one shape), each at most
-    ``max_iter`` iterations.
+IN_FLIGHT = 2
+"""Chunks dispatched ahead of the one whose results are being fetched (:func:`run_chunks`)."""
 
-    ``take(index)`` gives the blocks of the fits at ``index`` (positions in 0..B-1) and
-    their vmap axes."""
-    devices = jax.devices()
-    parts = []
-    began = time.perf_counter()
-    for lo in range(0, B, size):
-        index = np.minimum(np.arange(lo, lo + size), B - 1)
-        many, axes = take(index)
-        out = _fetch(_fit_chunk(_shard(many, axes, devices), jnp.asarray(starts[index]),
-                                np.int64(max_iter), st, bool(reml), options, tuple(axes)))
-        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], out))
+
+def run_chunks(dispatch, fetch, B: int, size: int, progress: bool):
+    """Every chunk of ``size`` fits of B (the last one padded with its last fit, so every
+    chunk has one shape): ``dispatch(index)`` starts the program on the fits at ``index``
+    (positions in 0..B-1) and ``fetch`` brings its results back as NumPy arrays; the
+    results, concatenated.  JAX dispatches asynchronously, so up to :data:`IN_FLIGHT`
+    chunks are queued while one is fetched: on a CPU with more than one core they run side
+    by side (1,000 cbpp bootstrap refits in chunks of 32: 0.94-1.15 s fetched one by one,
+    0.76-0.88 s all in flight, 2-core CPU, 2026-12-03)."""
+    pending, parts, began = [], [], time.perf_counter()
+
+    def collect():
+        lo, out = pending.pop(0)
+        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], fetch(out)))
         if progress:
             report_progress(min(lo + size, B), B, began)
+
+    for lo in range(0, B, size):
+        pending.append((lo, dispatch(np.minimum(np.arange(lo, lo + size), B - 1))))
+        if len(pending) > IN_FLIGHT:
+            collect()
+    while pending:
+        collect()
     return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+
+def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress):
+    """vmapped fits of B models from the rows of ``starts`` (:func:`run_chunks`), each at
+    most ``max_iter`` iterations; ``take(index)`` gives the blocks of the fits at
+    ``index`` and their vmap axes."""
+    devices = jax.devices()
+
+    def dispatch(index):
+        many, axes = take(index)
+        return _fit_chunk(_shard(many, axes, devices), jnp.asarray(starts[index]),
+                          np.int64(max_iter), st, bool(reml), options, tuple(axes))
+
+    return run_chunks(dispatch, _fetch, B, size, progress)
 
 
 def _fit_batch(take, B, st, starts, reml, options, batch_size, progress):

@@ -244,10 +244,11 @@ class GLMMResult(InformationCriteria):
     _b: list = dataclasses.field(repr=False)
     _eta: np.ndarray = dataclasses.field(repr=False)
     _b_var: list = dataclasses.field(repr=False)
+    _hessian: np.ndarray = dataclasses.field(repr=False)   # of the deviance at the optimum
 
     @classmethod
     def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
-        opt, m, theta, beta, vcov, code = out
+        opt, m, theta, beta, vcov, code, hessian = out
         names = model.frame.fixef_names
         st = model.structure
         return cls(model.formula, model.family, nagq, float(opt.fun), model.nobs,
@@ -256,7 +257,8 @@ class GLMMResult(InformationCriteria):
                    np.asarray(theta, float), model.frame.theta_names, int(code),
                    int(opt.iterations), int(m.iterations),
                    bool(tables.singular(np.asarray(theta), st.scales())), model,
-                   [np.asarray(b) for b in m.b], np.asarray(m.eta), [np.asarray(v) for v in m.b_var])
+                   [np.asarray(b) for b in m.b], np.asarray(m.eta), [np.asarray(v) for v in m.b_var],
+                   np.asarray(hessian))
 
     @property
     def converged(self) -> bool:

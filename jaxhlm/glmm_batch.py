@@ -20,14 +20,13 @@ fit's estimates as lme4's ``refit`` does.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size, report_progress
+from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size, run_chunks
 from .errors import DataError
 from .glmm_fit import default_start, fit_program, stored
 from .optimize import Status
@@ -65,33 +64,36 @@ class GLMMBatchResult(BatchResult):
                             index=index)
 
 
-def _fit_chunk_program(Y, starts, fresh, max_iter, data, st, family, nagq):
+def _fit_chunk_program(Y, starts, fresh, hessian0, max_iter, data, st, family, nagq):
     """vmapped fits of the responses Y, each from its row of ``starts`` or, where ``fresh``,
-    from lme4's start; at most ``max_iter`` iterations (an argument: both passes of
-    :func:`fit_many` run this one program)."""
-    def one(y, x0, new):
-        d = data._replace(y=y)
-        return fit_program(d, st, family, nagq, max_iter, jnp.where(new, default_start(d, st, family, nagq), x0))
+    from lme4's start (computed only when some fit of the chunk needs it), BFGS from
+    ``hessian0`` (a refit's: the original fit's; not finite: probed); at most ``max_iter``
+    iterations (an argument: both passes of :func:`fit_many` run this one program)."""
+    def lme4_starts():
+        default = jax.vmap(lambda y: default_start(data._replace(y=y), st, family, nagq))(Y)
+        return jnp.where(fresh[:, None], default, starts)
 
-    out = jax.vmap(one)(Y, starts, fresh)
+    starts = jax.lax.cond(jnp.any(fresh), lme4_starts, lambda: starts)
+
+    def one(y, x0):
+        return fit_program(data._replace(y=y), st, family, nagq, max_iter, x0, hessian0)
+
+    out = jax.vmap(one)(Y, starts)
     return out, jax.vmap(st.lambdas)(out[2])
 
 
-_FIT_CHUNK = Precompiled(_fit_chunk_program, (5, 6, 7), "glmm_fit_chunk")
+_FIT_CHUNK = Precompiled(_fit_chunk_program, (6, 7, 8), "glmm_fit_chunk")
 
 
-def _run_chunks(model, Y, starts, fresh, nagq, max_iter, size, progress):
-    B = Y.shape[0]
+def _run_chunks(model, Y, starts, fresh, hessian0, nagq, max_iter, size, progress):
     program = stored(_FIT_CHUNK, model.structure, model.family)
-    parts, began = [], time.perf_counter()
-    for lo in range(0, B, size):
-        index = np.minimum(np.arange(lo, lo + size), B - 1)
-        out = program(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
-                      np.int64(max_iter), model.data, model.structure, model.family, nagq)
-        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], jax.device_get(out)))
-        if progress:
-            report_progress(min(lo + size, B), B, began)
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+
+    def dispatch(index):
+        return program(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
+                       jnp.asarray(hessian0), np.int64(max_iter), model.data, model.structure,
+                       model.family, nagq)
+
+    return run_chunks(dispatch, jax.device_get, Y.shape[0], size, progress)
 
 
 def responses(model, Y) -> np.ndarray:
@@ -111,10 +113,11 @@ def responses(model, Y) -> np.ndarray:
 
 
 def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter: int = 200,
-             progress: bool = False, start=None) -> GLMMBatchResult:
+             progress: bool = False, start=None, hessian0=None) -> GLMMBatchResult:
     """Fit B responses (Y, (B, nobs) or a DataFrame of B columns, on the model's response
     scale) on ``model``'s design; ``start``: x0 for every fit (theta, then beta; theta
-    alone for nagq=0), else lme4's start per fit."""
+    alone for nagq=0), else lme4's start per fit; ``hessian0``: BFGS's starting Hessian
+    for every fit (the deviance's at a nearby optimum), else probed per fit."""
     Y = responses(model, Y)
     B = Y.shape[0]
     if batch_size is None and jax.default_backend() == "cpu":
@@ -123,18 +126,19 @@ def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter
     k = model.structure.ntheta + (model.structure.p if nagq else 0)
     fresh = np.full(B, start is None)
     starts = np.zeros((B, k)) if start is None else np.broadcast_to(np.asarray(start, float), (B, k))
+    hessian0 = np.full((k, k), np.nan) if hessian0 is None else np.asarray(hessian0, float)
     # Vmapped fits step together until the slowest is done: a first pass of at most
     # STRAGGLER_AFTER iterations, then the few fits still running go on in chunks of their own.
     first = min(max_iter, STRAGGLER_AFTER)
-    out = _run_chunks(model, Y, starts, fresh, nagq, first, size, progress)
+    out = _run_chunks(model, Y, starts, fresh, hessian0, nagq, first, size, progress)
     late = np.flatnonzero(out[0][0].status == Status.MAX_ITERATIONS)
     if late.size and max_iter > first:
-        more = _run_chunks(model, Y[late], out[0][0].x[late], np.zeros(late.size, bool), nagq,
+        more = _run_chunks(model, Y[late], out[0][0].x[late], np.zeros(late.size, bool), hessian0, nagq,
                            max_iter - first, size, False)
         opt = more[0][0]
         more = ((opt._replace(iterations=opt.iterations + first),) + more[0][1:], more[1])
         out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
-    (opt, _m, theta, beta, vcov, code), lams = out
+    (opt, _m, theta, beta, vcov, code, _hessian), lams = out
     return GLMMBatchResult(model=model, reml=False, objective=opt.fun, fixef=beta,
                            fixef_se=np.sqrt(np.einsum("bii->bi", vcov)), theta=theta,
                            sigma=np.ones(B), status=code, iterations=opt.iterations, lams=tuple(lams),
@@ -183,8 +187,11 @@ def simulate(model, fixef, theta, nsim: int, seed: int = 0) -> np.ndarray:
 
 def bootstrap(result, nsim: int, seed: int = 0, *, batch_size: int | None = None,
               progress: bool = False) -> GLMMBatchResult:
-    """Parametric bootstrap of a GLMM fit: simulate, then refit from its estimates."""
+    """Parametric bootstrap of a GLMM fit: simulate, then refit from its estimates (as lme4's
+    ``refit``), BFGS starting from the deviance's Hessian there (nagq >= 1)."""
     model = result._model
     Y = simulate(model, result.fixef.to_numpy(), result.theta, nsim, seed)
     start = result.theta if result.nagq == 0 else np.concatenate([result.theta, result.fixef.to_numpy()])
-    return fit_many(model, Y, result.nagq, batch_size=batch_size, progress=progress, start=start)
+    hessian0 = None if result.nagq == 0 else result._hessian
+    return fit_many(model, Y, result.nagq, batch_size=batch_size, progress=progress, start=start,
+                    hessian0=hessian0)

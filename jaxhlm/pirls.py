@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .blocks import Pattern, values
-from .kernel import estimates, factorize_smooth, modes
+from .kernel import b_from_u, estimates, factorize_smooth, modes
 from .structure import Structure
 
 PIRLS_TOL = 1e-10
@@ -74,13 +74,14 @@ def linear_predictor(beta, b, data: GLMMData):
 
 
 class Mode(NamedTuple):
-    """PIRLS's result: the linear predictor, beta, b, ||u||^2, the factor's log-determinant,
+    """PIRLS's result: the linear predictor, beta, b, the spherical modes u (flat) and ||u||^2, the factor's log-determinant,
     the penalised deviance, iterations; with ``with_vcov``, vcov(beta) (beta inside) and
     b's conditional covariances per term (lme4's ``condVar``, beta held at its value)."""
 
     eta: jnp.ndarray
     beta: jnp.ndarray
     b: list
+    u: jnp.ndarray
     usq: jnp.ndarray
     logdet: jnp.ndarray
     pdev: jnp.ndarray
@@ -119,9 +120,9 @@ def penalised_deviance(eta, u, data: GLMMData, family):
 
 
 def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
-         with_vcov: bool = False) -> Mode:
-    """The conditional mode by PIRLS (module docstring) from b = 0 (with beta given) or R's
-    starting means (beta inside), halving a step that does not lower the penalised
+         with_vcov: bool = False, u_start=None) -> Mode:
+    """The conditional mode by PIRLS (module docstring) from u = ``u_start`` (default 0, b = 0;
+    with beta given) or R's starting means (beta inside), halving a step that does not lower the penalised
     deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
     from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
     covariance of beta (nAGQ = 0's) and b's conditional covariances."""
@@ -130,10 +131,12 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     if newton:
         theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
     eta0 = family.link.link(family.start(data.y, data.trials))
-    if not beta_inside:
-        eta0 = eta0 * 0 + data.offset + data.X @ beta
-    beta0 = jnp.zeros(st.p, eta0.dtype) if beta_inside else beta
     u0 = jnp.zeros(sum(t.q for t in st.terms), eta0.dtype)
+    if not beta_inside:
+        if u_start is not None:    # a warm start: the mode at a nearby (theta, beta)
+            u0 = jax.lax.stop_gradient(u_start)
+        eta0 = linear_predictor(beta, b_from_u(u0, jax.lax.stop_gradient(theta), st), data)
+    beta0 = jnp.zeros(st.p, eta0.dtype) if beta_inside else beta
     inf = jnp.asarray(jnp.inf, eta0.dtype)
     pdev0 = inf if beta_inside else penalised_deviance(eta0, u0, data, family)   # R's start is no (beta, u)
 
@@ -164,41 +167,51 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     else:
         vcov, b_var = jnp.zeros((0, 0), eta.dtype), []
     usq = jnp.sum(u ** 2)
-    return Mode(eta_f, beta_f, b, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov, b_var)
+    return Mode(eta_f, beta_f, b, u, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov, b_var)
 
 
-def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
-    """The Laplace deviance -2 log L at (theta, beta) (beta ignored when ``beta_inside``)."""
-    m = mode(theta, beta, data, st, family, beta_inside)
-    return m.pdev + m.logdet
+def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, u_start=None):
+    """The Laplace deviance -2 log L at (theta, beta) (beta ignored when ``beta_inside``), and
+    the spherical modes u there (PIRLS from ``u_start``: the deviance protocol of
+    :func:`objective_fn`)."""
+    m = mode(theta, beta, data, st, family, beta_inside, u_start=u_start)
+    return m.pdev + m.logdet, m.u
 
 
 def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool, deviance=laplace):
-    """The outer criterion as a function of x = theta (nAGQ = 0) or (theta, beta), with a
-    reverse-mode gradient computed in forward mode through PIRLS (module docstring).
-    ``deviance``: :func:`laplace`, or adaptive Gauss-Hermite quadrature's
-    (:func:`jaxhlm.quadrature.deviance`) with the same signature."""
+    """The outer criterion as a function ``g(x, u_start) -> (value, u)`` of x = theta
+    (nAGQ = 0) or (theta, beta), with PIRLS started from the spherical modes ``u_start``
+    (those at a nearby point: the optimiser's warm start; zeros: b = 0) and the modes u
+    reached, and a reverse-mode gradient in x computed in forward mode through PIRLS
+    (module docstring); and ``f(x)``, the value from b = 0.  ``deviance``: :func:`laplace`,
+    or adaptive Gauss-Hermite quadrature's (:func:`jaxhlm.quadrature.deviance`), each
+    ``(theta, beta, data, st, family, beta_inside, u_start) -> (value, u)``."""
     nt = st.ntheta
 
-    def f(x):
+    def value_and_modes(x, u_start):
         theta, beta = (x, None) if beta_inside else (x[:nt], x[nt:])
         return deviance(theta, jnp.zeros(st.p, x.dtype) if beta is None else beta, data, st, family,
-                        beta_inside)
+                        beta_inside, u_start)
 
     @jax.custom_vjp
-    def g(x):
-        return f(x)
+    def g(x, u_start):
+        return value_and_modes(x, u_start)
 
-    def with_value(x):
-        value = f(x)
-        return value, value
+    def fwd(x, u_start):   # one pass of PIRLS, its tangents vmapped: (value, gradient)
+        def with_value(x):
+            value, u = value_and_modes(x, u_start)
+            return value, (value, u)
 
-    def fwd(x):   # one pass of PIRLS, its tangents vmapped: (value, gradient)
-        grad, value = jax.jacfwd(with_value, has_aux=True)(x)
-        return value, grad
+        grad, out = jax.jacfwd(with_value, has_aux=True)(x)
+        return out, (grad, jnp.zeros_like(u_start))
 
-    def bwd(grad, ct):
-        return (ct * grad,)
+    def bwd(res, ct):
+        grad, zero = res
+        return ct[0] * grad, zero
 
     g.defvjp(fwd, bwd)
+
+    def f(x):
+        return value_and_modes(x, None)[0]
+
     return g, f

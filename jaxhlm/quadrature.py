@@ -49,9 +49,10 @@ def rule(nagq: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.log(w)
 
 
-def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int):
-    """log L_j per group (module docstring) at (theta, beta), and PIRLS's iterations."""
-    m = mode(theta, beta, data, st, family, beta_inside=False)
+def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, u_start=None):
+    """log L_j per group (module docstring) at (theta, beta), and PIRLS's mode (from
+    ``u_start``, :func:`jaxhlm.pirls.mode`)."""
+    m = mode(theta, beta, data, st, family, beta_inside=False, u_start=u_start)
     ell = st.terms[0].nlevels
     code, z = data.codes[0], data.Z[0][:, 0]
     lam = st.lambdas(theta)[0][0, 0]
@@ -73,11 +74,12 @@ def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int):
 
 
 def deviance(nagq: int):
-    """The AGQ deviance -2 sum_j log L_j as a function of (theta, beta, data, st, family,
-    beta_inside) (the signature of :func:`jaxhlm.pirls.laplace`; beta is always given)."""
+    """The AGQ deviance -2 sum_j log L_j, and the modes u, as a function of (theta, beta,
+    data, st, family, beta_inside, u_start) (the protocol of :func:`jaxhlm.pirls.laplace`;
+    beta is always given)."""
 
-    def f(theta, beta, data, st, family, beta_inside):
-        log_l, _ = group_loglik(theta, beta, data, st, family, nagq)
-        return -2.0 * jnp.sum(log_l)
+    def f(theta, beta, data, st, family, beta_inside, u_start=None):
+        log_l, m = group_loglik(theta, beta, data, st, family, nagq, u_start)
+        return -2.0 * jnp.sum(log_l), m.u
 
     return f

@@ -4,8 +4,9 @@ the objective's curvature.
 The loop (one ``lax.while_loop``; line search, folding, snapping, statuses) is shared;
 a strategy says
 
-- ``evaluate(value_and_grad, x, steps)``: f, g and, where it computes one, a Hessian
-  at a candidate point (None otherwise);
+- ``evaluate(value_and_grad, x, steps)``: f, g, a Hessian where it computes one (None
+  otherwise) and fun's warm start at a candidate point x, given ``value_and_grad(x) ->
+  ((f, warm), g)`` (:func:`jaxhlm.optimize.minimize`'s ``warm``);
 - ``probes``: whether the loop first builds a finite-difference Hessian at x0 one
   column per step (one gradient each, so the compiled program keeps one copy of the
   gradient);

@@ -34,8 +34,8 @@ class BFGS:
     probes = True
 
     def evaluate(self, vg, x, steps):
-        f, g = vg(x)
-        return f, g, None
+        (f, warm), g = vg(x)
+        return f, g, None, warm
 
     def init(self, n, dtype):
         return jnp.eye(n, dtype=dtype)

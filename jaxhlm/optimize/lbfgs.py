@@ -33,8 +33,8 @@ class LBFGS:
         return optax.scale_by_lbfgs(memory_size=self.memory)
 
     def evaluate(self, vg, x, steps):
-        f, g = vg(x)
-        return f, g, None
+        (f, warm), g = vg(x)
+        return f, g, None, warm
 
     def init(self, n, dtype):
         zero = jnp.zeros(n, dtype)

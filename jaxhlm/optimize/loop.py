@@ -57,6 +57,7 @@ class Minimum(NamedTuple):
     iterations: jnp.ndarray
     evaluations: jnp.ndarray  # gradient evaluations, line searches and Hessians included
     status: jnp.ndarray
+    warm: Any = ()           # the warm start at x (``minimize``'s ``warm``)
 
 
 class _State(NamedTuple):
@@ -67,6 +68,7 @@ class _State(NamedTuple):
     P: jnp.ndarray            # the probed starting Hessian (strategies that probe)
     d: jnp.ndarray            # search direction from x
     alpha: jnp.ndarray        # current step length along d
+    warm: Any                 # fun's warm start at x (``minimize``'s ``warm``)
     halvings: jnp.ndarray
     phase: jnp.ndarray        # see the phases below
     iteration: jnp.ndarray
@@ -90,13 +92,21 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
              canonical: Callable[[jnp.ndarray], jnp.ndarray] = lambda x: x,
              snap_mask: jnp.ndarray | None = None, method="newton",
              max_iter: int = 100, ftol: float = 1e-12, snap: float = 1e-4,
-             max_halvings: int = 40, rel_step: float = 1e-6) -> Minimum:
+             max_halvings: int = 40, rel_step: float = 1e-6, warm=None,
+             hessian0: jnp.ndarray | None = None) -> Minimum:
     """Minimise ``fun`` (see the module docstring); pure, for ``jax.jit`` and ``jax.vmap``.
 
     ``canonical`` maps a point to its equivalent in the canonical half-space (a symmetry
     of ``fun`` that only flips signs of coordinates); ``snap_mask`` marks the coordinates
     set exactly to 0 when within ``snap`` of it and that does not raise ``fun``.
     ``method``: a name in :data:`STRATEGIES` or a strategy (:mod:`jaxhlm.optimize.base`).
+
+    ``warm``: a pytree of warm-start information for ``fun`` (a GLMM's conditional modes,
+    from which PIRLS starts): then ``fun(x, warm) -> (value, warm at x)``, and every
+    evaluation gets the warm start of the last accepted point (``Minimum.warm``: the
+    optimum's).  ``hessian0``: a starting Hessian (probing strategies; a refit's from the
+    original fit's optimum) used instead of probing one at x0, unless it is not finite
+    (then probed: under vmap each fit chooses).
 
     The whole run is one ``lax.while_loop`` whose every step evaluates ``fun`` and its
     gradient at one candidate point (Newton: with the n neighbours of the
@@ -107,13 +117,17 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     if isinstance(strategy, str):
         raise ValueError(f"method must be one of {', '.join(map(repr, STRATEGIES))} or a "
                          f"strategy, not {method!r}")
-    vg = jax.value_and_grad(fun)
+    if warm is None:   # nothing to carry: fun(x) alone
+        vg = jax.value_and_grad(lambda x, w: (fun(x), w), has_aux=True)
+        warm = ()
+    else:
+        vg = jax.value_and_grad(fun, has_aux=True)
     n = x0.shape[0]
     dtype = x0.dtype
     if n == 0:   # nothing to optimise (a least-squares fit): the value at the empty point
-        f0 = fun(x0)
+        (f0, warm), _ = vg(x0, warm)
         return Minimum(x0, f0, x0, jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32),
-                       jnp.where(jnp.isfinite(f0), Status.CONVERGED, Status.NONFINITE).astype(jnp.int32))
+                       jnp.where(jnp.isfinite(f0), Status.CONVERGED, Status.NONFINITE).astype(jnp.int32), warm)
     mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
     probes = strategy.probes
     done = n + 1
@@ -124,8 +138,8 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     def select(flag, a, b):
         return jax.tree.map(lambda u, v: jnp.where(flag, u, v), a, b)
 
-    def evaluate(x):
-        return strategy.evaluate(vg, x, steps)
+    def evaluate(x, w):
+        return strategy.evaluate(lambda x: vg(x, w), x, steps)
 
     def next_snap(x, start):
         """First phase >= start (1-based coordinate) whose coordinate may snap; else done."""
@@ -151,13 +165,13 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                                   jnp.where(phase < 0, probe,
                                             jnp.where(phase == 0, s.x + s.alpha * s.d,
                                                       s.x.at[i].set(0.0))))
-        f_c, g_c, H_c = evaluate(candidate)
+        f_c, g_c, H_c, w_c = evaluate(candidate, s.warm)
         finite = _finite(f_c, g_c) if H_c is None else _finite(f_c, g_c, H_c)
         s = s._replace(evaluations=s.evaluations + strategy.cost(n))
 
         def start_hessian(s):      # probing: x0 evaluated
             ok = finite
-            return s._replace(f=f_c, g=g_c, phase=jnp.where(ok, -n, done).astype(jnp.int32),
+            return s._replace(f=f_c, g=g_c, warm=w_c, phase=jnp.where(ok, -n, done).astype(jnp.int32),
                               status=jnp.where(ok, s.status, Status.NONFINITE).astype(jnp.int32))
 
         def hessian_column(s):     # probing: column col of the starting Hessian
@@ -182,6 +196,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
             f = jnp.where(accept, f_c, s.f)
             g = jnp.where(accept, g_c, s.g)
             aux = select(accept, aux_new, s.aux)
+            warm = select(accept, w_c, s.warm)
             d, predicted = strategy.direction(aux, g)
             iteration = s.iteration + jnp.where(accept & ~first, 1, 0)
             halvings = jnp.where(accept, 0, s.halvings + 1)
@@ -197,7 +212,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                 jnp.where(converged | (stalled & rounding), Status.CONVERGED,
                           jnp.where(stalled, Status.LINE_SEARCH_FAILED,
                                     jnp.where(iteration >= max_iter, Status.MAX_ITERATIONS, -1))))
-            s = s._replace(x=x, f=f, g=g, aux=aux, d=jnp.where(accept, d, s.d),
+            s = s._replace(x=x, f=f, g=g, aux=aux, warm=warm, d=jnp.where(accept, d, s.d),
                            alpha=jnp.where(accept, 1.0, 0.5 * s.alpha).astype(dtype),
                            halvings=halvings.astype(jnp.int32), iteration=iteration.astype(jnp.int32))
             return lax.cond(status >= 0, lambda s: finish_optimising(s, status), lambda s: s, s)
@@ -205,7 +220,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
         def snapping(s):
             take = finite & (f_c <= s.f + 1e-10 * (1.0 + jnp.abs(s.f)))
             s = s._replace(x=jnp.where(take, candidate, s.x), f=jnp.where(take, f_c, s.f),
-                           g=jnp.where(take, g_c, s.g))
+                           g=jnp.where(take, g_c, s.g), warm=select(take, w_c, s.warm))
             return s._replace(phase=next_snap(s.x, phase + 1))
 
         branches = [optimising, snapping] if not probes else [start_hessian, hessian_column,
@@ -215,10 +230,17 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
         return lax.switch(index, branches, s)
 
     zero = jnp.asarray(0, jnp.int32)
+    aux0 = strategy.init(n, dtype)
+    phase0 = jnp.asarray(-(n + 1) if probes else 0, jnp.int32)
+    if probes and hessian0 is not None:   # a given starting Hessian instead of the probes
+        given = jnp.all(jnp.isfinite(hessian0))
+        H0 = jnp.where(given, hessian0, jnp.eye(n, dtype=dtype))
+        aux0 = select(given, strategy.start(aux0, 0.5 * (H0 + H0.T)), aux0)
+        phase0 = jnp.where(given, 0, phase0).astype(jnp.int32)
     state = _State(x=x0, f=jnp.asarray(jnp.inf, dtype), g=jnp.zeros_like(x0),
-                   aux=strategy.init(n, dtype), P=jnp.zeros((n, n), dtype), d=jnp.zeros_like(x0),
-                   alpha=jnp.asarray(1.0, dtype),
-                   halvings=zero, phase=jnp.asarray(-(n + 1) if probes else 0, jnp.int32),
+                   aux=aux0, P=jnp.zeros((n, n), dtype), d=jnp.zeros_like(x0),
+                   alpha=jnp.asarray(1.0, dtype), warm=warm,
+                   halvings=zero, phase=phase0,
                    iteration=zero, evaluations=zero, status=jnp.asarray(-1, jnp.int32))
     s = lax.while_loop(lambda s: s.phase < done, body, state)
-    return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status)
+    return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status, s.warm)

@@ -31,9 +31,9 @@ class Newton:
         n = x.shape[0]
         h = steps(x)
         points = jnp.concatenate([x[None, :], x[None, :] + jnp.eye(n, dtype=x.dtype) * h[None, :]])
-        fs, gs = jax.vmap(vg)(points)
+        (fs, warm), gs = jax.vmap(vg)(points)
         H = (gs[1:] - gs[0][None, :]) / h[:, None]
-        return fs[0], gs[0], 0.5 * (H + H.T)
+        return fs[0], gs[0], 0.5 * (H + H.T), jax.tree.map(lambda a: a[0], warm)
 
     def init(self, n, dtype):
         return jnp.eye(n, dtype=dtype)
