@@ -5,8 +5,9 @@ over chunks of responses; :class:`jaxhlm.GLMM` runs it once): lme4's start
 (:func:`default_start`), the outer BFGS over theta (``nagq=0``, beta inside PIRLS) or
 (theta, beta) (Laplace, or adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`),
 the final PIRLS mode, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
-(:func:`hessian`), and the fit's status (:func:`status`).  Programs are kept on disk for
-the next process (:mod:`jaxhlm.precompiled`, :func:`stored`).
+(central differences of the gradient in the optimiser's loop), and the fit's status
+(:func:`status`).  Programs are kept on disk for the next process
+(:mod:`jaxhlm.precompiled`, :func:`stored`).
 """
 
 from __future__ import annotations
@@ -36,20 +37,8 @@ def deviance_at(theta, beta, data, st, family, inside, nagq):
 
 HESSIAN_STEP = 1e-4
 """The relative step of the central differences of the gradient for the deviance's
-Hessian (truncation error ~1e-8, rounding of the gradient ~1e-6 relative)."""
-
-
-def hessian(grad, x):
-    """The Hessian at x by central differences of the (forward-mode, exact) gradient
-    ``grad(x)``, all 2k points in one vmapped call, symmetrised: 2k gradients where second
-    differences of the value take 2k(k+1) values (a third of a cbpp bootstrap's time
-    before)."""
-    h = HESSIAN_STEP * jnp.maximum(jnp.abs(x), 1.0)
-    E = jnp.diag(h)
-    G = jax.vmap(grad)(jnp.concatenate([x[None] + E, x[None] - E]))
-    k = x.size
-    H = (G[:k] - G[k:]) / (2 * h[:, None])
-    return (H + H.T) / 2
+Hessian (:func:`jaxhlm.optimize.minimize`'s ``hessian``; truncation error ~1e-8,
+rounding of the gradient ~1e-6 relative)."""
 
 
 def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
@@ -61,7 +50,8 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
 
     With beta given (nagq >= 1), PIRLS starts warm: every evaluation from the modes u of
     the last accepted point (:func:`jaxhlm.optimize.minimize`'s ``warm``), and the
-    Hessian's 2k gradients and the final mode from the optimum's (cbpp: 2 iterations
+    Hessian's 2k gradients (central differences, steps of :data:`HESSIAN_STEP`, computed
+    in the optimiser's loop) and the final mode from the optimum's (cbpp: 2 iterations
     instead of 4-5 from b = 0)."""
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
@@ -79,13 +69,12 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
     u0 = jnp.zeros(sum(t.q for t in st.terms), start.dtype)
     opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter,
-                   warm=u0, hessian0=hessian0)
+                   warm=u0, hessian0=hessian0, hessian=True, hessian_step=HESSIAN_STEP)
     theta, beta = opt.x[:nt], opt.x[nt:]
     m = mode(theta, beta, data, st, family, False, with_vcov=True, u_start=opt.warm)
     # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
-    H = hessian(jax.grad(lambda x: g1(x, opt.warm)[0]), opt.x)
-    vcov = 2.0 * jnp.linalg.inv(H)[nt:, nt:]
-    return opt, m, theta, beta, vcov, status(opt, m, family), H
+    vcov = 2.0 * jnp.linalg.inv(opt.hessian)[nt:, nt:]
+    return opt, m, theta, beta, vcov, status(opt, m, family), opt.hessian
 
 
 def default_start(data, st, family, nagq):
