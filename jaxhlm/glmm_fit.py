@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from . import quadrature
 from .optimize import Status, minimize
-from .pirls import PIRLS_MAX_ITER, laplace, mode, objective_fn
+from .pirls import PIRLS_MAX_ITER, at_mode, laplace, mode, objective_fn, zero_modes
 from .precompiled import Precompiled
 
 
@@ -51,15 +51,15 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     With beta given (nagq >= 1), PIRLS starts warm: every evaluation from the modes u of
     the last accepted point (:func:`jaxhlm.optimize.minimize`'s ``warm``), and the
     Hessian's 2k gradients (central differences, steps of :data:`HESSIAN_STEP`, computed
-    in the optimiser's loop) and the final mode from the optimum's (cbpp: 2 iterations
-    instead of 4-5 from b = 0)."""
+    in the optimiser's loop) from the optimum's (cbpp: 2 iterations instead of 4-5 from
+    b = 0); the final mode is the optimum's evaluation's (:func:`jaxhlm.pirls.at_mode`)."""
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
     if start is None:
         start = default_start(data, st, family, nagq)
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
         g0, _ = objective_fn(data, st, family, True)
-        opt = minimize(lambda x: g0(x, jnp.zeros(0, x.dtype))[0], start, canonical=st.canonical,
+        opt = minimize(lambda x: g0(x, None)[0], start, canonical=st.canonical,
                        snap_mask=scales, method="bfgs", max_iter=max_iter, hessian0=hessian0)
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
         return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family), jnp.zeros((nt, nt), start.dtype)
@@ -67,11 +67,11 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     g1, _ = objective_fn(data, st, family, False, deviance_for(nagq))
     canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
-    u0 = jnp.zeros(sum(t.q for t in st.terms), start.dtype)
-    opt = minimize(g1, start, canonical=canonical, snap_mask=mask, method="bfgs", max_iter=max_iter,
-                   warm=u0, hessian0=hessian0, hessian=True, hessian_step=HESSIAN_STEP)
+    opt = minimize(lambda x, warm: g1(x, warm[0]), start, canonical=canonical, snap_mask=mask,
+                   method="bfgs", max_iter=max_iter, warm=zero_modes(st, start.dtype), hessian0=hessian0,
+                   hessian=True, hessian_step=HESSIAN_STEP)
     theta, beta = opt.x[:nt], opt.x[nt:]
-    m = mode(theta, beta, data, st, family, False, with_vcov=True, u_start=opt.warm)
+    m = at_mode(theta, beta, *opt.warm, data, st, family)    # PIRLS's mode at the optimum
     # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
     vcov = 2.0 * jnp.linalg.inv(opt.hessian)[nt:, nt:]
     return opt, m, theta, beta, vcov, status(opt, m, family), opt.hessian

@@ -332,15 +332,6 @@ def modes(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure):
     return beta, [u1 @ lams[0].T] + split_rest(b_rest, st), jnp.concatenate([u1.ravel(), u_rest])
 
 
-def b_from_u(u: jnp.ndarray, theta: jnp.ndarray, st: Structure) -> list[jnp.ndarray]:
-    """b = Lambda_theta u per term, each (ell_k, p_k), from the flat spherical u (the layout
-    :func:`modes` returns: term 1's level-major, then the rest's)."""
-    lams = lambdas(theta, st)
-    q1 = st.terms[0].q
-    u1 = u[:q1].reshape(st.terms[0].nlevels, st.terms[0].p)
-    return [u1 @ lams[0].T] + split_rest(rest_b(u[q1:], lams, st), st)
-
-
 def _term1_quadratic(G: jnp.ndarray, blocks: Blocks, st: Structure) -> jnp.ndarray:
     """Q_j = A_1r^(j) G A_r1^(j) (ell_1, p_1, p_1) over the random rows (G: m x m, zero
     outside them), by the pairs or, without them, densely."""

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .blocks import Pattern, values
-from .kernel import b_from_u, estimates, factorize_smooth, modes
+from .kernel import estimates, factorize_smooth, modes
 from .structure import Structure
 
 PIRLS_TOL = 1e-10
@@ -123,9 +123,11 @@ def penalised_deviance(eta, u, data: GLMMData, family):
 
 
 def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
-         with_vcov: bool = False, u_start=None) -> Mode:
-    """The conditional mode by PIRLS (module docstring) from u = ``u_start`` (default 0, b = 0;
-    with beta given) or R's starting means (beta inside), halving a step that does not lower the penalised
+         with_vcov: bool = False, b_start=None) -> Mode:
+    """The conditional mode by PIRLS (module docstring) from b = ``b_start`` (default 0; with
+    beta given; b, unlike u, is the same at every theta of the same Lambda Lambda', so a
+    warm start survives the optimiser's folding of theta) or R's starting means (beta
+    inside), halving a step that does not lower the penalised
     deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
     from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
     covariance of beta (nAGQ = 0's) and b's conditional covariances."""
@@ -135,13 +137,16 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
         theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
     eta0 = family.link.link(family.start(data.y, data.trials))
     u0 = jnp.zeros(sum(t.q for t in st.terms), eta0.dtype)
-    if not beta_inside:
-        if u_start is not None:    # a warm start: the mode at a nearby (theta, beta)
-            u0 = jax.lax.stop_gradient(u_start)
-        eta0 = linear_predictor(beta, b_from_u(u0, jax.lax.stop_gradient(theta), st), data)
-    beta0 = jnp.zeros(st.p, eta0.dtype) if beta_inside else beta
     inf = jnp.asarray(jnp.inf, eta0.dtype)
-    pdev0 = inf if beta_inside else penalised_deviance(eta0, u0, data, family)   # R's start is no (beta, u)
+    if beta_inside:          # R's start is no (beta, u): its first step is taken whole
+        pdev0 = inf
+    elif b_start is None:    # b = 0
+        eta0 = eta0 * 0 + data.offset + data.X @ beta
+        pdev0 = penalised_deviance(eta0, u0, data, family)
+    else:                    # a warm start, the mode at a nearby (theta, beta): first step whole
+        eta0 = linear_predictor(beta, jax.lax.stop_gradient(b_start), data)
+        pdev0 = inf
+    beta0 = jnp.zeros(st.p, eta0.dtype) if beta_inside else beta
 
     def loop(s):
         eta, beta_s, u, pdev, it, _ = s
@@ -173,48 +178,62 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     return Mode(eta_f, beta_f, b, u, usq, logdet, penalised_deviance(eta_f, u, data, family), it, vcov, b_var)
 
 
-def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, u_start=None):
+def at_mode(theta, beta, b, u, iterations, data: GLMMData, st: Structure, family) -> Mode:
+    """The :class:`Mode` (beta given) from PIRLS's modes b and u at (theta, beta) and its
+    iterations, without iterating again: eta, the penalised deviance, and from the factor
+    at the mode's weights the log-determinant and b's conditional covariances (lme4's
+    ``condVar``).  b, ||u||^2, the log-determinant and the covariances of b are the same at
+    every theta of the same Lambda Lambda' (the optimiser's fold)."""
+    eta = linear_predictor(beta, b, data)
+    *_, logdet, (f, blocks, s) = _step(eta, theta, beta, data, st, family, False)
+    cond = estimates(f, theta, blocks, s, jnp.asarray(1.0, eta.dtype))
+    return Mode(eta, beta, b, u, jnp.sum(u ** 2), logdet, penalised_deviance(eta, u, data, family),
+                iterations, jnp.zeros((0, 0), eta.dtype), cond.b_var)
+
+
+def laplace(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, b_start=None):
     """The Laplace deviance -2 log L at (theta, beta) (beta ignored when ``beta_inside``), and
-    the spherical modes u there (PIRLS from ``u_start``: the deviance protocol of
-    :func:`objective_fn`)."""
-    m = mode(theta, beta, data, st, family, beta_inside, u_start=u_start)
-    return m.pdev + m.logdet, m.u
+    PIRLS's mode there, from ``b_start`` (the deviance protocol of :func:`objective_fn`)."""
+    m = mode(theta, beta, data, st, family, beta_inside, b_start=b_start)
+    return m.pdev + m.logdet, m
 
 
 def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool, deviance=laplace):
-    """The outer criterion as a function ``g(x, u_start) -> (value, u)`` of x = theta
-    (nAGQ = 0) or (theta, beta), with PIRLS started from the spherical modes ``u_start``
-    (those at a nearby point: the optimiser's warm start; zeros: b = 0) and the modes u
-    reached, and a reverse-mode gradient in x computed in forward mode through PIRLS
-    (module docstring); and ``f(x)``, the value from b = 0.  ``deviance``: :func:`laplace`,
-    or adaptive Gauss-Hermite quadrature's (:func:`jaxhlm.quadrature.deviance`), each
-    ``(theta, beta, data, st, family, beta_inside, u_start) -> (value, u)``."""
+    """The outer criterion as a function ``g(x, b_start) -> (value, (b, u, iterations))`` of
+    x = theta (nAGQ = 0) or (theta, beta), with PIRLS started from the modes ``b_start`` (a
+    list per term; those at a nearby point: the optimiser's warm start; None: b = 0), the
+    modes b and u it reached and its iterations, and a reverse-mode gradient in x (module
+    docstring); and ``f(x)``, the value from b = 0.  ``deviance``: :func:`laplace`, or
+    adaptive Gauss-Hermite quadrature's (:func:`jaxhlm.quadrature.deviance`), each
+    ``(theta, beta, data, st, family, beta_inside, b_start) -> (value, Mode)``."""
     nt = st.ntheta
 
-    def value_and_modes(x, u_start):
+    def value_and_modes(x, b_start):
         theta, beta = (x, None) if beta_inside else (x[:nt], x[nt:])
-        return deviance(theta, jnp.zeros(st.p, x.dtype) if beta is None else beta, data, st, family,
-                        beta_inside, u_start)
+        value, m = deviance(theta, jnp.zeros(st.p, x.dtype) if beta is None else beta, data, st,
+                            family, beta_inside, b_start)
+        return value, (m.b, m.u, m.iterations)
 
     @jax.custom_vjp
-    def g(x, u_start):
-        return value_and_modes(x, u_start)
+    def g(x, b_start):
+        return value_and_modes(x, b_start)
 
-    def fwd(x, u_start):   # one pass of PIRLS and its gradient
+    def fwd(x, b_start):   # one pass of PIRLS and its gradient
+        no_cotangent = jax.tree.map(jnp.zeros_like, b_start)
         if family.canonical:   # the loop is undifferentiated: reverse mode through two steps
-            out, grad = jax.value_and_grad(value_and_modes, has_aux=True)(x, u_start)
-            return out, (grad, jnp.zeros_like(u_start))
+            out, grad = jax.value_and_grad(value_and_modes, has_aux=True)(x, b_start)
+            return out, (grad, no_cotangent)
 
         def with_value(x):     # the loop differentiated: forward mode, tangents vmapped
-            value, u = value_and_modes(x, u_start)
-            return value, (value, u)
+            value, modes = value_and_modes(x, b_start)
+            return value, (value, modes)
 
         grad, out = jax.jacfwd(with_value, has_aux=True)(x)
-        return out, (grad, jnp.zeros_like(u_start))
+        return out, (grad, no_cotangent)
 
     def bwd(res, ct):
-        grad, zero = res
-        return ct[0] * grad, zero
+        grad, no_cotangent = res
+        return ct[0] * grad, no_cotangent
 
     g.defvjp(fwd, bwd)
 
@@ -222,3 +241,9 @@ def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool, devia
         return value_and_modes(x, None)[0]
 
     return g, f
+
+
+def zero_modes(st: Structure, dtype) -> tuple:
+    """(b, u, iterations) of b = 0: the optimiser's first warm start (:func:`objective_fn`)."""
+    return ([jnp.zeros((t.nlevels, t.p), dtype) for t in st.terms],
+            jnp.zeros(sum(t.q for t in st.terms), dtype), jnp.asarray(0))

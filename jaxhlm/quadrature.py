@@ -49,10 +49,10 @@ def rule(nagq: int) -> tuple[np.ndarray, np.ndarray]:
     return x, np.log(w)
 
 
-def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, u_start=None):
+def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, b_start=None):
     """log L_j per group (module docstring) at (theta, beta), and PIRLS's mode (from
-    ``u_start``, :func:`jaxhlm.pirls.mode`)."""
-    m = mode(theta, beta, data, st, family, beta_inside=False, u_start=u_start)
+    ``b_start``, :func:`jaxhlm.pirls.mode`)."""
+    m = mode(theta, beta, data, st, family, beta_inside=False, b_start=b_start)
     ell = st.terms[0].nlevels
     code, z = data.codes[0], data.Z[0][:, 0]
     lam = st.lambdas(theta)[0][0, 0]
@@ -74,12 +74,12 @@ def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, 
 
 
 def deviance(nagq: int):
-    """The AGQ deviance -2 sum_j log L_j, and the modes u, as a function of (theta, beta,
-    data, st, family, beta_inside, u_start) (the protocol of :func:`jaxhlm.pirls.laplace`;
+    """The AGQ deviance -2 sum_j log L_j, and PIRLS's mode, as a function of (theta, beta,
+    data, st, family, beta_inside, b_start) (the protocol of :func:`jaxhlm.pirls.laplace`;
     beta is always given)."""
 
-    def f(theta, beta, data, st, family, beta_inside, u_start=None):
-        log_l, m = group_loglik(theta, beta, data, st, family, nagq, u_start)
-        return -2.0 * jnp.sum(log_l), m.u
+    def f(theta, beta, data, st, family, beta_inside, b_start=None):
+        log_l, m = group_loglik(theta, beta, data, st, family, nagq, b_start)
+        return -2.0 * jnp.sum(log_l), m
 
     return f

@@ -113,8 +113,8 @@ def test_laplace_deviance_equals_a_computation_by_hand(cbpp_model):
 
 @pytest.mark.parametrize("link", ["logit", "probit"])
 def test_gradient_through_pirls_equals_finite_differences(link):
-    """The gradient (forward mode: one Newton step from the mode for the canonical logit,
-    through PIRLS's loop for probit; handed to reverse mode) equals central differences
+    """The gradient (reverse mode through Newton steps from the undifferentiated mode for
+    the canonical logit, forward mode through PIRLS's loop for probit) equals central differences
     of the deviance (h = 1e-5: error ~1e-9 relative); PIRLS started warm, from the modes
     at another point, gives the same value and gradient as from b = 0 (to rounding for
     logit, Newton's method; probit's Fisher scoring converges linearly and stops once
@@ -124,18 +124,35 @@ def test_gradient_through_pirls_equals_finite_differences(link):
     model = GLMM(CBPP, jaxhlm.datasets.load("cbpp"), family="binomial", link=link)
     g, f = objective_fn(model.data, model.structure, model.family, False)
     x = jnp.asarray([0.8, -1.2, -0.9, -1.0, -1.5])
-    u0 = jnp.zeros(model.structure.terms[0].q)
-    vg = jax.jit(jax.value_and_grad(lambda x, u: g(x, u), has_aux=True))
-    (value, _), grad = vg(x, u0)
+    vg = jax.jit(jax.value_and_grad(lambda x, b: g(x, b), has_aux=True))
+    (value, _), grad = vg(x, [jnp.zeros((model.structure.terms[0].nlevels, 1))])
     fj = jax.jit(f)
     h = 1e-5
     fd = [(float(fj(x.at[i].add(h))) - float(fj(x.at[i].add(-h)))) / (2 * h) for i in range(x.size)]
     np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-6, atol=1e-6)
-    (_, u_near), _ = vg(x + 0.3, u0)
-    (warm_value, _), warm_grad = vg(x, u_near)
+    (_, (b_near, _, _)), _ = vg(x + 0.3, [jnp.zeros((model.structure.terms[0].nlevels, 1))])
+    (warm_value, _), warm_grad = vg(x, b_near)
     tol = 1e-12 if link == "logit" else 1e-8
     assert float(warm_value) == pytest.approx(float(value), rel=tol)
     np.testing.assert_allclose(np.asarray(warm_grad), np.asarray(grad), rtol=1e4 * tol, atol=1e4 * tol)
+
+
+def test_fit_from_a_negative_theta_folds_to_the_same_fit(cbpp_model, cbpp_fit):
+    """Started at -theta (the same model: theta's sign is a symmetry), the fit folds theta
+    into lme4's half-space; its warm-started modes b (which do not change sign with theta)
+    give the same b, fitted values and objective as the fit from +theta."""
+    from jaxhlm.glmm_fit import fit_program
+
+    m = cbpp_model
+    run = jax.jit(lambda x0: fit_program(m.data, m.structure, m.family, 1, 200, x0))
+    x = np.concatenate([cbpp_fit.theta + 0.1, cbpp_fit.fixef.to_numpy()])
+    outs = [run(jnp.asarray(np.concatenate([[s * x[0]], x[1:]]))) for s in (1.0, -1.0)]
+    (opt_p, mode_p, *_), (opt_n, mode_n, *_) = outs
+    assert float(opt_n.x[0]) > 0
+    assert float(opt_n.fun) == pytest.approx(float(opt_p.fun), rel=1e-10)
+    np.testing.assert_allclose(np.asarray(mode_n.b[0]), np.asarray(mode_p.b[0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(mode_n.eta), np.asarray(mode_p.eta), atol=1e-5)
+    assert float(mode_n.pdev + mode_n.logdet) == pytest.approx(float(opt_n.fun), rel=1e-10)
 
 
 def test_nagq0_puts_beta_inside_pirls(cbpp_model, cbpp_fit):
