@@ -66,14 +66,14 @@ class GLMMBatchResult(BatchResult):
 
 def _fit_chunk_program(Y, starts, fresh, hessian0, max_iter, data, st, family, nagq):
     """vmapped fits of the responses Y, each from its row of ``starts`` or, where ``fresh``,
-    from lme4's start (computed only when some fit of the chunk needs it), BFGS from
+    from the default start (computed only when some fit of the chunk needs it), BFGS from
     ``hessian0`` (a refit's: the original fit's; not finite: probed); at most ``max_iter``
     iterations (an argument: both passes of :func:`fit_many` run this one program)."""
-    def lme4_starts():
+    def default_starts():
         default = jax.vmap(lambda y: default_start(data._replace(y=y), st, family, nagq))(Y)
         return jnp.where(fresh[:, None], default, starts)
 
-    starts = jax.lax.cond(jnp.any(fresh), lme4_starts, lambda: starts)
+    starts = jax.lax.cond(jnp.any(fresh), default_starts, lambda: starts)
 
     def one(y, x0):
         return fit_program(data._replace(y=y), st, family, nagq, max_iter, x0, hessian0)
@@ -116,8 +116,9 @@ def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter
              progress: bool = False, start=None, hessian0=None) -> GLMMBatchResult:
     """Fit B responses (Y, (B, nobs) or a DataFrame of B columns, on the model's response
     scale) on ``model``'s design; ``start``: x0 for every fit (theta, then beta; theta
-    alone for nagq=0), else lme4's start per fit; ``hessian0``: BFGS's starting Hessian
-    for every fit (the deviance's at a nearby optimum), else probed per fit."""
+    alone for nagq=0), else the default start per fit
+    (:func:`jaxhlm.glmm_fit.default_start`); ``hessian0``: BFGS's starting Hessian for
+    every fit (the deviance's at a nearby optimum), else probed per fit."""
     Y = responses(model, Y)
     B = Y.shape[0]
     if batch_size is None and jax.default_backend() == "cpu":
