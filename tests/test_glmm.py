@@ -155,18 +155,6 @@ def test_fit_from_a_negative_theta_folds_to_the_same_fit(cbpp_model, cbpp_fit):
     assert float(mode_n.pdev + mode_n.logdet) == pytest.approx(float(opt_n.fun), rel=1e-10)
 
 
-GLM_CBPP = [-1.26902348937, -1.17076272514, -1.30140533386, -1.78227863534]
-
-
-def test_start_is_the_glm_without_random_effects(cbpp_model):
-    """beta's start (MixedModels.jl's): R's ``glm(cbind(incidence, size - incidence) ~ period,
-    binomial, cbpp)`` coefficients (R 4.2.2, epsilon = 1e-12); glm_beta stops at 1e-8."""
-    from jaxhlm.glmm_fit import glm_beta
-
-    beta = jax.jit(lambda d: glm_beta(d, cbpp_model.family))(cbpp_model.data)
-    np.testing.assert_allclose(np.asarray(beta), GLM_CBPP, atol=1e-6)
-
-
 def test_nagq0_puts_beta_inside_pirls(cbpp_model, cbpp_fit):
     """nAGQ = 0: the deviance at (theta, beta-hat(theta)) over theta alone is no lower than
     Laplace's optimum over both, and close to it (glmer's nAGQ = 0 is a fast approximation)."""
