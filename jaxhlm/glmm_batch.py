@@ -119,7 +119,11 @@ def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter
     alone for nagq=0), else the default start per fit
     (:func:`jaxhlm.glmm_fit.default_start`); ``hessian0``: BFGS's starting Hessian for
     every fit (the deviance's at a nearby optimum), else probed per fit."""
-    Y = responses(model, Y)
+    return _fit_checked(model, responses(model, Y), nagq, batch_size, max_iter, progress, start, hessian0)
+
+
+def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0) -> GLMMBatchResult:
+    """:func:`fit_many` of responses (B, nobs) already checked (or simulated by the family)."""
     B = Y.shape[0]
     if batch_size is None and jax.default_backend() == "cpu":
         batch_size = CHUNK_CPU
@@ -194,5 +198,5 @@ def bootstrap(result, nsim: int, seed: int = 0, *, batch_size: int | None = None
     Y = simulate(model, result.fixef.to_numpy(), result.theta, nsim, seed)
     start = result.theta if result.nagq == 0 else np.concatenate([result.theta, result.fixef.to_numpy()])
     hessian0 = None if result.nagq == 0 else result._hessian
-    return fit_many(model, Y, result.nagq, batch_size=batch_size, progress=progress, start=start,
-                    hessian0=hessian0)
+    return _fit_checked(model, Y, result.nagq, batch_size, max_iter=200, progress=progress, start=start,
+                        hessian0=hessian0)
