@@ -36,7 +36,7 @@ from .precompiled import Precompiled
 CHUNK_CPU = 32
 """GLMM fits per chunk on a CPU (unless ``batch_size`` says otherwise): a vmapped chunk waits
 for its slowest PIRLS at every step, so narrower chunks waste less: 1,000 fresh cbpp fits
-took 1.3 s in chunks of 32, 1.9 s of 64 and 2.8 s of 128; 1,000 bootstrap refits (warm
+took 0.88 s in chunks of 32, 0.98 s of 64 and 1.31 s of 128; 1,000 bootstrap refits (warm
 starts, the fit's Hessian) 0.46-0.47 s at any of these (medians of 5-6 repeats in one
 process, 2-core CPU, 2026-12-03)."""
 
