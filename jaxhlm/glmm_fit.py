@@ -48,7 +48,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     nagq=0), or None for lme4's start (:func:`default_start`);
     ``hessian0``: BFGS's starting Hessian, or None (or not finite) to probe one at x0.
 
-    With beta given (nagq >= 1), PIRLS starts warm: every evaluation from the modes u of
+    With beta given (nagq >= 1), PIRLS starts warm: every evaluation from the modes b of
     the last accepted point (:func:`jaxhlm.optimize.minimize`'s ``warm``), and the
     Hessian's 2k gradients (central differences, steps of :data:`HESSIAN_STEP`, computed
     in the optimiser's loop) from the optimum's (cbpp: 2 iterations instead of 4-5 from

@@ -52,9 +52,9 @@ PIRLS_MAX_ITER = 20
 """PIRLS iterations at most per evaluation (MixedModels.jl's ``pirls!`` stops at 10, from u = 0
 every time).  Some evaluations do not meet the tolerance however long they run (the time
 grows with the limit while the optima do not change): under vmap a chunk waits for them,
-so 1,000 fresh cbpp fits in chunks of 128 took 3.06 s
-with at most 60, 1.87 s with 30, 1.41 s with 20 and 1.19 s with 10, to identical optima
-(2026-12-03).  At the optimum, hitting the limit is the fit's ``PIRLS_DIVERGED`` status."""
+so 1,000 fresh cbpp fits in chunks of 128 took 3.06 s with at most 60, 1.87 s with 30,
+1.41 s with 20 and 1.19 s with 10, to identical optima (2026-12-03).  At the optimum,
+hitting the limit is the fit's ``PIRLS_DIVERGED`` status."""
 PIRLS_HALVINGS = 12
 """At most this many halvings of a PIRLS step that raises the penalised deviance."""
 
@@ -83,9 +83,10 @@ def linear_predictor(beta, b, data: GLMMData):
 
 
 class Mode(NamedTuple):
-    """PIRLS's result: the linear predictor, beta, b, the spherical modes u (flat) and ||u||^2, the factor's log-determinant,
-    the penalised deviance, iterations; with ``with_vcov``, vcov(beta) (beta inside) and
-    b's conditional covariances per term (lme4's ``condVar``, beta held at its value)."""
+    """PIRLS's result: the linear predictor, beta, b, the spherical modes u (flat) and
+    ||u||^2, the factor's log-determinant, the penalised deviance, iterations; with
+    ``with_vcov``, vcov(beta) (beta inside) and b's conditional covariances per term
+    (lme4's ``condVar``, beta held at its value)."""
 
     eta: jnp.ndarray
     beta: jnp.ndarray
@@ -133,10 +134,10 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     """The conditional mode by PIRLS (module docstring) from b = ``b_start`` (default 0; with
     beta given; b, unlike u, is the same at every theta of the same Lambda Lambda', so a
     warm start survives the optimiser's folding of theta) or R's starting means (beta
-    inside), halving a step that does not lower the penalised
-    deviance (lme4's and MixedModels.jl's step-halving; without it PIRLS can oscillate
-    from b = 0 when lambda is large); ``with_vcov``: also PIRLS's (X'WX-based)
-    covariance of beta (nAGQ = 0's) and b's conditional covariances."""
+    inside), halving a step that does not lower the penalised deviance (lme4's and
+    MixedModels.jl's step-halving; without it PIRLS can oscillate from b = 0 when lambda
+    is large); ``with_vcov``: also PIRLS's (X'WX-based) covariance of beta (nAGQ = 0's)
+    and b's conditional covariances."""
     newton = family.canonical
     theta_d, beta_d = theta, beta
     if newton:
