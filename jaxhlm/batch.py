@@ -46,7 +46,7 @@ from .blocks import Blocks, response_axes, with_responses
 from .fitting import Options, fit_blocks, storable
 from . import padding
 from .padding import ladder
-from .precompiled import Precompiled
+from .precompiled import OLDER_EMITTERS, Precompiled
 from .residual import whiten as _whiten
 from .optimize import Status
 from .stacking import stack
@@ -66,13 +66,12 @@ def _fit_chunk_program(blocks, theta0, max_iter, st, reml, options, axes):
 
 
 _STATIC_CHUNK = (3, 4, 5, 6)
-_fit_chunk_jit = jax.jit(_fit_chunk_program, static_argnums=_STATIC_CHUNK)
-_FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk")
+_FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk", cpu_options=OLDER_EMITTERS)
 
 
 def _fit_chunk(blocks, theta0, max_iter, st, reml, options, axes):
     """A chunk of vmapped fits: kept on disk (:mod:`jaxhlm.precompiled`) where it can be."""
-    program = _FIT_CHUNK if storable(st, options) else _fit_chunk_jit
+    program = _FIT_CHUNK if storable(st, options) else _FIT_CHUNK.jitted
     return program(blocks, theta0, max_iter, st, reml, options, axes)
 
 
@@ -447,13 +446,9 @@ def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st, rows=No
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
-SIMULATE_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-"""XLA's older CPU emitters for the simulator: its compilation 0.46 s instead of 0.71 s, a
-chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
-
-_draw_jit = jax.jit(_draw_program, static_argnums=(8,))
-_draw_cpu = jax.jit(_draw_program, static_argnums=(8,), compiler_options=SIMULATE_CPU_OPTIONS)
-_DRAW = Precompiled(_draw_program, (8,), "simulate", compiler_options=SIMULATE_CPU_OPTIONS)
+_DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS)
+"""The simulator, with XLA's older CPU emitters: its compilation 0.46 s instead of 0.71 s,
+a chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
 
 
 def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
@@ -485,8 +480,7 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     key = np.asarray(key)
-    cpu = jax.default_backend() == "cpu"
-    program = (_DRAW if st.builtin else _draw_cpu) if cpu else _draw_jit
+    program = _DRAW.for_structure(st)
     size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // rows))
     out = np.empty((R, n))
     for lo in range(0, R, size):

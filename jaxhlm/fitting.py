@@ -23,7 +23,7 @@ from .blocks import Blocks
 from .families import GAUSSIAN
 from .kernel import Conditional
 from .optimize import Minimum, minimize
-from .precompiled import Precompiled
+from .precompiled import OLDER_EMITTERS, Precompiled
 from .structure import Structure
 
 
@@ -93,7 +93,7 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     (:mod:`jaxhlm.families`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
     passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
-    Without a penalty, a small model's compiled program is also kept on disk
+    Without a penalty, the compiled program is also kept on disk
     (:mod:`jaxhlm.precompiled`), so a new process need not trace it again.
     ``max_iter``: the iteration limit as an array (a batch's passes share one program),
     instead of ``options.max_iter``.
@@ -102,12 +102,10 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     args = (blocks, st, bool(reml), options)
     if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
         # inside vmap or another transformation: traced into the caller's program
-        return _fit_blocks(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter)
+        return _fit_program(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter)
     start = np.asarray(start, dtype=np.float64)
-    large = st.m > BFGS_ABOVE and jax.default_backend() == "cpu"  # see LARGE_FIT_CPU_OPTIONS
-    if not storable(st, options, penalty, family):
-        return (_fit_blocks_cpu if large else _fit_blocks)(*args, start, penalty, family, max_iter)
-    return (_PRECOMPILED_LARGE if large else _PRECOMPILED)(*args, start, penalty, family, max_iter)
+    program = _PRECOMPILED if storable(st, options, penalty, family) else _PRECOMPILED.jitted
+    return program(*args, start, penalty, family, max_iter)
 
 
 def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> bool:
@@ -131,16 +129,5 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
     return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
 
-# XLA's CPU compiler spends about half of a single fit's compilation (0.9 of 1.8 s for
-# sleepstudy, 0.7 of 1.9 s for InstEval) in its newer fusion emitters.  The older ones
-# compile faster and run InstEval's fit 10% faster, but run sleepstudy's 20% slower
-# (as they do vmapped batches).  So large single fits on CPU (BFGS, m > BFGS_ABOVE:
-# compilation is much of their first fit) use the older emitters.  Both are kept on
-# disk (:mod:`jaxhlm.precompiled`), so their compilation is paid once per machine.
-LARGE_FIT_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 _STATIC = (1, 2, 3, 5, 6)
-_fit_blocks = jax.jit(_fit_program, static_argnums=_STATIC)
-_fit_blocks_cpu = jax.jit(_fit_program, static_argnums=_STATIC, compiler_options=LARGE_FIT_CPU_OPTIONS)
-_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks")
-_PRECOMPILED_LARGE = Precompiled(_fit_program, _STATIC, "fit_blocks_large",
-                                 compiler_options=LARGE_FIT_CPU_OPTIONS)
+_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS)

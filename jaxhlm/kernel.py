@@ -152,7 +152,7 @@ def dense_parts(M: jnp.ndarray, mr: int, p: int):
 
 
 def _dense_fwd(M, mr, p):
-    L = cholesky(M)
+    L = cholesky(M, dense=True)
     m = M.shape[0]
     log_d = jnp.log(jnp.diagonal(L))
     out = (lax.stop_gradient(L), 2.0 * jnp.sum(log_d[:mr]), 2.0 * jnp.sum(log_d[mr:mr + p]),
@@ -168,7 +168,7 @@ def _dense_bwd(mr, p, L, cts):
         return (jnp.reshape(c_pw, (1, 1)).astype(L.dtype),)
     Lk = L[:k, :k]
     N = inv_from_cholesky(Lk)                           # M_RX^{-1}
-    x = solve_upper_t(Lk, L[k, :k, None])[:, 0]        # M_RX^{-1} M_RX,y
+    x = solve_upper_t(Lk, L[k, :k, None], dense=True)[:, 0]   # M_RX^{-1} M_RX,y
     if p:
         corr = N[:, mr:] @ jnp.linalg.solve(N[mr:, mr:], N[mr:, :])
         Rinv = (N - corr).at[mr:, :].set(0.0).at[:, mr:].set(0.0)  # M_RR^{-1}, padded
@@ -280,7 +280,7 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b = [b1]
 
     Lx = L[mr:mr + p, mr:mr + p]
-    Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype)) if p else Lx
+    Lx_inv = solve_lower(Lx, jnp.eye(p, dtype=L.dtype), dense=True) if p else Lx
     vcov = sigma2 * Lx_inv.T @ Lx_inv
 
     # Term 1: V_j = K_j + K_j lambda_1' (sum_pairs a_a G~[r_a, r_b] a_b') lambda_1 K_j,
@@ -315,7 +315,7 @@ def _spherical_modes(f: Factor, lams, blocks: Blocks, st: Structure):
     """beta-hat, the spherical modes u_1 (ell_1, p_1) and u_rest (flat), and b_rest."""
     m, mr = st.m, st.m_rand
     L = f.L
-    x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None])[:, 0] if m > 1
+    x = (solve_upper_t(L[:m - 1, :m - 1], L[m - 1, :m - 1, None], dense=True)[:, 0] if m > 1
          else jnp.zeros((0,), L.dtype))      # nothing but term 1 and y (a GLMM's beta given)
     u_rest, beta = x[:mr], x[mr:]
     b_rest = rest_b(u_rest, lams, st)

@@ -1,11 +1,14 @@
 """Cholesky factors and triangular solves over the last two axes.
 
 Mixed models need many tiny factorizations (one p x p block per level of the first
-grouping factor, p = 1 or 2 mostly) and one dense one.  For n <= ``UNROLL`` the
-factorization is written out element by element in jnp operations: it batches over
-leading axes and under ``vmap`` as plain vectorised arithmetic, which is far faster
-than a LAPACK call per block, and differentiates to any order.  Larger matrices use
-``jax.lax.linalg`` (LAPACK on CPU, cuSOLVER on GPU).
+grouping factor, p = 1 or 2 mostly) and one dense one.  For n <= :data:`UNROLL` the
+factorization is written out element by element in jnp operations:
+it batches over leading axes and under ``vmap`` as plain vectorised arithmetic, which is
+far faster than a LAPACK call per block, and differentiates to any order.  Larger
+matrices use ``jax.lax.linalg`` (LAPACK on CPU, cuSOLVER on GPU).  A single dense
+matrix (``dense=True``: the rest's matrix after term 1, a Hessian) is written out only
+up to :data:`DENSE_UNROLL`: written out, an n x n factor is O(n^3) operations in the program,
+which XLA compiles slowly and which buys nothing when there is one matrix per fit.
 
 A matrix that is not positive definite gives NaN (the square root of a negative
 pivot), never an exception: callers turn NaN into a status code.
@@ -17,14 +20,29 @@ import jax.numpy as jnp
 from jax import lax
 
 UNROLL = 8
+"""Blocks (one per level, on leading axes) up to this size are factored written out."""
+
+DENSE_UNROLL = 3
+"""A single dense matrix is factored written out only up to this size, else by LAPACK.
+Penicillin's fit (an 8 x 8 rest's matrix), empty compilation cache, 2-core CPU: tracing
+and lowering 1.9 -> 1.1 s, XLA 3.8 -> 1.6 s; its vmapped chunk of 128 refits: XLA
+7.1-8.9 -> 2.0-2.9 s, the warm chunk unchanged (16.6-18.6 against 16.6-16.7 ms).  At
+3 x 3 (sleepstudy) LAPACK saved no compilation and ran the chunk slower
+(``benchmarks/probes/unroll.py``)."""
+
 HALVE_ABOVE = 256
 
 
-def cholesky(a: jnp.ndarray) -> jnp.ndarray:
+def _written_out(n: int, dense: bool) -> bool:
+    return n <= (DENSE_UNROLL if dense else UNROLL)
+
+
+def cholesky(a: jnp.ndarray, dense: bool = False) -> jnp.ndarray:
     """Lower Cholesky factor L of symmetric positive definite ``a`` (L L' = a); NumPy's
-    ``np.linalg.cholesky``.  Only the lower triangle of ``a`` is read."""
+    ``np.linalg.cholesky``.  Only the lower triangle of ``a`` is read.  ``dense``: ``a``
+    is one matrix per fit, not blocks (written out only up to :data:`DENSE_UNROLL`)."""
     n = a.shape[-1]
-    if n > UNROLL:
+    if not _written_out(n, dense):
         return lax.linalg.cholesky(a, symmetrize_input=False)
     cols: list[list[jnp.ndarray]] = [[None] * n for _ in range(n)]
     for j in range(n):
@@ -39,10 +57,10 @@ def cholesky(a: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(rows, axis=-2)
 
 
-def solve_lower(l: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+def solve_lower(l: jnp.ndarray, b: jnp.ndarray, dense: bool = False) -> jnp.ndarray:
     """Solve L x = b for lower-triangular L; ``b`` has shape (..., n, k)."""
     n = l.shape[-1]
-    if n > UNROLL:
+    if not _written_out(n, dense):
         return lax.linalg.triangular_solve(l, b, left_side=True, lower=True)
     xs: list[jnp.ndarray] = []
     for i in range(n):
@@ -53,10 +71,10 @@ def solve_lower(l: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.stack(xs, axis=-2)
 
 
-def solve_upper_t(l: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+def solve_upper_t(l: jnp.ndarray, b: jnp.ndarray, dense: bool = False) -> jnp.ndarray:
     """Solve L' x = b for lower-triangular L (back substitution); ``b``: (..., n, k)."""
     n = l.shape[-1]
-    if n > UNROLL:
+    if not _written_out(n, dense):
         return lax.linalg.triangular_solve(l, b, left_side=True, lower=True, transpose_a=True)
     xs: list[jnp.ndarray] = [None] * n
     for i in reversed(range(n)):
@@ -78,7 +96,7 @@ def _triangular_inverse(l: jnp.ndarray) -> jnp.ndarray:
     (a triangular solve with the identity)."""
     n = l.shape[-1]
     if n <= HALVE_ABOVE:
-        return solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape))
+        return solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape), dense=True)
     h = n // 2
     a = _triangular_inverse(l[..., :h, :h])
     c = _triangular_inverse(l[..., h:, h:])

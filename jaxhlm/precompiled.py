@@ -131,20 +131,52 @@ def _leaf_spec(leaf) -> tuple:
     return (leaf.shape, leaf.dtype.str, getattr(leaf, "weak_type", False))
 
 
+OLDER_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
+"""XLA's older CPU emitters, for the programs that work on cross-product blocks (an LMM's
+fits, its batches' chunks, the simulator and the inference programs): XLA compiles them
+in about half the time and runs them about as fast.  Empty compilation cache, 2-core CPU,
+jax 0.9.2 (``benchmarks/probes/unroll.py``, ``benchmarks/README.md``, "Compilation"):
+
+- a single fit: XLA 2.0-2.7 s -> 1.0-1.5 s (sleepstudy, Penicillin, Pastes), warm fit
+  0.7-1.3 ms either way;
+- a chunk of 128 bootstrap refits: XLA 1.9-3.6 s -> 1.8-2.4 s; warm chunk, alternating
+  in one process: sleepstudy 21 against 22 ms, Penicillin 23 against 21 ms, Pastes 27
+  against 34 ms;
+- the first Kenward-Roger table of Exam: 3.5-4.1 s -> 2.4-2.7 s.
+
+A GLMM's programs keep the newer emitters: PIRLS works on the rows, and VerbAgg's warm
+fit ran 35% slower with the older ones."""
+
+
 class Precompiled:
     """``jitted(*args)`` through an in-memory and an on-disk store of compiled programs.
 
     Calling this object returns what ``jax.jit(fun, static_argnums=static_argnums,
-    **jit_options)(*args)`` returns (that function is :attr:`jitted`).
+    compiler_options=...)(*args)`` returns (that function is :attr:`jitted`), with XLA
+    compiler options ``cpu_options`` on a CPU backend only (e.g. :data:`OLDER_EMITTERS`).
     """
 
-    def __init__(self, fun, static_argnums: tuple[int, ...], name: str, **jit_options):
+    def __init__(self, fun, static_argnums: tuple[int, ...], name: str, *,
+                 cpu_options: dict | None = None):
         self.fun = fun
         self.static_argnums = tuple(static_argnums)
         self.name = name
-        self.jit_options = jit_options
-        self.jitted = jax.jit(fun, static_argnums=self.static_argnums, **jit_options)
+        self.cpu_options = dict(cpu_options or {})
+        self._jits: dict = {}
         self._memory: dict = {}
+
+    def _jit(self, fun):
+        options = self.cpu_options if jax.default_backend() == "cpu" else {}
+        return jax.jit(fun, static_argnums=self.static_argnums,
+                       **({"compiler_options": options} if options else {}))
+
+    @property
+    def jitted(self):
+        """``jax.jit`` of the program with this backend's compiler options (not stored)."""
+        backend = jax.default_backend()
+        if backend not in self._jits:
+            self._jits[backend] = self._jit(self.fun)
+        return self._jits[backend]
 
     def for_structure(self, st):
         """This program, stored, for a structure of jaxhlm's own covariances; else JAX's
@@ -184,7 +216,7 @@ class Precompiled:
             return fun(*args)
 
         program.__name__ = program.__qualname__ = f"{self.name}_{file_key[:16]}"
-        return jax.jit(program, static_argnums=self.static_argnums, **self.jit_options)
+        return self._jit(program)
 
     def _load_or_compile(self, key, args):
         from jax.experimental import serialize_executable

@@ -171,7 +171,7 @@ def test_a_large_fit_is_stored_too(tmp_path):
     assert first["m"] > 200 and first["pairs"] == 0 and first["traces"] >= 1
     assert first["status"] == "converged"
     names = {p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir()}
-    assert "fit_blocks_large" in names
+    assert "fit_blocks" in names
     second = run(230, 209)
     assert second["traces"] == 0 and second["status"] == "converged"
 

@@ -53,8 +53,8 @@ import jaxhlm, numpy as np
 from jaxhlm import fitting
 m = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy"))
 for reml in (True, False):   # the programs under jax.jit's own name, as an older jaxhlm compiled them
-    fitting._fit_blocks(m.bucketed.blocks, m.bucketed.structure, reml, fitting.Options(),
-                        np.asarray(m.theta_start), None, fitting.GAUSSIAN, None)
+    fitting._PRECOMPILED.jitted(m.bucketed.blocks, m.bucketed.structure, reml, fitting.Options(),
+                                np.asarray(m.theta_start), None, fitting.GAUSSIAN, None)
 """
 
 

@@ -124,11 +124,11 @@ def draw_ranef(key: jax.Array, theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp
     mr, p = st.m_rand, st.p
     k_rest, k_1 = jax.random.split(key)
     if mr:
-        Lr = cholesky(M[:mr, :mr])
+        Lr = cholesky(M[:mr, :mr], dense=True)
         My = M[:mr, -1] - M[:mr, mr:mr + p] @ beta
-        mean = solve_upper_t(Lr, solve_lower(Lr, My[:, None]))[:, 0]
+        mean = solve_upper_t(Lr, solve_lower(Lr, My[:, None], dense=True), dense=True)[:, 0]
         z = jax.random.normal(k_rest, (mr, 1), beta.dtype)
-        u_rest = mean + sigma * solve_upper_t(Lr, z)[:, 0]
+        u_rest = mean + sigma * solve_upper_t(Lr, z, dense=True)[:, 0]
     else:
         u_rest = jnp.zeros((0,), beta.dtype)
     b_rest = rest_b(u_rest, lams, st)

@@ -47,7 +47,7 @@ from jax import lax
 from ..blocks import Blocks
 from ..errors import JaxhlmError
 from ..kernel import smooth_parts
-from ..precompiled import Precompiled
+from ..precompiled import OLDER_EMITTERS, Precompiled
 from ..structure import Structure
 
 BOUNDARY_FLOOR = 1e-6
@@ -115,7 +115,7 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
     return Phi, 0.5 * (PhiA + PhiA.T), P, W
 
 
-_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger")
+_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger", cpu_options=OLDER_EMITTERS)
 
 
 def linear_parameters(sigma: float, lams, st: Structure) -> np.ndarray:
@@ -136,7 +136,7 @@ def adjusted_many(gamma, blocks: Blocks, st: Structure, axes: tuple):
     return jax.vmap(lambda g, b: adjusted(g, b, st), in_axes=(0, Blocks(*axes)))(gamma, blocks)
 
 
-_ADJUSTED_MANY = Precompiled(adjusted_many, (2, 3), "kenward_roger_many")
+_ADJUSTED_MANY = Precompiled(adjusted_many, (2, 3), "kenward_roger_many", cpu_options=OLDER_EMITTERS)
 
 
 def _check(result_reml: bool, st: Structure) -> None:

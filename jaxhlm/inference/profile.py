@@ -44,7 +44,7 @@ from ..errors import JaxhlmError
 from ..families.gaussian import LOG_2PI
 from ..kernel import dense_parts, factorize_at, rest_matrix
 from ..linalg import log_diag_sum
-from ..precompiled import Precompiled
+from ..precompiled import OLDER_EMITTERS, Precompiled
 from ..structure import Structure
 from ..tables import lme4_variance_names as variance_names
 
@@ -98,8 +98,9 @@ def fixed_deviance(theta, blocks, st: Structure, keep, j, f):
             + n * (1.0 + LOG_2PI + jnp.log(pwrss / n)))
 
 
-_VARIANCE = Precompiled(jax.value_and_grad(variance_deviance), (2,), "profile_variance")
-_FIXED = Precompiled(jax.value_and_grad(fixed_deviance), (2,), "profile_fixed")
+_VARIANCE = Precompiled(jax.value_and_grad(variance_deviance), (2,), "profile_variance",
+                        cpu_options=OLDER_EMITTERS)
+_FIXED = Precompiled(jax.value_and_grad(fixed_deviance), (2,), "profile_fixed", cpu_options=OLDER_EMITTERS)
 
 
 # ---------------------------------------------------------------- the profiler

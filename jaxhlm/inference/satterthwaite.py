@@ -43,7 +43,7 @@ from jax.scipy.linalg import solve_triangular
 from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
 from ..kernel import smooth_parts
-from ..precompiled import Precompiled
+from ..precompiled import OLDER_EMITTERS, Precompiled
 from ..residual.whiten import blocks_at
 from ..structure import Structure
 
@@ -110,7 +110,7 @@ def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
     return 2.0 * variance ** 2 / jnp.einsum("ka,ab,kb->k", g, A, g), variance
 
 
-_PARTS = Precompiled(parts, (2, 3), "satterthwaite")
+_PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS)
 
 
 def f_denominator_df(nu: np.ndarray) -> float:
@@ -131,7 +131,7 @@ def parts_many(phi, blocks: Blocks, st: Structure, axes: tuple, reml: bool):
     return jax.vmap(lambda ph, b: parts(ph, b, st, reml), in_axes=(0, Blocks(*axes)))(phi, blocks)
 
 
-_PARTS_MANY = Precompiled(parts_many, (2, 3, 4), "satterthwaite_many")
+_PARTS_MANY = Precompiled(parts_many, (2, 3, 4), "satterthwaite_many", cpu_options=OLDER_EMITTERS)
 
 
 class Satterthwaite:

@@ -54,8 +54,8 @@ def spd_direction(g, H):
     few unrolled operations (:mod:`jaxhlm.linalg`), not an eigendecomposition, which
     under vmap costs a batch's program about 0.5 s of compilation (sleepstudy, chunks of
     128).  Where the factor fails (H numerically indefinite), steepest descent."""
-    L = cholesky(H)
-    d = -solve_upper_t(L, solve_lower(L, g[:, None]))[:, 0]
+    L = cholesky(H, dense=True)
+    d = -solve_upper_t(L, solve_lower(L, g[:, None], dense=True), dense=True)[:, 0]
     ok = jnp.all(jnp.isfinite(d)) & (jnp.dot(g, d) < 0)
     d = jnp.where(ok, d, -g)
     return d, -jnp.dot(g, d)
