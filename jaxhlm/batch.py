@@ -394,7 +394,7 @@ def fit_datasets(formula: str, datasets, reml: bool = True, *, batch_size: int |
     fixed-effect columns or random terms than data set 0, raises
     :class:`jaxhlm.errors.DataError` (or ``FormulaError``) naming its index.  The batch is
     sharded across devices and chunked as in :func:`fit_many`; results do not depend on
-    ``batch_size``.
+    ``batch_size`` beyond rounding (another chunk size is another compiled program).
     """
     stacked = stack(formula, list(datasets), buckets)
     axes = Blocks(*[0] * len(Blocks._fields))

@@ -45,6 +45,7 @@ import numpy as np
 
 from .blocks import Pattern, values
 from .kernel import estimates, factorize_smooth, modes
+from .optimize.loop import batched_as
 from .structure import Structure
 
 PIRLS_TOL = 1e-10
@@ -163,7 +164,7 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
         worse = lambda h: (h[1] > pdev + PIRLS_TOL * (1.0 + jnp.abs(pdev))) & (h[2] < PIRLS_HALVINGS)  # noqa: E731
         half = lambda h: (h[0] / 2, dev_at(h[0] / 2), h[2] + 1)  # noqa: E731
         one = jnp.asarray(1.0, eta.dtype)
-        t, dev, _ = jax.lax.while_loop(worse, half, (one, dev_at(one), jnp.asarray(0)))
+        t, dev, _ = jax.lax.while_loop(worse, half, batched_as((one, dev_at(one), jnp.asarray(0)), pdev))
         return (*at(t), dev, it + 1, pdev)
 
     def going(s):
@@ -171,7 +172,8 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
         change = ~(jnp.abs(pdev - last) <= PIRLS_TOL * (1.0 + jnp.abs(pdev)))
         return (it < 2) | (change & (it < PIRLS_MAX_ITER))
 
-    eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, (eta0, beta0, u0, pdev0, jnp.asarray(0), inf))
+    init = batched_as((eta0, beta0, u0, pdev0, jnp.asarray(0), inf), eta0)
+    eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, init)
     if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents
         eta, beta_c, *_ = _step(eta, theta_d, beta_d if not beta_inside else beta_c, data, st, family, beta_inside)
     eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_d if not beta_inside else beta_c,

@@ -34,13 +34,15 @@ def test_thousand_vmapped_fits_complete_and_match_looped(sleepstudy):
     ("strength ~ 1 + (1 | batch/cask)", "Pastes"),
 ])
 def test_batched_equals_looped_and_chunking_does_not_matter(formula, dataset):
-    """Every field of a batch equals a single fit; chunk size changes nothing."""
+    """Every field of a batch equals a single fit; chunk size changes nothing but rounding
+    (chunks of 16 and of 5 are two compiled programs, and XLA's CPU code may vectorise
+    their batch axes differently: sleepstudy's objectives differed by 1.3e-14 relative)."""
     df = jaxhlm.datasets.load(dataset)
     res = jaxhlm.LMM(formula, df).fit()
     Y = res.simulate(12, seed=3)
     whole = res._model.fit_many(Y)
     chunked = res._model.fit_many(Y, batch_size=5)
-    np.testing.assert_array_equal(whole.objective, chunked.objective)
+    np.testing.assert_allclose(whole.objective, chunked.objective, rtol=1e-12)
     response = formula.split("~")[0].strip()
     for i in range(len(Y)):
         single = jaxhlm.LMM(formula, df.assign(**{response: Y[i]})).fit()

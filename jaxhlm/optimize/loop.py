@@ -92,6 +92,19 @@ def _finite(*arrays):
     return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in arrays])
 
 
+def batched_as(tree, x):
+    """``tree`` unchanged, but computed from ``x``: under ``vmap`` every leaf is then
+    batched where ``x`` is.  For a ``lax.while_loop``'s initial carry: its batching rule
+    batches the whole body once per round of finding which carry becomes batched (an
+    iteration counter, a phase, a status that the batched data change), so a carry
+    batched from the start is found in one round: a chunk of 128 vmapped fits of a
+    120-row design traced in 0.75-0.85 s instead of 1.23-1.56 s, its XLA compilation and
+    warm run unchanged (2-core CPU, 2026-12-03)."""
+    same = jnp.reshape(x, (-1,))[0]
+    keep = same == same          # False for NaN: both branches are the same anyway
+    return jax.tree.map(lambda a: jnp.where(keep, a, a), tree)
+
+
 def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
              canonical: Callable[[jnp.ndarray], jnp.ndarray] = lambda x: x,
              snap_mask: jnp.ndarray | None = None, method="newton",
@@ -268,7 +281,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
                    G=jnp.zeros((2 * n if hessian else 0, n), dtype),
                    halvings=zero, phase=phase0,
                    iteration=zero, evaluations=zero, status=jnp.asarray(-1, jnp.int32))
-    s = lax.while_loop(lambda s: s.phase < done, body, state)
+    s = lax.while_loop(lambda s: s.phase < done, body, batched_as(state, x0))
     H = ()
     if hessian:
         H = (s.G[:n] - s.G[n:]) / (2 * hessian_steps(s.x)[:, None])
