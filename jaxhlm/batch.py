@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from . import tables
-from .blocks import Blocks, response_axes, with_responses
+from .blocks import Blocks, response_axes, response_products, with_products, with_responses
 from .fitting import Options, fit_blocks, storable
 from . import padding
 from .padding import ladder
@@ -360,9 +360,17 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
         def take(index):
             rows = _whiten.with_responses(design, model.structure, Y[index])
             return rows, _whiten.response_axes(rows)
-    else:
+    elif np.isnan(Y).any():   # per-response blocks on each one's observed rows
         def take(index):
             many = with_responses(model.frame, model.structure, design, Y[index])
+            return padded.responses(many), response_axes(many)
+    else:   # the responses' products once (and one device: the padded design put there once)
+        products = response_products(model.frame, model.structure, Y)
+        if len(jax.devices()) == 1:
+            padded = dataclasses.replace(padded, blocks=jax.device_put(padded.blocks))
+
+        def take(index):
+            many = with_products(design, products, index)
             return padded.responses(many), response_axes(many)
 
     out = _fit_batch(take, B, padded.structure, starts, reml, options, batch_size, progress)

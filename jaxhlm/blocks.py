@@ -258,8 +258,6 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     missing values (NaN), each response gets its own full blocks, built on its observed
     rows (same shapes), and every field gains the leading axis.
     """
-    from scipy import sparse
-
     Y = np.atleast_2d(np.asarray(Y, dtype=float))
     B, n = Y.shape
     if n != frame.nobs:
@@ -268,6 +266,25 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     if not observed.all():  # rows missing in some response: full blocks per response
         per = [build(frame, np.where(o, yb, 0.0), o)[1] for yb, o in zip(Y, observed)]
         return Blocks(*[np.stack(f) for f in zip(*per)])
+    return with_products(blocks, response_products(frame, st, Y))
+
+
+class ResponseProducts(NamedTuple):
+    """What a response adds to a design's blocks, for B responses (no missing values):
+    Z_1'Wy (B, ell_1, p_1), [Z_rest X]'Wy (B, m - 1), y'Wy (B,), and the rows n."""
+
+    zy1: np.ndarray
+    ry: np.ndarray
+    yy: np.ndarray
+    nobs: int
+
+
+def response_products(frame: ModelFrame, st: Structure, Y: np.ndarray) -> ResponseProducts:
+    """The cross-products of B complete responses Y (B, n) with the design: one sparse
+    product each for all of them, O(n B) (:func:`with_products` makes blocks of them)."""
+    from scipy import sparse
+
+    B, n = Y.shape
     first = frame.terms[0]
     p1, ell1 = first.spec.p, first.spec.nlevels
     rows = np.repeat(np.arange(n), p1)
@@ -280,12 +297,19 @@ def with_responses(frame: ModelFrame, st: Structure, blocks: Blocks, Y: np.ndarr
     Yw = Y if frame.weights is None else Y * frame.weights   # W y
     zy1 = np.asarray((z1.T @ Yw.T).T).reshape(B, ell1, p1)
     ry = np.asarray((rest.T @ Yw.T).T)
-    yy = np.einsum("bi,bi->b", Yw, Y)
-    Arr = np.broadcast_to(blocks.Arr, (B,) + blocks.Arr.shape).copy()
+    return ResponseProducts(zy1, ry, np.einsum("bi,bi->b", Yw, Y), n)
+
+
+def with_products(blocks: Blocks, products: ResponseProducts, index=slice(None)) -> Blocks:
+    """The design's blocks with the responses' products at ``index`` (:func:`with_responses`
+    without missing values): the response fields gain a leading batch axis."""
+    zy1, ry, yy = products.zy1[index], products.ry[index], products.yy[index]
+    B = yy.shape[0]
+    Arr = np.broadcast_to(np.asarray(blocks.Arr), (B,) + blocks.Arr.shape).copy()
     Arr[:, -1, :-1] = ry
     Arr[:, :-1, -1] = ry
     Arr[:, -1, -1] = yy
-    return blocks._replace(zy1=zy1, Arr=Arr, nobs=np.full(B, float(n)))
+    return blocks._replace(zy1=zy1, Arr=Arr, nobs=np.full(B, float(products.nobs)))
 
 
 def response_axes(many: Blocks) -> Blocks:
