@@ -147,11 +147,9 @@ def pattern(frame: ModelFrame, pairs: bool | None = None) -> Pattern:
         per_level = np.bincount(coo_level, minlength=ell1)
         pairs = by_pairs(st, int(np.sum(per_level * (per_level + 1) // 2)))
     if pairs:
-        pair_a, pair_b = _pairs_sharing_level(coo_level, ell1)
+        pair_a, pair_b = _ordered_pairs_sharing_level(coo_level, ell1)
     else:
         pair_a = pair_b = np.zeros(0, dtype=np.int64)
-    upper = coo_row[pair_a] <= coo_row[pair_b]
-    pair_a, pair_b = pair_a[upper], pair_b[upper]
     pair_out = coo_row[pair_a] * (m - 1) + coo_row[pair_b]
     order = np.argsort(pair_out, kind="stable")
     pair_a, pair_b = pair_a[order], pair_b[order]
@@ -232,16 +230,14 @@ def without_pairs(blocks: Blocks) -> Blocks:
                            pair_val=blocks.pair_val[:0], pair_rand=blocks.pair_rand[:0])
 
 
-def _pairs_sharing_level(level: np.ndarray, nlevels: int) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs (a, b) of entries with ``level[a] == level[b]`` (vectorised)."""
-    order = np.argsort(level, kind="stable")
-    counts = np.bincount(level, minlength=nlevels)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    c = counts[level[order]]                      # group size of each sorted entry
-    a = np.repeat(order, c)
-    first = np.repeat(starts[level[order]], c)    # start of the partner's group
-    offset = np.arange(a.size) - np.repeat(np.cumsum(c) - c, c)
-    b = order[first + offset]
+def _ordered_pairs_sharing_level(level: np.ndarray, nlevels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (a, b), a <= b, of entries with ``level[a] == level[b]``, for entries
+    sorted by level (the COO entries, sorted by level, then row: so row[a] <= row[b]),
+    in order of a, then b (vectorised)."""
+    ends = np.cumsum(np.bincount(level, minlength=nlevels))
+    c = ends[level] - np.arange(level.size)       # partners b >= a in a's level
+    a = np.repeat(np.arange(level.size), c)
+    b = a + (np.arange(a.size) - np.repeat(np.cumsum(c) - c, c))
     return a, b
 
 
