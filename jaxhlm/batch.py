@@ -61,8 +61,11 @@ its whole chunk for 100+ steps while the median fit needs under 10)."""
 
 
 def _fit_chunk_program(blocks, theta0, max_iter, st, reml, options, axes):
-    return jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter),
-                    in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
+    out = jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter),
+                   in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
+    # A batch keeps no conditional modes (b, their covariances): left out of the outputs,
+    # they are left out of the compiled program.
+    return out._replace(cond=out.cond._replace(b=[], b_var=[]))
 
 
 _STATIC_CHUNK = (3, 4, 5, 6)
