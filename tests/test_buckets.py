@@ -231,3 +231,18 @@ def test_warmup_with_inference_prepares_the_tests_and_profile_of_the_bucket(slee
     res = jaxhlm.LMM(F, sleepstudy[sleepstudy.Subject.astype(str).isin(keep[1:])]).fit()
     res.coef_table("satterthwaite"), res.coef_table("kenward-roger"), res.confint("profile")
     assert [len(p._memory) for p in programs] == before
+
+
+@pytest.mark.parametrize("formula,name", [("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+                                          ("diameter ~ 1 + (1 | plate) + (1 | sample)", "Penicillin")])
+def test_simulated_responses_do_not_depend_on_the_padding(formula, name, monkeypatch):
+    """The simulator draws on the bucket's padded rows and levels; each draw depends on the
+    key and its own index alone (batch._simulate_one), so the responses equal those drawn
+    without padding (to rounding: the two programs differ in shape)."""
+    res = jaxhlm.LMM(formula, jaxhlm.datasets.load(name)).fit()
+    model = res._model
+    assert (padding.count(model.nobs) != model.nobs
+            or padding.sizes(model.structure, 0, 0)[0] != model.structure)          # really padded
+    padded = res.simulate(5, seed=4)
+    monkeypatch.setattr(padding, "ENABLED", False)
+    np.testing.assert_allclose(res.simulate(5, seed=4), padded, rtol=1e-13)

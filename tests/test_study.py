@@ -129,7 +129,7 @@ def test_simulate_reproduces_the_fitted_models_simulate(sleepstudy, monkeypatch)
     np.testing.assert_allclose(got, want, rtol=1e-14)
     from jaxhlm import batch as batch_module
 
-    monkeypatch.setattr(batch_module, "SIMULATE_ELEMENTS", 3 * res.nobs)  # chunks of 3 rows, the last padded
+    monkeypatch.setattr(batch_module, "SIMULATE_ELEMENTS", 6 * res.nobs)  # chunks of 2-3 responses, the last padded
     np.testing.assert_allclose(designs.simulate(res._model, res.fixef.to_numpy(), res.theta,
                                                 res.sigma, jax.random.key(5), [6, 2]), want[[6, 2]],
                                rtol=1e-14)
