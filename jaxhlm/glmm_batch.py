@@ -68,7 +68,7 @@ class GLMMBatchResult(BatchResult):
 def _fit_chunk_program(Y, starts, fresh, hessian0, max_iter, data, st, family, nagq):
     """vmapped fits of the responses Y, each from its row of ``starts`` or, where ``fresh``,
     from the default start (computed only when some fit of the chunk needs it), BFGS from
-    ``hessian0`` (a refit's: the original fit's; not finite: probed); at most ``max_iter``
+    ``hessian0`` (a refit's: the original fit's; None: probed); at most ``max_iter``
     iterations (an argument: both passes of :func:`fit_many` run this one program)."""
     def default_starts():
         default = jax.vmap(lambda y: default_start(data._replace(y=y), st, family, nagq))(Y)
@@ -91,7 +91,7 @@ def _run_chunks(model, Y, starts, fresh, hessian0, nagq, max_iter, size, progres
 
     def dispatch(index):
         return program(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
-                       jnp.asarray(hessian0), np.int64(max_iter), model.data, model.structure,
+                       hessian0, np.int64(max_iter), model.data, model.structure,
                        model.family, nagq)
 
     return run_chunks(dispatch, jax.device_get, Y.shape[0], size, progress)
@@ -132,7 +132,10 @@ def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0
     k = model.structure.ntheta + (model.structure.p if nagq else 0)
     fresh = np.full(B, start is None)
     starts = np.zeros((B, k)) if start is None else np.broadcast_to(np.asarray(start, float), (B, k))
-    hessian0 = np.full((k, k), np.nan) if hessian0 is None else np.asarray(hessian0, float)
+    if hessian0 is not None:
+        hessian0 = np.asarray(hessian0, float)
+        if hessian0.shape != (k, k) or not np.all(np.isfinite(hessian0)):
+            hessian0 = None   # probed per fit
     # Vmapped fits step together until the slowest is done: a first pass of at most
     # STRAGGLER_AFTER iterations, then the few fits still running go on in chunks of their own.
     first = min(max_iter, STRAGGLER_AFTER)

@@ -46,7 +46,8 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     vcov(beta), the status (:func:`status`) and the deviance's Hessian at the optimum (for
     nagq >= 1; a refit starts its BFGS from it).  ``start``: x0 = (theta, beta) (theta for
     nagq=0), or None for lme4's start (:func:`default_start`);
-    ``hessian0``: BFGS's starting Hessian, or None (or not finite) to probe one at x0.
+    ``hessian0``: BFGS's starting Hessian (the program then holds no probing phases), or
+    None to probe one at x0.
 
     With beta given (nagq >= 1), PIRLS starts warm: every evaluation from the modes b of
     the last accepted point (:func:`jaxhlm.optimize.minimize`'s ``warm``), and the
@@ -60,7 +61,8 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
         g0, _ = objective_fn(data, st, family, True)
         opt = minimize(lambda x: g0(x, None)[0], start, canonical=st.canonical,
-                       snap_mask=scales, method="bfgs", max_iter=max_iter, hessian0=hessian0)
+                       snap_mask=scales, method="bfgs", max_iter=max_iter, hessian0=hessian0,
+                       probe=hessian0 is None)
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
         return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family), jnp.zeros((nt, nt), start.dtype)
     # Laplace or AGQ: (theta, beta) together
@@ -69,6 +71,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     mask = jnp.concatenate([scales, jnp.zeros(st.p, bool)])
     opt = minimize(lambda x, warm: g1(x, warm[0]), start, canonical=canonical, snap_mask=mask,
                    method="bfgs", max_iter=max_iter, warm=zero_modes(st, start.dtype), hessian0=hessian0,
+                   probe=hessian0 is None,
                    hessian=True, hessian_step=HESSIAN_STEP)
     theta, beta = opt.x[:nt], opt.x[nt:]
     m = at_mode(theta, beta, *opt.warm, data, st, family)    # PIRLS's mode at the optimum

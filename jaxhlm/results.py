@@ -69,6 +69,7 @@ class LMMResult(InformationCriteria):
     _options: Any = dataclasses.field(repr=False)
     _lams: Any = dataclasses.field(repr=False)   # lambda_k per term at theta-hat
     prior: Any = None  # the penalty of a posterior-mode fit (jaxhlm.bayes.priors), else None
+    _curvature: Any = dataclasses.field(default=None, repr=False)  # the optimiser's Hessian model at theta-hat
 
     @property
     def _method(self) -> str:
@@ -148,7 +149,8 @@ class LMMResult(InformationCriteria):
             status=int(opt.status), iterations=int(opt.iterations),
             evaluations=int(opt.evaluations), gradient=np.asarray(opt.grad, dtype=float),
             dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
-            _options=options, _lams=[np.asarray(lam) for lam in out.lams], prior=prior)
+            _options=options, _lams=[np.asarray(lam) for lam in out.lams], prior=prior,
+            _curvature=np.asarray(opt.curvature, dtype=float))
 
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
         """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``);
@@ -157,9 +159,11 @@ class LMMResult(InformationCriteria):
 
     def bootstrap(self, nsim: int, seed: int = 0, *, batch_size: int | None = None, progress: bool = False):
         """Parametric bootstrap: simulate and refit ``nsim`` times (lme4's ``bootMer``),
-        each refit starting at this fit's theta, as lme4's ``refit`` does."""
+        each refit starting at this fit's theta, as lme4's ``refit`` does (and BFGS from
+        this fit's Hessian of the criterion, which spares each refit its probing steps)."""
         return bootstrap(self._model, self.fixef.to_numpy(), self.theta, self.sigma, self.reml,
-                         nsim, seed, batch_size=batch_size, options=self._options, progress=progress)
+                         nsim, seed, batch_size=batch_size, options=self._options, progress=progress,
+                         hessian0=self._curvature)
 
     def coef_table(self, ddf: str = "satterthwaite") -> pd.DataFrame:
         """The fixed effects' t tests, indexed by coefficient: Estimate, Std. Error, df,

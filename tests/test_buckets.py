@@ -128,12 +128,14 @@ def _run(cache, subjects, extra=""):
 
 
 def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path):
-    """Fit, simulate and the batched refits are stored by the first process (18 subjects)
-    and loaded by the second (17 subjects, same bucket): nothing traced."""
+    """Fit, simulate and the batched fits (two chunk programs: ``fit_many``'s, whose fits
+    probe their starting Hessians, and the bootstrap's, whose refits start from the fit's)
+    are stored by the first process (18 subjects) and loaded by the second (17 subjects,
+    same bucket): nothing traced."""
     first = _run(tmp_path, 18)
     assert first["traces"] >= 2 and first["simulate"] == 1
     names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
-    assert names == ["fit_blocks", "fit_chunk", "simulate"]
+    assert names == ["fit_blocks", "fit_chunk", "fit_chunk", "simulate"]
     second = _run(tmp_path, 17)
     assert second["traces"] == 0 and second["simulate"] == 0
     again = _run(tmp_path, 18)

@@ -133,3 +133,29 @@ def test_final_hessian_warm_start_and_given_starting_hessian(method):
         probed = minimize(rosen, x0, method=method, hessian0=jnp.full((3, 3), jnp.nan))
         np.testing.assert_allclose(given.x, probed.x, atol=1e-6)
         assert int(given.evaluations) < int(probed.evaluations)
+        # without probing phases in the program: the same iterates
+        unprobed = jax.jit(lambda x0, H: minimize(rosen, x0, method=method, hessian0=H, probe=False))(
+            x0, jax.hessian(rosen)(x0))
+        np.testing.assert_allclose(unprobed.x, given.x, rtol=1e-12, atol=1e-14)
+        assert int(unprobed.evaluations) == int(given.evaluations)
+
+
+@pytest.mark.parametrize("method", ["newton", "bfgs", "lbfgs"])
+def test_curvature_is_the_strategy_hessian_folded(method):
+    """``Minimum.curvature``: Newton's finite-difference Hessian at the end point (to its
+    O(1e-6) error), BFGS's positive definite model, NaN for L-BFGS; after the fold into
+    the canonical half-space (here x_0 -> |x_0|, f even in x_0) it is the folded point's,
+    S H S: the mixed derivative -4 x_0 changes sign with x_0."""
+    f = lambda x: (x[0] ** 2 - 2.0) ** 2 + (x[1] - x[0] ** 2) ** 2  # noqa: E731
+    out = minimize(f, jnp.array([-1.0, 0.5]), method=method, canonical=lambda x: x.at[0].set(jnp.abs(x[0])))
+    assert int(out.status) == Status.CONVERGED
+    np.testing.assert_allclose(out.x, [np.sqrt(2.0), 2.0], rtol=1e-6)
+    H = jax.hessian(f)(out.x)
+    if method == "newton":
+        np.testing.assert_allclose(out.curvature, H, rtol=1e-5, atol=1e-5)
+    elif method == "bfgs":
+        np.testing.assert_allclose(out.curvature, out.curvature.T, rtol=1e-12)
+        assert np.all(np.linalg.eigvalsh(out.curvature) > 0)
+        assert np.sign(out.curvature[0, 1]) == np.sign(H[0, 1])
+    else:
+        assert np.all(np.isnan(out.curvature))

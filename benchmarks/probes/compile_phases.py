@@ -2,10 +2,13 @@
 refits (BFGS), traced, lowered and compiled by XLA; then the warm run of the chunk
 (median of 15).  MODE replaces a part of the program to see its share:
 
-- ``full``: the program as it is;
+- ``full``: the program as ``fit_many`` runs it (each fit probes its starting Hessian);
 - ``objective-only``: only the vmapped criterion and its gradient, no optimiser;
 - ``quadratic-objective``: the whole loop around a quadratic stand-in for the criterion;
-- ``steepest``: BFGS's direction replaced by -g (no Cholesky solve, no eigendecomposition).
+- ``steepest``: BFGS's direction replaced by -g (no Cholesky solve, no eigendecomposition);
+- ``no-eigh``: the probed starting Hessian taken as it is (no eigendecomposition);
+- ``given-hessian``: BFGS from the fit's Hessian model, as the bootstrap's refits: no
+  probing phases in the program.
 
 ``OPTIONS`` (JSON) are XLA compiler options, e.g. '{"xla_cpu_use_fusion_emitters": false}'.
 
@@ -37,6 +40,7 @@ axes = tuple(response_axes(many))
 starts = np.broadcast_to(res.theta, (B, model.structure.ntheta))
 st = padded.structure
 
+hessian0 = None
 if mode == "objective-only":
     one = lambda th, b: jax.value_and_grad(lambda t: gaussian.objective(t, b, st, True))(th)  # noqa: E731
     program = jax.jit(jax.vmap(one, in_axes=(0, batch.Blocks(*axes))), compiler_options=options)
@@ -47,12 +51,16 @@ else:
             lambda th, b, st, reml, penalty=None: jnp.sum((th - 1.0) ** 2) * b.Arr[-1, -1])
     elif mode == "steepest":
         bfgs.spd_direction = lambda g, H: (-g, jnp.dot(g, g))
+    elif mode == "no-eigh":
+        bfgs.positive = lambda H: H
+    elif mode == "given-hessian":
+        hessian0 = res._curvature
     elif mode != "full":
         sys.exit(f"unknown mode {mode!r}")
     jitted = jax.jit(batch._fit_chunk_program, static_argnums=batch._STATIC_CHUNK, compiler_options=options)
     program = lambda *a: jitted(*a, st, True, jaxhlm.Options(method="bfgs"), axes)  # noqa: E731
     program.lower = lambda *a: jitted.lower(*a, st, True, jaxhlm.Options(method="bfgs"), axes)
-    args = (many, starts, np.int64(200))
+    args = (many, starts, np.int64(200), hessian0)
 
 began = time.perf_counter()
 lowered = program.lower(*args)

@@ -57,7 +57,7 @@ many = padded.responses(with_responses(model.frame, model.structure, jax.device_
                                        res.simulate(B, seed=1)))
 axes = tuple(response_axes(many))
 chunk = phases(program(batch._fit_chunk_program, batch._STATIC_CHUNK),
-               (many, np.broadcast_to(res.theta, (B, model.structure.ntheta)), np.int64(200)),
+               (many, np.broadcast_to(res.theta, (B, model.structure.ntheta)), np.int64(200), None),
                (st, True, jaxhlm.Options(method="bfgs"), axes), 21)
 print(json.dumps({"model": name, "m": st.m, "dense_unroll": linalg.DENSE_UNROLL, "options": options,
                   "fit": dict(zip(("trace_lower_s", "xla_s", "warm_ms"), (*single[:2], 1e3 * single[2]))),

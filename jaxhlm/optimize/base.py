@@ -17,6 +17,8 @@ a strategy says
   Hessian there, or None); the loop keeps it only if the point is accepted;
 - ``direction(state, g)``: a descent direction d and the predicted decrease
   (-g'd, or more where a negative curvature is followed);
+- ``curvature(state)``: the state's Hessian model as an (n, n) matrix, or None for a
+  strategy without one (a refit's starting Hessian, ``Minimum.curvature``);
 - ``cost(n)``: gradient evaluations per loop step.
 
 Strategies are frozen dataclasses: static under jit, named in the key of compiled fits.

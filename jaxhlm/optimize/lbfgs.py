@@ -58,5 +58,8 @@ class LBFGS:
         d = state[1]
         return d, -jnp.dot(g, d)
 
+    def curvature(self, state):
+        return None
+
     def cost(self, n: int) -> int:
         return 1

@@ -59,6 +59,7 @@ class Minimum(NamedTuple):
     status: jnp.ndarray
     warm: Any = ()           # the warm start at x (``minimize``'s ``warm``)
     hessian: Any = ()        # the Hessian at x by central differences (``minimize``'s ``hessian``)
+    curvature: Any = ()      # the strategy's Hessian model at x, NaN without one (``minimize``)
 
 
 class _State(NamedTuple):
@@ -71,6 +72,7 @@ class _State(NamedTuple):
     alpha: jnp.ndarray        # current step length along d
     warm: Any                 # fun's warm start at x (``minimize``'s ``warm``)
     G: jnp.ndarray            # gradients at x + h_i e_i, then x - h_i e_i (``hessian``)
+    sign: jnp.ndarray         # the fold's signs (+-1 per coordinate; ones before it)
     halvings: jnp.ndarray
     phase: jnp.ndarray        # see the phases below
     iteration: jnp.ndarray
@@ -110,7 +112,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
              snap_mask: jnp.ndarray | None = None, method="newton",
              max_iter: int = 100, ftol: float = 1e-12, snap: float = 1e-4,
              max_halvings: int = 40, rel_step: float = 1e-6, warm=None,
-             hessian0: jnp.ndarray | None = None, hessian: bool = False,
+             hessian0: jnp.ndarray | None = None, probe: bool = True, hessian: bool = False,
              hessian_step: float = 1e-4) -> Minimum:
     """Minimise ``fun`` (see the module docstring); pure, for ``jax.jit`` and ``jax.vmap``.
 
@@ -124,7 +126,9 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     evaluation gets the warm start of the last accepted point (``Minimum.warm``: the
     optimum's).  ``hessian0``: a starting Hessian (probing strategies; a refit's from the
     original fit's optimum) used instead of probing one at x0, unless it is not finite
-    (then probed: under vmap each fit chooses).  ``hessian``: also the Hessian at the
+    (then probed: under vmap each fit chooses); with ``probe=False`` the program holds no
+    probing phases at all (smaller, and each step computes less under vmap), and a
+    ``hessian0`` that is not finite means the identity.  ``hessian``: also the Hessian at the
     end point (``Minimum.hessian``), by central differences of the gradient with steps
     h_j = ``hessian_step`` max(|x_j|, 1), symmetrised: 2n more steps of the loop, so the
     compiled program still holds one copy of the gradient (a separate vmapped Hessian
@@ -134,6 +138,10 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     gradient at one candidate point (Newton: with the n neighbours of the
     finite-difference Hessian, in one ``vmap``), so the compiled program holds a single
     copy of the gradient: compilation, which dominates short fits, stays small.
+
+    ``Minimum.curvature`` is the strategy's own Hessian model at the end point, at no cost
+    (``curvature`` of :mod:`jaxhlm.optimize.base`: Newton's finite differences at the last
+    accepted point, BFGS's update; NaN for L-BFGS), folded as x is: a refit's ``hessian0``.
     """
     strategy = STRATEGIES.get(method, method) if isinstance(method, str) else method
     if isinstance(strategy, str):
@@ -149,9 +157,10 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     if n == 0:   # nothing to optimise (a least-squares fit): the value at the empty point
         (f0, warm), _ = vg(x0, warm)
         return Minimum(x0, f0, x0, jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32),
-                       jnp.where(jnp.isfinite(f0), Status.CONVERGED, Status.NONFINITE).astype(jnp.int32), warm)
+                       jnp.where(jnp.isfinite(f0), Status.CONVERGED, Status.NONFINITE).astype(jnp.int32), warm,
+                       (), jnp.zeros((0, 0), dtype))
     mask = jnp.zeros(n, bool) if snap_mask is None else jnp.asarray(snap_mask)
-    probes = strategy.probes
+    probes = strategy.probes and (probe or hessian0 is None)
     after_snapping = n + 1
     done = 3 * n + 1 if hessian else after_snapping
 
@@ -177,7 +186,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
         """Leave phase 0: fold into the canonical half-space, then go snapping."""
         x = canonical(s.x)
         sign = jnp.where(s.x != 0, x / jnp.where(s.x != 0, s.x, 1.0), 1.0)
-        return s._replace(x=x, g=s.g * sign, phase=next_snap(x, 1), status=status.astype(jnp.int32))
+        return s._replace(x=x, g=s.g * sign, sign=sign, phase=next_snap(x, 1), status=status.astype(jnp.int32))
 
     def body(s: _State) -> _State:
         phase = s.phase
@@ -270,7 +279,10 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     zero = jnp.asarray(0, jnp.int32)
     aux0 = strategy.init(n, dtype)
     phase0 = jnp.asarray(-(n + 1) if probes else 0, jnp.int32)
-    if probes and hessian0 is not None:   # a given starting Hessian instead of the probes
+    if strategy.probes and not probes:    # a given starting Hessian, no probing phases
+        H0 = jnp.where(jnp.all(jnp.isfinite(hessian0)), hessian0, jnp.eye(n, dtype=dtype))
+        aux0 = strategy.start(aux0, 0.5 * (H0 + H0.T))
+    elif probes and hessian0 is not None:   # a given starting Hessian instead of the probes
         given = jnp.all(jnp.isfinite(hessian0))
         H0 = jnp.where(given, hessian0, jnp.eye(n, dtype=dtype))
         aux0 = select(given, strategy.start(aux0, 0.5 * (H0 + H0.T)), aux0)
@@ -278,7 +290,7 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     state = _State(x=x0, f=jnp.asarray(jnp.inf, dtype), g=jnp.zeros_like(x0),
                    aux=aux0, P=jnp.zeros((n, n), dtype), d=jnp.zeros_like(x0),
                    alpha=jnp.asarray(1.0, dtype), warm=warm,
-                   G=jnp.zeros((2 * n if hessian else 0, n), dtype),
+                   G=jnp.zeros((2 * n if hessian else 0, n), dtype), sign=jnp.ones_like(x0),
                    halvings=zero, phase=phase0,
                    iteration=zero, evaluations=zero, status=jnp.asarray(-1, jnp.int32))
     s = lax.while_loop(lambda s: s.phase < done, body, batched_as(state, x0))
@@ -286,4 +298,6 @@ def minimize(fun: Callable[[jnp.ndarray], jnp.ndarray], x0: jnp.ndarray, *,
     if hessian:
         H = (s.G[:n] - s.G[n:]) / (2 * hessian_steps(s.x)[:, None])
         H = 0.5 * (H + H.T)
-    return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status, s.warm, H)
+    C = strategy.curvature(s.aux)
+    C = jnp.full((n, n), jnp.nan, dtype) if C is None else C * s.sign[:, None] * s.sign[None, :]
+    return Minimum(s.x, s.f, s.g, s.iteration, s.evaluations, s.status, s.warm, H, C)
