@@ -433,6 +433,7 @@ def test_structured_terms_sample_and_bootstrap():
     lambda: dict(correlation=jaxhlm.AR1("Subject", "age"), variance=jaxhlm.VarIdent("Sex")),
     lambda: dict(correlation=jaxhlm.AR1("Subject", "visit"), variance=jaxhlm.VarPower("age")),
     lambda: dict(variance=jaxhlm.VarPower("age")),
+    lambda: dict(correlation=jaxhlm.CompoundSymmetry("Subject")),
 ])
 def test_class_blocks_equal_the_rows_blocks(kwargs):
     """The blocks combined from precomputed row classes (jaxhlm.residual.whiten's module

@@ -115,9 +115,22 @@ class Correlation(ResidualPart):
         nothing in n."""
         return None
 
+    def exchangeable(self, arrays: tuple):
+        """For a correlation whose whitening subtracts a share of the group's mean,
+        (W e)_i = (e_i - a_i mean_g(i)(e)) / r_i with (a_i, r_i) set by an integer key of
+        the row (compound symmetry: its group's size), the NumPy pair (groups, key); None
+        otherwise.  As :meth:`markov`, with the group's mean in place of the predecessor."""
+        return None
+
     def coefficients(self, par: jnp.ndarray, key: jnp.ndarray):
-        """(a, r) at the keys of :meth:`markov` (a = 0, r = 1 for key 0)."""
+        """(a, r) at the keys of :meth:`markov` or :meth:`exchangeable` (a = 0, r = 1 for a
+        markov key 0)."""
         raise NotImplementedError
+
+    def row_log_root(self, par: jnp.ndarray, key: jnp.ndarray) -> jnp.ndarray:
+        """Each row's share of -log|det R^{-1/2}| at the keys: log r for a bidiagonal
+        whitening (its determinant is the product of the 1 / r_i)."""
+        return jnp.log(self.coefficients(par, key)[1])
 
     @abc.abstractmethod
     def color(self, par: jnp.ndarray, arrays: tuple, e: jnp.ndarray) -> jnp.ndarray:

@@ -5,8 +5,11 @@ Within a group of n_g rows R = (1 - rho) I + rho 11', positive definite for
 
     R^{-1/2} = (1 - rho)^{-1/2} [I - c_g 11' / n_g],   c_g = 1 - sqrt((1 - rho) / (1 + (n_g - 1) rho)),
 
-so whitening subtracts a share c_g of each group's mean: O(n) per evaluation, and
-log|det R^{-1/2}| = -1/2 sum_g [(n_g - 1) log(1 - rho) + log(1 + (n_g - 1) rho)].
+so whitening subtracts a share c_g of each group's mean, and
+log|det R^{-1/2}| = -1/2 sum_g [(n_g - 1) log(1 - rho) + log(1 + (n_g - 1) rho)].  Both
+depend on a row only through its group's size, so with no variance function the blocks
+are combined from blocks precomputed per group size (:meth:`exchangeable`,
+:mod:`jaxhlm.residual.whiten`): an evaluation costs nothing in n.
 The parameter z maps to rho as :mod:`jaxhlm.covariance.compound_symmetry`'s does with
 a = 1/(n_max - 1) (z = 0: rho = 0).
 
@@ -66,6 +69,21 @@ class CompoundSymmetry(Correlation):
                             "is no correlation to estimate")
         return dataclasses.replace(self, max_size=int(sizes.max())), (groups.astype(np.int32),
                                                                         sizes.astype(float))
+
+    def exchangeable(self, arrays):
+        groups, sizes = arrays
+        return groups, sizes[groups].astype(np.int64)
+
+    def coefficients(self, par, key):
+        """c_g and sqrt(1 - rho) for groups of ``key`` rows (the module docstring)."""
+        within, big = self._eigenvalues(par, key)
+        return 1.0 - jnp.sqrt(within / big), jnp.sqrt(within)
+
+    def row_log_root(self, par, key):
+        """A row's share of its group's -log|det R^{-1/2}|: [(n_g - 1) log(1 - rho)
+        + log(1 + (n_g - 1) rho)] / (2 n_g)."""
+        within, big = self._eigenvalues(par, key)
+        return ((key - 1.0) * jnp.log(within) + jnp.log(big)) / (2.0 * key)
 
     def _eigenvalues(self, par, sizes):
         """1 - rho, and 1 + (n_g - 1) rho per group (1 for an empty group)."""

@@ -30,9 +30,13 @@ so the blocks at theta are a combination, with those three coefficients per clas
 blocks computed once (NumPy) from the rows of each class, from their predecessors and
 from the sums (:class:`ClassSets`).  An evaluation then costs the size of the blocks
 (levels and nonzeros), not n: 3,000 subjects x 8 visits with AR(1) residuals take
-0.1 ms instead of 3 ms per criterion and gradient.  A variance covariate with many
-distinct values (more than :data:`MAX_CLASSES` classes) or compound symmetry
-(its whitening mixes whole groups) use the rows themselves, O(n) per evaluation.
+0.1 ms instead of 3 ms per criterion and gradient.  Compound symmetry is the same with
+m_p the mean row of i's group (its whitening subtracts a share of the group's mean,
+:meth:`~jaxhlm.residual.base.Correlation.exchangeable`), the class a group size, and
+each row's share of the log-determinant its group's divided among its rows.  A
+variance covariate with many distinct values (more than :data:`MAX_CLASSES` classes),
+or one combined with compound symmetry (the group's mean would mix rows of different
+scales), use the rows themselves, O(n) per evaluation.
 """
 
 from __future__ import annotations
@@ -66,9 +70,10 @@ class ClassSets(NamedTuple):
     Arr: np.ndarray       # (K, m, m): its last row and column depend on the response
     set_class: np.ndarray  # (K,) int: the class of each set
     set_kind: np.ndarray  # (K,) int: SELF, PREV or SUM
-    key: np.ndarray       # (C,) int: the correlation's key (lag; 0 for no predecessor)
+    key: np.ndarray       # (C,) int: the correlation's key (AR(1)'s lag, 0 for no predecessor;
+                          # compound symmetry's group size)
     var_at: tuple         # the variance function's arrays at each class's representative row
-    var_prev: tuple       # ... at its predecessor
+    var_prev: tuple       # ... at its partner (the predecessor)
     count: np.ndarray     # (C,) float: rows per class
 
 
@@ -114,13 +119,15 @@ def _class_coefficients(pc, pv, sets: ClassSets, res):
     dtype = sets.count.dtype
     a, root = (res.correlation.coefficients(pc, sets.key) if res.correlation is not None
                else (jnp.zeros_like(sets.count), jnp.ones_like(sets.count)))
+    log_root = (res.correlation.row_log_root(pc, sets.key) if res.correlation is not None
+                else jnp.zeros(sets.count.shape, dtype))
     log_g = log_gp = jnp.zeros(sets.count.shape, dtype)
     if res.variance is not None:
         log_g = res.variance.log_sd(pv, sets.var_at)
         log_gp = res.variance.log_sd(pv, sets.var_prev)
     alpha = jnp.exp(-log_g) / root
     beta = -a * jnp.exp(-log_gp) / root
-    return alpha, beta, log_g + jnp.log(root)
+    return alpha, beta, log_g + log_root
 
 
 def _blocks_of_classes(pc, pv, data: RowData, st) -> Blocks:
@@ -139,21 +146,50 @@ def _blocks_of_classes(pc, pv, data: RowData, st) -> Blocks:
         logw=-2.0 * jnp.sum(sets.count * log_scale), sigma=jnp.asarray(data.sigma, coef.dtype))
 
 
+class _Predecessor(NamedTuple):
+    """m_p of each row (module docstring): its predecessor's row (AR(1); itself for none)."""
+
+    prev: np.ndarray
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        return a[self.prev]
+
+
+class _GroupMean(NamedTuple):
+    """m_p of each row: the mean row of its group (compound symmetry)."""
+
+    groups: np.ndarray
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        sizes = np.bincount(self.groups).astype(float)
+        sums = np.zeros((sizes.size,) + a.shape[1:])
+        np.add.at(sums, self.groups, a)
+        return (sums / np.maximum(sizes, 1.0).reshape((-1,) + (1,) * (a.ndim - 1)))[self.groups]
+
+
 def _class_rows(res: Residual, arrays: dict, n: int):
-    """Each row's class and the row sets (module docstring): (prev, key, classes (n,),
-    representatives (C,)), or None where the classes cannot be used."""
-    markov = None if res.correlation is None else res.correlation.markov(arrays["correlation"])
-    if res.correlation is not None and markov is None:
-        return None
-    prev, key = markov if markov is not None else (np.arange(n), np.zeros(n, dtype=np.int64))
+    """Each row's class and the row sets (module docstring): (partner, key, classes (n,),
+    representatives (C,)), ``partner(a)`` the rows m_p of a row array a, or None where
+    the classes cannot be used."""
+    corr = res.correlation
+    partner, key = _Predecessor(np.arange(n)), np.zeros(n, dtype=np.int64)
+    if corr is not None:
+        markov = corr.markov(arrays["correlation"])
+        exchangeable = None if markov is not None else corr.exchangeable(arrays["correlation"])
+        if markov is not None:
+            partner, key = _Predecessor(np.asarray(markov[0])), markov[1]
+        elif exchangeable is not None and res.variance is None:
+            partner, key = _GroupMean(np.asarray(exchangeable[0])), exchangeable[1]
+        else:
+            return None
     columns = [np.asarray(key, dtype=float)]
     for a in arrays.get("variance", ()):
         a = np.asarray(a, dtype=float)
-        columns += [a, np.where(key > 0, a[prev], 0.0)]
+        columns += [a, np.where(key > 0, partner(a), 0.0)]
     _, first, classes = np.unique(np.column_stack(columns), axis=0, return_index=True, return_inverse=True)
     if first.size > MAX_CLASSES:
         return None
-    return np.asarray(prev), np.asarray(key), classes.reshape(-1), first
+    return partner, np.asarray(key), classes.reshape(-1), first
 
 
 def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | None:
@@ -162,13 +198,14 @@ def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | N
     found = _class_rows(res, arrays, n)
     if found is None:
         return None
-    prev, key, classes, first = found
+    partner, key, classes, first = found
     pat = rows.pattern
     sets, set_class, set_kind = [], [], []
     for c, rep in enumerate(first):
         kinds = (SELF, PREV, SUM) if key[rep] > 0 else (SELF,)
         for kind in kinds:
-            Z1, vals, y = _kind_rows(pat.Z1, prev, kind), _kind_rows(pat.vals, prev, kind), _kind_rows(rows.y, prev, kind)
+            Z1, vals, y = (_kind_rows(pat.Z1, partner, kind), _kind_rows(pat.vals, partner, kind),
+                           _kind_rows(rows.y, partner, kind))
             w = (classes == c).astype(float)
             sets.append(values(pat._replace(Z1=Z1, vals=vals), st, w, y))
             set_class.append(c)
@@ -179,13 +216,14 @@ def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | N
         zy1=np.stack([b.zy1 for b in sets]), Arr=np.stack([b.Arr for b in sets]),
         set_class=np.asarray(set_class, np.int32), set_kind=np.asarray(set_kind, np.int32),
         key=key[first].astype(np.int32), var_at=tuple(np.asarray(a)[first] for a in var),
-        var_prev=tuple(np.asarray(a)[prev[first]] for a in var),
+        var_prev=tuple(partner(np.asarray(a))[first] for a in var),
         count=np.bincount(classes, minlength=first.size).astype(float))
 
 
-def _kind_rows(a: np.ndarray, prev: np.ndarray, kind: int) -> np.ndarray:
-    """The rows themselves (SELF), their predecessors (PREV) or the sums (SUM)."""
-    return a if kind == SELF else a[prev] if kind == PREV else a + a[prev]
+def _kind_rows(a: np.ndarray, partner, kind: int) -> np.ndarray:
+    """The rows themselves (SELF), their partners m_p (PREV: the predecessors, or the
+    group means) or the sums (SUM); rows on a's first axis."""
+    return a if kind == SELF else partner(a) if kind == PREV else a + partner(a)
 
 
 def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
@@ -201,16 +239,16 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
         return rows._replace(y=Y)
     pat = rows.pattern
     p1, ell1, m = pat.Z1.shape[1], sets.zy1.shape[1], st.m
-    prev = _class_rows(st.residual, {"correlation": rows.correlation, "variance": rows.variance}, n)
-    prev, _, classes, first = prev
+    partner, _, classes, first = _class_rows(st.residual, {"correlation": rows.correlation,
+                                                           "variance": rows.variance}, n)
     zy1 = np.empty((B,) + sets.zy1.shape)
     Arr = np.broadcast_to(sets.Arr, (B,) + sets.Arr.shape).copy()
     row_index = np.arange(n)
     for k, (c, kind) in enumerate(zip(sets.set_class, sets.set_kind)):
         w = (classes == c).astype(float)
-        Z1 = _kind_rows(pat.Z1, prev, kind) * w[:, None]
-        vals = _kind_rows(pat.vals, prev, kind) * w[:, None]
-        Yk = Y if kind == SELF else Y[:, prev] if kind == PREV else Y + Y[:, prev]
+        Z1 = _kind_rows(pat.Z1, partner, kind) * w[:, None]
+        vals = _kind_rows(pat.vals, partner, kind) * w[:, None]
+        Yk = _kind_rows(Y.T, partner, kind).T
         z1 = sparse.csr_matrix((Z1.reshape(-1), (np.repeat(row_index, p1),
                                 (pat.codes1[:, None] * p1 + np.arange(p1)).reshape(-1))), shape=(n, ell1 * p1))
         rest = sparse.csr_matrix((vals.reshape(-1), (np.repeat(row_index, vals.shape[1]),
