@@ -61,11 +61,10 @@ its whole chunk for 100+ steps while the median fit needs under 10)."""
 
 
 def _fit_chunk_program(blocks, theta0, max_iter, hessian0, st, reml, options, axes):
-    out = jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter, hessian0=hessian0),
-                   in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
-    # A batch keeps no conditional modes (b, their covariances): left out of the outputs,
-    # they are left out of the compiled program.
-    return out._replace(cond=out.cond._replace(b=[], b_var=[]))
+    # A batch keeps no conditional modes (b, their covariances): left out of the program.
+    return jax.vmap(lambda b, t: fit_blocks(b, st, reml, options, t, max_iter=max_iter, hessian0=hessian0,
+                                            modes=False),
+                    in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
 
 
 _STATIC_CHUNK = (4, 5, 6, 7)

@@ -80,7 +80,8 @@ def trace_count() -> int:
 
 
 def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Options(),
-               theta0=None, penalty=None, family=GAUSSIAN, max_iter=None, hessian0=None) -> FitArrays:
+               theta0=None, penalty=None, family=GAUSSIAN, max_iter=None, hessian0=None,
+               modes: bool = True) -> FitArrays:
     """Fit one model given its blocks: minimise the profiled objective over theta (the
     diagonals of lambda_k end >= 0, exactly 0 on a boundary fit), then evaluate beta,
     sigma and b there.
@@ -99,15 +100,18 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     instead of ``options.max_iter``.  ``hessian0``: BFGS's starting Hessian (a refit's: the
     original fit's ``Minimum.curvature``), so that the program holds no probing phases
     (:func:`jaxhlm.optimize.minimize`'s ``probe=False``); None: probed at the start.
+    ``modes=False``: no conditional modes of b (``cond.b`` and ``cond.b_var`` empty), as a
+    batch needs them.
     """
     start = st.theta_start() if theta0 is None else theta0
     args = (blocks, st, bool(reml), options)
     if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
         # inside vmap or another transformation: traced into the caller's program
-        return _fit_program(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter, hessian0)
+        return _fit_program(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter,
+                            hessian0, modes)
     start = np.asarray(start, dtype=np.float64)
     program = _PRECOMPILED if storable(st, options, penalty, family) else _PRECOMPILED.jitted
-    return program(*args, start, penalty, family, max_iter, hessian0)
+    return program(*args, start, penalty, family, max_iter, hessian0, bool(modes))
 
 
 def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> bool:
@@ -119,7 +123,8 @@ def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> 
 
 
 def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
-                 penalty=None, family=GAUSSIAN, max_iter=None, hessian0=None) -> FitArrays:
+                 penalty=None, family=GAUSSIAN, max_iter=None, hessian0=None,
+                 modes: bool = True) -> FitArrays:
     _TRACES["fit_blocks"] += 1
     scales = st.scales()
     theta0 = jnp.where(jnp.asarray(scales), jnp.maximum(jnp.abs(theta0), 0.01), theta0)
@@ -127,9 +132,9 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
                    canonical=st.canonical, snap_mask=scales, method=options.resolve(st),
                    max_iter=options.max_iter if max_iter is None else max_iter,
                    ftol=options.ftol, snap=options.snap, hessian0=hessian0, probe=hessian0 is None)
-    cond = family.conditional(opt.x, blocks, st, reml, penalty)
+    cond = family.conditional(opt.x, blocks, st, reml, penalty, modes)
     return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
 
-_STATIC = (1, 2, 3, 5, 6)
+_STATIC = (1, 2, 3, 5, 6, 9)
 _PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS)

@@ -10,8 +10,8 @@
 A family is a frozen dataclass (a static argument of compiled fits) with
 
 - ``objective(theta, blocks, st, reml, penalty)``: the criterion minimised over theta;
-- ``conditional(theta, blocks, st, reml, penalty)``: beta-hat, sigma-hat, vcov(beta) and
-  the conditional modes of b (:class:`jaxhlm.kernel.Conditional`);
+- ``conditional(theta, blocks, st, reml, penalty, modes=True)``: beta-hat, sigma-hat,
+  vcov(beta) and (``modes``) the conditional modes of b (:class:`jaxhlm.kernel.Conditional`);
 - ``marginal_loglik(theta, beta, sigma, blocks, st)`` and
   ``draw_ranef(key, theta, beta, sigma, blocks, st)`` for NUTS.
 

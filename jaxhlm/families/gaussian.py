@@ -75,12 +75,12 @@ def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
 
 
 def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
-                penalty=None) -> Conditional:
-    """beta-hat, sigma-hat, vcov(beta) and the conditional modes and covariances of b at
-    theta (:func:`jaxhlm.kernel.estimates` at the profiled or known sigma^2)."""
+                penalty=None, modes: bool = True) -> Conditional:
+    """beta-hat, sigma-hat, vcov(beta) and (``modes``) the conditional modes and covariances
+    of b at theta (:func:`jaxhlm.kernel.estimates` at the profiled or known sigma^2)."""
     blocks = blocks_at(theta, blocks, st)
     f = factorize(theta, blocks, st)
-    return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml))
+    return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml), modes)
 
 
 def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
