@@ -17,7 +17,6 @@ from .batch import fit_many
 from .bayes import posterior as _posterior
 from .bayes import priors as _priors
 from .families import GAUSSIAN
-from .errors import JaxhlmError
 from .fitting import Options, fit_blocks
 from .residual import whiten as _whiten
 from .results import LMMResult
@@ -66,12 +65,6 @@ class LMM:
         else:   # nlme's correlation= and weights=: the model carries its rows (jaxhlm.residual)
             residual, self._host_blocks = _whiten.bind(self.frame, correlation, variance)
             self.structure = dataclasses.replace(self.frame.structure, residual=residual)
-
-    def _plain(self, what: str) -> None:
-        """Refuse what residual structures do not support yet, naming it."""
-        if self.structure.residual is not None:
-            raise JaxhlmError(f"{what} is not available yet for models with a residual structure "
-                              "(correlation= or variance=); fit() and its tables are")
 
     @functools.cached_property
     def blocks(self) -> _blocks.Blocks:
@@ -157,19 +150,19 @@ class LMM:
         responses will run, by running each once on one chunk of simulated responses
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
-        REML, Kenward-Roger's tables; the profile; with a residual structure only the
-        first).  Every model of the same bucket (:mod:`jaxhlm.padding`; with a residual
-        structure, of the same shapes) then starts warm, in this process and in later ones:
+        REML, Kenward-Roger's tables, not with a residual structure; the profile).  Every
+        model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, of the
+        same shapes) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
         from .batch import chunk_size
 
         res = self.fit(reml)
-        plain = self.structure.residual is None   # Kenward-Roger and profiles: not with one
+        plain = self.structure.residual is None   # Kenward-Roger: not with one
         if inference:
             res.coef_table("satterthwaite")
             if reml and not self.structure.known_sigma and plain:
                 res.coef_table("kenward-roger")
-            if not self.structure.known_sigma and plain:
+            if not self.structure.known_sigma:
                 res.profile()
         if nsim:
             res.bootstrap(min(nsim, chunk_size(nsim)))

@@ -197,11 +197,11 @@ class LMMResult(InformationCriteria):
 
     def profile(self, cutoff: float | None = None):
         """lme4's ``profile(m)``: zeta = sign(x - x-hat) sqrt(deviance change) of every
-        parameter (SDs, correlations, sigma, fixed effects; the ML deviance, as lme4), traced
-        to +-``cutoff``; ``.table``, ``.plot()`` (:mod:`jaxhlm.inference.profile`)."""
+        parameter (SDs, correlations, sigma, a residual structure's parameters, fixed
+        effects; the ML deviance, as lme4), traced to +-``cutoff``; ``.table``, ``.plot()``
+        (:mod:`jaxhlm.inference.profile`)."""
         from .inference.profile import profile
 
-        self._model._plain("profile()")
         return profile(self, cutoff)
 
     def predict(self, newdata: pd.DataFrame | None = None, re_form=None,

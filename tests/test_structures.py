@@ -302,8 +302,6 @@ def test_residual_summary_and_parameters():
     (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d, variance=jaxhlm.VarPower("zero")),
      "non-zero"),
     (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
-                          correlation=jaxhlm.AR1()).fit().profile(), r"profile\(\) is not available"),
-    (lambda d: jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
                           correlation=jaxhlm.AR1()).fit().coef_table("kenward-roger"), "linear in its"),
 ])
 def test_residual_structure_errors_name_the_column(make, message):
@@ -460,3 +458,46 @@ def test_class_blocks_equal_the_rows_blocks(kwargs):
             for f in ("A11", "coo_val", "zy1", "pair_val", "Arr", "nobs", "logw"):
                 np.testing.assert_allclose(np.asarray(getattr(fast, f)), np.asarray(getattr(slow, f)),
                                            rtol=1e-10, atol=1e-10, err_msg=f)
+
+
+def test_profile_intervals_with_a_residual_structure():
+    """Profiles reach a residual structure's parameters (nlme's scale) and the fixed effects
+    of a model with AR(1) residuals, and at each interval end the ML deviance has risen by
+    z^2 when recomputed independently: Phi's by minimising the ML criterion over the
+    random term's theta with Phi held; a fixed effect's by refitting with x_j f moved into
+    the response.  A variance function's ratio is profiled too (an interval around it)."""
+    import jax
+    import jax.numpy as jnp
+    from scipy import optimize, special
+
+    from jaxhlm.families import gaussian
+
+    d = jaxhlm.datasets.load("sleepstudy")
+    model = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d, correlation=jaxhlm.AR1("Subject", "Days"))
+    res = model.fit()
+    ci = res.confint(method="profile")
+    assert list(ci.index) == ["sd_(Intercept)|Subject", "sigma", "Phi", "(Intercept)", "Days"]
+    ml = model.fit(reml=False)
+    z2 = special.ndtri(0.975) ** 2
+    st, rows = model.structure, model._host_blocks
+    vg = jax.jit(jax.value_and_grad(
+        lambda th, tail: gaussian.objective(jnp.concatenate([th, tail]), rows, st, False)))
+    for phi in ci.loc["Phi"]:
+        tail = jnp.asarray([np.arctanh(phi)])
+        out = optimize.minimize(lambda th: tuple(np.asarray(v, float) for v in vg(jnp.asarray(th), tail)),
+                                ml.theta[:st.ntheta_random], jac=True, method="BFGS", options={"gtol": 1e-9})
+        assert out.fun - ml.objective == pytest.approx(z2, abs=1e-6)
+    for f in ci.loc["Days"]:
+        held = jaxhlm.LMM("y ~ 1 + (1 | Subject)", d.assign(y=d.Reaction - f * d.Days),
+                          correlation=jaxhlm.AR1("Subject", "Days")).fit(reml=False)
+        assert held.objective - ml.objective == pytest.approx(z2, abs=1e-6)
+    assert ci.loc["Phi", "2.5 %"] < res.correlation_parameter < ci.loc["Phi", "97.5 %"]
+    boot = res.confint(method="bootstrap", nsim=64, seed=1)      # percentiles of the refits' Phi
+    assert list(boot.index) == list(ci.index)
+    assert 0.0 < boot.loc["Phi", "2.5 %"] < boot.loc["Phi", "97.5 %"] < 1.0
+    assert np.isnan(res.confint().loc["Phi"]).all()               # Wald: none, as for the SDs
+    ident = jaxhlm.LMM("distance ~ age + (1 | Subject)", data("Orthodont"), variance=jaxhlm.VarIdent("Sex"))
+    fit = ident.fit()
+    (name,) = ident.structure.residual.param_names()
+    lo, hi = fit.confint(method="profile").loc[name]
+    assert 0.0 < lo < fit.variance_parameters[name] < hi

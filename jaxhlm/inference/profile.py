@@ -9,7 +9,10 @@ parameter is profiled on the ML deviance with base value d-hat, its minimum:
 d_x the deviance minimised over the other parameters with this one held at x.  The
 parameters are lme4's: per random-effects term its SDs and correlations (the free
 elements of its covariance, :meth:`jaxhlm.covariance.Covariance.linear_entries`), then
-sigma, then the fixed effects.
+sigma, then a residual structure's parameters on nlme's scale (AR(1)'s Phi, compound
+symmetry's Rho, variance ratios and powers; :mod:`jaxhlm.residual`), then the fixed
+effects.  (nlme's ``intervals`` gives Wald intervals on an unconstrained scale for these;
+lme4 has none.)
 
 - A variance parameter: the deviance at v = (SDs, correlations, sigma) with beta at its
   conditional estimate (lme4's ``devfun2``), -2 log L = log|L_theta|^2 - sum log w_i
@@ -45,6 +48,7 @@ from ..families.gaussian import LOG_2PI
 from ..kernel import dense_parts, factorize_at, rest_matrix
 from ..linalg import log_diag_sum
 from ..precompiled import OLDER_EMITTERS, Precompiled
+from ..residual.whiten import blocks_at
 from ..structure import Structure
 from ..tables import lme4_variance_names as variance_names
 
@@ -75,11 +79,20 @@ def _lambdas(v, st: Structure):
     return lams
 
 
+def _n_random(st: Structure) -> int:
+    """The number of SDs and correlations of the random terms (sigma follows them in v)."""
+    return sum(len(entries) for entries in _layout(st))
+
+
 def variance_deviance(v, blocks, st: Structure):
-    """-2 log L at v = (SDs and correlations per term, sigma), beta at its conditional
-    estimate (lme4's ``devfun2``)."""
-    f = factorize_at(_lambdas(v, st), blocks, st)
-    sigma2 = v[-1] ** 2
+    """-2 log L at v = (SDs and correlations per term, sigma, the residual structure's
+    natural parameters), beta at its conditional estimate (lme4's ``devfun2``)."""
+    k = _n_random(st)
+    if st.residual is not None:   # the whitened rows' blocks at the residual parameters
+        theta = jnp.concatenate([jnp.zeros(st.ntheta_random, v.dtype), st.residual.unbounded(v[k + 1:])])
+        blocks = blocks_at(theta, blocks, st)
+    f = factorize_at(_lambdas(v[:k + 1], st), blocks, st)
+    sigma2 = v[k] ** 2
     return (f.logdet_theta - blocks.logw + blocks.nobs * (LOG_2PI + jnp.log(sigma2))
             + f.pwrss / sigma2)
 
@@ -87,6 +100,7 @@ def variance_deviance(v, blocks, st: Structure):
 def fixed_deviance(theta, blocks, st: Structure, keep, j, f):
     """The ML deviance at theta, profiled over sigma and the other fixed effects, with
     beta_j held at f (the module docstring); ``keep``: the rest's rows but x_j's, y last."""
+    blocks = blocks_at(theta, blocks, st)     # a residual structure's, at theta's last elements
     C, _, M = rest_matrix(theta, blocks, st)
     y, xj = st.m - 1, st.m_rand + j
     col = M[keep, y] - f * M[keep, xj]
@@ -108,8 +122,20 @@ SIGMA_FLOOR = 1e-3
 """sigma's lower bound in the inner optimisations, relative to its estimate (far below any
 profile's reach; at 0 every lambda = SD / sigma would overflow)."""
 
+SD_START_FLOOR = 1e-2
+"""An inner optimisation starts each SD at least this far from 0, relative to its estimate
+(an SD of 0 has a zero gradient: sleepstudy with AR(1) residuals, whose random intercept's
+SD reaches 0 as Phi grows, stayed there when Phi's profile came back, 2.44 instead of 0.84)."""
+
 INNER = {"ftol": 1e-14, "gtol": 1e-9, "maxiter": 500}
 """L-BFGS-B's settings for the inner optimisations (deviances to about 1e-10)."""
+
+
+def _inside(bound: np.ndarray, sign: float) -> np.ndarray:
+    """Finite bounds of an open range moved inside by 1e-10 of their size (at least 1e-10)."""
+    finite = np.isfinite(bound)
+    safe = np.where(finite, bound, 0.0)
+    return np.where(finite, safe + sign * (1.0 - CORR_BOUND) * np.maximum(np.abs(safe), 1.0), bound)
 
 
 def _finite(value, grad, keep=None, scale=None):
@@ -155,6 +181,9 @@ class Profiler:
         self._fg = _FIXED.for_structure(self._st)
         self.v_hat = self._v_hat()
         names = [n for n, _ in variance_names(model.frame.specs)]
+        self._sigma_at = _n_random(self._st)
+        if st.residual is not None:
+            names += st.residual.param_names()
         self.parameters: dict[str, _Parameter] = {}
         lower, upper = self._v_bounds()
         for w, name in enumerate(names):
@@ -174,7 +203,8 @@ class Profiler:
             sd = np.sqrt(np.diag(cov))
             for r, c in entries:
                 out.append(sd[r] if r == c else (cov[r, c] / (sd[r] * sd[c]) if sd[r] * sd[c] > 0 else 0.0))
-        return np.array(out + [self.ml.sigma])
+        residual = [] if self._st.residual is None else list(self.ml.residual_parameters.to_numpy())
+        return np.array(out + [self.ml.sigma] + residual)
 
     def _v_bounds(self):
         lower, upper = [], []
@@ -182,21 +212,27 @@ class Profiler:
             for r, c in entries:
                 lower.append(0.0 if r == c else -1.0)
                 upper.append(np.inf if r == c else 1.0)
-        return np.array(lower + [0.0]), np.array(upper + [np.inf])
+        res_lower, res_upper = (np.zeros(0), np.zeros(0)) if self._st.residual is None else \
+            self._st.residual.natural_bounds()
+        return np.concatenate([lower, [0.0], res_lower]), np.concatenate([upper, [np.inf], res_upper])
 
     def _zeta(self, x: float, estimate: float, deviance: float) -> float:
         return float(np.sign(x - estimate) * np.sqrt(max(deviance - self.base, 0.0)))
 
     def _variance_zeta(self, w: int):
         lower, upper = self._v_bounds()
+        k = self._sigma_at
         lower = np.where(lower == -1.0, -CORR_BOUND, lower)
         upper = np.where(upper == 1.0, CORR_BOUND, upper)
-        lower[-1] = SIGMA_FLOOR * self.ml.sigma
+        # a residual parameter's open range, kept inside as the correlations' is
+        lower[k + 1:], upper[k + 1:] = _inside(lower[k + 1:], 1.0), _inside(upper[k + 1:], -1.0)
+        lower[k] = SIGMA_FLOOR * self.ml.sigma
         others = np.arange(self.v_hat.size) != w
         # the optimiser works on v / scale: SDs and sigma relative to their estimates
         scale = np.where(lower == 0.0, np.maximum(np.abs(self.v_hat), 1e-3 * self.ml.sigma), 1.0)
-        scale[-1] = self.ml.sigma
+        scale[k] = self.ml.sigma
         s = scale[others]
+        sd = lower[others] == 0.0          # the SDs (sigma's bound is above 0)
         state = {"start": self.v_hat[others] / s}
 
         def fun(z, x):
@@ -209,7 +245,10 @@ class Profiler:
             if not others.any():
                 dev = fun(np.zeros(0), x)[0]
             else:
-                res = optimize.minimize(fun, state["start"], args=(x,), jac=True, method="L-BFGS-B",
+                # An SD at 0 is a stationary point of the deviance (even in each SD): a start
+                # there (the last point's optimum on the boundary) would stay.
+                start = np.where(sd, np.maximum(state["start"], SD_START_FLOOR), state["start"])
+                res = optimize.minimize(fun, start, args=(x,), jac=True, method="L-BFGS-B",
                                         bounds=list(zip(lower[others] / s, upper[others] / s)),
                                         options=INNER)
                 state["start"], dev = res.x, float(res.fun)

@@ -59,6 +59,9 @@ class AR1(Correlation):
     def unbounded(self, natural):
         return jnp.arctanh(natural)
 
+    def natural_bounds(self):
+        return np.array([-1.0]), np.array([1.0])
+
     def bind(self, data: pd.DataFrame, groups):
         n = len(data)
         if self.time is None:

@@ -71,6 +71,10 @@ class ResidualPart(abc.ABC):
         """The optimiser's start: independent rows with equal variances."""
         return np.zeros(self.nparams)
 
+    def natural_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The open range of each natural parameter (:meth:`natural`): a profile's bounds."""
+        return np.full(self.nparams, -np.inf), np.full(self.nparams, np.inf)
+
     # ------------------------------------------------------------------ NUTS
     def sites(self) -> list[str]:
         """The sampled sites (:meth:`sample`): nlme's class and parameter, ``corAR1:Phi``."""
@@ -182,6 +186,21 @@ class Residual:
     def sample(self, get) -> jnp.ndarray:
         """The parameters (..., nparams) from their NUTS sites (:meth:`ResidualPart.sample`)."""
         return jnp.concatenate([p.sample(get) for p in self.parts], axis=-1)
+
+    def natural_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        bounds = [p.natural_bounds() for p in self.parts]
+        return (np.concatenate([b[0] for b in bounds] + [np.zeros(0)]),
+                np.concatenate([b[1] for b in bounds] + [np.zeros(0)]))
+
+    def unbounded(self, natural):
+        """The inverse of :meth:`natural`, in jnp."""
+        pc, pv = self.split(natural)
+        out = []
+        if self.correlation is not None:
+            out.append(self.correlation.unbounded(pc))
+        if self.variance is not None:
+            out.append(self.variance.unbounded(pv))
+        return jnp.concatenate(out + [jnp.zeros(0, natural.dtype)])
 
     def natural(self, par) -> np.ndarray:
         pc, pv = self.split(np.asarray(par, dtype=float))

@@ -58,6 +58,9 @@ class CompoundSymmetry(Correlation):
 
         return dist.Uniform(-self._a(), 1.0)
 
+    def natural_bounds(self):
+        return np.array([-self._a()]), np.array([1.0])
+
     def unbounded(self, natural):
         a = self._a()
         return jax.scipy.special.logit((natural + a) / (1 + a)) - np.log(a)

@@ -48,6 +48,9 @@ class VarIdent(VarianceFunction):
     def unbounded(self, natural):
         return jnp.log(natural)
 
+    def natural_bounds(self):
+        return np.zeros(self.nparams), np.full(self.nparams, np.inf)
+
     def bind(self, data: pd.DataFrame, groups):
         codes, levels = codes_of(column(data, self.column, "VarIdent"))
         if len(levels) < 2:
