@@ -17,6 +17,7 @@ from .batch import fit_many
 from .bayes import posterior as _posterior
 from .bayes import priors as _priors
 from .families import GAUSSIAN
+from .errors import JaxhlmError
 from .fitting import Options, fit_blocks
 from .residual import whiten as _whiten
 from .results import LMMResult
@@ -65,6 +66,12 @@ class LMM:
         else:   # nlme's correlation= and weights=: the model carries its rows (jaxhlm.residual)
             residual, self._host_blocks = _whiten.bind(self.frame, correlation, variance)
             self.structure = dataclasses.replace(self.frame.structure, residual=residual)
+
+    def _plain(self, what: str) -> None:
+        """Refuse what residual structures do not support yet, naming it."""
+        if self.structure.residual is not None:
+            raise JaxhlmError(f"{what} is not available yet for models with a residual structure "
+                              "(correlation= or variance=); fit() and its tables are")
 
     @functools.cached_property
     def blocks(self) -> _blocks.Blocks:
