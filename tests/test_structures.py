@@ -311,17 +311,28 @@ def test_residual_structure_errors_name_the_column(make, message):
 
 
 @pytest.mark.parametrize("correlation", [lambda: jaxhlm.AR1("Subject", "age"),
-                                         lambda: jaxhlm.CompoundSymmetry("Subject")])
+                                         lambda: jaxhlm.CompoundSymmetry("Subject"), "scan"])
 def test_coloring_is_a_square_root_of_R_and_whitening_undoes_it(correlation):
     """Simulation's R^{1/2} (``color``) times its transpose is R, formed densely from the
-    definition, and ``whiten`` inverts it, with gaps in the times (lags 2 and 4)."""
+    definition, and ``whiten`` inverts it, with gaps in the times (lags 2 and 4).
+    ``"scan"``: AR(1)'s coloring by the associative scan that groups longer than
+    ``RECURSION_STEPS`` rows take, instead of the sweeps."""
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
 
     d = data("Orthodont").drop(index=[1, 6, 14, 40]).reset_index(drop=True)
-    model = jaxhlm.LMM("distance ~ age + (1 | Subject)", d, correlation=correlation())
+    scan = correlation == "scan"
+    model = jaxhlm.LMM("distance ~ age + (1 | Subject)", d,
+                       correlation=jaxhlm.AR1("Subject", "age") if scan else correlation())
     st, rows = model.structure, model._host_blocks
     corr = st.residual.correlation
+    if scan:
+        from jaxhlm.residual.ar1 import RECURSION_STEPS
+
+        assert corr.longest == 4
+        corr = dataclasses.replace(corr, longest=RECURSION_STEPS + 1)
     par = jnp.asarray([0.7])
     n = len(d)
     C = jax.vmap(lambda e: corr.color(par, rows.correlation, e), out_axes=1)(jnp.eye(n))

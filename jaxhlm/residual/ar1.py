@@ -10,8 +10,13 @@ innovations form): with d_i = t_i - t_{i-1} the lag to the row before,
     log|det W| = -1/2 sum_{i > 1} log(1 - phi^{2 d_i}),
 
 O(n) per evaluation.  Simulation runs the recursion forwards,
-x_i = phi^{d_i} x_{i-1} + sqrt(1 - phi^{2 d_i}) e_i, as an associative scan of the affine
-maps x -> a x + c over the rows in (group, time) order (a = 0 at a group's first row).
+x_i = phi^{d_i} x_{i-1} + sqrt(1 - phi^{2 d_i}) e_i (a = 0 at a group's first row): for
+groups of at most :data:`RECURSION_STEPS` rows as that many sweeps x <- a x[prev] + c over
+all rows at once (after k sweeps the first k rows of every group are exact), else as an
+associative scan of the affine maps x -> a x + c over the rows in (group, time) order
+(3,000 groups x 8 rows: the first ``bootstrap(200)`` on an empty compilation cache took
+5.6-6.1 s with the sweeps against 6.8 s with the scan, most of it the scan's compilation;
+the simulation itself runs as fast either way).
 The parameter is z with phi = tanh z (nlme: log((1+phi)/(1-phi)) = 2z);
 powers phi^d come from a product table up to the largest lag (static), so negative phi
 and phi = 0 are exact.
@@ -30,12 +35,18 @@ from ..errors import DataError
 from .base import Correlation, column
 
 
+RECURSION_STEPS = 64
+"""Groups of at most this many rows are simulated by sweeps of the recursion over all rows
+(O(n) each), longer ones by an associative scan (O(n log n) in all)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AR1(Correlation):
     """Residual AR(1) within groups (nlme's ``corAR1``): ``AR1(group="Subject", time="Days")``."""
 
     time: str | None = None
     max_lag: int = 1
+    longest: int = 1        # the most rows in a group (static: the simulator's sweeps)
     nlme = "corAR1"
 
     @property
@@ -90,7 +101,8 @@ class AR1(Correlation):
         lag = np.zeros(n, dtype=np.int64)
         prev[order[1:][same]] = order[:-1][same]
         lag[order[1:][same]] = dt[same].astype(np.int64)
-        bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)))
+        bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)),
+                                    longest=int(np.bincount(groups).max(initial=1)))
         return bound, (prev.astype(np.int32), lag.astype(np.int32), order.astype(np.int32))
 
     def markov(self, arrays):
@@ -111,8 +123,11 @@ class AR1(Correlation):
         return out, -jnp.sum(jnp.log(root))
 
     def color(self, par, arrays, e):
-        _, lag, order = arrays
+        prev, lag, order = arrays
         a, root = self.coefficients(par, lag)
+        if self.longest <= RECURSION_STEPS:   # sweeps over all rows (module docstring)
+            c = root * e
+            return jax.lax.fori_loop(1, self.longest, lambda _, x: a * x[prev] + c, c)
         a, c = a[order], (root * e)[order]
 
         def compose(first, second):          # x -> a2 (a1 x + c1) + c2
