@@ -329,6 +329,15 @@ def _fields(out) -> dict:
                 lams=tuple(out.lams))
 
 
+def given_hessian(hessian0, k: int):
+    """A batch's starting Hessian as a (k, k) float array, or None (each fit then probes
+    its own) where none is given or it is not a finite (k, k) matrix."""
+    if hessian0 is None:
+        return None
+    hessian0 = np.asarray(hessian0, dtype=float)
+    return hessian0 if hessian0.shape == (k, k) and np.all(np.isfinite(hessian0)) else None
+
+
 GIVEN_HESSIAN_FTOL = 1e-2
 """A fit from a given starting Hessian (``fit_many``'s ``hessian0``) stops at this fraction
 of ``Options.ftol``: its predicted decrease g'H^{-1}g rests on a model begun from another
@@ -388,13 +397,9 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
             many = with_products(design, products, index)
             return padded.responses(many), response_axes(many)
 
+    hessian0 = given_hessian(hessian0, padded.structure.ntheta)
     if hessian0 is not None:
-        hessian0 = np.asarray(hessian0, dtype=float)
-        k = padded.structure.ntheta
-        if hessian0.shape != (k, k) or not np.all(np.isfinite(hessian0)):
-            hessian0 = None   # probed per fit
-        else:
-            options = dataclasses.replace(options, ftol=options.ftol * GIVEN_HESSIAN_FTOL)
+        options = dataclasses.replace(options, ftol=options.ftol * GIVEN_HESSIAN_FTOL)
     out = _fit_batch(take, B, padded.structure, starts, reml, options, batch_size, progress, hessian0)
     return BatchResult(model=model, reml=bool(reml), **_fields(out),
                        sources=((np.arange(B), take, padded.structure),))

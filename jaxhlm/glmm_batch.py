@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .batch import SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size, run_chunks
+from .batch import (SIMULATE_ELEMENTS, STRAGGLER_AFTER, BatchResult, _put, chunk_size, given_hessian,
+                    run_chunks)
 from .errors import DataError
 from .glmm_fit import default_start, fit_program, stored
 from .optimize import Status
@@ -132,10 +133,7 @@ def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0
     k = model.structure.ntheta + (model.structure.p if nagq else 0)
     fresh = np.full(B, start is None)
     starts = np.zeros((B, k)) if start is None else np.broadcast_to(np.asarray(start, float), (B, k))
-    if hessian0 is not None:
-        hessian0 = np.asarray(hessian0, float)
-        if hessian0.shape != (k, k) or not np.all(np.isfinite(hessian0)):
-            hessian0 = None   # probed per fit
+    hessian0 = given_hessian(hessian0, k)
     # Vmapped fits step together until the slowest is done: a first pass of at most
     # STRAGGLER_AFTER iterations, then the few fits still running go on in chunks of their own.
     first = min(max_iter, STRAGGLER_AFTER)
