@@ -383,6 +383,8 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
 
         def take(index):
             rows = _whiten.with_responses(design, model.structure, Y[index])
+            if rows.sets is not None:
+                rows = _whiten.padded_responses(padded, rows)
             return rows, _whiten.response_axes(rows)
     elif np.isnan(Y).any():   # per-response blocks on each one's observed rows
         def take(index):
@@ -515,8 +517,11 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     n = model.nobs
     rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
     extra = ()
-    if st.residual is not None:   # correlated residuals: the model's own rows, not padded
-        rows, common, extra = n, st, (model._host_blocks,)
+    if st.residual is not None:   # the structure's arrays padded too, where it can
+        noise = _whiten.noise_rows(model._host_blocks, st.residual, rows)
+        if noise is None:        # a structure that cannot: the model's own rows
+            rows, common, noise = n, st, _whiten.noise_rows(model._host_blocks, st.residual, n)
+        extra = (noise,)
     design = (_grow_rows(frame.X, rows), tuple(_grow_rows(t.codes.astype(np.int32), rows) for t in frame.terms),
               tuple(_grow_rows(t.Z, rows) for t in frame.terms))
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):

@@ -82,9 +82,10 @@ class LMM:
     def bucketed(self) -> padding.Bucketed:
         """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
         :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
-        if self.structure.residual is not None:   # rows, not blocks: not padded
-            return padding.Bucketed(self.structure, self.structure, _placed(self._host_blocks))
-        out = padding.bucket(self.structure, self._host_blocks)
+        if self.structure.residual is not None:   # the class sets (jaxhlm.residual.whiten)
+            out = _whiten.bucket(self.structure, self._host_blocks)
+        else:
+            out = padding.bucket(self.structure, self._host_blocks)
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property
@@ -158,8 +159,8 @@ class LMM:
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
         REML, Kenward-Roger's tables, not with a residual structure; the profile).  Every
-        model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, of the
-        same shapes) then starts warm, in this process and in later ones:
+        model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, through
+        its class sets, :func:`jaxhlm.residual.whiten.bucket`) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
         from .batch import chunk_size
 

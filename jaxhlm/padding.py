@@ -28,8 +28,10 @@ shapes; :func:`bucket` pads one model to the next size on a *ladder*
 compiled program, in this process and, stored on disk (:mod:`jaxhlm.precompiled`), in
 the next.
 
-The ladder has 4 sizes per doubling (8, 10, 12, 14, 16, 20, 24, ...), so padding adds
-at most 25% to a count.  Work linear in a count (term 1's levels, the entries, the
+The ladder has 4 sizes per doubling (8, 10, 12, 14, 16, 20, 24, ..., 56, then 72, 88,
+104, ...: from 64 on, k * 2**s + 8, so that no padded count is a multiple of a large
+power of 2, which made batched programs 3x slower, :func:`ladder`), so padding adds
+at most 25% to a count (26% between 57 and 72).  Work linear in a count (term 1's levels, the entries, the
 pairs, a batch's fits) grows by at most that.  The rest's dense Cholesky costs m^3 in
 its size m, so when m is large (above ``FINE_ABOVE``) the later terms' levels use a
 ladder of 16 sizes per doubling (at most 6.25% more levels, 20% more work) instead.
@@ -61,22 +63,48 @@ ENABLED = True
 """Whether :func:`bucket` pads (a switch for measurements; results are the same)."""
 
 
-def ladder(x: int, bits: int = COARSE_BITS) -> int:
-    """The smallest size >= x of the form k * 2**s with 2**bits <= k < 2**(bits + 1)
-    (x itself when x <= 2**(bits + 1)): 8, 10, 12, 14, 16, 20, ... for bits = 2."""
-    x = int(x)
-    if x <= 2 << bits:
-        return max(x, 0)
+SKEW = 8
+"""Rungs from :data:`SKEW_FROM` up are k * 2**s + SKEW, not k * 2**s (:func:`ladder`)."""
+
+SKEW_FROM = 64
+"""The smallest rung k * 2**s that is skewed by :data:`SKEW`."""
+
+
+def _rung(x: int, bits: int) -> int:
+    """The smallest k * 2**s >= x with 2**bits <= k < 2**(bits + 1) (x > 2**(bits + 1))."""
     shift = (x - 1).bit_length() - (bits + 1)
     return -(-x >> shift) << shift
 
 
+def ladder(x: int, bits: int = COARSE_BITS) -> int:
+    """The smallest size >= x of the form k * 2**s with 2**bits <= k < 2**(bits + 1)
+    (x itself when x <= 2**(bits + 1)): 8, 10, 12, 14, 16, 20, ... for bits = 2, and
+    from 64 on k * 2**s + 8 (72, 88, 104, 120, 136, 168, ...).
+
+    Why the skew: a vmapped fit's arrays are laid out fit by fit, so an array of n
+    levels puts consecutive fits' copies of one element n x 8 bytes (times its inner
+    size) apart.  With n a multiple of a large power of 2 those addresses share a few
+    cache sets, and a batched scatter or segment sum over the levels ran 3-4x slower on
+    this machine's CPU (128 fits: 3,072 levels 20 ms, 3,080 levels 6 ms, 2,900 levels
+    7 ms; ``benchmarks/README.md``, "Buckets")."""
+    x = int(x)
+    if x <= 2 << bits:
+        return max(x, 0)
+    rung = _rung(x, bits)
+    if rung < SKEW_FROM:
+        return rung
+    return _rung(max(x - SKEW, SKEW_FROM), bits) + SKEW
+
+
 def bucket_structure(st: Structure) -> Structure:
-    """``st`` with every term's number of levels moved up its ladder (the module docstring)."""
+    """``st`` with every term's number of levels moved up its ladder (the module
+    docstring), and a residual structure's static sizes
+    (:meth:`jaxhlm.residual.base.ResidualPart.bucketed`)."""
     fine = st.m > FINE_ABOVE
     terms = tuple(dataclasses.replace(t, nlevels=ladder(t.nlevels, FINE_BITS if fine and k else COARSE_BITS))
                   for k, t in enumerate(st.terms))
-    return dataclasses.replace(st, terms=terms)
+    residual = None if st.residual is None else st.residual.bucketed(ladder)
+    return dataclasses.replace(st, terms=terms, residual=residual)
 
 
 def column_map(own: Structure, common: Structure) -> np.ndarray:
@@ -89,7 +117,7 @@ def column_map(own: Structure, common: Structure) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64)
 
 
-def _grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
+def grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
     """``a`` with its ``axis`` extended to n entries, the new ones ``fill``."""
     shape = list(a.shape)
     shape[axis] = n
@@ -98,7 +126,7 @@ def _grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
     return out
 
 
-def _spread(Arr: np.ndarray, cmap: np.ndarray, m: int) -> np.ndarray:
+def spread(Arr: np.ndarray, cmap: np.ndarray, m: int) -> np.ndarray:
     """The rest's matrices (..., m_own, m_own) placed at ``cmap`` in zeros (..., m, m)."""
     out = np.zeros(Arr.shape[:-2] + (m, m), dtype=Arr.dtype)
     out[..., cmap[:, None], cmap[None, :]] = Arr
@@ -117,12 +145,12 @@ def pad(blocks: Blocks, own: Structure, common: Structure, nnz: int, npairs: int
     ra, rb = np.divmod(blocks.pair_out.astype(np.int64), mm_own)
     pair_out = cmap[ra] * mm + cmap[rb]
     return blocks._replace(   # the scalar fields (nobs, ...) as they are
-        A11=_grow(blocks.A11, ell1), coo_row=_grow(cmap[blocks.coo_row].astype(np.int32), nnz),
-        coo_level=_grow(blocks.coo_level, nnz), coo_val=_grow(blocks.coo_val, nnz),
-        zy1=_grow(blocks.zy1, ell1), pair_level=_grow(blocks.pair_level, npairs),
-        pair_out=_grow(pair_out.astype(np.int32), npairs, fill=mm * mm - 1),
-        pair_val=_grow(blocks.pair_val, npairs), pair_rand=_grow(blocks.pair_rand, npairs, fill=False),
-        Arr=_spread(blocks.Arr, cmap, common.m))
+        A11=grow(blocks.A11, ell1), coo_row=grow(cmap[blocks.coo_row].astype(np.int32), nnz),
+        coo_level=grow(blocks.coo_level, nnz), coo_val=grow(blocks.coo_val, nnz),
+        zy1=grow(blocks.zy1, ell1), pair_level=grow(blocks.pair_level, npairs),
+        pair_out=grow(pair_out.astype(np.int32), npairs, fill=mm * mm - 1),
+        pair_val=grow(blocks.pair_val, npairs), pair_rand=grow(blocks.pair_rand, npairs, fill=False),
+        Arr=spread(blocks.Arr, cmap, common.m))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,8 +171,8 @@ class Bucketed:
                        self.blocks.pair_out.shape[0]) for f in zip(*many)]
             return Blocks(*[np.stack(f) for f in zip(*per)])
         cmap = column_map(self.own, self.structure)
-        return self.blocks._replace(zy1=_grow(many.zy1, self.structure.terms[0].nlevels, axis=1),
-                                    Arr=_spread(many.Arr, cmap, self.structure.m), nobs=many.nobs)
+        return self.blocks._replace(zy1=grow(many.zy1, self.structure.terms[0].nlevels, axis=1),
+                                    Arr=spread(many.Arr, cmap, self.structure.m), nobs=many.nobs)
 
 
 def count(x: int) -> int:

@@ -29,14 +29,17 @@ def _subjects(df, k):
 
 
 def test_the_ladder_has_four_sizes_per_doubling():
+    """k 2^s below 64, k 2^s + 8 from there (padding.ladder's docstring): at most 26% more
+    (57 -> 72), monotone, each rung its own rung."""
     sizes = [ladder(x) for x in range(5000)]
     assert all(s >= x for x, s in enumerate(sizes))
-    assert all(s <= 1.25 * x for x, s in enumerate(sizes) if x > 8)
+    assert all(s <= 1.25 * x for x, s in enumerate(sizes) if 8 < x < 57 or x > 72)
+    assert all(s <= 1.27 * x for x, s in enumerate(sizes) if x > 8)
     assert all(a <= b for a, b in zip(sizes, sizes[1:]))
     assert all(ladder(s) == s for s in sizes)
-    assert [ladder(x) for x in (3, 8, 9, 17, 18, 20, 21, 100, 1000, 1500, 2000)] == \
-        [3, 8, 10, 20, 20, 20, 24, 112, 1024, 1536, 2048]
-    assert len({ladder(x, bits=4) for x in range(1025, 2049)}) == 16
+    assert [ladder(x) for x in (3, 8, 9, 17, 18, 20, 21, 56, 57, 100, 1000, 1500, 2000, 3000)] == \
+        [3, 8, 10, 20, 20, 20, 24, 56, 72, 104, 1032, 1544, 2056, 3080]
+    assert len({ladder(x, bits=4) for x in range(1033, 2057)}) == 16
 
 
 def _penicillin_subset():
@@ -161,7 +164,7 @@ print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "m": model.structure.m
 def test_a_large_fit_is_stored_too(tmp_path):
     """A fit with a dense block above BFGS_ABOVE (its Schur complement formed densely, its
     inverse by halves: no host callback) is stored by the first process and loaded by a
-    second one with a data set about 5% smaller of the same bucket."""
+    second one with a data set of the same bucket (2.5% fewer subjects, 5% fewer items)."""
     def run(subjects, items):
         env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
         out = subprocess.run([sys.executable, "-c", LARGE, str(subjects), str(items)],
@@ -174,7 +177,7 @@ def test_a_large_fit_is_stored_too(tmp_path):
     assert first["status"] == "converged"
     names = {p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir()}
     assert "fit_blocks" in names
-    second = run(230, 209)
+    second = run(234, 209)
     assert second["traces"] == 0 and second["status"] == "converged"
 
 
@@ -248,3 +251,58 @@ def test_simulated_responses_do_not_depend_on_the_padding(formula, name, monkeyp
     padded = res.simulate(5, seed=4)
     monkeypatch.setattr(padding, "ENABLED", False)
     np.testing.assert_allclose(res.simulate(5, seed=4), padded, rtol=1e-13)
+
+
+RESIDUAL = {
+    "ar1": dict(correlation=jaxhlm.AR1(group="Subject", time="Days")),
+    "cs": dict(correlation=jaxhlm.CompoundSymmetry(group="Subject")),
+    "ar1-varident": dict(correlation=jaxhlm.AR1(group="Subject"), variance=jaxhlm.VarIdent("half")),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESIDUAL))
+def test_a_padded_residual_model_is_its_own_rows(sleepstudy, monkeypatch, kind):
+    """A model with a residual structure is padded through its class sets
+    (``residual.whiten.bucket``): its criterion at any theta equals that of the whitened
+    rows themselves (1e-10: the same sums, combined per class), and the simulator's
+    padded rows leave the model's own draws as they are (1e-13)."""
+    df = _subjects(sleepstudy, 17).assign(half=lambda d: np.where(d.Days < 5, "early", "late"))
+    model = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", df, **RESIDUAL[kind])
+    padded = model.bucketed
+    assert padded.structure.terms[0].nlevels == 20 and padded.blocks.y is None   # padded, rows dropped
+    objective = jax.jit(jax.vmap(GAUSSIAN.objective, in_axes=(0, None, None, None)), static_argnums=(2, 3))
+    thetas = np.random.default_rng(2).uniform(0.1, 1.5, (4, model.structure.ntheta))
+    rows = model.blocks._replace(sets=None)
+    for reml in (True, False):
+        np.testing.assert_allclose(objective(thetas, padded.blocks, padded.structure, reml),
+                                   objective(thetas, rows, model.structure, reml), rtol=1e-10)
+    theta = np.full(model.structure.ntheta, 0.5)
+    draw = lambda: jaxhlm.batch.simulate(model, [250.0, 10.0], theta, 25.0, 3, seed=4)   # noqa: E731
+    drawn = draw()
+    monkeypatch.setattr(padding, "ENABLED", False)
+    np.testing.assert_allclose(draw(), drawn, rtol=1e-13)
+
+
+def test_residual_models_of_nearby_sizes_share_their_programs(sleepstudy):
+    """With AR(1) residuals, 18 and 19 subjects after 17: the fit, the simulator and the
+    bootstrap's refits trace and compile nothing new (``jax.monitoring``)."""
+    from jaxhlm.batch import simulate_trace_count
+
+    compiled = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    ar1 = RESIDUAL["ar1"]
+    jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 17), **ar1).fit().bootstrap(100, seed=1)
+    before = trace_count(), simulate_trace_count()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        for k in (18, 19):
+            res = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, k), **ar1).fit()
+            boot = res.bootstrap(100, seed=2)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert (trace_count(), simulate_trace_count()) == before and compiled == []
+    assert res.converged and boot.converged.mean() > 0.95

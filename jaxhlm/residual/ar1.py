@@ -105,6 +105,17 @@ class AR1(Correlation):
                                     longest=int(np.bincount(groups).max(initial=1)))
         return bound, (prev.astype(np.int32), lag.astype(np.int32), order.astype(np.int32))
 
+    def bucketed(self, ladder):
+        """More powers in the table and more sweeps of the simulator change nothing."""
+        return dataclasses.replace(self, max_lag=ladder(self.max_lag), longest=ladder(self.longest))
+
+    def padded(self, arrays, n, ladder):
+        """Extra rows are each the first of its own group (no predecessor, lag 0)."""
+        prev, lag, order = arrays
+        extra = np.arange(prev.shape[0], n, dtype=prev.dtype)
+        return (np.concatenate([prev, extra]), np.concatenate([lag, np.zeros_like(extra)]),
+                np.concatenate([order, extra]))
+
     def markov(self, arrays):
         prev, lag, _ = arrays
         return prev, lag

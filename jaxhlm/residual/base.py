@@ -75,6 +75,13 @@ class ResidualPart(abc.ABC):
         """The open range of each natural parameter (:meth:`natural`): a profile's bounds."""
         return np.full(self.nparams, -np.inf), np.full(self.nparams, np.inf)
 
+    def bucketed(self, ladder) -> "ResidualPart":
+        """The structure with the static sizes that :meth:`bind` set moved up ``ladder``
+        (:func:`jaxhlm.padding.count`) where a larger size changes no result (a longer
+        table of powers), so that models of nearby sizes share a compiled program
+        (:mod:`jaxhlm.padding`); itself where it has none."""
+        return self
+
     # ------------------------------------------------------------------ NUTS
     def sites(self) -> list[str]:
         """The sampled sites (:meth:`sample`): nlme's class and parameter, ``corAR1:Phi``."""
@@ -141,6 +148,14 @@ class Correlation(ResidualPart):
         """A square root of R times e (n,): R^{1/2} e has covariance R when e ~ N(0, I)
         (simulation), and :meth:`whiten` undoes it."""
 
+    def padded(self, arrays: tuple, n: int, ladder) -> tuple | None:
+        """The arrays for ``n`` rows, the model's own first: the simulator of a design
+        padded to its bucket (:func:`jaxhlm.batch.simulate_responses`) colors the extra
+        rows' draws too and drops them, so they may correlate among themselves but not
+        with the model's rows.  Sizes other than n (groups) move up ``ladder``.  None
+        where the structure cannot: the simulator then keeps the model's own rows."""
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class VarianceFunction(ResidualPart):
@@ -149,6 +164,12 @@ class VarianceFunction(ResidualPart):
     @abc.abstractmethod
     def log_sd(self, par: jnp.ndarray, arrays: tuple) -> jnp.ndarray:
         """log g_i (n,) at the parameters."""
+
+    def padded(self, arrays: tuple, n: int, ladder) -> tuple | None:
+        """The arrays for ``n`` rows (as :meth:`Correlation.padded`): each array is one
+        value per row, and the extra rows get 0, which must be a valid value (VarIdent's
+        first level, VarPower's log |v| = 0); override where it is not."""
+        return tuple(np.concatenate([a, np.zeros(n - a.shape[0], a.dtype)]) for a in arrays)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +207,10 @@ class Residual:
     def sample(self, get) -> jnp.ndarray:
         """The parameters (..., nparams) from their NUTS sites (:meth:`ResidualPart.sample`)."""
         return jnp.concatenate([p.sample(get) for p in self.parts], axis=-1)
+
+    def bucketed(self, ladder) -> "Residual":
+        """Each part's :meth:`ResidualPart.bucketed`."""
+        return Residual(*(None if p is None else p.bucketed(ladder) for p in (self.correlation, self.variance)))
 
     def natural_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         bounds = [p.natural_bounds() for p in self.parts]

@@ -73,6 +73,14 @@ class CompoundSymmetry(Correlation):
         return dataclasses.replace(self, max_size=int(sizes.max())), (groups.astype(np.int32),
                                                                         sizes.astype(float))
 
+    def padded(self, arrays, n, ladder):
+        """Extra rows form one more group; the groups' count moves up ``ladder``, the
+        groups it adds empty."""
+        groups, sizes = arrays
+        extra = np.full(n - groups.shape[0], sizes.shape[0], groups.dtype)
+        return (np.concatenate([groups, extra]),
+                np.concatenate([sizes, [float(extra.size)], np.zeros(ladder(sizes.shape[0] + 1) - sizes.shape[0] - 1)]))
+
     def exchangeable(self, arrays):
         groups, sizes = arrays
         return groups, sizes[groups].astype(np.int64)

@@ -37,6 +37,13 @@ each row's share of the log-determinant its group's divided among its rows.  A
 variance covariate with many distinct values (more than :data:`MAX_CLASSES` classes),
 or one combined with compound symmetry (the group's mean would mix rows of different
 scales), use the rows themselves, O(n) per evaluation.
+
+**Buckets.**  A fit reads only the class sets and the pattern's entries and pairs, so
+:func:`bucket` pads those as :mod:`jaxhlm.padding` pads a plain model's blocks (and pads
+the number of sets and classes) and drops the rows: models of nearby sizes share one
+program.  The simulator pads the rows and each structure's arrays
+(:meth:`~jaxhlm.residual.base.Correlation.padded`).  A model whose blocks come from
+its rows is not padded.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .. import padding
 from ..blocks import Blocks, Pattern, pattern, values
 from ..errors import DataError, JaxhlmError
 from .base import Correlation, Residual, VarianceFunction, codes_of, column
@@ -275,11 +283,80 @@ def residual_noise(theta, data: RowData, st, e):
     return e
 
 
+def noise_rows(rows: RowData, res: Residual, n: int) -> RowData | None:
+    """What :func:`residual_noise` reads (the structure's arrays) for ``n`` rows, the
+    model's own first (:meth:`~jaxhlm.residual.base.Correlation.padded`), or None where a
+    part cannot pad them."""
+    own = rows.y.shape[-1]
+
+    def arrays(part, a):
+        return a if part is None or n == own else part.padded(a, n, padding.count)
+
+    correlation, variance = arrays(res.correlation, rows.correlation), arrays(res.variance, rows.variance)
+    if correlation is None or variance is None:
+        return None
+    return RowData(None, None, None, None, correlation, variance)
+
+
 def response_axes(data: RowData) -> RowData:
-    """``in_axes`` for vmapping over the output of :func:`with_responses`."""
+    """``in_axes`` for vmapping over the output of :func:`with_responses` (or of
+    :func:`padded_responses`, which keeps no rows)."""
     sets = None if data.sets is None else ClassSets(
         None, None, 0, 0, None, None, None, None, None, None)
-    return RowData(None, 0, None, None, None, None, sets)
+    return RowData(None, None if data.y is None else 0, None, None, None, None, sets)
+
+
+def bucket(own, rows: RowData) -> padding.Bucketed:
+    """A model's class sets laid out for its bucket (:func:`jaxhlm.padding.sizes`), so
+    that models of nearby sizes share one compiled fit; the rows themselves are dropped,
+    since the blocks at theta need only the class sets (module docstring).
+
+    Each set's blocks are padded as :func:`jaxhlm.padding.pad` pads a model's blocks
+    (padded levels and entries add exactly 0); the entries get at least one padded,
+    zero entry, where the padded pairs point (a pair's value is the product of its two
+    entries').  Padded sets are zero blocks of class 0, and padded classes copy class
+    0's keys with no rows: neither changes a block nor the log-determinant.  A model
+    whose blocks come from the rows (no class sets) is not padded."""
+    sets, pat = rows.sets, rows.pattern
+    if sets is None:
+        return padding.Bucketed(own, own, rows)
+    common, nnz, npairs = padding.sizes(own, pat.coo_row.shape[0] + 1, pat.pair_out.shape[0])
+    first = Blocks(sets.A11[0], pat.coo_row, pat.coo_level, sets.coo_val[0], sets.zy1[0], pat.pair_level,
+                   pat.pair_out, np.zeros(pat.pair_out.shape + sets.A11.shape[-2:]), pat.pair_rand,
+                   sets.Arr[0], np.float64(0.0), np.float64(0.0), np.float64(1.0))
+    index = padding.pad(first, own, common, nnz, npairs)
+    nsets, nclasses = padding.count(sets.set_class.size), padding.count(sets.count.size)
+    ell1 = common.terms[0].nlevels
+    grow_sets = lambda a, axis=0: padding.grow(a, nsets, axis)   # noqa: E731
+    grow_classes = lambda a: padding.grow(a, nclasses, fill=a[0])   # noqa: E731
+    compact = RowData(
+        Pattern(None, None, None, None, None, index.coo_row, index.coo_level,
+                padding.grow(pat.pair_a, npairs, fill=pat.coo_row.shape[0]),
+                padding.grow(pat.pair_b, npairs, fill=pat.coo_row.shape[0]),
+                index.pair_level, index.pair_out, index.pair_rand),
+        None, None, rows.sigma, (), (),
+        ClassSets(A11=grow_sets(padding.grow(sets.A11, ell1, axis=1)),
+                  coo_val=grow_sets(padding.grow(sets.coo_val, nnz, axis=1)),
+                  zy1=None, Arr=None,
+                  set_class=grow_sets(sets.set_class), set_kind=padding.grow(sets.set_kind, nsets, fill=SELF),
+                  key=grow_classes(sets.key), var_at=tuple(map(grow_classes, sets.var_at)),
+                  var_prev=tuple(map(grow_classes, sets.var_prev)),
+                  count=padding.grow(sets.count, nclasses)))
+    out = padding.Bucketed(own, common, compact)
+    return dataclasses.replace(out, blocks=padded_responses(out, rows))
+
+
+def padded_responses(bucketed: padding.Bucketed, many: RowData) -> RowData:
+    """The class sets' response fields of ``many`` (the model's own rows, or
+    :func:`with_responses`' with a leading batch axis) laid out as ``bucketed``'s
+    (:func:`bucket`), on its padded design."""
+    own, common, sets = bucketed.own, bucketed.structure, many.sets
+    lead = sets.zy1.ndim - 3                      # 1 with a batch axis
+    nsets = bucketed.blocks.sets.set_class.size
+    cmap = padding.column_map(own, common)
+    zy1 = padding.grow(padding.grow(sets.zy1, common.terms[0].nlevels, axis=lead + 1), nsets, axis=lead)
+    Arr = padding.grow(padding.spread(sets.Arr, cmap, common.m), nsets, axis=lead)
+    return bucketed.blocks._replace(sets=bucketed.blocks.sets._replace(zy1=zy1, Arr=Arr))
 
 
 def bind(frame, correlation: Correlation | None, variance: VarianceFunction | None):
