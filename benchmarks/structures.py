@@ -18,7 +18,7 @@ written to a temporary CSV that both sides read.  Each side runs in fresh proces
 
 jaxhlm runs with an empty compilation cache (a first-ever call) and again on the cache
 that run left.  Medians over ``--reps``; ratios are R / jaxhlm.  Writes
-``benchmarks/results/structures-DATE.json``.
+``benchmarks/results/structures-DATE.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--refits", type=int, default=200)
     ap.add_argument("--r-refits", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the JSON file to write (default benchmarks/results/structures-DATE.json)")
     args = ap.parse_args()
     runs = {"R (nlme)": [], "jaxhlm, empty cache": [], "jaxhlm, stored programs": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +139,7 @@ def main() -> None:
           f"{r['objective']:.4f}, jaxhlm {med['jaxhlm, empty cache']['objective']:.4f}; phi R "
           f"{r['phi']:.5f}, jaxhlm {med['jaxhlm, empty cache']['phi']:.5f})")
     stamp = datetime.date.today().isoformat()
-    path = HERE / "results" / f"structures-{stamp}.json"
+    path = args.out or HERE / "results" / f"structures-{stamp}.json"
     path.write_text(json.dumps({"design": "3000 subjects x 8 visits, y ~ visit + treat + (1 | id), AR(1)",
                                 "reps": args.reps, "refits": args.refits, "r_refits": args.r_refits,
                                 "machine": platform.platform(), "cpus": os.cpu_count(),

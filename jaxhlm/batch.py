@@ -376,11 +376,9 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
         start = np.asarray(theta0, float)
         starts = np.broadcast_to(start, (B, start.size))
     design, padded = model._host_blocks, model.bucketed
-    if model.structure.residual is not None:   # rows, not blocks (jaxhlm.residual.whiten)
-        if np.isnan(Y).any():
-            raise ValueError("responses with missing values (NaN) cannot be fitted in a batch with "
-                             "a residual structure yet; drop those rows from the model")
-
+    if model.structure.residual is not None and np.isnan(Y).any():   # class sets per response
+        take = _whiten.with_missing(padded, design, Y)
+    elif model.structure.residual is not None:   # the design's class sets (jaxhlm.residual.whiten)
         def take(index):
             rows = _whiten.with_responses(design, model.structure, Y[index])
             if rows.sets is not None:

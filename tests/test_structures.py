@@ -367,6 +367,39 @@ def test_residual_batches_equal_single_fits_and_bootstrap_runs():
     assert np.all(boot.status == jaxhlm.Status.CONVERGED)
 
 
+MISSING = {
+    "ar1-time-varident": (jaxhlm.LMM, "Reaction ~ Days + (1 | Subject)",
+                          lambda: dict(correlation=jaxhlm.AR1("Subject", "Days"), variance=jaxhlm.VarIdent("half"))),
+    "ar1-positions": (jaxhlm.LMM, "Reaction ~ Days + (1 | Subject)", lambda: dict(correlation=jaxhlm.AR1("Subject"))),
+    "gls-cs": (jaxhlm.GLS, "Reaction ~ Days", lambda: dict(correlation=jaxhlm.CompoundSymmetry("Subject"))),
+}
+
+
+@pytest.mark.parametrize("kind", list(MISSING))
+def test_residual_batches_with_missing_values_equal_fits_of_their_observed_rows(kind):
+    """A response with missing values (NaN) in a batch == the model fitted to its observed
+    rows alone, as nlme's ``na.omit`` does: AR(1) between the rows kept at their time
+    differences (or, with time=None, their positions), compound symmetry within the rows
+    kept.  Optimum 1e-9 relative, fixed effects 1e-5 (BFGS against the single fit's
+    optimiser); theta is not compared for compound symmetry, whose scale depends on the
+    largest group (-1 / (n_max - 1) < rho)."""
+    cls, formula, kw = MISSING[kind]
+    d = data("sleepstudy").assign(half=lambda x: np.where(x.Days < 5, "early", "late"))
+    model = cls(formula, d, **kw())
+    Y = model.fit().simulate(3, seed=3)
+    rng = np.random.default_rng(0)
+    for b, k in ((1, 25), (2, 60)):
+        Y[b, rng.choice(Y.shape[1], k, replace=False)] = np.nan
+    many = model.fit_many(Y)
+    for b in range(3):
+        kept = np.isfinite(Y[b])
+        single = cls(formula, d[kept].assign(Reaction=Y[b, kept]), **kw()).fit()
+        assert many.objective[b] == pytest.approx(single.objective, rel=1e-9)
+        np.testing.assert_allclose(many.fixef[b], single.fixef, rtol=1e-5)
+        if kind != "gls-cs":
+            np.testing.assert_allclose(many.theta[b], single.theta, rtol=1e-4, atol=1e-5)
+
+
 def test_residual_marginal_likelihood_and_nuts():
     """NUTS's likelihood with a residual structure equals the ML fit's at its optimum
     (profiled = unprofiled at beta-hat, sigma-hat), and a short run samples phi and the

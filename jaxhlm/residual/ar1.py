@@ -18,8 +18,9 @@ associative scan of the affine maps x -> a x + c over the rows in (group, time) 
 5.6-6.1 s with the sweeps against 6.8 s with the scan, most of it the scan's compilation;
 the simulation itself runs as fast either way).
 The parameter is z with phi = tanh z (nlme: log((1+phi)/(1-phi)) = 2z);
-powers phi^d come from a product table up to the largest lag (static), so negative phi
-and phi = 0 are exact.
+powers phi^d are XLA's integer powers (repeated squaring; its derivative d phi^(d-1)),
+so negative phi and phi = 0 are exact, and no static size depends on the lags: a
+response with missing rows (longer lags) runs the same program.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ class AR1(Correlation):
     """Residual AR(1) within groups (nlme's ``corAR1``): ``AR1(group="Subject", time="Days")``."""
 
     time: str | None = None
-    max_lag: int = 1
     longest: int = 1        # the most rows in a group (static: the simulator's sweeps)
     nlme = "corAR1"
 
@@ -101,13 +101,29 @@ class AR1(Correlation):
         lag = np.zeros(n, dtype=np.int64)
         prev[order[1:][same]] = order[:-1][same]
         lag[order[1:][same]] = dt[same].astype(np.int64)
-        bound = dataclasses.replace(self, max_lag=int(max(lag.max(initial=1), 1)),
-                                    longest=int(np.bincount(groups).max(initial=1)))
+        bound = dataclasses.replace(self, longest=int(np.bincount(groups).max(initial=1)))
         return bound, (prev.astype(np.int32), lag.astype(np.int32), order.astype(np.int32))
 
     def bucketed(self, ladder):
-        """More powers in the table and more sweeps of the simulator change nothing."""
-        return dataclasses.replace(self, max_lag=ladder(self.max_lag), longest=ladder(self.longest))
+        """More sweeps of the simulator change nothing."""
+        return dataclasses.replace(self, longest=ladder(self.longest))
+
+    def observed(self, arrays, mask):
+        """Each observed row's predecessor is the observed row before it in its group, at
+        their time difference (``time=None``: lag 1, the positions of the observed rows,
+        as nlme numbers them after leaving out missing values)."""
+        prev, lag, order = arrays
+        n = prev.shape[0]
+        start = prev[order] == order                         # a group's first row
+        group = np.cumsum(start)
+        clock = np.cumsum(np.where(start, 0, lag[order]))    # time differences add up within a group
+        seen = mask[order]
+        rows, g, t = order[seen], group[seen], clock[seen]
+        same = g[1:] == g[:-1]
+        new_prev, new_lag = np.arange(n, dtype=prev.dtype), np.zeros(n, dtype=lag.dtype)
+        new_prev[rows[1:][same]] = rows[:-1][same]
+        new_lag[rows[1:][same]] = (t[1:] - t[:-1])[same] if self.time is not None else 1
+        return new_prev, new_lag, order
 
     def padded(self, arrays, n, ladder):
         """Extra rows are each the first of its own group (no predecessor, lag 0)."""
@@ -123,8 +139,7 @@ class AR1(Correlation):
     def coefficients(self, par, key):
         """a_i = phi^{d_i} (0 for a group's first row, d_i = 0) and sqrt(1 - a_i^2)."""
         phi = jnp.tanh(par[0])
-        powers = jnp.concatenate([jnp.ones(1, par.dtype), jnp.cumprod(jnp.full(self.max_lag, phi))])
-        a = jnp.where(key > 0, powers[key], 0.0)
+        a = jnp.where(key > 0, jax.lax.pow(phi, key.astype(jnp.int32)), 0.0)   # an integer power
         return a, jnp.sqrt(1.0 - a * a)
 
     def whiten(self, par, arrays, M):

@@ -148,6 +148,15 @@ class Correlation(ResidualPart):
         """A square root of R times e (n,): R^{1/2} e has covariance R when e ~ N(0, I)
         (simulation), and :meth:`whiten` undoes it."""
 
+    def observed(self, arrays: tuple, mask: np.ndarray) -> tuple | None:
+        """The arrays (NumPy, in the model's rows) of the structure on the rows ``mask``
+        alone, as nlme builds it after leaving out a response's missing values: a batch
+        response with missing values (:func:`jaxhlm.batch.fit_many`) is fitted on its
+        observed rows.  The rows left out get weight 0 and are never a partner of a row
+        kept.  Static sizes keep the model's (compound symmetry's lower bound on rho
+        stays -1 / (largest group - 1) of all rows).  None where the structure cannot."""
+        return None
+
     def padded(self, arrays: tuple, n: int, ladder) -> tuple | None:
         """The arrays for ``n`` rows, the model's own first: the simulator of a design
         padded to its bucket (:func:`jaxhlm.batch.simulate_responses`) colors the extra

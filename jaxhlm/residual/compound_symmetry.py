@@ -81,6 +81,11 @@ class CompoundSymmetry(Correlation):
         return (np.concatenate([groups, extra]),
                 np.concatenate([sizes, [float(extra.size)], np.zeros(ladder(sizes.shape[0] + 1) - sizes.shape[0] - 1)]))
 
+    def observed(self, arrays, mask):
+        """The groups' sizes count the rows kept."""
+        groups, sizes = arrays
+        return groups, np.bincount(groups[mask], minlength=sizes.shape[0]).astype(float)
+
     def exchangeable(self, arrays):
         groups, sizes = arrays
         return groups, sizes[groups].astype(np.int64)

@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
@@ -164,21 +165,25 @@ class _Predecessor(NamedTuple):
 
 
 class _GroupMean(NamedTuple):
-    """m_p of each row: the mean row of its group (compound symmetry)."""
+    """m_p of each row: the mean row of its group (compound symmetry), over the rows kept."""
 
     groups: np.ndarray
+    kept: np.ndarray        # (n,) float: 1 for a row kept, 0 for one left out
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
-        sizes = np.bincount(self.groups).astype(float)
+        sizes = np.bincount(self.groups, weights=self.kept)
+        kept = self.kept.reshape((-1,) + (1,) * (a.ndim - 1))
         sums = np.zeros((sizes.size,) + a.shape[1:])
-        np.add.at(sums, self.groups, a)
+        np.add.at(sums, self.groups, a * kept)
         return (sums / np.maximum(sizes, 1.0).reshape((-1,) + (1,) * (a.ndim - 1)))[self.groups]
 
 
-def _class_rows(res: Residual, arrays: dict, n: int):
+def _class_rows(res: Residual, arrays: dict, n: int, kept: np.ndarray | None = None):
     """Each row's class and the row sets (module docstring): (partner, key, classes (n,),
     representatives (C,)), ``partner(a)`` the rows m_p of a row array a, or None where
-    the classes cannot be used."""
+    the classes cannot be used.  ``kept``: the rows used (a response's observed rows),
+    the others in no class (-1)."""
+    kept = np.ones(n, dtype=bool) if kept is None else kept
     corr = res.correlation
     partner, key = _Predecessor(np.arange(n)), np.zeros(n, dtype=np.int64)
     if corr is not None:
@@ -187,23 +192,27 @@ def _class_rows(res: Residual, arrays: dict, n: int):
         if markov is not None:
             partner, key = _Predecessor(np.asarray(markov[0])), markov[1]
         elif exchangeable is not None and res.variance is None:
-            partner, key = _GroupMean(np.asarray(exchangeable[0])), exchangeable[1]
+            partner, key = _GroupMean(np.asarray(exchangeable[0]), kept.astype(float)), exchangeable[1]
         else:
             return None
     columns = [np.asarray(key, dtype=float)]
     for a in arrays.get("variance", ()):
         a = np.asarray(a, dtype=float)
         columns += [a, np.where(key > 0, partner(a), 0.0)]
-    _, first, classes = np.unique(np.column_stack(columns), axis=0, return_index=True, return_inverse=True)
+    used = np.flatnonzero(kept)
+    _, first, found = np.unique(np.column_stack(columns)[used], axis=0, return_index=True, return_inverse=True)
     if first.size > MAX_CLASSES:
         return None
-    return partner, np.asarray(key), classes.reshape(-1), first
+    classes = np.full(n, -1, dtype=np.int64)
+    classes[used] = found.reshape(-1)
+    return partner, np.asarray(key), classes, used[first]
 
 
-def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | None:
-    """The :class:`ClassSets` of the model's rows (NumPy, once), or None (module docstring)."""
+def _class_sets(rows: RowData, res: Residual, st, arrays: dict, kept: np.ndarray | None = None) -> ClassSets | None:
+    """The :class:`ClassSets` of the model's rows (NumPy, once), or None (module
+    docstring); ``kept`` as :func:`_class_rows`'."""
     n = rows.y.shape[0]
-    found = _class_rows(res, arrays, n)
+    found = _class_rows(res, arrays, n, kept)
     if found is None:
         return None
     partner, key, classes, first = found
@@ -225,7 +234,7 @@ def _class_sets(rows: RowData, res: Residual, st, arrays: dict) -> ClassSets | N
         set_class=np.asarray(set_class, np.int32), set_kind=np.asarray(set_kind, np.int32),
         key=key[first].astype(np.int32), var_at=tuple(np.asarray(a)[first] for a in var),
         var_prev=tuple(partner(np.asarray(a))[first] for a in var),
-        count=np.bincount(classes, minlength=first.size).astype(float))
+        count=np.bincount(classes[classes >= 0], minlength=first.size).astype(float))
 
 
 def _kind_rows(a: np.ndarray, partner, kind: int) -> np.ndarray:
@@ -325,38 +334,89 @@ def bucket(own, rows: RowData) -> padding.Bucketed:
                    pat.pair_out, np.zeros(pat.pair_out.shape + sets.A11.shape[-2:]), pat.pair_rand,
                    sets.Arr[0], np.float64(0.0), np.float64(0.0), np.float64(1.0))
     index = padding.pad(first, own, common, nnz, npairs)
-    nsets, nclasses = padding.count(sets.set_class.size), padding.count(sets.count.size)
-    ell1 = common.terms[0].nlevels
-    grow_sets = lambda a, axis=0: padding.grow(a, nsets, axis)   # noqa: E731
-    grow_classes = lambda a: padding.grow(a, nclasses, fill=a[0])   # noqa: E731
     compact = RowData(
         Pattern(None, None, None, None, None, index.coo_row, index.coo_level,
                 padding.grow(pat.pair_a, npairs, fill=pat.coo_row.shape[0]),
                 padding.grow(pat.pair_b, npairs, fill=pat.coo_row.shape[0]),
                 index.pair_level, index.pair_out, index.pair_rand),
-        None, None, rows.sigma, (), (),
-        ClassSets(A11=grow_sets(padding.grow(sets.A11, ell1, axis=1)),
-                  coo_val=grow_sets(padding.grow(sets.coo_val, nnz, axis=1)),
-                  zy1=None, Arr=None,
-                  set_class=grow_sets(sets.set_class), set_kind=padding.grow(sets.set_kind, nsets, fill=SELF),
-                  key=grow_classes(sets.key), var_at=tuple(map(grow_classes, sets.var_at)),
-                  var_prev=tuple(map(grow_classes, sets.var_prev)),
-                  count=padding.grow(sets.count, nclasses)))
+        None, None, rows.sigma, (), (), None)
     out = padding.Bucketed(own, common, compact)
-    return dataclasses.replace(out, blocks=padded_responses(out, rows))
+    laid = _laid_out(sets, out, padding.count(sets.set_class.size), padding.count(sets.count.size))
+    return dataclasses.replace(out, blocks=compact._replace(sets=laid))
+
+
+def _laid_out(sets: ClassSets, bucketed: padding.Bucketed, nsets: int, nclasses: int) -> ClassSets:
+    """Class sets (the response fields zy1 and Arr may carry a leading batch axis) laid
+    out for ``bucketed``'s structure and entries, with ``nsets`` sets and ``nclasses``
+    classes (:func:`bucket`)."""
+    own, common = bucketed.own, bucketed.structure
+    ell1, nnz = common.terms[0].nlevels, bucketed.blocks.pattern.coo_row.shape[0]
+    lead = sets.zy1.ndim - 3                      # 1 with a batch axis
+    grow_classes = lambda a: padding.grow(a, nclasses, fill=a[0])   # noqa: E731
+    return ClassSets(
+        A11=padding.grow(padding.grow(sets.A11, ell1, axis=1), nsets),
+        coo_val=padding.grow(padding.grow(sets.coo_val, nnz, axis=1), nsets),
+        zy1=padding.grow(padding.grow(sets.zy1, ell1, axis=lead + 1), nsets, axis=lead),
+        Arr=padding.grow(padding.spread(sets.Arr, padding.column_map(own, common), common.m), nsets, axis=lead),
+        set_class=padding.grow(sets.set_class, nsets), set_kind=padding.grow(sets.set_kind, nsets, fill=SELF),
+        key=grow_classes(sets.key), var_at=tuple(map(grow_classes, sets.var_at)),
+        var_prev=tuple(map(grow_classes, sets.var_prev)), count=padding.grow(sets.count, nclasses))
 
 
 def padded_responses(bucketed: padding.Bucketed, many: RowData) -> RowData:
-    """The class sets' response fields of ``many`` (the model's own rows, or
-    :func:`with_responses`' with a leading batch axis) laid out as ``bucketed``'s
-    (:func:`bucket`), on its padded design."""
-    own, common, sets = bucketed.own, bucketed.structure, many.sets
-    lead = sets.zy1.ndim - 3                      # 1 with a batch axis
-    nsets = bucketed.blocks.sets.set_class.size
-    cmap = padding.column_map(own, common)
-    zy1 = padding.grow(padding.grow(sets.zy1, common.terms[0].nlevels, axis=lead + 1), nsets, axis=lead)
-    Arr = padding.grow(padding.spread(sets.Arr, cmap, common.m), nsets, axis=lead)
-    return bucketed.blocks._replace(sets=bucketed.blocks.sets._replace(zy1=zy1, Arr=Arr))
+    """The class sets' response fields of ``many`` (:func:`with_responses`' output, with a
+    leading batch axis) laid out as ``bucketed``'s (:func:`bucket`), on its padded design."""
+    design = bucketed.blocks.sets
+    laid = _laid_out(many.sets, bucketed, design.set_class.size, design.count.size)
+    return bucketed.blocks._replace(sets=design._replace(zy1=laid.zy1, Arr=laid.Arr))
+
+
+def with_missing(bucketed: padding.Bucketed, rows: RowData, Y: np.ndarray):
+    """For responses Y (B, n) with missing values (NaN): ``take(index)``, the rows of the
+    responses ``index``, each with its own class sets built on its observed rows alone
+    (the correlation's arrays from :meth:`~jaxhlm.residual.base.Correlation.observed`:
+    nlme's fit after leaving out the missing values), all laid out as ``bucketed`` with
+    the batch's largest numbers of sets and classes (one program), and their ``in_axes``.
+    A response with no observed row gets empty sets (a non-finite fit).  Raises
+    ``ValueError`` where the structure cannot (blocks from the rows, or a correlation
+    without :meth:`observed`)."""
+    res = bucketed.own.residual
+    observed = np.isfinite(Y)
+    n = Y.shape[1]
+
+    def arrays(kept):
+        corr = rows.correlation
+        if res.correlation is not None and not kept.all():
+            corr = res.correlation.observed(corr, kept)
+        return {"correlation": corr, "variance": rows.variance}
+
+    sizes = []
+    for kept in observed:
+        found = None
+        if rows.sets is not None and arrays(kept)["correlation"] is not None:
+            found = _class_rows(res, arrays(kept), n, kept)
+        if found is None:
+            raise ValueError("responses with missing values (NaN) cannot be fitted in a batch with this "
+                             "residual structure (its blocks come from the rows); drop those rows from "
+                             "the model")
+        _, key, _, first = found
+        sizes.append((first.size, int(np.sum(np.where(key[first] > 0, 3, 1)))))
+    nclasses = padding.count(max(max(c for c, _ in sizes), 1))
+    nsets = padding.count(max(max(k for _, k in sizes), 1))
+
+    def one(y, kept):
+        if not kept.any():
+            return rows.sets._replace(**{f: np.zeros_like(getattr(rows.sets, f))
+                                         for f in ("A11", "coo_val", "zy1", "Arr", "count")})
+        return _class_sets(rows._replace(y=np.where(kept, y, 0.0)), res, bucketed.own, arrays(kept), kept)
+
+    def take(index):
+        per = [_laid_out(one(Y[b], observed[b]), bucketed, nsets, nclasses) for b in index]
+        sets = jax.tree.map(lambda *a: np.stack(a), *per)
+        many = bucketed.blocks._replace(sets=sets)
+        return many, RowData(None, None, None, None, None, None, jax.tree.map(lambda _: 0, sets))
+
+    return take
 
 
 def bind(frame, correlation: Correlation | None, variance: VarianceFunction | None):
