@@ -13,12 +13,11 @@ Bootstrap: ``--nsim`` refits of cbpp's model to responses simulated from its fit
 ``res.bootstrap(nsim)`` in a fresh process after the fit (first call: its compilation
 included, empty compilation cache), then again with another seed (warm).  R: lme4's
 ``refit(m, newresp = simulate(m)[[1]])`` in a loop of ``--r-refits`` (what ``bootMer``
-does per replicate), scaled to ``nsim``.  Writes ``benchmarks/results/glmm-DATE.json``.
+does per replicate), scaled to ``nsim``.  Writes ``benchmarks/results/glmm-DATE.json`` (or ``--out``).
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from side_by_side import reps_arguments, run_json
+from side_by_side import reps_arguments, results_path, run_json
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "reference" / "glmm" / "data"
@@ -120,8 +119,7 @@ def main() -> None:
         for side, m in med.items():
             ratio = "" if side.startswith("R") else f"   R/jaxhlm first {r['fit'] / m['fit']:.2f}x, warm {r['warm'] / m['warm']:.1f}x"
             print(f"  {side:<26} first fit {m['fit']:8.3f} s   warm {m['warm']:8.4f} s   -2logL {m['objective']:.6f}{ratio}")
-    stamp = datetime.date.today().isoformat()
-    path = HERE / "results" / f"glmm-{stamp}.json"
+    path = results_path(args, "glmm")
     path.write_text(json.dumps({"reps": args.reps, "machine": platform.platform(), "cpus": os.cpu_count(),
                                 "results": results}, indent=1))
     print(f"wrote {path}")

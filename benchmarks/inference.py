@@ -18,7 +18,6 @@ derivatives, which ``lmer`` computes with the fit (timed with the fit).  Medians
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from side_by_side import reps_arguments, run_json
+from side_by_side import reps_arguments, results_path, run_json
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "tests" / "reference" / "inference" / "data" / "Exam.csv.gz"
@@ -83,8 +82,7 @@ def main() -> None:
         print(f"{side:<28}" + "".join(f"{m[k]:>21.3f}" for k in keys))
     for side in ("jaxhlm, empty cache", "jaxhlm, stored programs"):
         print(f"{'R / ' + side:<28}" + "".join(f"{r[k] / medians[side][k]:>20.1f}x" for k in keys))
-    stamp = datetime.date.today().isoformat()
-    path = HERE / "results" / f"inference-{stamp}.json"
+    path = results_path(args, "inference")
     path.write_text(json.dumps({"formula": FORMULA, "reps": args.reps, "machine": platform.platform(),
                                 "cpus": os.cpu_count(), "medians": medians, "runs": runs}, indent=1))
     print(f"wrote {path}")

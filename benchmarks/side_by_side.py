@@ -1,11 +1,13 @@
 """What the side-by-side benchmarks (``inference.py``, ``glmm.py``) share: a fresh process
-whose last line of output is JSON, and the ``--reps`` argument."""
+whose last line of output is JSON, the ``--reps`` and ``--out`` arguments."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import subprocess
+from pathlib import Path
 
 
 def run_json(cmd, env=None) -> dict:
@@ -15,10 +17,18 @@ def run_json(cmd, env=None) -> dict:
 
 
 def reps_arguments(doc: str, **more: int) -> argparse.Namespace:
-    """``--reps`` (default 3) and any ``--name`` integers given with their defaults, with
+    """``--reps`` (default 3), ``--out`` (the JSON file to write; default
+    :func:`results_path`'s) and any ``--name`` integers given with their defaults, with
     the script's first docstring line as description."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="the JSON file to write (default benchmarks/results/NAME-DATE.json)")
     for name, default in more.items():
         ap.add_argument("--" + name.replace("_", "-"), type=int, default=default)
     return ap.parse_args()
+
+
+def results_path(args: argparse.Namespace, name: str) -> Path:
+    """Where a run writes its JSON: ``--out``, else ``benchmarks/results/NAME-DATE.json``."""
+    return args.out or Path(__file__).parent / "results" / f"{name}-{datetime.date.today().isoformat()}.json"

@@ -11,7 +11,6 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import jax.numpy as jnp
 
 from ..errors import DataError
 from .base import VarianceFunction, column

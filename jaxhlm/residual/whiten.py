@@ -44,6 +44,12 @@ the number of sets and classes) and drops the rows: models of nearby sizes share
 program.  The simulator pads the rows and each structure's arrays
 (:meth:`~jaxhlm.residual.base.Correlation.padded`).  A model whose blocks come from
 its rows is not padded.
+
+**Missing values.**  In a batch, a response with missing values is fitted on its
+observed rows (:func:`with_missing`): its class sets are built from the design's rows
+with weight 0 on the missing ones and the correlation's arrays of the rows kept
+(:meth:`~jaxhlm.residual.base.Correlation.observed`), so every response keeps the
+design's pattern and the batch one program.
 """
 
 from __future__ import annotations
