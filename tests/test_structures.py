@@ -400,6 +400,18 @@ def test_residual_batches_with_missing_values_equal_fits_of_their_observed_rows(
             np.testing.assert_allclose(many.theta[b], single.theta, rtol=1e-4, atol=1e-5)
 
 
+def test_a_residual_batch_with_missing_values_from_the_rows_is_refused():
+    """Blocks from the rows (a variance covariate of more than MAX_CLASSES values) have no
+    class sets to rebuild per response: a clear error, before anything is compiled."""
+    d = data("sleepstudy").assign(v=lambda x: np.linspace(1.0, 2.0, len(x)))
+    model = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", d, variance=jaxhlm.VarPower("v"))
+    assert model._host_blocks.sets is None
+    Y = np.tile(d.Reaction.to_numpy(), (2, 1))
+    Y[1, 3] = np.nan
+    with pytest.raises(ValueError, match="missing values"):
+        model.fit_many(Y)
+
+
 def test_residual_marginal_likelihood_and_nuts():
     """NUTS's likelihood with a residual structure equals the ML fit's at its optimum
     (profiled = unprofiled at beta-hat, sigma-hat), and a short run samples phi and the

@@ -383,7 +383,8 @@ def with_missing(bucketed: padding.Bucketed, rows: RowData, Y: np.ndarray):
     (the correlation's arrays from :meth:`~jaxhlm.residual.base.Correlation.observed`:
     nlme's fit after leaving out the missing values), all laid out as ``bucketed`` with
     the batch's largest numbers of sets and classes (one program), and their ``in_axes``.
-    A response with no observed row gets empty sets (a non-finite fit).  Raises
+    A response with no observed row gets the design's sets with zero blocks (a
+    non-finite fit, its status says so).  Raises
     ``ValueError`` where the structure cannot (blocks from the rows, or a correlation
     without :meth:`observed`)."""
     res = bucketed.own.residual
@@ -396,11 +397,11 @@ def with_missing(bucketed: padding.Bucketed, rows: RowData, Y: np.ndarray):
             corr = res.correlation.observed(corr, kept)
         return {"correlation": corr, "variance": rows.variance}
 
-    sizes = []
+    sizes = [(rows.sets.count.size, rows.sets.set_class.size)] if rows.sets is not None else []
     for kept in observed:
         found = None
-        if rows.sets is not None and arrays(kept)["correlation"] is not None:
-            found = _class_rows(res, arrays(kept), n, kept)
+        if rows.sets is not None and (bound := arrays(kept))["correlation"] is not None:
+            found = _class_rows(res, bound, n, kept)
         if found is None:
             raise ValueError("responses with missing values (NaN) cannot be fitted in a batch with this "
                              "residual structure (its blocks come from the rows); drop those rows from "
