@@ -5,6 +5,7 @@ k * 2**s (``padding.SKEW = 0``) and on with the skewed one (the default), altern
 
     python benchmarks/probes/padding_cost.py              # small models, 4,096 refits
     python benchmarks/probes/padding_cost.py --large      # many levels, 512 refits
+    python benchmarks/probes/padding_cost.py --pow2       # 64-256 groups of 10, 1,024 refits
 """
 import statistics
 import sys
@@ -48,6 +49,18 @@ LARGE = {
                                       {"correlation": jaxhlm.AR1("id", "visit")}),
     "1,000 subjects x 8 visits, random slope": ("y ~ visit + treat + (visit | id)", _longitudinal(1000), {}),
 }
+
+
+def _clusters(groups: int, size: int = 10, seed: int = 1) -> pd.DataFrame:
+    """A random intercept per group and a covariate (a simulation study's design)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), size)
+    x = rng.normal(size=g.size)
+    return pd.DataFrame({"y": x + rng.normal(size=groups)[g] + rng.normal(size=g.size), "x": x,
+                         "g": g.astype(str)})
+
+
+POW2 = {f"{k} groups of 10": ("y ~ x + (1 | g)", _clusters(k), {}) for k in (64, 128, 256)}
 SETTINGS = {"off": (False, padding.SKEW), "k 2^s": (True, 0), "skewed": (True, padding.SKEW)}
 
 
@@ -60,9 +73,9 @@ def median_time(fn, reps):
     return statistics.median(ts)
 
 
-large = "--large" in sys.argv
-nsim = 512 if large else 4096
-for name, (formula, df, kw) in (LARGE if large else SMALL).items():
+large, pow2 = "--large" in sys.argv, "--pow2" in sys.argv
+nsim = 512 if large else 1024 if pow2 else 4096
+for name, (formula, df, kw) in (LARGE if large else POW2 if pow2 else SMALL).items():
     row, levels = {}, {}
     for _ in range(2):
         for setting, (enabled, skew) in SETTINGS.items():
@@ -77,5 +90,5 @@ for name, (formula, df, kw) in (LARGE if large else SMALL).items():
             row.setdefault(setting, []).append((fit, boot))
             levels[setting] = [t.nlevels for t in model.bucketed.structure.terms]
     best = {s: min(v) for s, v in row.items()}
-    print(f"{name}: " + "; ".join(f"{s} {levels[s]} fit {1e3 * f:.2f} ms, bootstrap {nsim} {b:.2f} s"
+    print(f"{name}: " + "; ".join(f"{s} {levels[s]} fit {1e3 * f:.2f} ms, bootstrap {nsim} {b:.3f} s"
                                   for s, (f, b) in best.items()), flush=True)
