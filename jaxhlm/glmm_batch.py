@@ -179,10 +179,13 @@ def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
         key = jax.random.key_data(key)
     key = np.asarray(key)
     size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // max(model.nobs, 1)))
+    data = model.data
+    if np.all(data.trials == 1):   # one trial per row: the family's simpler sampler (0/1 draws)
+        data = data._replace(trials=None)
     out = np.empty((R, model.nobs))
     for lo in range(0, R, size):
         at = np.arange(lo, lo + size).clip(max=R - 1)
-        y = _draw(key, index[at], fixef[at], theta[at], model.data, st, model.family)
+        y = _draw(key, index[at], fixef[at], theta[at], data, st, model.family)
         out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
     return out
 

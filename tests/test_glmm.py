@@ -334,6 +334,26 @@ def test_bootstrap_refits_from_the_estimates(cbpp_fit):
     assert lo < hi
 
 
+def test_binary_responses_are_drawn_at_their_probabilities():
+    """One trial per row: the simulator draws 0/1 as u < mu (Binomial.sample with
+    trials=None), lme4's distribution.  With theta = 0, each row's mean over 4,000
+    replicates is its mu to 4.5 Monte Carlo SEs; with a random intercept (SD 2), a
+    group's rows share their draw's b, so the group's mean varies more than independent
+    rows' would."""
+    from jaxhlm.glmm_batch import simulate
+
+    rng = np.random.default_rng(1)
+    d = pd.DataFrame({"g": np.repeat(list("abcdef"), 5), "x": rng.normal(size=30)})
+    model = GLMM("y ~ x + (1 | g)", d.assign(y=rng.integers(0, 2, 30).astype(float)), family="binomial")
+    beta = np.array([-0.3, 0.8])
+    Y = simulate(model, beta, np.zeros(1), 4000, seed=2)
+    assert set(np.unique(Y)) == {0.0, 1.0}
+    mu = 1 / (1 + np.exp(-(beta[0] + beta[1] * d.x.to_numpy())))
+    assert np.all(np.abs(Y.mean(axis=0) - mu) < 4.5 * np.sqrt(mu * (1 - mu) / 4000))
+    group_means = simulate(model, beta, np.full(1, 2.0), 4000, seed=3).reshape(4000, 6, 5).mean(axis=2)
+    assert np.var(group_means[:, 0]) > 2 * np.mean(mu[:5] * (1 - mu[:5])) / 5
+
+
 def test_statuses_flag_separation_without_raising():
     """A covariate that separates a binary response: the fit warns and says SEPARATION;
     in a batch, that fit's status says so while the others converge."""

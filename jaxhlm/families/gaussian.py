@@ -169,7 +169,9 @@ class Gaussian:
         return y
 
     def sample(self, key, mu, trials):
-        return mu + self.sigma * jax.random.normal(key, mu.shape, mu.dtype) / jnp.sqrt(trials)
+        """mu + sigma e / sqrt(w), w the prior weights (``trials``; None: 1)."""
+        noise = self.sigma * jax.random.normal(key, mu.shape, mu.dtype)
+        return mu + (noise if trials is None else noise / jnp.sqrt(trials))
 
     def at_bound(self, mu):
         return jnp.asarray(False)

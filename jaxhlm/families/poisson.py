@@ -41,6 +41,7 @@ class Poisson:
         return y + 0.1
 
     def sample(self, key, mu, trials):
+        """Counts ~ Poisson(mu) (``trials``, the prior weights, do not enter)."""
         return jax.random.poisson(key, mu, dtype=jnp.int32).astype(mu.dtype)
 
     def at_bound(self, mu):
