@@ -68,14 +68,17 @@ class GLMMBatchResult(BatchResult):
 
 def _fit_chunk_program(Y, starts, fresh, hessian0, max_iter, data, st, family, nagq):
     """vmapped fits of the responses Y, each from its row of ``starts`` or, where ``fresh``,
-    from the default start (computed only when some fit of the chunk needs it), BFGS from
-    ``hessian0`` (a refit's: the original fit's; None: probed); at most ``max_iter``
-    iterations (an argument: both passes of :func:`fit_many` run this one program)."""
+    from the default start (computed only when some fit of the chunk needs it; ``fresh``
+    None: no fit of the batch does, and the program holds no default start, whose PIRLS
+    with beta inside is a second loop to compile), BFGS from ``hessian0`` (a refit's: the
+    original fit's; None: probed); at most ``max_iter`` iterations (an argument: both
+    passes of :func:`fit_many` run this one program)."""
     def default_starts():
         default = jax.vmap(lambda y: default_start(data._replace(y=y), st, family, nagq))(Y)
         return jnp.where(fresh[:, None], default, starts)
 
-    starts = jax.lax.cond(jnp.any(fresh), default_starts, lambda: starts)
+    if fresh is not None:
+        starts = jax.lax.cond(jnp.any(fresh), default_starts, lambda: starts)
 
     def one(y, x0):
         return fit_program(data._replace(y=y), st, family, nagq, max_iter, x0, hessian0)
@@ -91,7 +94,8 @@ def _run_chunks(model, Y, starts, fresh, hessian0, nagq, max_iter, size, progres
     program = stored(_FIT_CHUNK, model.structure, model.family)
 
     def dispatch(index):
-        return program(jnp.asarray(Y[index]), jnp.asarray(starts[index]), jnp.asarray(fresh[index]),
+        return program(jnp.asarray(Y[index]), jnp.asarray(starts[index]),
+                       None if fresh is None else jnp.asarray(fresh[index]),
                        hessian0, np.int64(max_iter), model.data, model.structure,
                        model.family, nagq)
 
@@ -131,7 +135,7 @@ def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0
         batch_size = CHUNK_CPU
     size = chunk_size(B, batch_size, 1)
     k = model.structure.ntheta + (model.structure.p if nagq else 0)
-    fresh = np.full(B, start is None)
+    fresh = np.ones(B, bool) if start is None else None   # None: no default start in the program
     starts = np.zeros((B, k)) if start is None else np.broadcast_to(np.asarray(start, float), (B, k))
     hessian0 = given_hessian(hessian0, k)
     # Vmapped fits step together until the slowest is done: a first pass of at most
@@ -140,8 +144,8 @@ def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0
     out = _run_chunks(model, Y, starts, fresh, hessian0, nagq, first, size, progress)
     late = np.flatnonzero(out[0][0].status == Status.MAX_ITERATIONS)
     if late.size and max_iter > first:
-        more = _run_chunks(model, Y[late], out[0][0].x[late], np.zeros(late.size, bool), hessian0, nagq,
-                           max_iter - first, size, False)
+        resumed = None if fresh is None else np.zeros(late.size, bool)
+        more = _run_chunks(model, Y[late], out[0][0].x[late], resumed, hessian0, nagq, max_iter - first, size, False)
         opt = more[0][0]
         more = ((opt._replace(iterations=opt.iterations + first),) + more[0][1:], more[1])
         out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
@@ -164,7 +168,8 @@ def _draw_program(key_data, index, beta, theta, data, st, family):
     return jax.vmap(one)(index, beta, theta)
 
 
-_draw = jax.jit(_draw_program, static_argnums=(5, 6))
+_DRAW = Precompiled(_draw_program, (5, 6), "glmm_simulate")
+"""The simulator, compiled and stored (:mod:`jaxhlm.precompiled`): a later process loads it."""
 
 
 def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
@@ -185,7 +190,7 @@ def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
     out = np.empty((R, model.nobs))
     for lo in range(0, R, size):
         at = np.arange(lo, lo + size).clip(max=R - 1)
-        y = _draw(key, index[at], fixef[at], theta[at], data, st, model.family)
+        y = stored(_DRAW, st, model.family)(key, index[at], fixef[at], theta[at], data, st, model.family)
         out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
     return out
 

@@ -326,7 +326,7 @@ def test_batched_fits_equal_looped_fits(cbpp_model, cbpp_fit):
 
 
 def test_bootstrap_refits_from_the_estimates(cbpp_fit):
-    boot = cbpp_fit.bootstrap(8, seed=1)     # the size of the batch above: its program
+    boot = cbpp_fit.bootstrap(8, seed=1)
     assert len(boot) == 8 and boot.converged.all()
     ci = boot.confint()
     assert list(ci.index) == list(cbpp_fit.fixef.index) + ["sd(herd:(Intercept))"]
