@@ -2,11 +2,11 @@
 
 ``GLMM(formula, data, family="binomial" | "poisson", link=None, weights=None)`` builds the
 model frame once (:mod:`jaxhlm.frame`) and the arrays of :mod:`jaxhlm.pirls`;
-:meth:`GLMM.fit` maximises the Laplace approximation (``nagq=1``, lme4's default: first
-theta alone with beta inside PIRLS, as glmer's first stage, then (theta, beta) together)
-or stops after the first stage (``nagq=0``).  Responses as R takes them: a 0/1 or a count
-column, ``cbind(successes, failures)``, or a proportion with ``weights=`` the trials;
-``offset(expr)`` terms in the formula enter the linear predictor.
+:meth:`GLMM.fit` maximises the Laplace approximation (``nagq=1``, lme4's default) over
+(theta, beta) together, or over theta alone with beta inside PIRLS (``nagq=0``, glmer's
+first stage); the start is :func:`jaxhlm.glmm_fit.glm_step_start`'s. Responses as R takes
+them: a 0/1 or a count column, ``cbind(successes, failures)``, or a proportion with
+``weights=`` the trials; ``offset(expr)`` terms in the formula enter the linear predictor.
 
 ``nagq`` > 1: adaptive Gauss-Hermite quadrature (:mod:`jaxhlm.quadrature`, which says on
 which footing lme4 reports its likelihood then).  Many responses, simulation and the
@@ -32,7 +32,7 @@ from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
 from .families.links import LINKS
 from .families.poisson import Poisson
-from .glmm_fit import FIT, deviance_at, stored
+from .glmm_fit import CONDITIONAL_VARIANCES, FIT, deviance_at, stored
 from .optimize import Status
 from .pirls import GLMMData
 from .quadrature import check_scalar_term
@@ -243,8 +243,8 @@ class GLMMResult(InformationCriteria):
     _model: object = dataclasses.field(repr=False)
     _b: list = dataclasses.field(repr=False)
     _eta: np.ndarray = dataclasses.field(repr=False)
-    _b_var: list = dataclasses.field(repr=False)
     _hessian: np.ndarray = dataclasses.field(repr=False)   # of the deviance at the optimum
+    _b_var_cache: list | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
@@ -257,8 +257,19 @@ class GLMMResult(InformationCriteria):
                    np.asarray(theta, float), model.frame.theta_names, int(code),
                    int(opt.iterations), int(m.iterations),
                    bool(tables.singular(np.asarray(theta), st.scales())), model,
-                   [np.asarray(b) for b in m.b], np.asarray(m.eta), [np.asarray(v) for v in m.b_var],
-                   np.asarray(hessian))
+                   [np.asarray(b) for b in m.b], np.asarray(m.eta), np.asarray(hessian))
+
+    @property
+    def _b_var(self) -> list:
+        """b's conditional covariances per term (lme4's ``condVar``), computed on first use
+        by a program of their own (:func:`jaxhlm.pirls.conditional_variances`)."""
+        if self._b_var_cache is None:
+            model = self._model
+            program = stored(CONDITIONAL_VARIANCES, model.structure, model.family)
+            out = program(jnp.asarray(self.theta), jnp.asarray(self.fixef.to_numpy()),
+                          [jnp.asarray(b) for b in self._b], model.data, model.structure, model.family)
+            self._b_var_cache = [np.asarray(v) for v in jax.device_get(out)]
+        return self._b_var_cache
 
     @property
     def converged(self) -> bool:

@@ -2,9 +2,9 @@
 
 :func:`fit_program` is vmap-able over the response (:mod:`jaxhlm.glmm_batch` maps it
 over chunks of responses; :class:`jaxhlm.GLMM` runs it once): the start
-(:func:`default_start`), the outer BFGS over theta (``nagq=0``, beta inside PIRLS) or
-(theta, beta) (Laplace, or adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`),
-the final PIRLS mode, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
+(:func:`glm_step_start` for a single fit, :func:`default_start`, lme4's, for a batch's), the
+outer BFGS over theta (``nagq=0``, beta inside PIRLS) or (theta, beta) (Laplace, or
+adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`), the final PIRLS modes, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
 (central differences of the gradient in the optimiser's loop), and the fit's status
 (:func:`status`).  Programs are kept on disk for the next process
 (:mod:`jaxhlm.precompiled`, :func:`stored`).
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from . import quadrature
 from .optimize import Status, minimize
-from .pirls import PIRLS_MAX_ITER, at_mode, laplace, mode, objective_fn, zero_modes
-from .precompiled import Precompiled
+from .pirls import PIRLS_MAX_ITER, Settled, conditional_variances, laplace, mode, objective_fn, settled, zero_modes
+from .precompiled import OLDER_EMITTERS, Precompiled
 
 
 def deviance_for(nagq: int):
@@ -42,10 +42,11 @@ rounding of the gradient ~1e-6 relative)."""
 
 
 def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
-    """One fit (vmap-able over ``data.y``): the optimum, the final PIRLS mode, theta, beta,
-    vcov(beta), the status (:func:`status`) and the deviance's Hessian at the optimum (for
-    nagq >= 1; a refit starts its BFGS from it).  ``start``: x0 = (theta, beta) (theta for
-    nagq=0), or None for lme4's start (:func:`default_start`);
+    """One fit (vmap-able over ``data.y``): the optimum, the final PIRLS modes
+    (:class:`jaxhlm.pirls.Settled`), theta, beta, vcov(beta), the status (:func:`status`)
+    and the deviance's Hessian at the optimum (for nagq >= 1; a refit starts its BFGS from
+    it).  ``start``: x0 = (theta, beta) (theta for nagq=0), or None for
+    :func:`glm_step_start`;
     ``hessian0``: BFGS's starting Hessian (the program then holds no probing phases), or
     None to probe one at x0.
 
@@ -53,18 +54,19 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     the last accepted point (:func:`jaxhlm.optimize.minimize`'s ``warm``), and the
     Hessian's 2k gradients (central differences, steps of :data:`HESSIAN_STEP`, computed
     in the optimiser's loop) from the optimum's (cbpp: 2 iterations instead of 4-5 from
-    b = 0); the final mode is the optimum's evaluation's (:func:`jaxhlm.pirls.at_mode`)."""
+    b = 0); the final modes are the optimum's evaluation's (:func:`jaxhlm.pirls.settled`)."""
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
     if start is None:
-        start = default_start(data, st, family, nagq)
+        start = glm_step_start(data, st, family, nagq)
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
         g0, _ = objective_fn(data, st, family, True)
         opt = minimize(lambda x: g0(x, None)[0], start, canonical=st.canonical,
                        snap_mask=scales, method="bfgs", max_iter=max_iter, hessian0=hessian0,
                        probe=hessian0 is None)
         m = mode(opt.x, jnp.zeros(st.p), data, st, family, True, with_vcov=True)
-        return opt, m, opt.x, m.beta, m.vcov, status(opt, m, family), jnp.zeros((nt, nt), start.dtype)
+        final = Settled(m.eta, m.b, m.pdev, m.iterations)
+        return opt, final, opt.x, m.beta, m.vcov, status(opt, final, family), jnp.zeros((nt, nt), start.dtype)
     # Laplace or AGQ: (theta, beta) together
     g1, _ = objective_fn(data, st, family, False, deviance_for(nagq))
     canonical = lambda x: jnp.concatenate([st.canonical(x[:nt]), x[nt:]])  # noqa: E731
@@ -74,21 +76,44 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
                    probe=hessian0 is None,
                    hessian=True, hessian_step=HESSIAN_STEP)
     theta, beta = opt.x[:nt], opt.x[nt:]
-    m = at_mode(theta, beta, *opt.warm, data, st, family)    # PIRLS's mode at the optimum
+    m = settled(beta, *opt.warm, data, family)    # PIRLS's modes at the optimum
     # lme4's use.hessian: vcov(beta) = 2 H^-1 (its beta block), H of the deviance
     vcov = 2.0 * jnp.linalg.inv(opt.hessian)[nt:, nt:]
     return opt, m, theta, beta, vcov, status(opt, m, family), opt.hessian
 
 
 def default_start(data, st, family, nagq):
-    """lme4's start: its theta, with (nagq >= 1) beta-hat of PIRLS there (beta inside).
-    (The GLM's beta without random effects, MixedModels.jl's start, would spare the
-    program this second PIRLS, 2 s of VerbAgg's compilation, but it doubled the time of
-    1,000 fresh cbpp fits: 2.7 s against 1.4 s, chunks of 32, 2026-12-03.)"""
+    """lme4's start, a batch's for its fresh fits: lme4's theta, with (nagq >= 1) beta-hat
+    of PIRLS there (beta inside; the loop's, without its final differentiable steps).
+    Vmapped fits wait for the slowest, and from this start fewer of them need many PIRLS
+    iterations: 1,000 fresh cbpp fits took 0.95-0.97 s warm from it against 1.71-1.74 s
+    from one PIRLS step, and 2.7 s against 1.4 s (older code) from the GLM's beta
+    (2-core CPU, 2026-12-03)."""
     theta0 = jnp.asarray(st.theta_start())
     if nagq == 0:
         return theta0
-    return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True).beta])
+    return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True, loop_only=True)])
+
+
+def glm_step_start(data, st, family, nagq):
+    """A single fit's start: lme4's theta and (nagq >= 1) the beta of ``glm.fit``'s first
+    iteration from R's starting means mu0 (the family's ``start``): the weighted least
+    squares of the working response z = eta0 - offset + (y - mu0) / (dmu/deta) on X, with
+    weights n (dmu/deta)^2 / V(mu0), and no random effects (MixedModels.jl starts from the
+    GLM's converged beta).  The fit reaches the same optimum as from :func:`default_start`,
+    whose PIRLS loop was 0.6-0.8 s of VerbAgg's 3.5-3.7 s of compilation (2-core CPU,
+    2026-12-03); a single fit's run is short either way (VerbAgg: 0.17 s)."""
+    theta0 = jnp.asarray(st.theta_start())
+    if nagq == 0:
+        return theta0
+    link = family.link
+    mu0 = family.start(data.y, data.trials)
+    eta0 = link.link(mu0)
+    d = link.derivative(eta0)
+    w = data.trials * d ** 2 / family.variance(mu0)
+    z = eta0 - data.offset + (data.y - mu0) / d
+    XW = data.X * w[:, None]
+    return jnp.concatenate([theta0, jnp.linalg.solve(XW.T @ data.X, XW.T @ z)])
 
 
 def status(opt, m, family):
@@ -102,8 +127,14 @@ def status(opt, m, family):
     return jnp.where(pirls_ok, code, Status.PIRLS_DIVERGED).astype(jnp.int32)
 
 
-FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit")
-"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`)."""
+FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS)
+"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`).  XLA's older CPU emitters
+(:data:`jaxhlm.precompiled.OLDER_EMITTERS`) compile VerbAgg's program in 3.4-3.5 s
+instead of 4.7 s, its warm run 0.20-0.24 s instead of 0.16-0.17 s (2026-12-03): a single
+fit's first call is mostly compilation.  Batches keep the newer emitters."""
+
+CONDITIONAL_VARIANCES = Precompiled(conditional_variances, (4, 5), "glmm_condvar", cpu_options=OLDER_EMITTERS)
+"""b's conditional covariances at a fit's modes, compiled and stored (``GLMMResult.ranef``)."""
 
 
 def stored(program: Precompiled, st, family):
