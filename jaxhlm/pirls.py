@@ -26,8 +26,8 @@ outer optimiser passes the last accepted point's).  Its derivatives: with the fa
 canonical link (logit, log, identity) PIRLS is Newton's method for the penalised
 deviance, whose iteration map Phi has dPhi/du = 0 at the mode, so the mode's tangent is
 that of one step Phi(u*, x) from the undifferentiated mode: the loop runs without
-tangents and two differentiated steps follow (the second gives the weights' and the
-log-determinant's tangents), in reverse mode (VerbAgg's warm fit: 0.18 s, against 0.56 s
+tangents, then one differentiated step and the factor at its weights (the weights' and
+the log-determinant's tangents) follow, in reverse mode (VerbAgg's warm fit: 0.18 s, against 0.56 s
 with forward mode's 8 tangents).  With other links (probit, cloglog: Fisher scoring) the
 loop itself is differentiated, in forward mode (JAX's jvp of a while loop, exact at
 convergence; reverse mode cannot go through a while loop).  A ``custom_vjp`` hands the
@@ -101,9 +101,9 @@ class Mode(NamedTuple):
     b_var: list
 
 
-def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
-    """One full PIRLS step from eta: the next eta, beta, b, the spherical u, the
-    log-determinant, and the factor's parts."""
+def _system(eta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
+    """The blocks of PIRLS's weighted least squares at eta (GLM weights W and working
+    response z; beta given: z - X beta on Z alone), and the structure they are on."""
     link = family.link
     mu, d = link.inverse(eta), link.derivative(eta)
     w = data.trials * d ** 2 / family.variance(mu)
@@ -112,7 +112,13 @@ def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: 
         pat, s, response = data.pattern, st, z
     else:
         pat, s, response = data.pattern0, _without_x(st), z - data.X @ beta
-    blocks = values(pat, s, w, response, xp=jnp)
+    return values(pat, s, w, response, xp=jnp), s
+
+
+def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
+    """One full PIRLS step from eta: the next eta, beta, b, the spherical u, the
+    log-determinant, and the factor's parts."""
+    blocks, s = _system(eta, beta, data, st, family, beta_inside)
     f = factorize_smooth(theta, blocks, s)
     beta_hat, b, u = modes(f, theta, blocks, s)
     beta_new = beta_hat if beta_inside else beta
@@ -177,10 +183,15 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, init)
     if loop_only:     # beta where the loop stopped (a start), no differentiable steps
         return beta_c
-    if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents
-        eta, beta_c, *_ = _step(eta, theta_d, beta_d if not beta_inside else beta_c, data, st, family, beta_inside)
-    eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_d if not beta_inside else beta_c,
-                                                        data, st, family, beta_inside)
+    beta_s = beta_d if not beta_inside else beta_c
+    if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents,
+        # then the factor at its weights: the log-determinant's tangent
+        eta_f, beta_f, b, u, *_ = _step(eta, theta_d, beta_s, data, st, family, beta_inside)
+        blocks, s = _system(eta_f, beta_f, data, st, family, beta_inside)
+        f = factorize_smooth(theta_d, blocks, s)
+        logdet = f.logdet_theta
+    else:        # the loop is differentiated: one more step for the factor at the mode
+        eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_s, data, st, family, beta_inside)
     if with_vcov:
         cond = estimates(f, theta_d, blocks, s, jnp.asarray(1.0, eta.dtype))
         vcov, b_var = cond.vcov, cond.b_var
