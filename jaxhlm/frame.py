@@ -310,9 +310,9 @@ def fixed_terms(frame: ModelFrame) -> dict[str, list[int]]:
     intercept), each with the indices of its columns among ``frame.fixef_names`` (aliased
     columns dropped, and terms left with none)."""
     parsed = frame.formula
-    simple = _simple_covariates(parsed.fixed_rhs, frame.data)
+    simple = _simple_covariates(parsed.fixed_rhs, frame.data, True)
     if simple is not None:
-        columns = {name: [name] for name in simple[1] if name != INTERCEPT}
+        columns = simple[2]
     else:
         rhs = _matrix(parsed.fixed, frame.data, parsed.text, "the fixed-effects matrix").rhs
         names = _rename_intercept(rhs.columns)
@@ -349,12 +349,12 @@ def _check_factors(variables: set[str], frame: pd.DataFrame) -> None:
 
 def _fixed_effects(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str):
     """y, X and X's column names: directly when the response is a numeric column and the
-    right-hand side is only numeric columns and ``1``/``0``/``-1``
-    (:func:`_simple_covariates`, the same result as formulaic's), else by formulaic."""
+    right-hand side is only numeric or categorical columns and ``1``/``0``/``-1`` joined by
+    ``+`` (:func:`_simple_covariates`, the same result as formulaic's), else by formulaic."""
     response = parsed.response
-    simple = _simple_covariates(parsed.fixed_rhs, frame) if response in frame.columns else None
+    simple = _simple_covariates(parsed.fixed_rhs, frame, True) if response in frame.columns else None
     if simple is not None:
-        X, names = simple
+        X, names, _ = simple
         return frame[response].to_numpy(dtype=float), X, names
     mm = _matrix(parsed.fixed, frame, text, "the fixed-effects matrix")
     if mm.lhs.shape[1] != 1:
@@ -364,35 +364,71 @@ def _fixed_effects(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: st
             _rename_intercept(mm.rhs.columns))
 
 
-def _simple_covariates(expr: str, frame: pd.DataFrame):
-    """Z and its column names for an expression of only ``1``/``0``/``-1`` and numeric
-    columns (``Days``, ``0 + Days``, ``1``), built directly; None for anything else.
+def _simple_covariates(expr: str, frame: pd.DataFrame, categorical: bool = False):
+    """Z, its column names and each variable's columns for an expression of only
+    ``1``/``0``/``-1`` and columns joined by ``+`` (``Days``, ``0 + Days``, ``1``), built
+    directly; None for anything else.  Numeric columns give one column each; with
+    ``categorical``, a column of strings (pandas' ``str`` or ``object`` dtype) or a pandas
+    Categorical gives its treatment
+    contrasts against the first level, ``g[T.level]`` (full dummy coding, ``g[level]``, for
+    the first such column when there is no intercept), on the levels formulaic finds: a
+    Categorical's categories, used or not, else the sorted distinct strings.
 
-    Same columns, order and names as formulaic gives (intercept first), without its
-    parser: this is the common case of a random term and of a fixed part (``y ~ x``),
-    and formulaic costs milliseconds (``tests/test_formula.py`` checks the two agree).
+    Same columns, order and names as formulaic gives (intercept first), without importing
+    it (0.36 s of a process, scipy.sparse included): this is the common case of a random
+    term and of a fixed part (``y ~ x + treatment``; ``tests/test_frame.py`` checks the two
+    agree).  Prediction on new data passes ``categorical=False``: its levels are the fit's.
     """
     tokens = [t for t in expr.replace(" ", "").replace("-1", "+-1").split("+") if t]
     names = [t for t in tokens if t not in ("1", "0", "-1")]
-    if len(set(names)) != len(names) or not all(
-            n in frame.columns and pd.api.types.is_numeric_dtype(frame[n])
-            and not pd.api.types.is_bool_dtype(frame[n]) for n in names):
+    if len(set(names)) != len(names) or not all(n in frame.columns for n in names):
         return None
     intercept = not ({"0", "-1"} & set(tokens))
-    columns = ([INTERCEPT] if intercept else []) + names
-    Z = np.empty((len(frame), len(columns)))
-    for j, c in enumerate(columns):
-        Z[:, j] = 1.0 if c == INTERCEPT else frame[c].to_numpy(dtype=float)
-    return Z, columns
+    columns, blocks, terms = [INTERCEPT] if intercept else [], [], {}
+    if intercept:
+        blocks.append(np.ones((len(frame), 1)))
+    full = not intercept
+    for name in names:
+        col = frame[name]
+        if pd.api.types.is_bool_dtype(col):
+            return None
+        if pd.api.types.is_numeric_dtype(col) and not isinstance(col.dtype, pd.CategoricalDtype):
+            terms[name] = [name]
+            blocks.append(col.to_numpy(dtype=float)[:, None])
+        elif not categorical:
+            return None
+        else:
+            coded = _levels(col)
+            if coded is None:
+                return None
+            codes, levels = coded
+            keep = range(0 if full else 1, len(levels))
+            terms[name] = [f"{name}[{levels[k]}]" if full else f"{name}[T.{levels[k]}]" for k in keep]
+            blocks.append((codes[:, None] == np.array(list(keep))[None, :]).astype(float))
+            full = False
+        columns += terms[name]
+    Z = np.concatenate(blocks, axis=1) if blocks else np.empty((len(frame), 0))
+    return Z, columns, terms
+
+
+def _levels(col: pd.Series):
+    """(codes, level labels) of a categorical column as formulaic codes it, or None where
+    its rules are not simple (mixed or non-string values)."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return col.cat.codes.to_numpy(), [str(c) for c in col.cat.categories]
+    if str(col.dtype) not in ("object", "str") or pd.api.types.infer_dtype(col, skipna=False) != "string":
+        return None   # (formulaic reads pandas' nullable "string" dtype as values, not levels)
+    levels, codes = np.unique(col.to_numpy(dtype=object), return_inverse=True)
+    return codes.reshape(-1), [str(v) for v in levels]
 
 
 def _random_terms(parsed: _formula.ParsedFormula, frame: pd.DataFrame, text: str) -> list[Term]:
     raw = []
     for term in parsed.random:
         codes, levels = _grouping(frame, term.factors)
-        simple = _simple_covariates(term.expr, frame)
+        simple = _simple_covariates(term.expr, frame, True)
         if simple is not None:
-            Z, columns = simple
+            Z, columns, _ = simple
         else:
             Z = _matrix("~ " + term.expr, frame, text, f"the random-effects term ({term.expr} | {term.group})")
             columns = _rename_intercept(Z.columns)

@@ -4,8 +4,8 @@
 model frame once (:mod:`jaxhlm.frame`) and the arrays of :mod:`jaxhlm.pirls`;
 :meth:`GLMM.fit` maximises the Laplace approximation (``nagq=1``, lme4's default) over
 (theta, beta) together, or over theta alone with beta inside PIRLS (``nagq=0``, glmer's
-first stage); the start is :func:`jaxhlm.glmm_fit.glm_step_start`'s. Responses as R takes
-them: a 0/1 or a count column, ``cbind(successes, failures)``, or a proportion with
+first stage), from lme4's start (:func:`jaxhlm.glmm_fit.default_start`). Responses as R
+takes them: a 0/1 or a count column, ``cbind(successes, failures)``, or a proportion with
 ``weights=`` the trials; ``offset(expr)`` terms in the formula enter the linear predictor.
 
 ``nagq`` > 1: adaptive Gauss-Hermite quadrature (:mod:`jaxhlm.quadrature`, which says on

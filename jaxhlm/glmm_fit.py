@@ -2,8 +2,7 @@
 
 :func:`fit_program` is vmap-able over the response (:mod:`jaxhlm.glmm_batch` maps it
 over chunks of responses; :class:`jaxhlm.GLMM` runs it once): the start
-(:func:`glm_step_start` for a single fit, :func:`default_start`, lme4's, for a batch's), the
-outer BFGS over theta (``nagq=0``, beta inside PIRLS) or (theta, beta) (Laplace, or
+(:func:`default_start`, lme4's), the outer BFGS over theta (``nagq=0``, beta inside PIRLS) or (theta, beta) (Laplace, or
 adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`), the final PIRLS modes, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
 (central differences of the gradient in the optimiser's loop), and the fit's status
 (:func:`status`).  Programs are kept on disk for the next process
@@ -45,8 +44,8 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     """One fit (vmap-able over ``data.y``): the optimum, the final PIRLS modes
     (:class:`jaxhlm.pirls.Settled`), theta, beta, vcov(beta), the status (:func:`status`)
     and the deviance's Hessian at the optimum (for nagq >= 1; a refit starts its BFGS from
-    it).  ``start``: x0 = (theta, beta) (theta for nagq=0), or None for
-    :func:`glm_step_start`;
+    it).  ``start``: x0 = (theta, beta) (theta for nagq=0), or None for lme4's
+    (:func:`default_start`);
     ``hessian0``: BFGS's starting Hessian (the program then holds no probing phases), or
     None to probe one at x0.
 
@@ -58,7 +57,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
     if start is None:
-        start = glm_step_start(data, st, family, nagq)
+        start = default_start(data, st, family, nagq)
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS
         g0, _ = objective_fn(data, st, family, True)
         opt = minimize(lambda x: g0(x, None)[0], start, canonical=st.canonical,
@@ -83,37 +82,18 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
 
 
 def default_start(data, st, family, nagq):
-    """lme4's start, a batch's for its fresh fits: lme4's theta, with (nagq >= 1) beta-hat
-    of PIRLS there (beta inside; the loop's, without its final differentiable steps).
-    Vmapped fits wait for the slowest, and from this start fewer of them need many PIRLS
-    iterations: 1,000 fresh cbpp fits took 0.95-0.97 s warm from it against 1.71-1.74 s
-    from one PIRLS step, and 2.7 s against 1.4 s (older code) from the GLM's beta
-    (2-core CPU, 2026-12-03)."""
+    """lme4's start: its theta, with (nagq >= 1) beta-hat of PIRLS there (beta inside; the
+    loop's, without its final differentiable steps).  A single fit and a batch's fresh
+    fits start here, so that a batch's fits are the looped ones.  Not the GLM's beta
+    (MixedModels.jl's start), or that of glm.fit's first iteration, though either would
+    spare the program this PIRLS loop with beta inside (VerbAgg's fit: 0.6-0.8 s of its
+    3.5-3.7 s of compilation): vmapped fits wait for the slowest, and 1,000 fresh cbpp
+    fits took 1.85-1.92 s warm from glm.fit's first iteration against 0.94-1.04 s from
+    here (2-core CPU, 2026-12-03)."""
     theta0 = jnp.asarray(st.theta_start())
     if nagq == 0:
         return theta0
     return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True, loop_only=True)])
-
-
-def glm_step_start(data, st, family, nagq):
-    """A single fit's start: lme4's theta and (nagq >= 1) the beta of ``glm.fit``'s first
-    iteration from R's starting means mu0 (the family's ``start``): the weighted least
-    squares of the working response z = eta0 - offset + (y - mu0) / (dmu/deta) on X, with
-    weights n (dmu/deta)^2 / V(mu0), and no random effects (MixedModels.jl starts from the
-    GLM's converged beta).  The fit reaches the same optimum as from :func:`default_start`,
-    whose PIRLS loop was 0.6-0.8 s of VerbAgg's 3.5-3.7 s of compilation (2-core CPU,
-    2026-12-03); a single fit's run is short either way (VerbAgg: 0.17 s)."""
-    theta0 = jnp.asarray(st.theta_start())
-    if nagq == 0:
-        return theta0
-    link = family.link
-    mu0 = family.start(data.y, data.trials)
-    eta0 = link.link(mu0)
-    d = link.derivative(eta0)
-    w = data.trials * d ** 2 / family.variance(mu0)
-    z = eta0 - data.offset + (data.y - mu0) / d
-    XW = data.X * w[:, None]
-    return jnp.concatenate([theta0, jnp.linalg.solve(XW.T @ data.X, XW.T @ z)])
 
 
 def status(opt, m, family):

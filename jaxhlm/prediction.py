@@ -33,7 +33,7 @@ def _columns(expr: str, fit_data: pd.DataFrame, newdata: pd.DataFrame, what: str
     has on the fit's data, and the columns' names."""
     simple = _frame._simple_covariates(expr, newdata)
     if simple is not None and _frame._simple_covariates(expr, fit_data) is not None:
-        return simple
+        return simple[:2]
     spec = _frame._matrix("~ " + expr, fit_data, expr, what).model_spec
     try:
         mm = spec.get_model_matrix(newdata, na_action="ignore")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .covariance import Diagonal, Unstructured
+from .blocks import LevelSums
 from .frame import INTERCEPT, ModelFrame
 from .structure import Structure
 
@@ -54,8 +55,6 @@ def moment_starts(frame: ModelFrame, st: Structure, Y: np.ndarray) -> np.ndarray
              and t.spec.covariance in (Unstructured(1), Diagonal(1))]   # lambda_k = theta_k
     if not which or frame.weights is not None or frame.sigma is not None:
         return theta
-    from scipy import sparse
-
     terms = [frame.terms[k] for k in which]
     X = frame.X
     n, p = X.shape
@@ -69,8 +68,7 @@ def moment_starts(frame: ModelFrame, st: Structure, Y: np.ndarray) -> np.ndarray
         for c, u in enumerate(terms):
             cross = n if u is t else _cross_term(t.codes, nk, u.codes, u.spec.nlevels)
             A[a + 1, c + 1] = cross - centring[c]
-    indicators = [sparse.csr_matrix((np.ones(n), (t.codes, np.arange(n))), shape=(t.spec.nlevels, n))
-                  for t in terms]
+    groupings = [LevelSums(t.codes, t.spec.nlevels) for t in terms]
     complete = np.flatnonzero(np.all(np.isfinite(Y), axis=1))
     pinv = np.linalg.pinv(X) if p else np.zeros((0, n))
     for lo in range(0, complete.size, CHUNK):
@@ -78,8 +76,8 @@ def moment_starts(frame: ModelFrame, st: Structure, Y: np.ndarray) -> np.ndarray
         R = Y[rows] - (Y[rows] @ pinv.T) @ X.T if p else Y[rows] - Y[rows].mean(axis=1, keepdims=True)
         b = np.empty((K + 1, rows.size))
         b[0] = np.einsum("bi,bi->b", R, R)
-        for a, (G, nk) in enumerate(zip(indicators, counts)):
-            sums = np.asarray(G @ R.T)                                  # (ell_k, B)
+        for a, (G, nk) in enumerate(zip(groupings, counts)):
+            sums = G.sums(R)                                            # (ell_k, B)
             b[a + 1] = np.sum(sums ** 2 / np.maximum(nk, 1.0)[:, None], axis=0)
         try:
             s = np.linalg.solve(A, b)                                   # (K + 1, B)

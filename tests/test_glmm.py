@@ -322,8 +322,8 @@ def test_batched_fits_equal_looped_fits(cbpp_model, cbpp_fit):
     for i in range(3):
         one = GLMM("y ~ period + (1 | herd)", d.assign(y=Y[i]), family="binomial", weights="size").fit()
         assert many.objective[i] == pytest.approx(one.objective, rel=1e-10)
-        np.testing.assert_allclose(many.fixef[i], one.fixef.to_numpy(), atol=1e-6)
-        np.testing.assert_allclose(many.theta[i], one.theta, atol=1e-6)
+        np.testing.assert_allclose(many.fixef[i], one.fixef.to_numpy(), atol=1e-8)
+        np.testing.assert_allclose(many.theta[i], one.theta, atol=1e-8)
     table = many.coef_table()
     assert table.shape == (8 * 4, 4) and "z value" in table.columns
     assert "sigma" not in many.to_frame().columns
