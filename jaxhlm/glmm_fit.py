@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from . import quadrature
 from .optimize import Status, minimize
-from .pirls import PIRLS_MAX_ITER, Settled, conditional_variances, laplace, mode, objective_fn, settled, zero_modes
+from .pirls import (PIRLS_MAX_ITER, Settled, conditional_variances, laplace, mode, objective_fn, settled,
+                    with_base, zero_modes)
 from .precompiled import OLDER_EMITTERS, Precompiled
 
 
@@ -56,6 +57,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
     b = 0); the final modes are the optimum's evaluation's (:func:`jaxhlm.pirls.settled`)."""
     nt = st.ntheta
     scales = jnp.asarray(st.scales())
+    data = with_base(data, family)   # once, outside every loop
     if start is None:
         start = default_start(data, st, family, nagq)
     if nagq == 0:    # glmer's nAGQ = 0: theta alone, beta inside PIRLS

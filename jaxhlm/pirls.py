@@ -62,8 +62,10 @@ PIRLS_HALVINGS = 12
 
 class GLMMData(NamedTuple):
     """The arrays of a GLMM (a pytree): the design's patterns with and without X, the
-    rows' X, offset, response (a proportion for binomial), trials, and each term's level
-    codes and covariates (to form eta = offset + X beta + Z b)."""
+    rows' X, offset, response (a proportion for binomial), trials, each term's level
+    codes and covariates (to form eta = offset + X beta + Z b), and ``base``: None on the
+    host; inside a fit's program, -2 sum of the family's ``log_normalizer`` at the response
+    (:func:`with_base`; a new response needs ``base=None`` again)."""
 
     pattern: Pattern        # [Z X] (nAGQ = 0: beta inside PIRLS)
     pattern0: Pattern       # Z alone (beta given)
@@ -73,6 +75,16 @@ class GLMMData(NamedTuple):
     trials: np.ndarray
     codes: tuple
     Z: tuple
+    base: object = None
+
+
+def with_base(data: GLMMData, family) -> GLMMData:
+    """``data`` with ``base`` = -2 sum_i log_normalizer(y_i, n_i) (the log-likelihood's
+    terms without mu), computed once per fit, outside PIRLS's loops, which evaluate only
+    the family's ``loglik_kernel`` (:func:`penalised_deviance`)."""
+    if data.base is not None:
+        return data
+    return data._replace(base=-2.0 * jnp.sum(family.log_normalizer(data.y, data.trials)))
 
 
 def linear_predictor(beta, b, data: GLMMData):
@@ -132,8 +144,10 @@ def _without_x(st: Structure) -> Structure:
 
 
 def penalised_deviance(eta, u, data: GLMMData, family):
-    """-2 sum log p(y | mu(eta)) + ||u||^2."""
-    return -2.0 * jnp.sum(family.loglik(data.y, family.link.inverse(eta), data.trials)) + jnp.sum(u ** 2)
+    """-2 sum log p(y | mu(eta)) + ||u||^2, from ``data.base`` (:func:`with_base`) and the
+    family's ``loglik_kernel``."""
+    kernel = family.loglik_kernel(data.y, family.link.inverse(eta), data.trials)
+    return data.base - 2.0 * jnp.sum(kernel) + jnp.sum(u ** 2)
 
 
 def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
@@ -146,6 +160,7 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     is large); ``with_vcov``: also PIRLS's (X'WX-based) covariance of beta (nAGQ = 0's)
     and b's conditional covariances; ``loop_only``: only beta where the loop stopped (beta
     inside; :func:`jaxhlm.glmm_fit.default_start`), not a :class:`Mode`."""
+    data = with_base(data, family)
     newton = family.canonical
     theta_d, beta_d = theta, beta
     if newton:
@@ -216,7 +231,7 @@ def settled(beta, b, u, iterations, data: GLMMData, family) -> Settled:
     iterating or factoring again (b's conditional covariances: :func:`conditional_variances`,
     when asked for)."""
     eta = linear_predictor(beta, b, data)
-    return Settled(eta, b, penalised_deviance(eta, u, data, family), iterations)
+    return Settled(eta, b, penalised_deviance(eta, u, with_base(data, family), family), iterations)
 
 
 def conditional_variances(theta, beta, b, data: GLMMData, st: Structure, family) -> list:

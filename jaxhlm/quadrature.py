@@ -67,9 +67,11 @@ def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, 
     nodes = u_hat[None, :] + jnp.sqrt(2.0) * s[None, :] * x[:, None]              # (K, ell)
     eta = fixed[None, :] + lam * z[None, :] * nodes[:, code]                       # (K, n)
     ll = jax.vmap(lambda e: jax.ops.segment_sum(
-        family.loglik(data.y, link.inverse(e), data.trials), code, num_segments=ell))(eta)
+        family.loglik_kernel(data.y, link.inverse(e), data.trials), code, num_segments=ell))(eta)
     terms = logw[:, None] + x[:, None] ** 2 + ll - 0.5 * nodes ** 2
-    log_l = (jax.scipy.special.logsumexp(terms, axis=0) + jnp.log(jnp.sqrt(2.0) * s) - 0.5 * LOG_2PI)
+    normalizer = jax.ops.segment_sum(family.log_normalizer(data.y, data.trials), code, num_segments=ell)
+    log_l = (jax.scipy.special.logsumexp(terms, axis=0) + normalizer + jnp.log(jnp.sqrt(2.0) * s)
+             - 0.5 * LOG_2PI)
     return log_l, m
 
 

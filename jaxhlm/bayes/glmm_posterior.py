@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..families import loglik
 from ..pirls import linear_predictor
 from ..tables import sd_corr
 from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
@@ -51,7 +52,7 @@ def numpyro_model(model, priors):
         b = [numpyro.sample(u_site(t.name), dist.Normal(0.0, 1.0).expand([term.nlevels, term.p]).to_event(2))
              @ lam.T for t, term, lam in zip(specs, st.terms, st.lambdas(theta))]
         mu = family.link.inverse(linear_predictor(beta, b, data))
-        numpyro.factor("loglik", jnp.sum(family.loglik(data.y, mu, data.trials)))
+        numpyro.factor("loglik", jnp.sum(loglik(family, data.y, mu, data.trials)))
 
     return fn
 

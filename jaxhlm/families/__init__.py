@@ -16,11 +16,18 @@ A family is a frozen dataclass (a static argument of compiled fits) with
   ``draw_ranef(key, theta, beta, sigma, blocks, st)`` for NUTS.
 
 A GLMM family (:class:`~jaxhlm.families.binomial.Binomial` says how to add one) has a
-``link`` and ``variance``, ``loglik``, ``start``, ``check``, ``sample`` (``trials=None``:
+``link`` and ``variance``, ``loglik_kernel`` and ``log_normalizer`` (:func:`loglik`), ``start``,
+``check``, ``sample`` (``trials=None``:
 one trial, a unit weight, per row), ``at_bound`` and ``canonical``; :mod:`jaxhlm.pirls` reweights the blocks per iteration, and
 :class:`Gaussian` speaks this protocol too (with sigma given).
 """
 
 from .gaussian import GAUSSIAN, Gaussian
 
-__all__ = ["GAUSSIAN", "Gaussian"]
+__all__ = ["GAUSSIAN", "Gaussian", "loglik"]
+
+
+def loglik(family, y, mu, trials):
+    """log p(y | mu) of a GLMM family, row by row: its kernel (the terms with mu) plus its
+    normalizer (the rest)."""
+    return family.loglik_kernel(y, mu, trials) + family.log_normalizer(y, trials)

@@ -33,8 +33,13 @@ class Poisson:
     def variance(self, mu):
         return mu
 
-    def loglik(self, y, mu, trials):
-        return trials * (y * jnp.log(mu) - mu - gammaln(y + 1))
+    def loglik_kernel(self, y, mu, trials):
+        """The terms of log p(y | mu) with mu (times the prior weight): y log mu - mu."""
+        return trials * (y * jnp.log(mu) - mu)
+
+    def log_normalizer(self, y, trials):
+        """The rest: -log y!."""
+        return -trials * gammaln(y + 1)
 
     def start(self, y, trials):
         """R's ``poisson()$initialize``: mustart = y + 0.1."""
