@@ -144,8 +144,9 @@ jax 0.9.2 (``benchmarks/probes/unroll.py``, ``benchmarks/README.md``, "Compilati
   against 34 ms;
 - the first Kenward-Roger table of Exam: 3.5-4.1 s -> 2.4-2.7 s.
 
-A GLMM's programs keep the newer emitters: PIRLS works on the rows, and VerbAgg's warm
-fit ran 35% slower with the older ones."""
+A GLMM's batch programs keep the newer emitters (PIRLS works on the rows, and VerbAgg's
+warm fit ran 35% slower with the older ones); its single fit, mostly compilation on a
+first call, takes the older ones (:data:`jaxhlm.glmm_fit.FIT`)."""
 
 
 class Precompiled:

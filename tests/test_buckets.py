@@ -145,6 +145,37 @@ def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path)
     assert again == {**first, "traces": 0, "simulate": 0}           # bit for bit
 
 
+GLMM_SCRIPT = """
+import json, jaxhlm, jax
+traced = []
+jax.monitoring.register_event_duration_secs_listener(   # jaxhlm's programs (not jax.random.key's eager ops)
+    lambda event, duration, fun_name="", **_: traced.append(fun_name)
+    if event.endswith("jaxpr_trace_duration") and fun_name.startswith("glmm_") else None)
+d = jaxhlm.datasets.load("cbpp")
+res = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="binomial").fit()
+ranef = res.ranef
+boot = res.bootstrap(64, seed=1)
+print(json.dumps({"traces": len(traced), "objective": res.objective, "sd": float(ranef.condsd.sum()),
+                  "boot": float(boot.objective.mean())}))
+"""
+
+
+def test_a_second_process_loads_every_glmm_program(tmp_path):
+    """A GLMM's fit, its conditional variances (``ranef``), the simulator and the refits'
+    chunk program are stored by the first process and loaded by the second: none of them
+    traced, the same numbers bit for bit."""
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", GLMM_SCRIPT], capture_output=True, text=True,
+                             timeout=400, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
+    assert names == ["glmm_condvar", "glmm_fit_chunk", "glmm_fit_small", "glmm_simulate"]
+    assert runs[0]["traces"] > 0 and runs[1] == {**runs[0], "traces": 0}
+
+
 LARGE = """
 import json, sys, numpy as np, pandas as pd, jaxhlm
 subjects, items = int(sys.argv[1]), int(sys.argv[2])
