@@ -23,7 +23,7 @@ from .blocks import Blocks
 from .families import GAUSSIAN
 from .kernel import Conditional
 from .optimize import Minimum, minimize
-from .precompiled import OLDER_EMITTERS, Precompiled
+from .precompiled import OLDER_EMITTERS, Precompiled, by_size
 from .structure import Structure
 
 
@@ -137,4 +137,6 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
 
 
 _STATIC = (1, 2, 3, 5, 6, 9)
-_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS)
+_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS, level=by_size)
+"""A single fit, stored; a small one compiled without LLVM's optimisations
+(:func:`jaxhlm.precompiled.by_size`)."""

@@ -32,7 +32,7 @@ from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
 from .families.links import LINKS
 from .families.poisson import Poisson
-from .glmm_fit import CONDITIONAL_VARIANCES, deviance_at, fit_for, stored
+from .glmm_fit import CONDITIONAL_VARIANCES, FIT, deviance_at, stored
 from .optimize import Status
 from .pirls import GLMMData
 from .quadrature import check_scalar_term
@@ -204,7 +204,7 @@ class GLMM:
         Gauss-Hermite quadrature with ``nagq`` > 1 nodes (one scalar random-effects term,
         :mod:`jaxhlm.quadrature`), or with beta inside PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
         nagq = self._nagq(nagq)
-        program = stored(fit_for(self.nobs), self.structure, self.family)
+        program = stored(FIT, self.structure, self.family)
         out = program(self.data, self.structure, self.family, nagq, int(max_iter))
         res = GLMMResult.from_arrays(self, jax.device_get(out), nagq)
         if not res.converged:

@@ -111,32 +111,25 @@ def status(opt, m, family):
 
 SMALL_ROWS = 10_000
 """A single fit of fewer rows than this is compiled without LLVM's optimisations (XLA's
-``xla_backend_optimization_level`` 0, :data:`FIT_SMALL`), larger ones at level 1
-(:data:`FIT`).  VerbAgg's fit program (7,584 rows), older emitters, empty cache, 2-core
-CPU, 2026-12-03: XLA's compilation 2.50-2.70 s at the default level 2, 2.30-2.40 s at
-level 1, 1.41 s at level 0; the warm run 0.138, 0.133 and 0.580 s.  Level 1 is free;
-level 0 saves about 1.1 s of compilation whatever the size and costs about 0.06 s per
-1,000 rows of run, so it pays below about 18,000 rows (this threshold leaves a margin)."""
+``xla_backend_optimization_level`` 0), larger ones at level 1 (:func:`fit_level`).
+VerbAgg's fit program (7,584 rows), older emitters, empty cache, 2-core CPU, 2026-12-03:
+XLA's compilation 2.50-2.70 s at the default level 2, 2.30-2.40 s at level 1, 1.41 s at
+level 0; the warm run 0.138, 0.133 and 0.580 s.  Level 1 is free; level 0 saves about
+1.1 s of compilation whatever the size and costs about 0.06 s per 1,000 rows of run, so
+it pays below about 18,000 rows (this threshold leaves a margin)."""
 
 
-def _fit_options(level: int) -> dict:
-    return {**OLDER_EMITTERS, "xla_backend_optimization_level": level}
+def fit_level(dynamic) -> int:
+    """XLA's optimisation level for a single fit of ``data`` (``dynamic[0]``): :data:`SMALL_ROWS`."""
+    return 0 if dynamic[0].y.shape[0] < SMALL_ROWS else 1
 
 
-FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=_fit_options(1))
-"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`), of :data:`SMALL_ROWS` rows or
-more.  XLA's older CPU emitters (:data:`jaxhlm.precompiled.OLDER_EMITTERS`) compiled
-VerbAgg's program in 3.4-3.5 s instead of 4.7 s, its warm run 0.20-0.24 s instead of
-0.16-0.17 s (2026-12-03): a single fit's first call is mostly compilation.  Batches keep
-the newer emitters and XLA's default optimisation."""
-
-FIT_SMALL = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit_small", cpu_options=_fit_options(0))
-"""One fit of fewer than :data:`SMALL_ROWS` rows, compiled and stored."""
-
-
-def fit_for(nobs: int) -> Precompiled:
-    """The single-fit program for a model of ``nobs`` rows (:data:`SMALL_ROWS`)."""
-    return FIT_SMALL if nobs < SMALL_ROWS else FIT
+FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS, level=fit_level)
+"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`).  XLA's older CPU emitters
+(:data:`jaxhlm.precompiled.OLDER_EMITTERS`) compiled VerbAgg's program in 3.4-3.5 s
+instead of 4.7 s, its warm run 0.20-0.24 s instead of 0.16-0.17 s (2026-12-03): a single
+fit's first call is mostly compilation.  Batches keep the newer emitters and XLA's default
+optimisation."""
 
 CONDITIONAL_VARIANCES = Precompiled(conditional_variances, (4, 5), "glmm_condvar", cpu_options=OLDER_EMITTERS)
 """b's conditional covariances at a fit's modes, compiled and stored (``GLMMResult.ranef``)."""

@@ -172,7 +172,7 @@ def test_a_second_process_loads_every_glmm_program(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
-    assert names == ["glmm_condvar", "glmm_fit_chunk", "glmm_fit_small", "glmm_simulate"]
+    assert names == ["glmm_condvar", "glmm_fit", "glmm_fit_chunk", "glmm_simulate"]
     assert runs[0]["traces"] > 0 and runs[1] == {**runs[0], "traces": 0}
 
 

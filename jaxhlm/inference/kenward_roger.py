@@ -47,7 +47,7 @@ from jax import lax
 from ..blocks import Blocks
 from ..errors import JaxhlmError
 from ..kernel import smooth_parts
-from ..precompiled import OLDER_EMITTERS, Precompiled
+from ..precompiled import OLDER_EMITTERS, Precompiled, by_size
 from ..structure import Structure
 
 BOUNDARY_FLOOR = 1e-6
@@ -115,7 +115,7 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
     return Phi, 0.5 * (PhiA + PhiA.T), P, W
 
 
-_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger", cpu_options=OLDER_EMITTERS)
+_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger", cpu_options=OLDER_EMITTERS, level=by_size)
 
 
 def linear_parameters(sigma: float, lams, st: Structure) -> np.ndarray:

@@ -43,7 +43,7 @@ from jax.scipy.linalg import solve_triangular
 from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
 from ..kernel import smooth_parts
-from ..precompiled import OLDER_EMITTERS, Precompiled
+from ..precompiled import OLDER_EMITTERS, Precompiled, by_size
 from ..residual.whiten import blocks_at
 from ..structure import Structure
 
@@ -110,7 +110,7 @@ def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
     return 2.0 * variance ** 2 / jnp.einsum("ka,ab,kb->k", g, A, g), variance
 
 
-_PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS)
+_PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS, level=by_size)
 
 
 def f_denominator_df(nu: np.ndarray) -> float:
