@@ -369,10 +369,10 @@ def _simple_covariates(expr: str, frame: pd.DataFrame, categorical: bool = False
     ``1``/``0``/``-1`` and columns joined by ``+`` (``Days``, ``0 + Days``, ``1``), built
     directly; None for anything else.  Numeric columns give one column each; with
     ``categorical``, a column of strings (pandas' ``str`` or ``object`` dtype) or a pandas
-    Categorical gives its treatment
-    contrasts against the first level, ``g[T.level]`` (full dummy coding, ``g[level]``, for
-    the first such column when there is no intercept), on the levels formulaic finds: a
-    Categorical's categories, used or not, else the sorted distinct strings.
+    Categorical gives its treatment contrasts against the first level, ``g[T.level]``
+    (full dummy coding, ``g[level]``, for the first such column when there is no
+    intercept), on the levels formulaic finds: a Categorical's categories, used or not,
+    else the sorted distinct strings.
 
     Same columns, order and names as formulaic gives (intercept first), without importing
     it (0.36 s of a process, scipy.sparse included): this is the common case of a random

@@ -2,8 +2,9 @@
 
 :func:`fit_program` is vmap-able over the response (:mod:`jaxhlm.glmm_batch` maps it
 over chunks of responses; :class:`jaxhlm.GLMM` runs it once): the start
-(:func:`default_start`, lme4's), the outer BFGS over theta (``nagq=0``, beta inside PIRLS) or (theta, beta) (Laplace, or
-adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`), the final PIRLS modes, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
+(:func:`default_start`, lme4's), the outer BFGS over theta (``nagq=0``, beta inside PIRLS)
+or (theta, beta) (Laplace, or adaptive Gauss-Hermite quadrature, :mod:`jaxhlm.quadrature`),
+the final PIRLS modes, vcov(beta) from the deviance's Hessian as lme4's ``use.hessian``
 (central differences of the gradient in the optimiser's loop), and the fit's status
 (:func:`status`).  Programs are kept on disk for the next process
 (:mod:`jaxhlm.precompiled`, :func:`stored`).
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 
 from . import quadrature
 from .optimize import Status, minimize
-from .pirls import (PIRLS_MAX_ITER, Settled, conditional_variances, laplace, mode, objective_fn, settled,
-                    with_base, zero_modes)
+from .pirls import (PIRLS_MAX_ITER, Settled, conditional_variances, iterate, laplace, mode, objective_fn,
+                    settled, with_base, zero_modes)
 from .precompiled import OLDER_EMITTERS, Precompiled
 
 
@@ -85,7 +86,7 @@ def fit_program(data, st, family, nagq, max_iter, start=None, hessian0=None):
 
 def default_start(data, st, family, nagq):
     """lme4's start: its theta, with (nagq >= 1) beta-hat of PIRLS there (beta inside; the
-    loop's, without its final differentiable steps).  A single fit and a batch's fresh
+    loop's, :func:`jaxhlm.pirls.iterate`, without the steps that give tangents).  A single fit and a batch's fresh
     fits start here, so that a batch's fits are the looped ones.  Not the GLM's beta
     (MixedModels.jl's start), or that of glm.fit's first iteration, though either would
     spare the program this PIRLS loop with beta inside (VerbAgg's fit: 0.6-0.8 s of its
@@ -95,7 +96,7 @@ def default_start(data, st, family, nagq):
     theta0 = jnp.asarray(st.theta_start())
     if nagq == 0:
         return theta0
-    return jnp.concatenate([theta0, mode(theta0, jnp.zeros(st.p), data, st, family, True, loop_only=True)])
+    return jnp.concatenate([theta0, iterate(theta0, jnp.zeros(st.p), data, st, family, True)[1]])
 
 
 def status(opt, m, family):

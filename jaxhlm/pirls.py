@@ -27,8 +27,8 @@ canonical link (logit, log, identity) PIRLS is Newton's method for the penalised
 deviance, whose iteration map Phi has dPhi/du = 0 at the mode, so the mode's tangent is
 that of one step Phi(u*, x) from the undifferentiated mode: the loop runs without
 tangents, then one differentiated step and the factor at its weights (the weights' and
-the log-determinant's tangents) follow, in reverse mode (VerbAgg's warm fit: 0.18 s, against 0.56 s
-with forward mode's 8 tangents).  With other links (probit, cloglog: Fisher scoring) the
+the log-determinant's tangents) follow, in reverse mode (VerbAgg's warm fit: 0.18 s,
+against 0.56 s with forward mode's 8 tangents).  With other links (probit, cloglog: Fisher scoring) the
 loop itself is differentiated, in forward mode (JAX's jvp of a while loop, exact at
 convergence; reverse mode cannot go through a while loop).  A ``custom_vjp`` hands the
 gradient to reverse mode, so the optimisers of :mod:`jaxhlm.optimize` run unchanged.
@@ -150,21 +150,14 @@ def penalised_deviance(eta, u, data: GLMMData, family):
     return data.base - 2.0 * jnp.sum(kernel) + jnp.sum(u ** 2)
 
 
-def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
-         with_vcov: bool = False, b_start=None, loop_only: bool = False):
-    """The conditional mode by PIRLS (module docstring) from b = ``b_start`` (default 0; with
-    beta given; b, unlike u, is the same at every theta of the same Lambda Lambda', so a
-    warm start survives the optimiser's folding of theta) or R's starting means (beta
-    inside), halving a step that does not lower the penalised deviance (lme4's and
-    MixedModels.jl's step-halving; without it PIRLS can oscillate from b = 0 when lambda
-    is large); ``with_vcov``: also PIRLS's (X'WX-based) covariance of beta (nAGQ = 0's)
-    and b's conditional covariances; ``loop_only``: only beta where the loop stopped (beta
-    inside; :func:`jaxhlm.glmm_fit.default_start`), not a :class:`Mode`."""
+def iterate(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, b_start=None):
+    """PIRLS's loop (module docstring) from b = ``b_start`` (default 0; with beta given; b,
+    unlike u, is the same at every theta of the same Lambda Lambda', so a warm start
+    survives the optimiser's folding of theta) or R's starting means (beta inside), halving
+    a step that does not lower the penalised deviance (lme4's and MixedModels.jl's
+    step-halving; without it PIRLS can oscillate from b = 0 when lambda is large): eta,
+    beta and the iterations where it stopped.  Alone, it is lme4's start (:func:`jaxhlm.glmm_fit.default_start`); :func:`mode` finishes it."""
     data = with_base(data, family)
-    newton = family.canonical
-    theta_d, beta_d = theta, beta
-    if newton:
-        theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
     eta0 = family.link.link(family.start(data.y, data.trials))
     u0 = jnp.zeros(sum(t.q for t in st.terms), eta0.dtype)
     inf = jnp.asarray(jnp.inf, eta0.dtype)
@@ -196,8 +189,20 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
 
     init = batched_as((eta0, beta0, u0, pdev0, jnp.asarray(0), inf), eta0)
     eta, beta_c, _, _, it, _ = jax.lax.while_loop(going, loop, init)
-    if loop_only:     # beta where the loop stopped (a start), no differentiable steps
-        return beta_c
+    return eta, beta_c, it
+
+
+def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
+         with_vcov: bool = False, b_start=None) -> Mode:
+    """The conditional mode: PIRLS's loop (:func:`iterate`), then the steps that give its
+    tangents (module docstring); ``with_vcov``: also PIRLS's (X'WX-based) covariance of
+    beta (nAGQ = 0's) and b's conditional covariances."""
+    data = with_base(data, family)
+    newton = family.canonical
+    theta_d, beta_d = theta, beta
+    if newton:   # the loop runs without tangents
+        theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
+    eta, beta_c, it = iterate(theta, beta, data, st, family, beta_inside, b_start)
     beta_s = beta_d if not beta_inside else beta_c
     if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents,
         # then the factor at its weights: the log-determinant's tangent

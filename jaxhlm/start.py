@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .covariance import Diagonal, Unstructured
 from .blocks import LevelSums
+from .covariance import Diagonal, Unstructured
 from .frame import INTERCEPT, ModelFrame
 from .structure import Structure
 

@@ -16,9 +16,9 @@ A family is a frozen dataclass (a static argument of compiled fits) with
   ``draw_ranef(key, theta, beta, sigma, blocks, st)`` for NUTS.
 
 A GLMM family (:class:`~jaxhlm.families.binomial.Binomial` says how to add one) has a
-``link`` and ``variance``, ``loglik_kernel`` and ``log_normalizer`` (:func:`loglik`), ``start``,
-``check``, ``sample`` (``trials=None``:
-one trial, a unit weight, per row), ``at_bound`` and ``canonical``; :mod:`jaxhlm.pirls` reweights the blocks per iteration, and
+``link`` and ``variance``, ``loglik_kernel`` and ``log_normalizer`` (:func:`loglik`),
+``start``, ``check``, ``sample`` (``trials=None``: one trial, a unit weight, per row),
+``at_bound`` and ``canonical``; :mod:`jaxhlm.pirls` reweights the blocks per iteration, and
 :class:`Gaussian` speaks this protocol too (with sigma given).
 """
 

@@ -11,8 +11,8 @@ Links: logit (canonical), probit, cloglog (:mod:`jaxhlm.families.links`).  To ad
 family, write a file like this one: ``variance(mu)``, log p(y | mu) as
 ``loglik_kernel(y, mu, trials)`` (the terms with mu) plus ``log_normalizer(y, trials)``
 (the rest: PIRLS's loops evaluate only the first, so log-gamma functions compile once;
-they were 0.7 s of VerbAgg's XLA compilation, 2026-12-03), ``start(y, trials)`` (R's ``mustart``), ``check(y, trials, name, rows)`` (the edge's
-errors), ``sample(key, mu, trials)`` (simulation) and ``at_bound(mu)`` (the SEPARATION
+they were 0.5-0.7 s of VerbAgg's XLA compilation, 2026-12-03), ``start(y, trials)``
+(R's ``mustart``), ``check(y, trials, name, rows)`` (the edge's errors), ``sample(key, mu, trials)`` (simulation) and ``at_bound(mu)`` (the SEPARATION
 status), with a ``link``; :mod:`jaxhlm.pirls` does the rest.
 """
 
