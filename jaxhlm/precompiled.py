@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,15 +115,58 @@ def _directory() -> Path | None:
     return Path(base) / "jaxhlm-executables"
 
 
+_LAPACK_SOURCES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
+"""The two Cython modules whose ``__pyx_capi__`` jaxlib reads BLAS's and LAPACK's
+function pointers from (``jaxlib/cpu/lapack.cc``, ``GetLapackKernelsFromScipy``)."""
+
+
 def _prepare_custom_calls() -> None:
     """Load the LAPACK kernels that compiled CPU programs call (cholesky, eigh).
 
     JAX does this when it lowers a program that uses them; a program loaded from disk
     was never lowered in this process, and would call null pointers (a segfault).
+
+    jaxlib imports ``scipy.linalg.cython_lapack`` for them, and Python imports the
+    package ``scipy.linalg`` first: 0.1-0.2 s here, most of a stored bootstrap's or
+    batch's first call in a new process.  The two extension modules are loaded from
+    their files instead (35 ms), in ``sys.modules`` only while jaxlib reads them: a
+    later ``import scipy.linalg.cython_lapack`` loads the same module object (Cython
+    keeps one per process) into its package as usual.  Anything unexpected falls back
+    to jaxlib's own import.
     """
     from jaxlib import lapack
 
-    lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))
+    loaded = [] if "scipy.linalg" in sys.modules else _load_extensions(_LAPACK_SOURCES)
+    try:
+        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))  # once per process
+    finally:
+        for name in loaded:
+            sys.modules.pop(name, None)
+
+
+def _load_extensions(names) -> list[str]:
+    """Load scipy's extension modules ``scipy.sub.name`` from their files without
+    importing their package; the names put into ``sys.modules`` (none if any failed)."""
+    import importlib.machinery
+    import importlib.util
+
+    loaded: list[str] = []
+    try:
+        scipy_dir = Path(importlib.util.find_spec("scipy").submodule_search_locations[0])
+        for name in names:
+            stem = scipy_dir.joinpath(*name.split(".")[1:])
+            path = next(p for p in (stem.with_name(stem.name + suffix)
+                                    for suffix in importlib.machinery.EXTENSION_SUFFIXES) if p.exists())
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            loaded.append(name)
+            spec.loader.exec_module(module)
+    except Exception:  # noqa: BLE001 - jaxlib's own import is the fallback
+        for name in loaded:
+            sys.modules.pop(name, None)
+        return []
+    return loaded
 
 
 def _leaf_spec(leaf) -> tuple:

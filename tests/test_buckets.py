@@ -118,7 +118,9 @@ many = res._model.fit_many(res.simulate(128, seed=1))     # chunks of 128, as th
 boot = res.bootstrap(300, seed=2)
 print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "simulate": jaxhlm.batch.simulate_trace_count(),
                   "objective": res.objective, "boot": float(boot.objective.mean()),
-                  "many": float(many.objective.mean())}))
+                  "many": float(many.objective.mean()), "scipy.linalg": "scipy.linalg" in sys.modules}))
+import scipy.linalg.cython_lapack                               # as if jaxhlm had never loaded it
+assert "dpotrf" in scipy.linalg.cython_lapack.__pyx_capi__
 """
 
 
@@ -141,8 +143,9 @@ def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path)
     assert names == ["fit_blocks", "fit_chunk", "fit_chunk", "simulate"]
     second = _run(tmp_path, 17)
     assert second["traces"] == 0 and second["simulate"] == 0
+    assert not second["scipy.linalg"]        # LAPACK's kernels loaded without scipy.linalg's package
     again = _run(tmp_path, 18)
-    assert again == {**first, "traces": 0, "simulate": 0}           # bit for bit
+    assert again == {**first, "traces": 0, "simulate": 0, "scipy.linalg": False}          # bit for bit
 
 
 GLMM_SCRIPT = """
