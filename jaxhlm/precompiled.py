@@ -172,7 +172,7 @@ def _load_extensions(names) -> list[str]:
 def _leaf_spec(leaf) -> tuple:
     if not hasattr(leaf, "dtype"):
         leaf = np.asarray(leaf)
-    return (leaf.shape, leaf.dtype.str, getattr(leaf, "weak_type", False))
+    return (leaf.shape, str(leaf.dtype), getattr(leaf, "weak_type", False))
 
 
 OLDER_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
@@ -266,7 +266,9 @@ class Precompiled:
         dynamic = tuple(a for i, a in enumerate(args) if i not in self.static_argnums)
         return static, dynamic
 
-    def __call__(self, *args):
+    def _stored(self, args):
+        """(the stored or loaded executable for ``args``, or False where it cannot be
+        stored; the dynamic arguments; the optimisation level)."""
         static, dynamic = self._split(args)
         leaves, tree = jax.tree.flatten(dynamic)
         level = self.level(dynamic) if self.level is not None and jax.default_backend() == "cpu" else None
@@ -274,9 +276,20 @@ class Precompiled:
         compiled = self._memory.get(key)
         if compiled is None:
             compiled = self._memory[key] = self._load_or_compile(key, args)
+        return compiled, dynamic, level
+
+    def __call__(self, *args):
+        compiled, dynamic, level = self._stored(args)
         if compiled is False:  # not storable: JAX's own jit and caches
             return self._jitted_at(level)(*args)
         return compiled(*dynamic)
+
+    def executable(self, *args):
+        """The compiled program for ``args``, a function of their dynamic (not static)
+        arguments, without running it: loaded or compiled and stored as a call would,
+        or, where it cannot be stored, compiled ahead of time by JAX's jit."""
+        compiled, _, level = self._stored(args)
+        return self._jitted_at(level).lower(*args).compile() if compiled is False else compiled
 
     def file_key(self, key) -> str:
         """The stored file's name: a hash of everything the compiled program depends on."""

@@ -158,15 +158,22 @@ d = jaxhlm.datasets.load("cbpp")
 res = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", d, family="binomial").fit()
 ranef = res.ranef
 boot = res.bootstrap(64, seed=1)
-print(json.dumps({"traces": len(traced), "objective": res.objective, "sd": float(ranef.condsd.sum()),
-                  "boot": float(boot.objective.mean())}))
+traced_nuts = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, fun_name="", **_: traced_nuts.append(fun_name)
+    if event.endswith("jaxpr_trace_duration") and fun_name.startswith("nuts_") else None)
+post = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", d,
+                   family="binomial").sample(num_warmup=30, num_samples=10, num_chains=1, seed=1)
+print(json.dumps({"traces": len(traced) + len(traced_nuts), "objective": res.objective,
+                  "sd": float(ranef.condsd.sum()), "boot": float(boot.objective.mean()),
+                  "nuts": post.samples["(Intercept)"].tolist()}))
 """
 
 
 def test_a_second_process_loads_every_glmm_program(tmp_path):
-    """A GLMM's fit, its conditional variances (``ranef``), the simulator and the refits'
-    chunk program are stored by the first process and loaded by the second: none of them
-    traced, the same numbers bit for bit."""
+    """A GLMM's fit, its conditional variances (``ranef``), the simulator, the refits'
+    chunk program and NUTS chains are stored by the first process and loaded by the second:
+    none of them traced, the same numbers bit for bit."""
     env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
     runs = []
     for _ in range(2):
@@ -175,8 +182,70 @@ def test_a_second_process_loads_every_glmm_program(tmp_path):
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
-    assert names == ["glmm_condvar", "glmm_fit", "glmm_fit_chunk", "glmm_simulate"]
+    assert names == ["glmm_condvar", "glmm_fit", "glmm_fit_chunk", "glmm_simulate", "nuts_chains"]
     assert runs[0]["traces"] > 0 and runs[1] == {**runs[0], "traces": 0}
+
+
+NUTS = """
+import json, sys, jax, jaxhlm
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, fun_name="", **_: traced.append(fun_name)
+    if event.endswith("jaxpr_trace_duration") and fun_name.startswith("nuts_") else None)
+df = jaxhlm.datasets.load("sleepstudy")
+keep = sorted(df.Subject.astype(str).unique())[:int(sys.argv[1])]
+post = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", df[df.Subject.astype(str).isin(keep)]).sample(
+    num_warmup=50, num_samples=20, num_chains=1, seed=1)
+print(json.dumps({"traces": len(traced), "days": post.samples["Days"].tolist()}))
+"""
+
+
+def test_a_second_process_loads_the_nuts_chains_of_its_bucket(tmp_path):
+    """NUTS chains (NumPyro's kernel, warm-up and sampling: about 7 s to compile) are stored
+    with their priors' parameters and the starting metric as arguments, on the bucket's
+    padded blocks: a second process with 17 subjects after 18 loads them untraced, and the
+    same data set gives the same draws bit for bit."""
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+
+    def run(subjects):
+        out = subprocess.run([sys.executable, "-c", NUTS, str(subjects)], capture_output=True, text=True,
+                             timeout=400, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run(18)
+    assert first["traces"] == 1
+    other, again = run(17), run(18)
+    assert other["traces"] == 0 and again == {**first, "traces": 0}
+    assert np.ptp(first["days"]) > 0 and first["days"] != other["days"]
+
+
+def test_priors_as_arrays_have_one_structure_in_every_process(sleepstudy):
+    """NumPyro's own flattening orders a distribution's fields by a set (another order in
+    another process); the priors' :meth:`arrays` form, which keys stored chains, does not.
+    It rebuilds each distribution exactly, and a distribution it cannot rebuild (a user's
+    class) makes the chains unstored."""
+    import numpyro.distributions as dist
+
+    from jaxhlm.bayes.priors import Parameters
+
+    code = ("import jax, jaxhlm; m = jaxhlm.LMM('Reaction ~ Days + (Days | Subject)', "
+            "jaxhlm.datasets.load('sleepstudy')); print(jax.tree.structure(jaxhlm.Priors().resolve(m).arrays()))")
+    trees = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=200,
+                            env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2, 3)}
+    assert len(trees) == 1 and "Parameters" in trees.pop()
+    model = jaxhlm.LMM(F, sleepstudy)
+    resolved = jaxhlm.Priors(sigma=dist.StudentT(3.0, 0.0, 10.0)).resolve(model)
+    rebuilt = resolved.arrays().distributions()
+    assert type(rebuilt.sigma) is dist.StudentT and float(rebuilt.sigma.df) == 3.0
+    assert float(rebuilt.fixef[1].scale) == float(resolved.fixef[1].scale)
+
+    class Mine(dist.Normal):
+        pass
+
+    assert jaxhlm.Priors(sigma=Mine(0.0, 1.0)).resolve(model).arrays() is None
+    with pytest.raises(ValueError):
+        Parameters.of(dist.Normal(0.0, 1.0).expand([2]))
 
 
 LARGE = """

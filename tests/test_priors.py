@@ -67,9 +67,9 @@ def test_default_priors_are_scaled_to_the_data():
     model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df)
     r = jaxhlm.Priors().resolve(model)
     s_y, ybar, s_x = df.Reaction.std(), df.Reaction.mean(), df.Days.std(ddof=0)
-    (_, d0), (_, d1) = r.fixef
+    d0, d1 = r.fixef
     assert float(d0.scale) == pytest.approx(10 * (abs(ybar) + s_y))
     assert float(d1.scale) == pytest.approx(10 * s_y / s_x)
     assert float(r.sigma.scale) == pytest.approx(2 * s_y)
     assert float(r.sd[0][1].scale) == pytest.approx(2 * s_y / s_x)
-    assert r.lkj == [2.0]
+    assert r.lkj == (2.0,)

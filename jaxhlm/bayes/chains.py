@@ -15,7 +15,11 @@ the sampling itself.  Here the chains are one program (warm-up and sampling shar
 NUTS body, so it is compiled once), compiled ahead of time by :class:`ChainProgram`,
 which reports the compilation time apart and reuses the executable for every later
 run with the same shapes: other seeds, or (simulation-based calibration) other
-responses on the same design.
+responses on the same design.  ``LMM.sample`` and ``GLMM.sample`` run
+:func:`_chains_program`, whose arrays (the data, the priors' parameters, the starting
+metric, fixed values) are arguments and whose model is named by a frozen dataclass of
+sites, so that :data:`CHAINS` keeps it on disk (:mod:`jaxhlm.precompiled`) for later
+processes and other data sets of the bucket.
 
 Chains are mapped by ``jax.vmap`` (``"vectorized"``: one program, chains on a batch
 axis), ``lax.map`` (``"sequential"``) or ``jax.shard_map`` over the local devices
@@ -36,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from ..errors import JaxhlmError
+from ..precompiled import Precompiled
 
 CHAIN_METHODS = ("vectorized", "parallel", "sequential")
 STATS = ("diverging", "num_steps", "accept_prob")  # per kept iteration, beside the draws
@@ -118,8 +123,7 @@ def map_chains(run: Callable, method: str, num_chains: int) -> Callable:
     method: under ``vmap`` NUTS's branches (``lax.cond``) become selects that compute
     both sides, which doubles the compilation time.
     """
-    if method not in CHAIN_METHODS:
-        raise JaxhlmError(f"chain_method must be one of {', '.join(map(repr, CHAIN_METHODS))}; got {method!r}")
+    method = resolve_method(method, num_chains)
     vectorized = jax.vmap(run, in_axes=(0, None))
     if num_chains == 1:
         return lambda keys, blocks: jax.tree.map(lambda x: x[None], run(keys[0], blocks))
@@ -128,31 +132,80 @@ def map_chains(run: Callable, method: str, num_chains: int) -> Callable:
     if method == "vectorized":
         return vectorized
     devices = jax.local_devices()
-    n = max(d for d in range(1, min(len(devices), num_chains) + 1) if num_chains % d == 0)
-    if n == 1:
-        if num_chains > 1:
-            warnings.warn(f"chain_method='parallel': JAX sees {len(devices)} local device(s), which cannot "
-                          f"share {num_chains} chains; the chains run vectorized on one device",
-                          stacklevel=3)
-        return vectorized
+    n = _shards(len(devices), num_chains)
     mesh = jax.sharding.Mesh(np.asarray(devices[:n]), ("chains",))
     spec = jax.sharding.PartitionSpec("chains")
     return jax.shard_map(vectorized, mesh=mesh, in_specs=(spec, jax.sharding.PartitionSpec()),
                          out_specs=spec, check_vma=False)
 
 
+def _chains_program(key_data, data, priors, inverse_mass_matrix, fixed, sites, schedule: Schedule,
+                    method: str, num_chains: int):
+    """The chains of :func:`chain` for the NumPyro model ``sites.model(priors)`` (``fixed``:
+    values of conditioned sites), mapped by :func:`map_chains`: a pure function of its
+    arrays (the chains' keys as ``jax.random.key_data``, data, the priors' parameters, the
+    starting metric, the fixed values) given its static description (``sites``, a frozen
+    dataclass, and the schedule)."""
+    import numpyro
+
+    keys = jax.random.wrap_key_data(key_data)
+    fn = sites.model(priors.distributions())
+    if fixed:
+        fn = numpyro.handlers.condition(fn, data=fixed)
+    return map_chains(chain(fn, schedule, inverse_mass_matrix), method, num_chains)(keys, data)
+
+
+CHAINS = Precompiled(_chains_program, (5, 6, 7, 8), "nuts_chains")
+"""NUTS chains kept on disk by :mod:`jaxhlm.precompiled`, keyed by the model's sites, the
+schedule and the shapes (an LMM's: its bucket's, :mod:`jaxhlm.padding`), so that a later
+process, or another data set of the bucket, loads them instead of tracing and lowering
+NumPyro's kernel again (about 4 s) and, with an empty cache, compiling it (sleepstudy's two
+vectorized chains: 25.9 s to compile, 1.0 s to load; README, "First calls")."""
+
+
+def _shards(devices: int, num_chains: int) -> int:
+    """The largest number of devices, at most ``devices``, that divides ``num_chains``."""
+    return max(d for d in range(1, min(devices, num_chains) + 1) if num_chains % d == 0)
+
+
+def resolve_method(method: str, num_chains: int) -> str:
+    """``method``, checked; ``"parallel"`` becomes ``"vectorized"``, with a warning, where the
+    local devices cannot share the chains (:func:`map_chains`)."""
+    if method not in CHAIN_METHODS:
+        raise JaxhlmError(f"chain_method must be one of {', '.join(map(repr, CHAIN_METHODS))}; got {method!r}")
+    devices = len(jax.local_devices())
+    if method == "parallel" and num_chains > 1 and _shards(devices, num_chains) == 1:
+        warnings.warn(f"chain_method='parallel': JAX sees {devices} local device(s), which cannot "
+                      f"share {num_chains} chains; the chains run vectorized on one device", stacklevel=4)
+        return "vectorized"
+    return method
+
+
 class ChainProgram:
-    """``fn(*args)`` jit-compiled ahead of time, once per argument shape.
+    """A program compiled ahead of time, once per argument shape: ``fn(*args)`` by JAX's
+    jit, or, for :meth:`chains`, :data:`CHAINS` through :mod:`jaxhlm.precompiled`.
 
     A call returns ``(result, seconds)``: the result, ready, and a dict of ``compile``
-    (tracing, lowering and XLA, or a load from the persistent compilation cache; 0 when
-    an executable for these shapes exists already) and ``run`` (the compiled program
-    alone, until its result is ready).
+    (tracing, lowering and XLA, a load from the persistent compilation cache, or of a
+    stored program; 0 when an executable for these shapes exists already) and ``run`` (the
+    compiled program alone, until its result is ready).
     """
 
-    def __init__(self, fn: Callable):
-        self._jitted = jax.jit(fn)
+    def __init__(self, fn: Callable | None = None, *, static: tuple = ()):
+        self._jitted = None if fn is None else jax.jit(fn)
+        self._static = tuple(static)
         self._compiled: dict[Any, Any] = {}
+
+    @classmethod
+    def chains(cls, sites, schedule: Schedule, method: str, num_chains: int, storable: bool) -> "ChainProgram":
+        """The chains of :func:`_chains_program`, called with (key data, data, priors,
+        metric, fixed): stored (:data:`CHAINS`) where ``storable`` (jaxhlm's own covariance
+        structures, and priors in their ``arrays()`` form: what the key names is what
+        runs)."""
+        static = (sites, schedule, resolve_method(method, num_chains), num_chains)
+        if storable:
+            return cls(static=static)
+        return cls(lambda *args: _chains_program(*args, *static))
 
     def __call__(self, *args) -> tuple[Any, dict[str, float]]:
         signature = jax.tree.structure(args), tuple(
@@ -160,7 +213,9 @@ class ChainProgram:
         began = time.perf_counter()
         compiled = self._compiled.get(signature)
         if compiled is None:
-            compiled = self._compiled[signature] = self._jitted.lower(*args).compile()
+            compiled = self._compiled[signature] = (
+                self._jitted.lower(*args).compile() if self._jitted is not None
+                else CHAINS.executable(*args, *self._static))
         compiled_at = time.perf_counter()
         out = jax.block_until_ready(compiled(*args))
         return out, {"compile": compiled_at - began, "run": time.perf_counter() - compiled_at}

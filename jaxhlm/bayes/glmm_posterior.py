@@ -19,6 +19,7 @@ The sites are the fixed effects, the SD and LKJ sites of each term, and ``u(term
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ import numpy as np
 from ..families import loglik
 from ..pirls import linear_predictor
 from ..tables import sd_corr
-from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
+from .chains import ChainProgram, Schedule, chain_keys, require_int
 from .posterior import Posterior, _lambdas_of_draws, ranef_table
 from .priors import Priors
 
@@ -36,25 +37,43 @@ def u_site(term: str) -> str:
     return f"u({term})"
 
 
-def numpyro_model(model, priors):
-    """The NumPyro model (module docstring): priors on beta and each term's covariance
-    sites, u ~ N(0, I), and the family's log-likelihood at eta."""
-    import numpyro
-    import numpyro.distributions as dist
+@dataclasses.dataclass(frozen=True)
+class GLMMSites:
+    """What the NumPyro model of a GLMM is, apart from its arrays: the structure, each
+    term's (name, columns, covariance), the fixed effects' names and the family (hashable,
+    a static argument of the stored chains, :mod:`jaxhlm.bayes.chains`)."""
 
-    st, specs, family = model.structure, model.frame.specs, model.family
+    structure: Any
+    terms: tuple
+    fixef_names: tuple[str, ...]
+    family: Any
 
-    def fn(data):
-        beta = jnp.stack([numpyro.sample(name, d) for name, d in priors.fixef])
-        one = jnp.asarray(1.0, beta.dtype)
-        theta = jnp.concatenate([t.covariance.sample(numpyro.sample, t.name, t.columns, sds, conc, one)
-                                 for t, sds, conc in zip(specs, priors.sd, priors.lkj)])
-        b = [numpyro.sample(u_site(t.name), dist.Normal(0.0, 1.0).expand([term.nlevels, term.p]).to_event(2))
-             @ lam.T for t, term, lam in zip(specs, st.terms, st.lambdas(theta))]
-        mu = family.link.inverse(linear_predictor(beta, b, data))
-        numpyro.factor("loglik", jnp.sum(loglik(family, data.y, mu, data.trials)))
+    @classmethod
+    def of(cls, model) -> "GLMMSites":
+        return cls(model.structure, tuple((t.name, t.columns, t.covariance) for t in model.frame.specs),
+                   tuple(model.frame.fixef_names), model.family)
 
-    return fn
+    def model(self, priors):
+        """The NumPyro model (module docstring): priors on beta and each term's covariance
+        sites, u ~ N(0, I), and the family's log-likelihood at eta; its argument is the
+        model's :class:`jaxhlm.pirls.GLMMData`."""
+        import numpyro
+        import numpyro.distributions as dist
+
+        st, family = self.structure, self.family
+
+        def fn(data):
+            beta = jnp.stack([numpyro.sample(name, d) for name, d in zip(self.fixef_names, priors.fixef)])
+            one = jnp.asarray(1.0, beta.dtype)
+            theta = jnp.concatenate([covariance.sample(numpyro.sample, name, columns, sds, conc, one)
+                                     for (name, columns, covariance), sds, conc
+                                     in zip(self.terms, priors.sd, priors.lkj)])
+            b = [numpyro.sample(u_site(name), dist.Normal(0.0, 1.0).expand([term.nlevels, term.p]).to_event(2))
+                 @ lam.T for (name, _, _), term, lam in zip(self.terms, st.terms, st.lambdas(theta))]
+            mu = family.link.inverse(linear_predictor(beta, b, data))
+            numpyro.factor("loglik", jnp.sum(loglik(family, data.y, mu, data.trials)))
+
+        return fn
 
 
 @dataclasses.dataclass
@@ -100,9 +119,11 @@ def sample(model, priors: Priors | None = None, *, num_warmup: int = 1000, num_s
     warming up as Stan does (step size and diagonal metric)."""
     require_int("num_chains", num_chains, 1)
     schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
-    fn = numpyro_model(model, (priors or Priors()).resolve(model))
-    program = ChainProgram(map_chains(chain(fn, schedule), chain_method, num_chains))
-    (raw, stats), seconds = program(chain_keys(seed, num_chains), jax.device_put(model.data))
+    resolved = (priors or Priors()).resolve(model)
+    arrays = resolved.arrays() if model.structure.builtin else None
+    program = ChainProgram.chains(GLMMSites.of(model), schedule, chain_method, num_chains, arrays is not None)
+    resolved = arrays or resolved
+    (raw, stats), seconds = program(jax.random.key_data(chain_keys(seed, num_chains)), jax.device_put(model.data), resolved, None, {})
     raw = {k: np.asarray(v) for k, v in raw.items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}
     return GLMMPosterior(model, _named(model, raw), raw, stats, int(stats["diverging"].sum()),

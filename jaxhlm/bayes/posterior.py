@@ -30,10 +30,47 @@ import pandas as pd
 from ..errors import JaxhlmError
 from ..families import GAUSSIAN
 from ..tables import sd_corr
-from .chains import ChainProgram, Schedule, chain, chain_keys, map_chains, require_int
+from .chains import ChainProgram, Schedule, chain, chain_keys, require_int
 from .priors import Priors, ResolvedPriors
 
 QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMMSites:
+    """What the NumPyro model of an LMM is, apart from its arrays: the structure, each
+    term's (name, columns, covariance) and the fixed effects' names (hashable, a static
+    argument of the stored chains, :mod:`jaxhlm.bayes.chains`)."""
+
+    structure: Any
+    terms: tuple
+    fixef_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model, structure=None) -> "LMMSites":
+        """The model's sites, on its own structure or (``structure``) its bucket's."""
+        return cls(structure or model.structure,
+                   tuple((t.name, t.columns, t.covariance) for t in model.frame.specs),
+                   tuple(model.frame.fixef_names))
+
+    def model(self, priors: ResolvedPriors):
+        """The NumPyro model: priors on (beta, sigma, each term's covariance sites), b
+        integrated out (:func:`numpyro_model`); its argument is the blocks."""
+        import numpyro
+
+        st = self.structure
+
+        def fn(blocks):
+            beta = jnp.stack([numpyro.sample(name, d) for name, d in zip(self.fixef_names, priors.fixef)])
+            sigma = (numpyro.sample("sigma", priors.sigma) if priors.sigma is not None
+                     else jnp.asarray(blocks.sigma, beta.dtype))
+            theta = jnp.concatenate([
+                covariance.sample(numpyro.sample, name, columns, sds, conc, jnp.asarray(sigma))
+                for (name, columns, covariance), sds, conc in zip(self.terms, priors.sd, priors.lkj)]
+                + ([] if st.residual is None else [st.residual.sample(numpyro.sample)]))
+            numpyro.factor("marginal_loglik", GAUSSIAN.marginal_loglik(theta, beta, sigma, blocks, st))
+
+        return fn
 
 
 def numpyro_model(model, priors: ResolvedPriors):
@@ -45,23 +82,9 @@ def numpyro_model(model, priors: ResolvedPriors):
     Cholesky factor per vector term).  Condition on sites
     (``numpyro.handlers.condition``) to fix parameters.  The blocks are the model's
     argument, so one compiled sampler serves every response on the design
-    (:class:`Sampler`).
+    (:class:`Sampler`), and, padded (:mod:`jaxhlm.padding`, exact), every design of its bucket.
     """
-    import numpyro
-
-    st, specs = model.structure, model.frame.specs
-
-    def fn(blocks):
-        beta = jnp.stack([numpyro.sample(name, d) for name, d in priors.fixef])
-        sigma = (numpyro.sample("sigma", priors.sigma) if priors.sigma is not None
-                 else jnp.asarray(blocks.sigma, beta.dtype))
-        theta = jnp.concatenate([
-            t.covariance.sample(numpyro.sample, t.name, t.columns, sds, conc, jnp.asarray(sigma))
-            for t, sds, conc in zip(specs, priors.sd, priors.lkj)]
-            + ([] if st.residual is None else [st.residual.sample(numpyro.sample)]))
-        numpyro.factor("marginal_loglik", GAUSSIAN.marginal_loglik(theta, beta, sigma, blocks, st))
-
-    return fn
+    return LMMSites.of(model).model(priors)
 
 
 def site_names(model) -> list[str]:
@@ -230,24 +253,27 @@ class Sampler:
                  num_samples: int = 1000, num_chains: int = 4, chain_method: str = "vectorized",
                  fixed: dict[str, Any] | None = None, target_accept_prob: float = 0.8,
                  thinning: int = 1, precondition: bool = True):
-        import numpyro
-
         require_int("num_chains", num_chains, 1)
         schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
-        fn = numpyro_model(model, (priors or Priors()).resolve(model))
+        self._priors = (priors or Priors()).resolve(model)
         unknown = sorted(set(fixed or {}) - set(site_names(model)))
         if unknown:
             raise JaxhlmError(f"fixed: no parameter named {unknown[0]!r}; the model's are "
                               f"{', '.join(map(repr, site_names(model)))}")
-        if fixed:
-            fn = numpyro.handlers.condition(fn, data={k: jnp.asarray(v) for k, v in fixed.items()})
-        metric = initial_inverse_mass(model, fixed or {}) if precondition else None
+        self._fixed = {k: jnp.asarray(v, jnp.float64) for k, v in (fixed or {}).items()}
+        self._metric = initial_inverse_mass(model, fixed or {}) if precondition else None
         self.model, self.fixed, self.num_chains = model, dict(fixed or {}), num_chains
-        self._program = ChainProgram(map_chains(chain(fn, schedule, metric), chain_method, num_chains))
+        padded = model.bucketed
+        self._blocks = padded.blocks
+        arrays = self._priors.arrays() if padded.structure.builtin else None
+        self._priors = arrays or self._priors
+        self._program = ChainProgram.chains(LMMSites.of(model, padded.structure), schedule, chain_method,
+                                            num_chains, arrays is not None)
 
     def run(self, seed: int = 0) -> Posterior:
         """Draw a posterior: a fresh warm-up and draws for chain keys split from ``seed``."""
-        (raw, stats), seconds = self._program(chain_keys(seed, self.num_chains), self.model.blocks)
+        (raw, stats), seconds = self._program(jax.random.key_data(chain_keys(seed, self.num_chains)), self._blocks, self._priors,
+                                              self._metric, self._fixed)
         raw = {k: np.asarray(v) for k, v in raw.items()}
         stats = {k: np.asarray(v) for k, v in stats.items()}
         return Posterior(self.model, _named(self.model, raw, self.fixed), raw, stats,

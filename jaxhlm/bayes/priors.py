@@ -30,8 +30,9 @@ blme 1.0-5's source and checked numerically, is in ``tests/reference/blme/NOTES.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -171,7 +172,7 @@ class Priors:
             s_x = scale_of(frame.X[:, j])
             default = (dist.Normal(0.0, 10.0 * s_y / s_x) if s_x is not None
                        else dist.Normal(0.0, 10.0 * (abs(float(np.mean(y))) + s_y)))
-            fixef.append((name, _pick(self.fixef, name, default, "fixef", frame.fixef_names)))
+            fixef.append(_pick(self.fixef, name, default, "fixef", frame.fixef_names))
         sigma = None if model.structure.known_sigma or link_scale else _pick(
             self.sigma, "sigma", dist.HalfNormal(2.0 * s_y), "sigma", ["sigma"])
         term_names = [t.spec.name for t in frame.terms]
@@ -189,7 +190,7 @@ class Priors:
             if not (isinstance(conc, (int, float)) and conc > 0):
                 raise JaxhlmError(f"lkj must be a positive concentration; got {conc!r} for term {term.spec.name}")
             lkj.append(float(conc))
-        return ResolvedPriors(fixef, sigma, sds, lkj)
+        return ResolvedPriors(tuple(fixef), sigma, tuple(sds), tuple(lkj))
 
 
 def _pick(given, key: str, default, what: str, known: list[str]):
@@ -205,11 +206,71 @@ def _pick(given, key: str, default, what: str, known: list[str]):
     return given
 
 
-@dataclasses.dataclass
-class ResolvedPriors:
-    """Priors per parameter: fixef [(name, dist)], sigma (None when known), SDs per term, LKJ per term."""
+class ResolvedPriors(NamedTuple):
+    """Priors per parameter: ``fixef`` one distribution per fixed effect (in the model's
+    order), ``sigma`` (None when known), ``sd`` per term a tuple (one per column), ``lkj`` per
+    term its LKJ concentration.  A pytree, so that a compiled sampler can take them as an
+    argument in their :meth:`arrays` form."""
 
-    fixef: list
+    fixef: tuple
     sigma: Any
-    sd: list
-    lkj: list
+    sd: tuple
+    lkj: tuple
+
+    def _map(self, f) -> "ResolvedPriors":
+        return ResolvedPriors(tuple(map(f, self.fixef)), None if self.sigma is None else f(self.sigma),
+                              tuple(tuple(map(f, row)) for row in self.sd), self.lkj)
+
+    def arrays(self) -> "ResolvedPriors | None":
+        """The priors with each distribution as a :class:`Parameters` (its class and its
+        parameters' values), or None if one of them is not a NumPyro distribution rebuilt
+        exactly from its ``arg_constraints``: a pytree whose structure is the same in every
+        process (NumPyro's own flattening orders fields by a set), so that a stored program
+        can be keyed by it (:mod:`jaxhlm.bayes.chains`)."""
+        try:
+            return self._map(Parameters.of)
+        except ValueError:
+            return None
+
+    def distributions(self) -> "ResolvedPriors":
+        """The priors with :meth:`arrays`' parameters made distributions again."""
+        return self._map(lambda d: d.distribution() if isinstance(d, Parameters) else d)
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class Parameters:
+    """A NumPyro distribution as its class, its parameters' names (sorted) and their values
+    (the pytree's leaves)."""
+
+    cls: type
+    names: tuple[str, ...]
+    values: tuple
+
+    @classmethod
+    def of(cls, d) -> "Parameters":
+        """``d``'s parameters; ValueError unless ``type(d)(**parameters)`` is ``d`` again."""
+        kind = type(d)
+        names = tuple(sorted(getattr(kind, "arg_constraints", {})))
+        if not kind.__module__.startswith("numpyro.distributions") or not names:
+            raise ValueError(kind)
+        out = cls(kind, names, tuple(jnp.asarray(getattr(d, n)) for n in names))
+        try:
+            again = out.distribution()
+        except Exception as err:  # noqa: BLE001 - a constructor that wants other arguments
+            raise ValueError(kind) from err
+        if not (again.batch_shape == d.batch_shape and again.event_shape == d.event_shape
+                and jax.tree.structure(again) == jax.tree.structure(d)
+                and all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(d)))):
+            raise ValueError(kind)
+        return out
+
+    def distribution(self):
+        return self.cls(**dict(zip(self.names, self.values)))
+
+    def tree_flatten(self):
+        return self.values, (self.cls, self.names)
+
+    @classmethod
+    def tree_unflatten(cls, aux, values):
+        return cls(*aux, tuple(values))
