@@ -17,6 +17,7 @@ A fit's status (:func:`status`) flags PIRLS divergence and separation, with a wa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import warnings
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import frame as _frame
-from . import tables
+from . import padding, tables
 from .blocks import pattern
 from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
@@ -143,6 +144,17 @@ class GLMM:
                              y, trials, tuple(t.codes.astype(np.int32) for t in self.frame.terms),
                              tuple(t.Z for t in self.frame.terms))
 
+    @functools.cached_property
+    def bucketed(self) -> tuple:
+        """(structure, data) padded to their bucket (:func:`jaxhlm.padding.bucket_glmm`):
+        what :meth:`fit`, ``ranef`` and :meth:`fit_many` compile for, so that GLMMs of
+        nearby sizes share one program."""
+        return padding.bucket_glmm(self.structure, self.data)
+
+    def padded_responses(self, Y: np.ndarray) -> np.ndarray:
+        """Responses (B, nobs) with the bucket's padded rows (zero trials) appended as 0."""
+        return padding.grow(Y, self.bucketed[1].y.shape[0], axis=1)
+
     @property
     def nobs(self) -> int:
         return self.frame.nobs
@@ -204,8 +216,8 @@ class GLMM:
         Gauss-Hermite quadrature with ``nagq`` > 1 nodes (one scalar random-effects term,
         :mod:`jaxhlm.quadrature`), or with beta inside PIRLS (``nagq=0``, glmer's ``nAGQ = 0``)."""
         nagq = self._nagq(nagq)
-        program = stored(FIT, self.structure, self.family)
-        out = program(self.data, self.structure, self.family, nagq, int(max_iter))
+        st, data = self.bucketed
+        out = stored(FIT, st, self.family)(data, st, self.family, nagq, int(max_iter))
         res = GLMMResult.from_arrays(self, jax.device_get(out), nagq)
         if not res.converged:
             warnings.warn(f"GLMM fit of {self.formula}: {tables.status_name(res.status)} "
@@ -251,6 +263,7 @@ class GLMMResult(InformationCriteria):
         opt, m, theta, beta, vcov, code, hessian = out
         names = model.frame.fixef_names
         st = model.structure
+        m = m._replace(eta=m.eta[:model.nobs], b=[b[:t.nlevels] for b, t in zip(m.b, st.terms)])  # own rows, levels
         return cls(model.formula, model.family, nagq, float(opt.fun), model.nobs,
                    pd.Series(np.asarray(beta), index=names, name="fixef"),
                    pd.DataFrame(np.asarray(vcov), index=names, columns=names),
@@ -265,10 +278,12 @@ class GLMMResult(InformationCriteria):
         by a program of their own (:func:`jaxhlm.pirls.conditional_variances`)."""
         if self._b_var_cache is None:
             model = self._model
-            program = stored(CONDITIONAL_VARIANCES, model.structure, model.family)
-            out = program(jnp.asarray(self.theta), jnp.asarray(self.fixef.to_numpy()),
-                          [jnp.asarray(b) for b in self._b], model.data, model.structure, model.family)
-            self._b_var_cache = [np.asarray(v) for v in jax.device_get(out)]
+            st, data = model.bucketed
+            b = [padding.grow(b, t.nlevels) for b, t in zip(self._b, st.terms)]   # padded levels' modes: 0
+            out = stored(CONDITIONAL_VARIANCES, st, model.family)(
+                jnp.asarray(self.theta), jnp.asarray(self.fixef.to_numpy()), [jnp.asarray(x) for x in b],
+                data, st, model.family)
+            self._b_var_cache = [np.asarray(v)[:t.nlevels] for v, t in zip(jax.device_get(out), model.structure.terms)]
         return self._b_var_cache
 
     @property

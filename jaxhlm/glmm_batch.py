@@ -91,13 +91,14 @@ _FIT_CHUNK = Precompiled(_fit_chunk_program, (6, 7, 8), "glmm_fit_chunk")
 
 
 def _run_chunks(model, Y, starts, fresh, hessian0, nagq, max_iter, size, progress):
-    program = stored(_FIT_CHUNK, model.structure, model.family)
+    st, data = model.bucketed     # nearby designs share the program (jaxhlm.padding)
+    program = stored(_FIT_CHUNK, st, model.family)
+    Y = model.padded_responses(Y)
 
     def dispatch(index):
         return program(jnp.asarray(Y[index]), jnp.asarray(starts[index]),
                        None if fresh is None else jnp.asarray(fresh[index]),
-                       hessian0, np.int64(max_iter), model.data, model.structure,
-                       model.family, nagq)
+                       hessian0, np.int64(max_iter), data, st, model.family, nagq)
 
     return run_chunks(dispatch, jax.device_get, Y.shape[0], size, progress)
 
@@ -157,6 +158,15 @@ def _fit_checked(model, Y, nagq, batch_size, max_iter, progress, start, hessian0
 
 
 def _draw_program(key_data, index, beta, theta, data, st, family):
+    """Responses at (beta, theta) per replicate ``index``: b_k = u_k Lambda_k' with u_k ~
+    N(0, I) (ell_k, p_k), then the family's draw at mu.  JAX's partitionable threefry draws
+    each element from its index, so the own levels and rows draw the same values whatever
+    the padding (:func:`simulate_responses`), up to the last bit of mu: XLA may fuse
+    x beta_1 + beta_0 into one multiply-add in its vectorised loop and not in its
+    remainder, which moves with the row count.  A 0/1 draw (u < mu) is then the same;
+    Poisson's rejection sampler (means above 10) takes another path for some draws
+    (0.12% of the counts of a 333-row design, ``tests/test_buckets.py``).  A data set
+    and seed give the same draws in every run (its bucket is fixed)."""
     key = jax.random.wrap_key_data(key_data)
 
     def one(r, beta, theta):
@@ -177,21 +187,22 @@ def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
     ``fixef`` (p,) or (R, p) and ``theta`` (ntheta,) or (R, ntheta) (shared or one set per
     replicate); replicate r draws from ``fold_in(key, index[r])`` (module docstring)."""
     index = np.asarray(index, dtype=np.int64)
-    R, st = index.shape[0], model.structure
+    R = index.shape[0]
+    st, data = model.bucketed   # the bucket's program; JAX's partitionable threefry draws the
+    # own rows and levels the same values whatever the padding (jaxhlm.batch.simulate_responses)
     fixef = np.broadcast_to(np.asarray(fixef, float), (R, st.p))
     theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
     if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     key = np.asarray(key)
-    size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // max(model.nobs, 1)))
-    data = model.data
-    if np.all(data.trials == 1):   # one trial per row: the family's simpler sampler (0/1 draws)
+    size = min(chunk_size(R), max(1, SIMULATE_ELEMENTS // max(data.y.shape[0], 1)))
+    if np.all(model.data.trials == 1):   # one trial per row: the family's simpler sampler (0/1 draws)
         data = data._replace(trials=None)
     out = np.empty((R, model.nobs))
     for lo in range(0, R, size):
         at = np.arange(lo, lo + size).clip(max=R - 1)
         y = stored(_DRAW, st, model.family)(key, index[at], fixef[at], theta[at], data, st, model.family)
-        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo)]
+        out[lo:lo + size] = np.asarray(y)[:min(size, R - lo), :model.nobs]
     return out
 
 

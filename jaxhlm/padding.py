@@ -22,7 +22,9 @@ and larger counts, without changing its objective at any theta:
 
 So the padded model has the same objective and the same estimates as its own: padding
 is exact, not an approximation; the conditional modes of padded levels are 0 and are
-cut off (:func:`unpad`).  :mod:`jaxhlm.stacking` pads many data sets to their largest
+cut off (:func:`unpad`).  A GLMM forms its blocks inside jit at each PIRLS step, so its
+design's pattern and rows are padded instead (:func:`bucket_glmm`).
+:mod:`jaxhlm.stacking` pads many data sets to their largest
 shapes; :func:`bucket` pads one model to the next size on a *ladder*
 (:func:`ladder`), so that every model whose sizes fall in the same rungs shares one
 compiled program, in this process and, stored on disk (:mod:`jaxhlm.precompiled`), in
@@ -44,7 +46,7 @@ import dataclasses
 
 import numpy as np
 
-from .blocks import Blocks
+from .blocks import Blocks, Pattern
 from .errors import DataError
 from .structure import Structure
 
@@ -153,6 +155,37 @@ def pad(blocks: Blocks, own: Structure, common: Structure, nnz: int, npairs: int
         Arr=spread(blocks.Arr, cmap, common.m))
 
 
+def pad_pattern(pat: Pattern, own: Structure, common: Structure, rows: int, nnz: int,
+                npairs: int) -> Pattern:
+    """A design's :class:`~jaxhlm.blocks.Pattern` laid out for the common structure, with
+    ``rows`` rows, ``nnz`` COO entries and ``npairs`` pairs, for blocks formed from it inside
+    jit (a GLMM's PIRLS, :func:`jaxhlm.blocks.values`): padded rows are level 0 of term 1 and
+    column 0 of the rest, with Z = 0 and values 0, and must carry weight 0 (a GLMM's zero
+    trials); padded entries have no rows, so their values are 0, and padded pairs join the
+    last entry, a padded one (``nnz`` must exceed the own count when pairs are padded), into
+    the last segment: every sum gets only zeros."""
+    mm_own, mm = own.m - 1, common.m - 1
+    cmap = column_map(own, common)
+    ra, rb = np.divmod(pat.pair_out.astype(np.int64), mm_own)
+    i32 = np.int32
+    return Pattern(
+        codes1=grow(pat.codes1, rows), Z1=grow(pat.Z1, rows), cols=grow(cmap[pat.cols].astype(i32), rows),
+        vals=grow(pat.vals, rows), coo_index=grow(pat.coo_index, rows),
+        coo_row=grow(cmap[pat.coo_row].astype(i32), nnz), coo_level=grow(pat.coo_level, nnz),
+        pair_a=grow(pat.pair_a, npairs, fill=nnz - 1), pair_b=grow(pat.pair_b, npairs, fill=nnz - 1),
+        pair_level=grow(pat.pair_level, npairs),
+        pair_out=grow((cmap[ra] * mm + cmap[rb]).astype(i32), npairs, fill=mm * mm - 1),
+        pair_rand=grow(pat.pair_rand, npairs, fill=False))
+
+
+def pattern_counts(pat: Pattern) -> tuple[int, int]:
+    """A pattern's entries and pairs moved up the ladder (:func:`count`), with at least
+    one padded entry where pairs are padded (:func:`pad_pattern`)."""
+    nnz, npairs = pat.coo_row.shape[0], pat.pair_a.shape[0]
+    padded_pairs = count(npairs)
+    return (count(nnz) if padded_pairs == npairs else max(count(nnz), nnz + 1)), padded_pairs
+
+
 @dataclasses.dataclass(frozen=True)
 class Bucketed:
     """A model's own structure, the common one it is padded to, and the padded blocks."""
@@ -194,6 +227,29 @@ def bucket(own: Structure, blocks: Blocks) -> Bucketed:
     if common == own and (nnz, npairs) == (blocks.coo_row.shape[0], blocks.pair_out.shape[0]):
         return Bucketed(own, own, blocks)
     return Bucketed(own, common, pad(blocks, own, common, nnz, npairs))
+
+
+def bucket_glmm(own: Structure, data):
+    """A GLMM's :class:`~jaxhlm.pirls.GLMMData` padded to its bucket, and the bucket's
+    structure: rows (:func:`count`) with zero trials, X, offset, response, Z and codes 0
+    (each family's log-likelihood, its normalizer and the GLM weights are then exactly 0
+    there), each term's levels up its ladder (no rows: their modes are 0 and they add
+    log 1 = 0), and both patterns (:func:`pad_pattern`; ``pattern0``, of Z alone, on the
+    structure without X).  As :func:`bucket`, the own data when nothing grows."""
+    common = bucket_structure(own) if ENABLED else own
+    n = data.y.shape[0]
+    rows = count(n)
+    sizes0 = [pattern_counts(p) for p in (data.pattern, data.pattern0)]
+    if (common == own and rows == n and all(c == (p.coo_row.shape[0], p.pair_a.shape[0])
+                                             for c, p in zip(sizes0, (data.pattern, data.pattern0)))):
+        return common, data
+    without_x = [dataclasses.replace(s, p=0) for s in (own, common)]
+    return common, data._replace(
+        pattern=pad_pattern(data.pattern, own, common, rows, *sizes0[0]),
+        pattern0=pad_pattern(data.pattern0, *without_x, rows, *sizes0[1]),
+        X=grow(data.X, rows), offset=grow(data.offset, rows), y=grow(data.y, rows),
+        trials=grow(data.trials, rows), codes=tuple(grow(c, rows) for c in data.codes),
+        Z=tuple(grow(z, rows) for z in data.Z))
 
 
 def unpad(out, own: Structure):
