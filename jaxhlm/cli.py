@@ -10,6 +10,7 @@
     jaxhlm bench CONFIG.toml [--out-dir DIR] [--no-plots]
     jaxhlm study CONFIG.toml [--out-dir DIR] [--no-plots]
     jaxhlm warmup CONFIG.toml | jaxhlm warmup DATA "FORMULA" [--ml] [--nsim N] [--responses B] [--inference]
+                                [--family binomial|poisson [--link L]]
 
 DATA is a CSV or Parquet file, or the name of a bundled data set.  ``fit`` prints the
 summary (``--json PATH`` writes the fit as JSON, ``--json -`` JSON alone to stdout;
@@ -23,7 +24,8 @@ and print a summary (and, for the bootstrap, the confidence intervals).  ``bench
 a benchmark grid and ``study`` a simulation study described in TOML (``configs/``;
 :mod:`jaxhlm.tools.bench`, :mod:`jaxhlm.tools.study`), writing CSV, JSON and PNG files.
 ``warmup`` compiles, and keeps on disk, the programs a study config will run, or those of
-a model's fit, ``--nsim`` bootstrap and ``--responses`` batch (:meth:`jaxhlm.LMM.warmup`),
+a model's fit, ``--nsim`` bootstrap and ``--responses`` batch (:meth:`jaxhlm.LMM.warmup`; with
+``--family``, :meth:`jaxhlm.GLMM.warmup`),
 so that the real run, and any model of the same size bucket, starts warm.  Errors are
 one line on stderr, exit status 2.
 """
@@ -162,6 +164,11 @@ def _warmup(args) -> int:
             raise JaxhlmError(f"warmup takes a study config (a .toml file) or DATA and FORMULA; got "
                               f"{args.target!r} alone")
         study.warmup(study.load_study(args.target))
+    elif args.family != "gaussian":
+        from .glmm import GLMM
+
+        GLMM(args.formula, read_data(args.target), family=args.family, link=args.link).warmup(
+            nsim=args.nsim, responses=args.responses)
     else:
         from .model import LMM
 
@@ -254,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     warm.add_argument("--nsim", type=int, default=0, help="bootstrap replicates to prepare for")
     warm.add_argument("--responses", type=int, default=0, help="responses of fit-many to prepare for")
     warm.add_argument("--inference", action="store_true",
-                      help="also the t tables (Satterthwaite, Kenward-Roger) and the profile")
+                      help="also the t tables (Satterthwaite, Kenward-Roger) and the profile (an LMM's)")
+    warm.add_argument("--family", default="gaussian", choices=["gaussian", "binomial", "poisson"],
+                      help="a GLMM's family (default: an LMM)")
+    warm.add_argument("--link", default=None, help="a GLMM's link (default: the family's canonical one)")
     warm.set_defaults(run=_warmup)
     ls = sub.add_parser("datasets", help="list the bundled data sets")
     ls.set_defaults(run=lambda a: print("\n".join(datasets.names())) or 0)

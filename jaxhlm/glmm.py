@@ -194,6 +194,25 @@ class GLMM:
         return fit_many(self, Y, self._nagq(nagq), batch_size=batch_size, max_iter=max_iter,
                         progress=progress)
 
+    def warmup(self, nagq: int = 1, *, nsim: int = 0, responses: int = 0) -> "GLMM":
+        """Compile, and keep on disk (:mod:`jaxhlm.precompiled`), the programs that
+        ``fit(nagq)``, its ``ranef``, ``fit().bootstrap(nsim)`` and ``fit_many`` of
+        ``responses`` responses will run, by running each once on one chunk (the full
+        batch's program: :func:`jaxhlm.batch.chunk_size`).  Every GLMM of the same bucket
+        (:func:`jaxhlm.padding.bucket_glmm`) then starts warm, in this process and in later
+        ones: ``jaxhlm warmup DATA FORMULA --family binomial --nsim N``."""
+        from .batch import chunk_size
+        from .glmm_batch import CHUNK_CPU
+
+        res = self.fit(nagq)
+        res.ranef
+        batch = CHUNK_CPU if jax.default_backend() == "cpu" else None
+        if nsim:
+            res.bootstrap(min(nsim, chunk_size(nsim)))
+        if responses:
+            self.fit_many(res.simulate(min(responses, chunk_size(responses, batch))), nagq)
+        return self
+
     def objective(self, theta, beta=None, nagq: int = 1) -> float:
         """-2 log L at (theta, beta) by the Laplace approximation (``nagq=1``) or adaptive
         Gauss-Hermite quadrature with ``nagq`` nodes; beta=None: beta inside PIRLS (nAGQ = 0)."""

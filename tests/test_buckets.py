@@ -399,6 +399,36 @@ def test_warmup_compiles_what_the_run_needs(sleepstudy, tmp_path):
     assert (trace_count(), simulate_trace_count()) == before
 
 
+def test_glmm_warmup_compiles_what_a_model_of_its_bucket_runs(tmp_path):
+    """``jaxhlm warmup DATA FORMULA --family binomial --nsim N --responses B`` on 37 subjects:
+    a GLMM of 39 then fits, gives ``ranef``, bootstraps and fits a batch without tracing
+    any program of its own."""
+    from jaxhlm import cli
+
+    formula = "y ~ x + (1 | s) + (1 | i)"
+    data = tmp_path / "design.csv"
+    _glmm_design(37, 13, 9).to_csv(data, index=False)
+    assert cli.main(["warmup", str(data), formula, "--family", "binomial", "--nsim", "300",
+                     "--responses", "700"]) == 0
+    traced = []
+
+    def listen(event, duration, fun_name="", **_):
+        if event.endswith("jaxpr_trace_duration"):
+            traced.append(fun_name)
+
+    model = jaxhlm.GLMM(formula, _glmm_design(39, 13, 9, seed=7), family="binomial")
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        res = model.fit()
+        res.ranef
+        boot = res.bootstrap(1000, seed=4)
+        many = model.fit_many(res.simulate(500, seed=5))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert not [f for f in traced if f.endswith(("_program", "conditional_variances")) or f.startswith("glmm_")], traced
+    assert boot.converged.mean() > 0.95 and many.converged.mean() > 0.95
+
+
 def test_entries_of_an_unbounded_cache_get_access_times(tmp_path):
     """JAX's bounded cache reads an access time per entry; entries an older jaxhlm wrote
     without one are dated, so that later writes do not fail."""
