@@ -182,9 +182,20 @@ def _grouping(data: pd.DataFrame, factors: tuple[str, ...]) -> tuple[np.ndarray,
     if len(factors) == 1:
         used, inverse = np.unique(codes[0], return_inverse=True)
         return inverse.astype(np.int32), [labels[0][u] for u in used]
-    keys = np.stack(codes, axis=1)
-    used, inverse = np.unique(keys, axis=0, return_inverse=True)
-    names = [":".join(labels[i][k] for i, k in enumerate(row)) for row in used]
+    sizes = [max(len(lab), 1) for lab in labels]
+    if np.prod(np.asarray(sizes, dtype=float)) < 2.0 ** 62 and all(c.min() >= 0 for c in codes):
+        key = codes[0]     # one integer per combination, in the same (lexicographic) order:
+        for c, size in zip(codes[1:], sizes[1:]):   # a 1-D unique, not np.unique(axis=0)'s
+            key = key * size + c                     # row sort (InstEval's dept:service)
+        used, inverse = np.unique(key, return_inverse=True)
+        rows = []
+        for size in reversed(sizes[1:]):
+            used, digit = np.divmod(used, size)
+            rows.append(digit)
+        rows = np.stack([used] + rows[::-1], axis=1)
+    else:
+        rows, inverse = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+    names = [":".join(labels[i][k] for i, k in enumerate(row)) for row in rows]
     return inverse.reshape(-1).astype(np.int32), names
 
 

@@ -118,3 +118,14 @@ def test_crossed_designs_drop_the_pairs():
     assert jaxhlm.LMM("y ~ x + (x | subj) + (1 | item)", crossed).blocks.pair_out.shape[0] == 0
     nested = jaxhlm.LMM("strength ~ 1 + (1 | batch/cask)", jaxhlm.datasets.load("Pastes"))
     assert nested.blocks.pair_out.shape[0] > 0
+
+
+def test_the_pairs_order_is_the_stable_argsort_of_their_segment():
+    """blocks._stable_order (two 16-bit radix passes) is np.argsort(high * base + low,
+    kind="stable"), below and above 2**16."""
+    from jaxhlm.blocks import _stable_order
+
+    rng = np.random.default_rng(2)
+    for base in (900, 70_000):
+        high, low = rng.integers(0, base, 20_000), rng.integers(0, base, 20_000)
+        np.testing.assert_array_equal(_stable_order(high, low, base), np.argsort(high * base + low, kind="stable"))

@@ -71,3 +71,19 @@ def test_fixed_effects_match_formulaic(formula):
     np.testing.assert_array_equal(y, np.asarray(mm.lhs, dtype=float).reshape(-1))
     np.testing.assert_array_equal(X, np.asarray(mm.rhs, dtype=float))
     assert names == _rename_intercept(mm.rhs.columns)
+
+
+def test_interaction_levels_are_the_sorted_combinations_that_occur():
+    """A grouping interaction's codes and labels (one integer key per combination) are
+    np.unique(axis=0)'s of the factors' codes: lexicographic, first variable slowest."""
+    from jaxhlm.frame import _grouping
+
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"a": rng.choice(["x", "y", "z", "w"], 500), "b": rng.integers(0, 7, 500),
+                       "c": rng.choice(["p", "q"], 500)})
+    for factors in [("a", "b"), ("b", "a", "c"), ("c", "b")]:
+        codes, labels = _grouping(df, factors)
+        cats = [pd.Categorical(df[f]) for f in factors]
+        rows, inverse = np.unique(np.stack([c.codes for c in cats], axis=1), axis=0, return_inverse=True)
+        np.testing.assert_array_equal(codes, inverse.reshape(-1))
+        assert labels == [":".join(str(cats[i].categories[k]) for i, k in enumerate(r)) for r in rows]
