@@ -153,9 +153,25 @@ def _sample(args) -> int:
     return 0
 
 
+def _warmup_options(args) -> None:
+    """A clear error for a warmup option that the target would ignore."""
+    given = {"--ml": args.ml, "--nsim": args.nsim, "--responses": args.responses, "--inference": args.inference,
+             "--family": args.family != "gaussian", "--link": args.link is not None}
+    if args.formula is None:
+        ignored, why = list(given), "a study config says what to prepare; model options go with DATA FORMULA"
+    elif args.family == "gaussian":
+        ignored, why = ["--link"], "a link is a GLMM's: give --family binomial or poisson with it"
+    else:
+        ignored, why = ["--ml", "--inference"], "they are an LMM's (a GLMM is fitted by ML, its tests are Wald's)"
+    for option in ignored:
+        if given[option]:
+            raise JaxhlmError(f"warmup: {option} does not apply here: {why}")
+
+
 def _warmup(args) -> int:
     import time
 
+    _warmup_options(args)
     began = time.perf_counter()
     if args.formula is None:
         from .tools import study

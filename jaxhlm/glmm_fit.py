@@ -136,8 +136,14 @@ CONDITIONAL_VARIANCES = Precompiled(conditional_variances, (4, 5), "glmm_condvar
 """b's conditional covariances at a fit's modes, compiled and stored (``GLMMResult.ranef``)."""
 
 
+def own_code(st, family) -> bool:
+    """Whether the structure's covariances and the family are jaxhlm's own, whose source
+    keys a stored program (:mod:`jaxhlm.precompiled`); a user's class may change under
+    the same ``repr``."""
+    return st.builtin and type(family).__module__.startswith("jaxhlm.")
+
+
 def stored(program: Precompiled, st, family):
-    """``program`` through the store of compiled programs (:mod:`jaxhlm.precompiled`) when
-    the structure and family are jaxhlm's own (their source keys the stored file), else
-    JAX's jit alone."""
-    return program if st.builtin and type(family).__module__.startswith("jaxhlm.") else program.jitted
+    """``program`` through the store of compiled programs (:mod:`jaxhlm.precompiled`)
+    where :func:`own_code`, else JAX's jit alone."""
+    return program if own_code(st, family) else program.jitted

@@ -128,6 +128,12 @@ def grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
     return out
 
 
+def grow_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` with n rows, the new ones copies of its row 0 (a GLMM's padded rows,
+    :func:`bucket_glmm`)."""
+    return np.concatenate([a, np.repeat(a[:1], n - a.shape[0], axis=0)])
+
+
 def spread(Arr: np.ndarray, cmap: np.ndarray, m: int) -> np.ndarray:
     """The rest's matrices (..., m_own, m_own) placed at ``cmap`` in zeros (..., m, m)."""
     out = np.zeros(Arr.shape[:-2] + (m, m), dtype=Arr.dtype)
@@ -159,18 +165,19 @@ def pad_pattern(pat: Pattern, own: Structure, common: Structure, rows: int, nnz:
                 npairs: int) -> Pattern:
     """A design's :class:`~jaxhlm.blocks.Pattern` laid out for the common structure, with
     ``rows`` rows, ``nnz`` COO entries and ``npairs`` pairs, for blocks formed from it inside
-    jit (a GLMM's PIRLS, :func:`jaxhlm.blocks.values`): padded rows are level 0 of term 1 and
-    column 0 of the rest, with Z = 0 and values 0, and must carry weight 0 (a GLMM's zero
-    trials); padded entries have no rows, so their values are 0, and padded pairs join the
-    last entry, a padded one (``nnz`` must exceed the own count when pairs are padded), into
-    the last segment: every sum gets only zeros."""
+    jit (a GLMM's PIRLS, :func:`jaxhlm.blocks.values`): padded rows are copies of row 0
+    (:func:`grow_rows`) and must carry weight 0 (a GLMM's zero trials), so that what they
+    add to row 0's entries is 0; padded entries have no rows, so their values are 0, and
+    padded pairs join the last entry, a padded one (``nnz`` must exceed the own count when
+    pairs are padded), into the last segment: every sum gets only zeros."""
     mm_own, mm = own.m - 1, common.m - 1
     cmap = column_map(own, common)
     ra, rb = np.divmod(pat.pair_out.astype(np.int64), mm_own)
     i32 = np.int32
     return Pattern(
-        codes1=grow(pat.codes1, rows), Z1=grow(pat.Z1, rows), cols=grow(cmap[pat.cols].astype(i32), rows),
-        vals=grow(pat.vals, rows), coo_index=grow(pat.coo_index, rows),
+        codes1=grow_rows(pat.codes1, rows), Z1=grow_rows(pat.Z1, rows),
+        cols=grow_rows(cmap[pat.cols].astype(i32), rows), vals=grow_rows(pat.vals, rows),
+        coo_index=grow_rows(pat.coo_index, rows),
         coo_row=grow(cmap[pat.coo_row].astype(i32), nnz), coo_level=grow(pat.coo_level, nnz),
         pair_a=grow(pat.pair_a, npairs, fill=nnz - 1), pair_b=grow(pat.pair_b, npairs, fill=nnz - 1),
         pair_level=grow(pat.pair_level, npairs),
@@ -183,7 +190,7 @@ def pattern_counts(pat: Pattern) -> tuple[int, int]:
     one padded entry where pairs are padded (:func:`pad_pattern`)."""
     nnz, npairs = pat.coo_row.shape[0], pat.pair_a.shape[0]
     padded_pairs = count(npairs)
-    return (count(nnz) if padded_pairs == npairs else max(count(nnz), nnz + 1)), padded_pairs
+    return count(nnz if padded_pairs == npairs else nnz + 1), padded_pairs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,9 +238,10 @@ def bucket(own: Structure, blocks: Blocks) -> Bucketed:
 
 def bucket_glmm(own: Structure, data):
     """A GLMM's :class:`~jaxhlm.pirls.GLMMData` padded to its bucket, and the bucket's
-    structure: rows (:func:`count`) with zero trials, X, offset, response, Z and codes 0
-    (each family's log-likelihood, its normalizer and the GLM weights are then exactly 0
-    there), each term's levels up its ladder (no rows: their modes are 0 and they add
+    structure: rows (:func:`count`) with zero trials, X, offset, response, Z and codes
+    copied from row 0 (:func:`grow_rows`: each family's log-likelihood, its normalizer and
+    the GLM weights are then exactly 0 there, and mu is row 0's, inside the family's
+    range for every link), each term's levels up its ladder (no rows: their modes are 0 and they add
     log 1 = 0), and both patterns (:func:`pad_pattern`; ``pattern0``, of Z alone, on the
     structure without X).  As :func:`bucket`, the own data when nothing grows."""
     common = bucket_structure(own) if ENABLED else own
@@ -247,9 +255,9 @@ def bucket_glmm(own: Structure, data):
     return common, data._replace(
         pattern=pad_pattern(data.pattern, own, common, rows, *sizes0[0]),
         pattern0=pad_pattern(data.pattern0, *without_x, rows, *sizes0[1]),
-        X=grow(data.X, rows), offset=grow(data.offset, rows), y=grow(data.y, rows),
-        trials=grow(data.trials, rows), codes=tuple(grow(c, rows) for c in data.codes),
-        Z=tuple(grow(z, rows) for z in data.Z))
+        X=grow_rows(data.X, rows), offset=grow_rows(data.offset, rows), y=grow_rows(data.y, rows),
+        trials=grow(data.trials, rows), codes=tuple(grow_rows(c, rows) for c in data.codes),
+        Z=tuple(grow_rows(z, rows) for z in data.Z))
 
 
 def unpad(out, own: Structure):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import pickle
 import sys
@@ -129,7 +130,8 @@ def _prepare_custom_calls() -> None:
     jaxlib imports ``scipy.linalg.cython_lapack`` for them, and Python imports the
     package ``scipy.linalg`` first: 0.1-0.2 s here, most of a stored bootstrap's or
     batch's first call in a new process.  The two extension modules are loaded from
-    their files instead (35 ms), in ``sys.modules`` only while jaxlib reads them: a
+    their files instead (35 ms; scipy's top package, ``scipy._lib`` and ``scipy._cyutility``,
+    which they need, are imported as usual), in ``sys.modules`` only while jaxlib reads them: a
     later ``import scipy.linalg.cython_lapack`` loads the same module object (Cython
     keeps one per process) into its package as usual.  Anything unexpected falls back
     to jaxlib's own import.
@@ -226,11 +228,14 @@ class Precompiled:
     compiler options ``cpu_options`` on a CPU backend only (e.g. :data:`OLDER_EMITTERS`),
     and ``level(args)`` (e.g. :func:`by_size` of the dynamic arguments), when given, as
     XLA's backend optimisation level of each call on a CPU (a stored program per level).
+    ``depends`` names other packages whose code the program traces (e.g. ``"numpyro"``):
+    their versions key the stored file, as JAX's and jaxhlm's do.
     """
 
     def __init__(self, fun, static_argnums: tuple[int, ...], name: str, *,
-                 cpu_options: dict | None = None, level=None):
+                 cpu_options: dict | None = None, level=None, depends: tuple[str, ...] = ()):
         self.fun = fun
+        self.depends = tuple(depends)
         self.static_argnums = tuple(static_argnums)
         self.name = name
         self.cpu_options = dict(cpu_options or {})
@@ -297,7 +302,8 @@ class Precompiled:
         device = jax.devices()[0]
         text = repr((self.name, _source_hash(), jax.__version__, jaxlib.__version__,
                      device.platform, device.device_kind, jax.config.jax_enable_x64,
-                     os.environ.get("XLA_FLAGS", ""), static, str(tree), specs, level))
+                     os.environ.get("XLA_FLAGS", ""), static, str(tree), specs, level,
+                     [(name, importlib.import_module(name).__version__) for name in self.depends]))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def _named(self, file_key: str, level: int | None):

@@ -72,7 +72,8 @@ def group_loglik(theta, beta, data: GLMMData, st: Structure, family, nagq: int, 
     normalizer = jax.ops.segment_sum(family.log_normalizer(data.y, data.trials), code, num_segments=ell)
     log_l = (jax.scipy.special.logsumexp(terms, axis=0) + normalizer + jnp.log(jnp.sqrt(2.0) * s)
              - 0.5 * LOG_2PI)
-    return log_l, m
+    observed = jax.ops.segment_sum((data.trials > 0).astype(m.eta.dtype), code, num_segments=ell) > 0
+    return jnp.where(observed, log_l, 0.0), m       # a level without data: log 1 = 0 exactly
 
 
 def deviance(nagq: int):

@@ -36,6 +36,17 @@ def test_errors_are_one_line_exit_2(capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, option", [
+    (["sleepstudy", F, "--link", "logit"], "--link"),
+    (["cbpp", "cbind(incidence, size - incidence) ~ period + (1 | herd)", "--family", "binomial", "--ml"], "--ml"),
+    (["study.toml", "--nsim", "100"], "--nsim"),
+])
+def test_warmup_names_an_option_it_would_ignore(capsys, argv, option):
+    assert main(["warmup", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxhlm: error: warmup: {option} does not apply") and "Traceback" not in err
+
+
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "jaxhlm", "datasets"], capture_output=True, text=True)
     assert out.returncode == 0 and "sleepstudy" in out.stdout.split()

@@ -68,3 +68,16 @@ def test_programs_in_jax_cache_under_another_name_are_still_stored(tmp_path):
     first = _run(tmp_path)
     assert first["traces"] == 2 and len(_stored(tmp_path)) == 2
     assert _run(tmp_path)["traces"] == 0
+
+
+def test_the_versions_of_traced_packages_key_a_stored_program(monkeypatch):
+    """The stored NUTS chains trace NumPyro's kernel: a new NumPyro version, like a new
+    JAX or jaxhlm, means another file, never a stale program loaded."""
+    import numpyro
+
+    from jaxhlm.bayes.chains import CHAINS
+
+    key = ((), "tree", (), None)
+    before = CHAINS.file_key(key)
+    monkeypatch.setattr(numpyro, "__version__", numpyro.__version__ + ".post1")
+    assert CHAINS.file_key(key) != before

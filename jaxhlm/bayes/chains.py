@@ -155,7 +155,7 @@ def _chains_program(key_data, data, priors, inverse_mass_matrix, fixed, sites, s
     return map_chains(chain(fn, schedule, inverse_mass_matrix), method, num_chains)(keys, data)
 
 
-CHAINS = Precompiled(_chains_program, (5, 6, 7, 8), "nuts_chains")
+CHAINS = Precompiled(_chains_program, (5, 6, 7, 8), "nuts_chains", depends=("numpyro",))
 """NUTS chains kept on disk by :mod:`jaxhlm.precompiled`, keyed by the model's sites, the
 schedule and the shapes (an LMM's: its bucket's, :mod:`jaxhlm.padding`), so that a later
 process, or another data set of the bucket, loads them instead of tracing and lowering
@@ -191,23 +191,29 @@ class ChainProgram:
     compiled program alone, until its result is ready).
     """
 
-    def __init__(self, fn: Callable | None = None, *, static: tuple = ()):
+    def __init__(self, fn: Callable | None = None, *, static: tuple = (), priors=None):
         self._jitted = None if fn is None else jax.jit(fn)
         self._static = tuple(static)
+        self._priors = priors
         self._compiled: dict[Any, Any] = {}
 
     @classmethod
-    def chains(cls, sites, schedule: Schedule, method: str, num_chains: int, storable: bool) -> "ChainProgram":
-        """The chains of :func:`_chains_program`, called with (key data, data, priors,
-        metric, fixed): stored (:data:`CHAINS`) where ``storable`` (jaxhlm's own covariance
-        structures, and priors in their ``arrays()`` form: what the key names is what
-        runs)."""
+    def chains(cls, sites, schedule: Schedule, method: str, num_chains: int, priors,
+               storable: bool) -> "ChainProgram":
+        """The chains of :func:`_chains_program` for ``priors``, called with (key data,
+        data, metric, fixed): stored (:data:`CHAINS`, the priors an argument) where
+        ``storable`` (jaxhlm's own covariance structures and family, and priors in their
+        ``arrays()`` form: what the key names is what runs); else jitted with the priors
+        in its closure (a user's distribution need not be a pytree)."""
         static = (sites, schedule, resolve_method(method, num_chains), num_chains)
         if storable:
-            return cls(static=static)
-        return cls(lambda *args: _chains_program(*args, *static))
+            return cls(static=static, priors=priors)
+        return cls(lambda key_data, data, metric, fixed: _chains_program(key_data, data, priors, metric, fixed,
+                                                                         *static))
 
     def __call__(self, *args) -> tuple[Any, dict[str, float]]:
+        if self._jitted is None:  # the stored chains: their priors after (key data, data)
+            args = args[:2] + (self._priors,) + args[2:]
         signature = jax.tree.structure(args), tuple(
             (jnp.shape(x), jnp.result_type(x)) for x in jax.tree.leaves(args))
         began = time.perf_counter()

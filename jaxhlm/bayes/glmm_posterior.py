@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..families import loglik
+from ..glmm_fit import own_code
 from ..pirls import linear_predictor
 from ..tables import sd_corr
 from .chains import ChainProgram, Schedule, chain_keys, require_int
@@ -120,10 +121,11 @@ def sample(model, priors: Priors | None = None, *, num_warmup: int = 1000, num_s
     require_int("num_chains", num_chains, 1)
     schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
     resolved = (priors or Priors()).resolve(model)
-    arrays = resolved.arrays() if model.structure.builtin else None
-    program = ChainProgram.chains(GLMMSites.of(model), schedule, chain_method, num_chains, arrays is not None)
-    resolved = arrays or resolved
-    (raw, stats), seconds = program(jax.random.key_data(chain_keys(seed, num_chains)), jax.device_put(model.data), resolved, None, {})
+    arrays = resolved.arrays() if own_code(model.structure, model.family) else None
+    program = ChainProgram.chains(GLMMSites.of(model), schedule, chain_method, num_chains, arrays or resolved,
+                                  arrays is not None)
+    (raw, stats), seconds = program(jax.random.key_data(chain_keys(seed, num_chains)), jax.device_put(model.data),
+                                    None, {})
     raw = {k: np.asarray(v) for k, v in raw.items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}
     return GLMMPosterior(model, _named(model, raw), raw, stats, int(stats["diverging"].sum()),

@@ -255,7 +255,7 @@ class Sampler:
                  thinning: int = 1, precondition: bool = True):
         require_int("num_chains", num_chains, 1)
         schedule = Schedule(num_warmup, num_samples, thinning, target_accept_prob)
-        self._priors = (priors or Priors()).resolve(model)
+        resolved = (priors or Priors()).resolve(model)
         unknown = sorted(set(fixed or {}) - set(site_names(model)))
         if unknown:
             raise JaxhlmError(f"fixed: no parameter named {unknown[0]!r}; the model's are "
@@ -265,14 +265,13 @@ class Sampler:
         self.model, self.fixed, self.num_chains = model, dict(fixed or {}), num_chains
         padded = model.bucketed
         self._blocks = padded.blocks
-        arrays = self._priors.arrays() if padded.structure.builtin else None
-        self._priors = arrays or self._priors
+        arrays = resolved.arrays() if padded.structure.builtin else None
         self._program = ChainProgram.chains(LMMSites.of(model, padded.structure), schedule, chain_method,
-                                            num_chains, arrays is not None)
+                                            num_chains, arrays or resolved, arrays is not None)
 
     def run(self, seed: int = 0) -> Posterior:
         """Draw a posterior: a fresh warm-up and draws for chain keys split from ``seed``."""
-        (raw, stats), seconds = self._program(jax.random.key_data(chain_keys(seed, self.num_chains)), self._blocks, self._priors,
+        (raw, stats), seconds = self._program(jax.random.key_data(chain_keys(seed, self.num_chains)), self._blocks,
                                               self._metric, self._fixed)
         raw = {k: np.asarray(v) for k, v in raw.items()}
         stats = {k: np.asarray(v) for k, v in stats.items()}

@@ -166,7 +166,10 @@ class Gaussian:
         return -0.5 * trials * (y - mu) ** 2 / self.sigma ** 2
 
     def log_normalizer(self, y, trials):
-        return -0.5 * (LOG_2PI + jnp.log(self.sigma ** 2 / trials))
+        """-(log 2 pi + log(sigma^2 / w)) / 2, and 0 for rows of weight 0 (padded rows)."""
+        positive = trials > 0
+        return jnp.where(positive, -0.5 * (LOG_2PI + jnp.log(self.sigma ** 2 / jnp.where(positive, trials, 1.0))),
+                         0.0)
 
     def start(self, y, trials):
         return y
@@ -174,7 +177,7 @@ class Gaussian:
     def sample(self, key, mu, trials):
         """mu + sigma e / sqrt(w), w the prior weights (``trials``; None: 1)."""
         noise = self.sigma * jax.random.normal(key, mu.shape, mu.dtype)
-        return mu + (noise if trials is None else noise / jnp.sqrt(trials))
+        return mu + (noise if trials is None else noise / jnp.sqrt(jnp.where(trials > 0, trials, 1.0)))
 
     def at_bound(self, mu):
         return jnp.asarray(False)
