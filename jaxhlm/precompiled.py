@@ -195,15 +195,15 @@ warm fit ran 35% slower with the older ones); its single fit, mostly compilation
 first call, takes the older ones (:data:`jaxhlm.glmm_fit.FIT`)."""
 
 
-SMALL_ELEMENTS = 200_000
+SMALL_ELEMENTS = 1_000_000
 """A single fit's or test's arrays with fewer elements than this in all are compiled
-without LLVM's optimisations (:func:`by_size`)."""
+without LLVM's optimisations, the others at level 1 (:func:`by_size`)."""
 
 
 def by_size(args) -> int | None:
     """XLA's backend optimisation level for a call of a single-fit program: 0 (no LLVM
     optimisation) when its arrays hold fewer than :data:`SMALL_ELEMENTS` elements, else
-    XLA's default.  Level 0 compiles in about half the time and runs the program's own
+    1.  Level 0 compiles in about half the time and runs the program's own
     loops 1-4 times slower (LAPACK's kernels are unaffected); on a first call, which is
     mostly compilation, small fits gain.  Fresh processes, empty cache, 2-core CPU,
     2026-12-03 (first fit, its XLA time, warm fit; the blocks' elements):
@@ -214,10 +214,16 @@ def by_size(args) -> int | None:
       13.5 -> 31.8 ms;
     - Exam's Kenward-Roger table (1,516): 1.92-2.02 -> 1.23 s, 2 -> 3 ms warm;
       Satterthwaite's 1.25-1.28 -> 0.74 s, 2 ms either way;
-    - InstEval (10.1 million): 4.58 -> 4.29 s, XLA 2.41 -> 0.84 s, but warm 1.26 -> 2.50 s,
-      so large fits (a crossed 60,000 rows: 337,000) keep the default."""
+    - a crossed design of 60,000 rows (``benchmarks/crossed.py``; 337,000): 3.86-3.97 s
+      -> 2.60 s, XLA 2.0-2.5 s -> 0.81 s, warm 0.53-0.59 -> 0.70 s (2026-12-04);
+    - InstEval (10.1 million): 4.58 -> 4.29 s, XLA 2.41 -> 0.84 s, but warm 1.26 -> 2.50 s.
+
+    Larger programs take level 1, which compiles faster than XLA's default and runs as
+    fast (2026-12-04, first fit and warm fit, default against 1: the crossed design
+    3.86-3.89 s against 3.44-3.48 s, warm 0.53 against 0.46-0.58 s; InstEval 6.02 s
+    against 4.82 s, warm 1.75 against 1.56 s)."""
     elements = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(args))
-    return 0 if elements < SMALL_ELEMENTS else None
+    return 0 if elements < SMALL_ELEMENTS else 1
 
 
 class Precompiled:
