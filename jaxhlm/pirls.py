@@ -22,16 +22,21 @@ b = Lambda u (:func:`jaxhlm.kernel.modes`), so ||u||^2 is exact where Lambda is 
 
 PIRLS runs a fixed-point ``lax.while_loop`` until the penalised deviance changes by less
 than 1e-10 relative, from b = 0 or from a warm start (the modes at a nearby point: the
-outer optimiser passes the last accepted point's).  Its derivatives: with the family's
-canonical link (logit, log, identity) PIRLS is Newton's method for the penalised
-deviance, whose iteration map Phi has dPhi/du = 0 at the mode, so the mode's tangent is
-that of one step Phi(u*, x) from the undifferentiated mode: the loop runs without
-tangents, then one differentiated step and the factor at its weights (the weights' and
-the log-determinant's tangents) follow, in reverse mode (VerbAgg's warm fit: 0.18 s,
-against 0.56 s with forward mode's 8 tangents).  With other links (probit, cloglog: Fisher scoring) the
-loop itself is differentiated, in forward mode (JAX's jvp of a while loop, exact at
-convergence; reverse mode cannot go through a while loop).  A ``custom_vjp`` hands the
-gradient to reverse mode, so the optimisers of :mod:`jaxhlm.optimize` run unchanged.
+outer optimiser passes the last accepted point's).  Its derivatives: Newton's method for
+the penalised deviance has an iteration map Phi with dPhi/du = 0 at the mode (and,
+holding eta, dPhi/deta = 0 there too), so the mode's tangent is that of one Newton step
+Phi(u*, x) from the undifferentiated mode (the implicit function theorem's): the loop
+runs without tangents, then one differentiated Newton step and the factor at the GLM
+weights there (the weights' and the log-determinant's tangents) follow, in reverse mode
+(VerbAgg's warm fit: 0.18 s, against 0.56 s with forward mode's 8 tangents).  With the
+family's canonical link (logit, log, identity) PIRLS's Fisher scoring is Newton's method;
+with another (probit, cloglog, a log-binomial or identity-Poisson model) the step takes
+the observed information's weights, -d^2 l_i / deta_i^2 (:func:`_weights`).  (Until
+2026-12-04 such links differentiated the Fisher-scoring loop itself, in forward mode: a
+warm-started evaluation ran 2-3 iterations from a start without tangents, so its
+gradient was off by 1e-4 to 5e-3 relative and the optimiser's line search failed near
+the optimum.)  A ``custom_vjp`` hands the gradient to reverse mode, so the optimisers of
+:mod:`jaxhlm.optimize` run unchanged.
 Everything is pure, jit-compiled and vmap-able.
 """
 
@@ -113,13 +118,37 @@ class Mode(NamedTuple):
     b_var: list
 
 
-def _system(eta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
-    """The blocks of PIRLS's weighted least squares at eta (GLM weights W and working
-    response z; beta given: z - X beta on Z alone), and the structure they are on."""
+def _weights(eta, data: GLMMData, family, observed: bool):
+    """Row weights w and working residuals r (z = eta + r) of a PIRLS step at eta: the
+    GLM's (Fisher scoring) w = n (dmu/deta)^2 / V(mu), r = (y - mu) / (dmu/deta); or,
+    ``observed``, Newton's for the penalised deviance, w = -d^2 l_i / deta^2 and
+    r = (dl_i / deta) / w, l_i the row's log-likelihood kernel (its derivatives by
+    autodiff: the rows are independent, so the Hessian is diagonal and one jvp of the
+    score along ones gives it).  They agree for a canonical link.  A row can have
+    curvature 0 and a slope (a Poisson zero under the identity link, a binomial row of
+    all successes under the log link), which no working response expresses: its w is
+    raised to 1e-10 max |w| (rows of zero trials, padded ones, stay 0): its slope, w r, is
+    kept exactly, and the Newton step's matrix moves by 1e-10 relative there, as does the
+    tangent.  Negative w (an outlying
+    row under probit or cloglog) are kept: the penalised deviance's Hessian at a mode is
+    positive definite, and so is every diagonal block that the blocked factor takes."""
     link = family.link
-    mu, d = link.inverse(eta), link.derivative(eta)
-    w = data.trials * d ** 2 / family.variance(mu)
-    z = eta - data.offset + (data.y - mu) / d
+    if not observed:
+        mu, d = link.inverse(eta), link.derivative(eta)
+        return data.trials * d ** 2 / family.variance(mu), (data.y - mu) / d
+    score = jax.grad(lambda e: jnp.sum(family.loglik_kernel(data.y, link.inverse(e), data.trials)))
+    s, curvature = jax.jvp(score, (eta,), (jnp.ones_like(eta),))
+    floor = 1e-10 * jnp.max(jnp.abs(curvature))
+    w = jnp.where(jnp.abs(curvature) < floor, floor, -curvature) * (data.trials > 0)   # padded rows: 0
+    return w, s / jnp.where(w != 0, w, 1.0)
+
+
+def _system(eta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, observed: bool = False):
+    """The blocks of PIRLS's weighted least squares at eta (weights W and working
+    response z, :func:`_weights`; beta given: z - X beta on Z alone), and the structure
+    they are on."""
+    w, r = _weights(eta, data, family, observed)
+    z = eta - data.offset + r
     if beta_inside:
         pat, s, response = data.pattern, st, z
     else:
@@ -127,10 +156,10 @@ def _system(eta, beta, data: GLMMData, st: Structure, family, beta_inside: bool)
     return values(pat, s, w, response, xp=jnp), s
 
 
-def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool):
-    """One full PIRLS step from eta: the next eta, beta, b, the spherical u, the
-    log-determinant, and the factor's parts."""
-    blocks, s = _system(eta, beta, data, st, family, beta_inside)
+def _step(eta, theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool, observed: bool = False):
+    """One full PIRLS step from eta (``observed``: Newton's, :func:`_weights`): the next
+    eta, beta, b, the spherical u, the log-determinant, and the factor's parts."""
+    blocks, s = _system(eta, beta, data, st, family, beta_inside, observed)
     f = factorize_smooth(theta, blocks, s)
     beta_hat, b, u = modes(f, theta, blocks, s)
     beta_new = beta_hat if beta_inside else beta
@@ -198,20 +227,18 @@ def mode(theta, beta, data: GLMMData, st: Structure, family, beta_inside: bool,
     tangents (module docstring); ``with_vcov``: also PIRLS's (X'WX-based) covariance of
     beta (nAGQ = 0's) and b's conditional covariances."""
     data = with_base(data, family)
-    newton = family.canonical
     theta_d, beta_d = theta, beta
-    if newton:   # the loop runs without tangents
-        theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)
+    theta, beta = jax.lax.stop_gradient(theta), jax.lax.stop_gradient(beta)   # the loop runs without tangents
     eta, beta_c, it = iterate(theta, beta, data, st, family, beta_inside, b_start)
     beta_s = beta_d if not beta_inside else beta_c
-    if newton:   # one differentiated step from the (undifferentiated) mode: exact tangents,
-        # then the factor at its weights: the log-determinant's tangent
-        eta_f, beta_f, b, u, *_ = _step(eta, theta_d, beta_s, data, st, family, beta_inside)
-        blocks, s = _system(eta_f, beta_f, data, st, family, beta_inside)
-        f = factorize_smooth(theta_d, blocks, s)
-        logdet = f.logdet_theta
-    else:        # the loop is differentiated: one more step for the factor at the mode
-        eta_f, beta_f, b, u, logdet, (f, blocks, s) = _step(eta, theta_d, beta_s, data, st, family, beta_inside)
+    # one differentiated Newton step from the (undifferentiated) mode: exact tangents
+    # (module docstring; with a link that is not canonical, at the observed information's
+    # weights), then the factor at the GLM weights there: the log-determinant's tangent
+    eta_f, beta_f, b, u, *_ = _step(eta, theta_d, beta_s, data, st, family, beta_inside,
+                                    observed=not family.canonical)
+    blocks, s = _system(eta_f, beta_f, data, st, family, beta_inside)
+    f = factorize_smooth(theta_d, blocks, s)
+    logdet = f.logdet_theta
     if with_vcov:
         cond = estimates(f, theta_d, blocks, s, jnp.asarray(1.0, eta.dtype))
         vcov, b_var = cond.vcov, cond.b_var
@@ -277,17 +304,9 @@ def objective_fn(data: GLMMData, st: Structure, family, beta_inside: bool, devia
     def g(x, b_start):
         return value_and_modes(x, b_start)
 
-    def fwd(x, b_start):   # one pass of PIRLS and its gradient
+    def fwd(x, b_start):   # one pass of PIRLS and its gradient: reverse mode through two steps
         no_cotangent = jax.tree.map(jnp.zeros_like, b_start)
-        if family.canonical:   # the loop is undifferentiated: reverse mode through two steps
-            out, grad = jax.value_and_grad(value_and_modes, has_aux=True)(x, b_start)
-            return out, (grad, no_cotangent)
-
-        def with_value(x):     # the loop differentiated: forward mode, tangents vmapped
-            value, modes = value_and_modes(x, b_start)
-            return value, (value, modes)
-
-        grad, out = jax.jacfwd(with_value, has_aux=True)(x)
+        out, grad = jax.value_and_grad(value_and_modes, has_aux=True)(x, b_start)
         return out, (grad, no_cotangent)
 
     def bwd(res, ct):
