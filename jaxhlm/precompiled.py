@@ -226,6 +226,31 @@ def by_size(args) -> int | None:
     return 0 if elements < SMALL_ELEMENTS else 1
 
 
+PINNED_JAXLIB = "0.9.2"
+"""The jaxlib that ``pyproject.toml`` pins, whose XLA knows every option used here."""
+
+_KNOWN_OPTIONS: dict[str, bool] = {}
+
+
+def known_options(options: dict) -> dict:
+    """``options`` without the XLA compile options that this jaxlib does not know.  XLA
+    drops options between releases, and JAX then refuses the compilation ("No such compile
+    option"): jaxlib 0.11.2's CPU compiler has no ``xla_cpu_use_fusion_emitters``, so under
+    it every fit failed (the GPU machine's CPU side, 2026-12-04).  Under the pinned jaxlib
+    all are known; under another, each is tried once per process on a one-operation
+    program, and dropped if refused (its programs then compile with XLA's defaults)."""
+    if jaxlib.__version__ == PINNED_JAXLIB:
+        return options
+    for name, value in options.items():
+        if name not in _KNOWN_OPTIONS:
+            try:
+                jax.jit(lambda x: x + 1, compiler_options={name: value}).lower(np.float64(1.0)).compile()
+                _KNOWN_OPTIONS[name] = True
+            except Exception:  # noqa: BLE001 - any refusal means: leave the option out
+                _KNOWN_OPTIONS[name] = False
+    return {name: value for name, value in options.items() if _KNOWN_OPTIONS[name]}
+
+
 class Precompiled:
     """``jitted(*args)`` through an in-memory and an on-disk store of compiled programs.
 
@@ -252,7 +277,8 @@ class Precompiled:
     def _jit(self, fun, level: int | None = None):
         options = {}
         if jax.default_backend() == "cpu":
-            options = {**self.cpu_options, **({} if level is None else {"xla_backend_optimization_level": level})}
+            options = known_options({**self.cpu_options,
+                                     **({} if level is None else {"xla_backend_optimization_level": level})})
         return jax.jit(fun, static_argnums=self.static_argnums,
                        **({"compiler_options": options} if options else {}))
 

@@ -81,3 +81,17 @@ def test_the_versions_of_traced_packages_key_a_stored_program(monkeypatch):
     before = CHAINS.file_key(key)
     monkeypatch.setattr(numpyro, "__version__", numpyro.__version__ + ".post1")
     assert CHAINS.file_key(key) != before
+
+
+def test_compile_options_this_xla_does_not_know_are_left_out(monkeypatch):
+    """Under a jaxlib other than the pinned one, an XLA option that its compiler refuses is
+    dropped instead of failing every fit (jaxlib 0.11.2 has no
+    ``xla_cpu_use_fusion_emitters``); the options it knows are kept."""
+    import jaxlib
+
+    from jaxhlm import precompiled
+
+    monkeypatch.setattr(jaxlib, "__version__", "0.0.0")
+    monkeypatch.setattr(precompiled, "_KNOWN_OPTIONS", {})
+    options = {"xla_cpu_no_such_option_here": False, "xla_backend_optimization_level": 0}
+    assert precompiled.known_options(options) == {"xla_backend_optimization_level": 0}
