@@ -129,9 +129,9 @@ def _weights(eta, data: GLMMData, family, observed: bool):
     all successes under the log link), which no working response expresses: its w is
     raised to 1e-10 max |w| (rows of zero trials, padded ones, stay 0): its slope, w r, is
     kept exactly, and the Newton step's matrix moves by 1e-10 relative there, as does the
-    tangent.  Negative w (an outlying
-    row under probit or cloglog) are kept: the penalised deviance's Hessian at a mode is
-    positive definite, and so is every diagonal block that the blocked factor takes."""
+    tangent.  Negative w (an outlying row under probit or cloglog) are kept: the penalised
+    deviance's Hessian at a mode is positive definite, and so is every diagonal block that
+    the blocked factor takes."""
     link = family.link
     if not observed:
         mu, d = link.inverse(eta), link.derivative(eta)
