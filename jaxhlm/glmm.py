@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import frame as _frame
-from . import padding, tables
+from . import bucket_choice, padding, tables
 from .blocks import pattern
 from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
@@ -149,7 +149,8 @@ class GLMM:
         """(structure, data) padded to their bucket (:func:`jaxhlm.padding.bucket_glmm`):
         what :meth:`fit`, ``ranef`` and :meth:`fit_many` compile for, so that GLMMs of
         nearby sizes share one program."""
-        return padding.bucket_glmm(self.structure, self.data)
+        kind = bucket_choice.kind("glmm", self.structure)
+        return padding.bucket_glmm(self.structure, self.data, functools.partial(bucket_choice.choose, kind))
 
     def padded_responses(self, Y: np.ndarray) -> np.ndarray:
         """Responses (B, nobs) with the bucket's padded rows (zero trials) appended as 0."""

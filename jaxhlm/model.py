@@ -12,7 +12,7 @@ import pandas as pd
 
 from . import blocks as _blocks
 from . import frame as _frame
-from . import padding
+from . import bucket_choice, padding
 from .batch import fit_many
 from .bayes import posterior as _posterior
 from .bayes import priors as _priors
@@ -85,7 +85,9 @@ class LMM:
         if self.structure.residual is not None:   # the class sets (jaxhlm.residual.whiten)
             out = _whiten.bucket(self.structure, self._host_blocks)
         else:
-            out = padding.bucket(self.structure, self._host_blocks)
+            kind = bucket_choice.kind("lmm", self.structure)
+            out = padding.bucket(self.structure, self._host_blocks,
+                                 functools.partial(bucket_choice.choose, kind))
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property

@@ -185,14 +185,6 @@ def pad_pattern(pat: Pattern, own: Structure, common: Structure, rows: int, nnz:
         pair_rand=grow(pat.pair_rand, npairs, fill=False))
 
 
-def pattern_counts(pat: Pattern) -> tuple[int, int]:
-    """A pattern's entries and pairs moved up the ladder (:func:`count`), with at least
-    one padded entry where pairs are padded (:func:`pad_pattern`)."""
-    nnz, npairs = pat.coo_row.shape[0], pat.pair_a.shape[0]
-    padded_pairs = count(npairs)
-    return count(nnz if padded_pairs == npairs else nnz + 1), padded_pairs
-
-
 @dataclasses.dataclass(frozen=True)
 class Bucketed:
     """A model's own structure, the common one it is padded to, and the padded blocks."""
@@ -228,28 +220,61 @@ def sizes(st: Structure, nnz: int, npairs: int) -> tuple[Structure, int, int]:
     return (bucket_structure(st) if ENABLED else st), count(nnz), count(npairs)
 
 
-def bucket(own: Structure, blocks: Blocks) -> Bucketed:
-    """One model's blocks padded to its bucket (:func:`sizes`)."""
-    common, nnz, npairs = sizes(own, blocks.coo_row.shape[0], blocks.pair_out.shape[0])
-    if common == own and (nnz, npairs) == (blocks.coo_row.shape[0], blocks.pair_out.shape[0]):
+def fine_levels(st: Structure) -> tuple[bool, ...]:
+    """Which terms' level counts are on the fine ladder (the later terms of a large rest)."""
+    return tuple(st.m > FINE_ABOVE and k > 0 for k in range(len(st.terms)))
+
+
+def with_levels(st: Structure, levels) -> Structure:
+    """``st`` with these level counts, one per term, and a residual structure's static
+    sizes moved up the ladder (as :func:`bucket_structure`)."""
+    terms = tuple(dataclasses.replace(t, nlevels=int(k)) for t, k in zip(st.terms, levels))
+    residual = None if st.residual is None or not ENABLED else st.residual.bucketed(ladder)
+    return dataclasses.replace(st, terms=terms, residual=residual)
+
+
+def rungs(counts, fine) -> tuple[int, ...]:
+    """Each count moved up its ladder (fine where flagged): the default choice of a bucket
+    (:mod:`jaxhlm.bucket_choice` picks one that may be larger)."""
+    return tuple(ladder(c, FINE_BITS if f else COARSE_BITS) if ENABLED else int(c)
+                 for c, f in zip(counts, fine))
+
+
+def bucket(own: Structure, blocks: Blocks, choose=rungs) -> Bucketed:
+    """One model's blocks padded to its bucket: ``choose(counts, fine)`` gives the bucket's
+    counts (each term's levels, then the COO entries and pairs) from the model's own and
+    which of them are on the fine ladder (default: each count's rung, :func:`rungs`)."""
+    own_nnz, own_pairs = blocks.coo_row.shape[0], blocks.pair_out.shape[0]
+    levels = tuple(t.nlevels for t in own.terms)
+    *chosen, nnz, npairs = choose(levels + (own_nnz, own_pairs), fine_levels(own) + (False, False))
+    common = with_levels(own, chosen)
+    if common == own and (nnz, npairs) == (own_nnz, own_pairs):
         return Bucketed(own, own, blocks)
     return Bucketed(own, common, pad(blocks, own, common, nnz, npairs))
 
 
-def bucket_glmm(own: Structure, data):
+def bucket_glmm(own: Structure, data, choose=rungs):
     """A GLMM's :class:`~jaxhlm.pirls.GLMMData` padded to its bucket, and the bucket's
-    structure: rows (:func:`count`) with zero trials, X, offset, response, Z and codes
+    structure: rows with zero trials, X, offset, response, Z and codes
     copied from row 0 (:func:`grow_rows`: each family's log-likelihood, its normalizer and
     the GLM weights are then exactly 0 there, and mu is row 0's, inside the family's
-    range for every link), each term's levels up its ladder (no rows: their modes are 0 and they add
+    range for every link), each term's levels (no rows: their modes are 0 and they add
     log 1 = 0), and both patterns (:func:`pad_pattern`; ``pattern0``, of Z alone, on the
-    structure without X).  As :func:`bucket`, the own data when nothing grows."""
-    common = bucket_structure(own) if ENABLED else own
+    structure without X).  ``choose(counts, fine)`` gives the bucket's counts (each term's
+    levels, the rows, and each pattern's entries and pairs) as for :func:`bucket`; a
+    pattern with pairs counts one entry more, so that a padded pair can point at a padded
+    entry.  As :func:`bucket`, the own data when nothing grows."""
+    if not ENABLED:
+        return own, data
     n = data.y.shape[0]
-    rows = count(n)
-    sizes0 = [pattern_counts(p) for p in (data.pattern, data.pattern0)]
-    if (common == own and rows == n and all(c == (p.coo_row.shape[0], p.pair_a.shape[0])
-                                             for c, p in zip(sizes0, (data.pattern, data.pattern0)))):
+    pats = (data.pattern, data.pattern0)
+    own_counts = [(p.coo_row.shape[0], p.pair_a.shape[0]) for p in pats]
+    counts = tuple(t.nlevels for t in own.terms) + (n,) + tuple(
+        c for nnz, npairs in own_counts for c in (nnz + (npairs > 0), npairs))
+    *levels, rows, nnz, npairs, nnz0, npairs0 = choose(counts, fine_levels(own) + (False,) * 5)
+    common = with_levels(own, levels)
+    sizes0 = [(nnz, npairs), (nnz0, npairs0)]
+    if common == own and rows == n and [tuple(s) for s in sizes0] == own_counts:
         return common, data
     without_x = [dataclasses.replace(s, p=0) for s in (own, common)]
     return common, data._replace(

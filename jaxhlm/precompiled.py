@@ -20,8 +20,8 @@ Python (``jax.pure_callback``) cannot be stored; it is compiled in each process,
 JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
 written by another version) means a normal compilation, never an error.
 
-The store is bounded: after each write, the least recently used files (a load marks a
-file used) go until the store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default
+The store is bounded: after each write, the least recently used files (programs, and the
+buckets :mod:`jaxhlm.bucket_choice` records; a load marks a file used) go until the store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default
 :data:`DEFAULT_MAX_MB`; the newest file stays).  JAX's own cache gets the same bound
 (``jax_compilation_cache_max_size``, :mod:`jaxhlm._config`), which it enforces alike.
 
@@ -73,7 +73,7 @@ def _evict(directory: Path, keep: Path) -> None:
     """Delete the least recently used stored files (oldest modification time: a load
     touches its file) until the store is within :func:`max_bytes`; never ``keep``."""
     files = []
-    for p in directory.glob("*.pickle"):
+    for p in [*directory.glob("*.pickle"), *directory.glob("*.buckets")]:   # programs, jaxhlm.bucket_choice's records
         with contextlib.suppress(OSError):
             st = p.stat()
             files.append((st.st_mtime, st.st_size, p))

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import jaxhlm
-from jaxhlm import padding
+from jaxhlm import bucket_choice, padding
 from jaxhlm.families import GAUSSIAN
 from jaxhlm.fitting import trace_count
 from jaxhlm.glmm_batch import simulate
@@ -261,7 +261,7 @@ def test_a_second_process_with_other_data_of_the_bucket_traces_nothing(tmp_path)
     same bucket): nothing traced."""
     first = _run(tmp_path, 18)
     assert first["traces"] >= 2 and first["simulate"] == 1
-    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").glob("*.pickle"))
     assert names == ["fit_blocks", "fit_chunk", "fit_chunk", "simulate"]
     second = _run(tmp_path, 17)
     assert second["traces"] == 0 and second["simulate"] == 0
@@ -303,7 +303,7 @@ def test_a_second_process_loads_every_glmm_program(tmp_path):
                              timeout=400, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir())
+    names = sorted(p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").glob("*.pickle"))
     assert names == ["glmm_condvar", "glmm_fit", "glmm_fit_chunk", "glmm_simulate", "nuts_chains"]
     assert runs[0]["traces"] > 0 and runs[1] == {**runs[0], "traces": 0}
 
@@ -386,24 +386,59 @@ print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "m": model.structure.m
 """
 
 
+def _run_large(cache, subjects, items):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache))
+    out = subprocess.run([sys.executable, "-c", LARGE, str(subjects), str(items)],
+                         capture_output=True, text=True, timeout=400, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_a_large_fit_is_stored_too(tmp_path):
     """A fit with a dense block above BFGS_ABOVE (its Schur complement formed densely, its
     inverse by halves: no host callback) is stored by the first process and loaded by a
     second one with a data set of the same bucket (2.5% fewer subjects, 5% fewer items)."""
-    def run(subjects, items):
-        env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
-        out = subprocess.run([sys.executable, "-c", LARGE, str(subjects), str(items)],
-                             capture_output=True, text=True, timeout=400, env=env)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    first = run(240, 220)
+    first = _run_large(tmp_path, 240, 220)
     assert first["m"] > 200 and first["pairs"] == 0 and first["traces"] >= 1
     assert first["status"] == "converged"
-    names = {p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").iterdir()}
+    names = {p.name.split("-")[0] for p in (tmp_path / "jaxhlm-executables").glob("*.pickle")}
     assert "fit_blocks" in names
-    second = run(234, 209)
+    second = _run_large(tmp_path, 234, 209)
     assert second["traces"] == 0 and second["status"] == "converged"
+
+
+def test_buckets_within_headroom_are_shared_in_either_order(monkeypatch):
+    """bucket_choice: counts within a factor 1 + HEADROOM of each other get one bucket
+    whichever comes first (its module docstring's argument, checked on a grid); a bucket
+    beyond reach is not taken; fine counts stay on their rung; padding off keeps counts."""
+    monkeypatch.setattr(bucket_choice.precompiled, "_directory", lambda: None)
+    grid = [(x, y) for x in range(9, 400, 7) for y in range(x, int(x * (1 + bucket_choice.HEADROOM)) + 1)]
+    for order in (0, 1):
+        for x, y in grid:
+            monkeypatch.setattr(bucket_choice, "_MEMORY", {})
+            first, second = ((x, y), (y, x))[order]
+            a = bucket_choice.choose("k", (first, 3 * first), (False, False))
+            b = bucket_choice.choose("k", (second, 3 * second), (False, False))
+            assert a == b, (first, second)
+            assert all(ladder(c) <= s <= 1.51 * c for c, s in zip((second, 3 * second), b))
+    monkeypatch.setattr(bucket_choice, "_MEMORY", {})
+    assert bucket_choice.choose("k", (100,), (False,)) == (ladder(110),)
+    assert bucket_choice.choose("k", (60,), (False,)) == (ladder(66),)         # 120 is beyond 60's reach
+    assert bucket_choice.choose("k", (1000, 5), (True, False)) == (ladder(1000, 4), 5)
+    monkeypatch.setattr(padding, "ENABLED", False)
+    assert bucket_choice.choose("k", (1000, 21), (True, False)) == (1000, 21)
+
+
+@pytest.mark.parametrize("first, second", [((200, 228), (210, 240)), ((210, 240), (200, 228))],
+                         ids=["smaller-first", "larger-first"])
+def test_a_data_set_5_percent_larger_or_smaller_loads_the_first_ones_program(tmp_path, first, second):
+    """228 and 240 items have different rungs (232, 264); the first process's bucket
+    leaves headroom, and the second process reaches it (jaxhlm.bucket_choice): nothing
+    traced, in either order."""
+    assert ladder(228) != ladder(240)
+    assert _run_large(tmp_path, *first)["traces"] >= 1
+    again = _run_large(tmp_path, *second)
+    assert again["traces"] == 0 and again["status"] == "converged"
 
 
 def test_the_store_stays_under_its_bound(tmp_path):

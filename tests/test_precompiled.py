@@ -25,7 +25,7 @@ def _run(cache):
 
 
 def _stored(cache):
-    return sorted(p.name for p in (cache / "jaxhlm-executables").iterdir())
+    return sorted(p.name for p in (cache / "jaxhlm-executables").glob("*.pickle"))
 
 
 def test_second_process_loads_the_compiled_fit(tmp_path):
@@ -40,7 +40,7 @@ def test_second_process_loads_the_compiled_fit(tmp_path):
 
 def test_jax_cache_hits_and_bad_files_mean_a_normal_compilation(tmp_path):
     first = _run(tmp_path)
-    for p in (tmp_path / "jaxhlm-executables").iterdir():
+    for p in (tmp_path / "jaxhlm-executables").glob("*.pickle"):
         p.write_bytes(b"not a pickle")
     again = _run(tmp_path)  # the bad files go; JAX's cache has both programs: nothing is stored
     assert again["traces"] == 2 and _stored(tmp_path) == []

@@ -1,0 +1,134 @@
+"""Which bucket a model pads to: its own rungs of the ladder, or a larger bucket used before.
+
+:mod:`jaxhlm.padding` moves each count a program is specialised to (each term's levels,
+the COO entries and pairs, a GLMM's rows) up a ladder of sizes, so that models whose
+counts fall on the same rungs share one compiled program.  A count near the top of its
+rung defeats that: 240 items pad to 264 and 228 to 232, so a data set 5% smaller than
+another compiled a program of its own, in a process that could have loaded the larger
+one's from disk (``benchmarks/crossed.py``, 2026-12-04).  Two rules make nearby sizes
+share dependably:
+
+- *headroom*: a model whose bucket is not chosen below pads each count x to the rung of
+  x (1 + :data:`HEADROOM`);
+- *reach*: a model takes a bucket used before, in this process or by a process that
+  shared its store of compiled programs (:mod:`jaxhlm.precompiled`), when each of the
+  bucket's counts lies between x's own rung and the rung of x (1 + :data:`REACH`); the
+  least padded such bucket wins.
+
+With 1 + REACH = (1 + HEADROOM)^2, two models whose counts are all within a factor
+1 + HEADROOM of each other share a bucket in either order.  Say x <= y <= x (1 + H).
+If x comes first, its bucket is rung(x (1 + H)): at least rung(y), y's own, since the
+ladder is monotone, and at most rung(y (1 + H)), within y's reach.  If y comes first,
+its bucket rung(y (1 + H)) is at least rung(x) and at most rung(x (1 + H)^2).
+
+Padding is exact (:mod:`jaxhlm.padding`), so the bucket changes no result, only the work:
+a headroom bucket adds up to (1 + H) x 1.25 - 1 = 37.5% to a count (the ladder's own
+25% at most), a reached one up to 1.21 x 1.25 - 1 = 51%; ``benchmarks/README.md``
+("Headroom and reach") has measured costs.  Counts on the fine ladder (the later terms'
+levels of a large dense block, whose work is cubic in them) get neither, nor do counts up
+to 8, which the ladder leaves as they are: their bucket is their rung.
+
+Buckets are recorded per kind of model (the static structure without its level counts,
+an LMM or a GLMM), in memory and, where programs are stored, in a small text file beside
+them (``<key>.buckets``, keyed by the kind, jaxhlm's source and JAX's version as stored
+programs are; the store's bound covers it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+
+import jax
+import jaxlib
+
+from . import padding, precompiled
+from .structure import Structure
+
+HEADROOM = 0.10
+"""A count x with no bucket to reach pads to the rung of x (1 + HEADROOM)."""
+
+REACH = (1 + HEADROOM) ** 2 - 1
+"""A count x takes a bucket used before whose count is at most the rung of x (1 + REACH)."""
+
+KEEP = 32
+"""Buckets kept per kind of model (the most recently recorded)."""
+
+_MEMORY: dict[str, list[tuple[int, ...]]] = {}
+
+
+def _rung(x: int, fine: bool, factor: float = 1.0) -> int:
+    bits = padding.FINE_BITS if fine else padding.COARSE_BITS
+    if x <= 2 << bits:   # counts the ladder leaves as they are
+        return x
+    return padding.ladder(math.ceil(round(x * factor, 9)), bits)   # round: 20 x 1.1 is 22, not 22.000000000000004
+
+
+def kind(name: str, st: Structure) -> str:
+    """A kind of model: ``name`` (``"lmm"``, ``"glmm"``) and its structure with every term's
+    level count set to 0 (what a bucket leaves the same)."""
+    zeroed = dataclasses.replace(st, terms=tuple(dataclasses.replace(t, nlevels=0) for t in st.terms))
+    return repr((name, zeroed))
+
+
+def choose(kind_: str, counts: tuple[int, ...], fine: tuple[bool, ...]) -> tuple[int, ...]:
+    """The bucket of a model of ``kind_`` (:func:`kind`) with these ``counts``, of which
+    those flagged ``fine`` are on the fine ladder: the least padded bucket used before
+    within reach, else each count's headroom rung (module docstring); the counts as they
+    are when padding is off (:data:`jaxhlm.padding.ENABLED`)."""
+    counts = tuple(int(c) for c in counts)
+    if not padding.ENABLED:
+        return counts
+    need = tuple(_rung(x, f) for x, f in zip(counts, fine))
+    reach = tuple(n if f else _rung(x, f, 1 + REACH) for x, n, f in zip(counts, need, fine))
+    path = _path(kind_)
+    used = _read(kind_, path)
+    within = [b for b in used if len(b) == len(need) and all(n <= c <= r for n, c, r in zip(need, b, reach))]
+    if within:
+        return min(within, key=lambda b: sum(math.log((c + 1) / (x + 1)) for c, x in zip(b, counts)))
+    chosen = tuple(n if f else _rung(x, f, 1 + HEADROOM) for x, n, f in zip(counts, need, fine))
+    _record(kind_, path, chosen)
+    return chosen
+
+
+def _path(kind_: str):
+    """The file of ``kind_``'s buckets in the store, or None where programs are not stored."""
+    directory = precompiled._directory()
+    if directory is None:
+        return None
+    text = repr((kind_, precompiled._source_hash(), jax.__version__, jaxlib.__version__))
+    return directory / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.buckets"
+
+
+def _read(kind_: str, path) -> list[tuple[int, ...]]:
+    """Buckets of ``kind_`` used in this process, then those in its file (unreadable lines
+    are skipped)."""
+    used = list(_MEMORY.get(kind_, ()))
+    if path is not None:
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    used.append(tuple(int(c) for c in line.split()))
+    return used
+
+
+def _record(kind_: str, path, bucket: tuple[int, ...]) -> None:
+    """Remember ``bucket`` for ``kind_`` in this process and in its file (appended; the
+    file is cut to its last :data:`KEEP` lines when it holds twice as many).  A store that
+    cannot be written only loses the record."""
+    _MEMORY.setdefault(kind_, []).append(bucket)
+    del _MEMORY[kind_][:-KEEP]
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:   # one short write: appends of processes do not interleave
+            fh.write(" ".join(map(str, bucket)) + "\n")
+        lines = path.read_text().splitlines()
+        if len(lines) >= 2 * KEEP:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text("\n".join(lines[-KEEP:]) + "\n")
+            os.replace(tmp, path)
