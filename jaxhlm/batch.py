@@ -44,7 +44,7 @@ import pandas as pd
 from . import tables
 from .blocks import Blocks, response_axes, response_products, with_products, with_responses
 from .fitting import Options, fit_blocks, storable
-from . import padding
+from . import bucket_choice, padding
 from .padding import ladder
 from .precompiled import OLDER_EMITTERS, Precompiled
 from .residual import whiten as _whiten
@@ -501,7 +501,8 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     ``sigma`` () or (R,) are the parameters, shared or one set per replicate; replicate r
     draws from ``jax.random.fold_in(key, index[r])``, so the same key and index give the
     same response whatever the batch or chunking.  The design is padded to its bucket
-    (rows with X = 0 and Z = 0, and the terms' levels, :mod:`jaxhlm.padding`) and the
+    (rows with X = 0 and Z = 0, and the terms' levels, :mod:`jaxhlm.padding`, with the
+    fit's headroom and reach, :mod:`jaxhlm.bucket_choice`) and the
     replicates are chunked as fits are (:func:`chunk_size`), so nearby designs and
     numbers of replicates share one program; JAX's counter-based draws give each of the
     model's own rows and levels the same value whatever the padding.
@@ -513,7 +514,11 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
     sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
     n = model.nobs
-    rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
+    if st.residual is None:   # the model's bucket, and rows with headroom (jaxhlm.bucket_choice)
+        common = model.bucketed.structure
+        rows = bucket_choice.choose(bucket_choice.kind("lmm-rows", st), (n,), (False,))[0]
+    else:
+        rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
     extra = ()
     if st.residual is not None:   # the structure's arrays padded too, where it can
         noise = _whiten.noise_rows(model._host_blocks, st.residual, rows)

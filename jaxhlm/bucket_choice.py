@@ -12,26 +12,33 @@ share dependably:
   x (1 + :data:`HEADROOM`);
 - *reach*: a model takes a bucket used before, in this process or by a process that
   shared its store of compiled programs (:mod:`jaxhlm.precompiled`), when each of the
-  bucket's counts lies between x's own rung and the rung of x (1 + :data:`REACH`); the
-  least padded such bucket wins.
+  bucket's counts lies between x's own rung and the rung of x (1 + :data:`REACH`): the
+  least padded such bucket that still leaves each count its headroom, or failing that
+  the least padded one.
+
+A model whose counts took a bucket before takes it again, so that the same data set
+keeps its programs whatever was recorded since (a warm-up stays useful).
 
 With 1 + REACH = (1 + HEADROOM)^2, two models whose counts are all within a factor
-1 + HEADROOM of each other share a bucket in either order.  Say x <= y <= x (1 + H).
-If x comes first, its bucket is rung(x (1 + H)): at least rung(y), y's own, since the
-ladder is monotone, and at most rung(y (1 + H)), within y's reach.  If y comes first,
-its bucket rung(y (1 + H)) is at least rung(x) and at most rung(x (1 + H)^2).
+1 + HEADROOM of each other share a bucket in either order, when no other bucket within
+their reach was used before.  Say x <= y <= x (1 + H).  If x comes first, its bucket is
+rung(x (1 + H)): at least rung(y), y's own, since the ladder is monotone, and at most
+rung(y (1 + H)), within y's reach.  If y comes first, its bucket rung(y (1 + H)) is at
+least rung(x) and at most rung(x (1 + H)^2).  (With other buckets used before, the
+second model may take one of those instead, which is then already compiled.)
 
 Padding is exact (:mod:`jaxhlm.padding`), so the bucket changes no result, only the work:
-a headroom bucket adds up to (1 + H) x 1.25 - 1 = 37.5% to a count (the ladder's own
-25% at most), a reached one up to 1.21 x 1.25 - 1 = 51%; ``benchmarks/README.md``
-("Headroom and reach") has measured costs.  Counts on the fine ladder (the later terms'
-levels of a large dense block, whose work is cubic in them) get neither, nor do counts up
-to 8, which the ladder leaves as they are: their bucket is their rung.
+the ladder's own rungs add up to 26% to a count (57 -> 72), a headroom bucket up to 41%
+(51 -> 72), a reached one up to 53% (47 -> 72); ``benchmarks/README.md`` ("Headroom and
+reach") has measured costs.  Counts on the fine ladder (the later terms' levels of a
+large dense block, whose work is cubic in them) get neither rule, nor do counts up to 8,
+which the ladder leaves as they are: their bucket is their rung.
 
-Buckets are recorded per kind of model (the static structure without its level counts,
-an LMM or a GLMM), in memory and, where programs are stored, in a small text file beside
-them (``<key>.buckets``, keyed by the kind, jaxhlm's source and JAX's version as stored
-programs are; the store's bound covers it).
+Buckets are recorded per kind of model (the static structure without its level counts;
+an LMM, its simulator's rows, a GLMM with its family and link), with the counts that
+took them, in memory and, where programs are stored, in a small text file beside them
+(``<key>.buckets``, keyed by the kind, jaxhlm's source and JAX's version as stored
+programs are; the store's bound covers it, and a file that does not parse is ignored).
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ REACH = (1 + HEADROOM) ** 2 - 1
 KEEP = 32
 """Buckets kept per kind of model (the most recently recorded)."""
 
-_MEMORY: dict[str, list[tuple[int, ...]]] = {}
+_MEMORY: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
 
 
 def _rung(x: int, fine: bool, factor: float = 1.0) -> int:
@@ -67,30 +74,41 @@ def _rung(x: int, fine: bool, factor: float = 1.0) -> int:
     return padding.ladder(math.ceil(round(x * factor, 9)), bits)   # round: 20 x 1.1 is 22, not 22.000000000000004
 
 
-def kind(name: str, st: Structure) -> str:
-    """A kind of model: ``name`` (``"lmm"``, ``"glmm"``) and its structure with every term's
-    level count set to 0 (what a bucket leaves the same)."""
+def kind(name: str, st: Structure, *detail) -> str:
+    """A kind of model: ``name`` (``"lmm"``, ``"glmm"``), its structure with every term's
+    level count set to 0 (what a bucket leaves the same), and any ``detail`` that keys its
+    programs too (a GLMM's family and link)."""
     zeroed = dataclasses.replace(st, terms=tuple(dataclasses.replace(t, nlevels=0) for t in st.terms))
-    return repr((name, zeroed))
+    return repr((name, zeroed) + detail)
 
 
 def choose(kind_: str, counts: tuple[int, ...], fine: tuple[bool, ...]) -> tuple[int, ...]:
     """The bucket of a model of ``kind_`` (:func:`kind`) with these ``counts``, of which
-    those flagged ``fine`` are on the fine ladder: the least padded bucket used before
-    within reach, else each count's headroom rung (module docstring); the counts as they
-    are when padding is off (:data:`jaxhlm.padding.ENABLED`)."""
+    those flagged ``fine`` are on the fine ladder (module docstring): the bucket these very
+    counts took before; else, among the buckets used before within reach, the least padded
+    one that leaves each count its headroom, or failing that the least padded one; else
+    each count's headroom rung.  The counts as they are when padding is off
+    (:data:`jaxhlm.padding.ENABLED`)."""
     counts = tuple(int(c) for c in counts)
     if not padding.ENABLED:
         return counts
     need = tuple(_rung(x, f) for x, f in zip(counts, fine))
+    roomy = tuple(n if f else _rung(x, f, 1 + HEADROOM) for x, n, f in zip(counts, need, fine))
     reach = tuple(n if f else _rung(x, f, 1 + REACH) for x, n, f in zip(counts, need, fine))
     path = _path(kind_)
     used = _read(kind_, path)
-    within = [b for b in used if len(b) == len(need) and all(n <= c <= r for n, c, r in zip(need, b, reach))]
+    same = [b for own, b in used if own == counts and len(b) == len(need)
+            and all(n <= c <= r for n, c, r in zip(need, b, reach))]
+    if same:
+        _touch(path)
+        return same[-1]
+    within = [b for _, b in used if len(b) == len(need) and all(n <= c <= r for n, c, r in zip(need, b, reach))]
     if within:
-        return min(within, key=lambda b: sum(math.log((c + 1) / (x + 1)) for c, x in zip(b, counts)))
-    chosen = tuple(n if f else _rung(x, f, 1 + HEADROOM) for x, n, f in zip(counts, need, fine))
-    _record(kind_, path, chosen)
+        roomier = [b for b in within if all(c >= h for c, h in zip(b, roomy))]
+        chosen = min(roomier or within, key=lambda b: sum(math.log((c + 1) / (x + 1)) for c, x in zip(b, counts)))
+    else:
+        chosen = roomy
+    _record(kind_, path, counts, chosen)
     return chosen
 
 
@@ -103,32 +121,41 @@ def _path(kind_: str):
     return directory / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.buckets"
 
 
-def _read(kind_: str, path) -> list[tuple[int, ...]]:
-    """Buckets of ``kind_`` used in this process, then those in its file (unreadable lines
-    are skipped)."""
+def _read(kind_: str, path) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(own counts, bucket) of ``kind_``'s models in this process, then in its file, whose
+    lines read ``bucket | counts``; a line or file that does not parse is skipped."""
     used = list(_MEMORY.get(kind_, ()))
     if path is not None:
         with contextlib.suppress(OSError):
-            for line in path.read_text().splitlines():
+            for line in path.read_bytes().decode("ascii", "replace").splitlines():
                 with contextlib.suppress(ValueError):
-                    used.append(tuple(int(c) for c in line.split()))
+                    bucket, own = line.split("|")
+                    used.append((tuple(int(c) for c in own.split()), tuple(int(c) for c in bucket.split())))
     return used
 
 
-def _record(kind_: str, path, bucket: tuple[int, ...]) -> None:
-    """Remember ``bucket`` for ``kind_`` in this process and in its file (appended; the
-    file is cut to its last :data:`KEEP` lines when it holds twice as many).  A store that
-    cannot be written only loses the record."""
-    _MEMORY.setdefault(kind_, []).append(bucket)
+def _touch(path) -> None:
+    """Mark a kind's file used, as loading a program marks its file (the store's eviction
+    order, :mod:`jaxhlm.precompiled`)."""
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.utime(path)
+
+
+def _record(kind_: str, path, counts: tuple[int, ...], bucket: tuple[int, ...]) -> None:
+    """Remember that ``counts`` took ``bucket``, in this process and in ``kind_``'s file
+    (appended; the file is cut to its last :data:`KEEP` lines when it holds twice as
+    many).  A store that cannot be written only loses the record."""
+    _MEMORY.setdefault(kind_, []).append((counts, bucket))
     del _MEMORY[kind_][:-KEEP]
     if path is None:
         return
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:   # one short write: appends of processes do not interleave
-            fh.write(" ".join(map(str, bucket)) + "\n")
-        lines = path.read_text().splitlines()
+            fh.write(f"{' '.join(map(str, bucket))} | {' '.join(map(str, counts))}\n")
+        lines = path.read_bytes().decode("ascii", "replace").splitlines()
         if len(lines) >= 2 * KEEP:
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
             tmp.write_text("\n".join(lines[-KEEP:]) + "\n")
             os.replace(tmp, path)

@@ -149,7 +149,7 @@ class GLMM:
         """(structure, data) padded to their bucket (:func:`jaxhlm.padding.bucket_glmm`):
         what :meth:`fit`, ``ranef`` and :meth:`fit_many` compile for, so that GLMMs of
         nearby sizes share one program."""
-        kind = bucket_choice.kind("glmm", self.structure)
+        kind = bucket_choice.kind("glmm", self.structure, self.family)
         return padding.bucket_glmm(self.structure, self.data, functools.partial(bucket_choice.choose, kind))
 
     def padded_responses(self, Y: np.ndarray) -> np.ndarray:

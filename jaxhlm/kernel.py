@@ -169,16 +169,14 @@ def _dense_bwd(mr, p, L, cts):
     Lk = L[:k, :k]
     N = inv_from_cholesky(Lk)                           # M_RX^{-1}
     x = solve_upper_t(Lk, L[k, :k, None], dense=True)[:, 0]   # M_RX^{-1} M_RX,y
-    if p:
+    if p:   # (c_r - c_x) M_RR^{-1} (padded with zeros) + c_x N, in one elementwise pass
         corr = N[:, mr:] @ jnp.linalg.solve(N[mr:, mr:], N[mr:, :])
-        Rinv = (N - corr).at[mr:, :].set(0.0).at[:, mr:].set(0.0)  # M_RR^{-1}, padded
-    else:
-        Rinv = N
+        rand = jnp.arange(k) < mr
+        Gk = jnp.where(rand[:, None] & rand[None, :], (c_r - c_x) * (N - corr), 0.0) + c_x * N
+    else:   # M_RR^{-1} = N
+        Gk = c_r * N
     v = jnp.concatenate([-x, jnp.ones(1, L.dtype)])
-    G = jnp.zeros((m, m), L.dtype)
-    G = G.at[:k, :k].add((c_r - c_x) * Rinv + c_x * N)
-    G = G + c_pw * jnp.outer(v, v)
-    return (G,)
+    return (jnp.pad(Gk, ((0, 1), (0, 1))) + c_pw * jnp.outer(v, v),)
 
 
 dense_parts.defvjp(_dense_fwd, _dense_bwd)

@@ -30,9 +30,6 @@ and lowering 1.9 -> 1.1 s, XLA 3.8 -> 1.6 s; its vmapped chunk of 128 refits: XL
 3 x 3 (sleepstudy) LAPACK saved no compilation and ran the chunk slower
 (``benchmarks/probes/unroll.py``)."""
 
-HALVE_ABOVE = 256
-
-
 def _written_out(n: int, dense: bool) -> bool:
     return n <= (DENSE_UNROLL if dense else UNROLL)
 
@@ -90,48 +87,21 @@ def log_diag_sum(l: jnp.ndarray) -> jnp.ndarray:
     return jnp.sum(jnp.log(jnp.diagonal(l, axis1=-2, axis2=-1)), axis=-1)
 
 
-def _triangular_inverse(l: jnp.ndarray) -> jnp.ndarray:
-    """L^{-1} for lower-triangular L, by halves: [[A, 0], [B, C]]^{-1} =
-    [[A^{-1}, 0], [-C^{-1} B A^{-1}, C^{-1}]], down to blocks of ``HALVE_ABOVE`` rows
-    (a triangular solve with the identity)."""
-    n = l.shape[-1]
-    if n <= HALVE_ABOVE:
-        return solve_lower(l, jnp.broadcast_to(jnp.eye(n, dtype=l.dtype), l.shape), dense=True)
-    h = n // 2
-    a = _triangular_inverse(l[..., :h, :h])
-    c = _triangular_inverse(l[..., h:, h:])
-    b = -c @ (l[..., h:, :h] @ a)
-    zero = jnp.zeros(l.shape[:-2] + (h, n - h), l.dtype)
-    return jnp.concatenate([jnp.concatenate([a, zero], -1), jnp.concatenate([b, c], -1)], -2)
-
-
-def _gram_lower(x: jnp.ndarray) -> jnp.ndarray:
-    """X'X for lower-triangular X, by halves (LAPACK's ``lauum``): with X = [[A, 0], [B, C]],
-    X'X = [[A'A + B'B, B'C], [C'B, C'C]]."""
-    n = x.shape[-1]
-    xt = jnp.swapaxes(x, -1, -2)
-    if n <= HALVE_ABOVE:
-        return xt @ x
-    h = n // 2
-    a, b, c = x[..., :h, :h], x[..., h:, :h], x[..., h:, h:]
-    bt = jnp.swapaxes(b, -1, -2)
-    off = bt @ c
-    top = jnp.concatenate([_gram_lower(a) + bt @ b, off], -1)
-    return jnp.concatenate([top, jnp.concatenate([jnp.swapaxes(off, -1, -2), _gram_lower(c)], -1)], -2)
-
-
 def inv_from_cholesky(l: jnp.ndarray) -> jnp.ndarray:
-    """(L L')^{-1} from the lower Cholesky factor L: LAPACK's ``potri`` (``trtri``, then
-    ``lauum``), in jnp operations so that the program can be stored
-    (:mod:`jaxhlm.precompiled`) and run on any backend.
+    """(L L')^{-1} from the lower Cholesky factor L (leading axes batch): two triangular
+    solves with the identity, L^{-T} (L^{-1} I), as LAPACK's ``potrs`` (2 n^3 flops, in
+    BLAS's ``trsm``), its lower triangle mirrored so that the result is exactly symmetric.
+    No host callback: the program can be stored (:mod:`jaxhlm.precompiled`) and run on any
+    backend.
 
-    Both steps go by halves (:func:`_triangular_inverse`, :func:`_gram_lower`) down to
-    blocks of at most ``HALVE_ABOVE`` rows, so nearly all the work is matrix products:
-    about 4 n^3 / 3 flops against potri's 2 n^3 / 3, at matrix-product speed.  On this
-    2-core CPU at n = 1160 (InstEval's dense block): 61-72 ms, against 30-42 ms for LAPACK's
-    dpotri through a host callback (which no stored program can hold) and 93-106 ms for
-    a triangular solve with the identity and one product (3 n^3 flops); smaller halves
-    (64, 128 rows) ran no faster and compiled 1.5-2.5 times longer
-    (``benchmarks/probes/inverse.py``).
+    ``JAXHLM_COMPILATION_CACHE=0 python benchmarks/probes/inverse.py`` (2-core CPU,
+    2026-12-04, median of 10; first call with compilation): at n = 1160 (InstEval's dense
+    block) 38-41 ms (0.15 s) against 52 ms (0.55-0.58 s) by halves in matrix products
+    (LAPACK's ``trtri`` and ``lauum`` written as blocks, jaxhlm's way before), 95-100 ms
+    for one solve and a product, and 21-26 ms for LAPACK's ``dpotri`` through a host
+    callback, which no stored program can hold.
     """
-    return _gram_lower(_triangular_inverse(l))
+    eye = jnp.broadcast_to(jnp.eye(l.shape[-1], dtype=l.dtype), l.shape)
+    x = lax.linalg.triangular_solve(l, eye, left_side=True, lower=True)
+    x = lax.linalg.triangular_solve(l, x, left_side=True, lower=True, transpose_a=True)
+    return jnp.tril(x) + jnp.swapaxes(jnp.tril(x, -1), -1, -2)

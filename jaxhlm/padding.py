@@ -229,7 +229,7 @@ def with_levels(st: Structure, levels) -> Structure:
     """``st`` with these level counts, one per term, and a residual structure's static
     sizes moved up the ladder (as :func:`bucket_structure`)."""
     terms = tuple(dataclasses.replace(t, nlevels=int(k)) for t, k in zip(st.terms, levels))
-    residual = None if st.residual is None or not ENABLED else st.residual.bucketed(ladder)
+    residual = st.residual if st.residual is None or not ENABLED else st.residual.bucketed(ladder)
     return dataclasses.replace(st, terms=terms, residual=residual)
 
 

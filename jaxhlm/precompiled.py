@@ -73,7 +73,8 @@ def _evict(directory: Path, keep: Path) -> None:
     """Delete the least recently used stored files (oldest modification time: a load
     touches its file) until the store is within :func:`max_bytes`; never ``keep``."""
     files = []
-    for p in [*directory.glob("*.pickle"), *directory.glob("*.buckets")]:   # programs, jaxhlm.bucket_choice's records
+    for p in [*directory.glob("*.pickle"), *directory.glob("*.buckets"), *directory.glob("*.tmp")]:
+        # programs, and jaxhlm.bucket_choice's records and their temporary files
         with contextlib.suppress(OSError):
             st = p.stat()
             files.append((st.st_mtime, st.st_size, p))
