@@ -113,14 +113,13 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     return jnp.block([[Sd, sy[:, None]], [sy[None, :], syy[None, None]]])
 
 
-def _term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
-                  y: jnp.ndarray | None = None) -> jnp.ndarray:
-    """The dense (ell_1, p_1, m) array of F_j A_1r^(j) (A_1r^(j): the COO entries of level j,
-    one column per row of the rest; ``F`` (ell_1, k, p_1) per level, the identity if
-    None), with ``y`` (ell_1, k), when given, as its last column.  Padded entries (value 0)
-    add nothing."""
+def _term1_columns(blocks: Blocks, m: int, y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The dense (ell_1, p_1, m) array of A_1r^(j) (the COO entries of level j, one column
+    per row of the rest), with ``y`` (ell_1, p_1), when given, as its last column.  Padded
+    entries (value 0) add nothing.  It depends on the data alone, so inside an optimiser's
+    loop XLA computes it once, before the loop (loop-invariant code motion)."""
     ell1 = blocks.A11.shape[0]
-    val = blocks.coo_val if F is None else jnp.einsum("eab,eb->ea", F[blocks.coo_level], blocks.coo_val)
+    val = blocks.coo_val
     B = jnp.zeros((ell1, m, val.shape[-1]), val.dtype).at[blocks.coo_level, blocks.coo_row].add(val)
     if y is not None:
         B = B.at[:, m - 1].set(y)
@@ -129,9 +128,10 @@ def _term1_columns(blocks: Blocks, m: int, F: jnp.ndarray | None = None,
 
 def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     """S = B'B with B the (ell_1 p_1) x m matrix of B_j = T_j [A_1r^(j)  Z_1j'y]: one matrix
-    product instead of the pairs, for designs whose levels of term 1 meet much of the rest."""
-    B = _term1_columns(blocks, m, T, jnp.einsum("jab,jb->ja", T, blocks.zy1))
-    B = B.reshape(-1, m)
+    product instead of the pairs, for designs whose levels of term 1 meet much of the rest.
+    B_j is T_j times the data's dense columns (:func:`_term1_columns`), so that no scatter
+    depends on theta."""
+    B = jnp.einsum("jab,jbm->jam", T, _term1_columns(blocks, m, blocks.zy1)).reshape(-1, m)
     return B.T @ B
 
 
