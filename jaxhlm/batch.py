@@ -46,7 +46,7 @@ from .blocks import Blocks, response_axes, response_products, with_products, wit
 from .fitting import Options, fit_blocks, storable
 from . import bucket_choice, padding
 from .padding import ladder
-from .precompiled import OLDER_EMITTERS, Precompiled
+from .precompiled import OLDER_EMITTERS, Precompiled, level_one
 from .residual import whiten as _whiten
 from .optimize import Status
 from .stacking import stack
@@ -68,7 +68,8 @@ def _fit_chunk_program(blocks, theta0, max_iter, hessian0, st, reml, options, ax
 
 
 _STATIC_CHUNK = (4, 5, 6, 7)
-_FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk", cpu_options=OLDER_EMITTERS)
+_FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk", cpu_options=OLDER_EMITTERS,
+                         level=level_one)
 
 
 def _fit_chunk(blocks, theta0, max_iter, hessian0, st, reml, options, axes):
@@ -488,7 +489,7 @@ def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st, rows=No
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
-_DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS)
+_DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS, level=level_one)
 """The simulator, with XLA's older CPU emitters: its compilation 0.46 s instead of 0.71 s,
 a chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
 
