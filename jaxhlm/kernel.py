@@ -116,8 +116,8 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
 def _term1_columns(blocks: Blocks, m: int, y: jnp.ndarray | None = None) -> jnp.ndarray:
     """The dense (ell_1, p_1, m) array of A_1r^(j) (the COO entries of level j, one column
     per row of the rest), with ``y`` (ell_1, p_1), when given, as its last column.  Padded
-    entries (value 0) add nothing.  It depends on the data alone, so inside an optimiser's
-    loop XLA computes it once, before the loop (loop-invariant code motion)."""
+    entries (value 0) add nothing.  It depends on the data alone (no scatter depends on
+    theta; XLA may hoist it out of an optimiser's loop)."""
     ell1 = blocks.A11.shape[0]
     val = blocks.coo_val
     B = jnp.zeros((ell1, m, val.shape[-1]), val.dtype).at[blocks.coo_level, blocks.coo_row].add(val)
