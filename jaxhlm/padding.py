@@ -28,7 +28,8 @@ design's pattern and rows are padded instead (:func:`bucket_glmm`).
 shapes; :func:`bucket` pads one model to the next size on a *ladder*
 (:func:`ladder`), so that every model whose sizes fall in the same rungs shares one
 compiled program, in this process and, stored on disk (:mod:`jaxhlm.precompiled`), in
-the next.
+the next; :mod:`jaxhlm.bucket_choice` picks a rung with headroom, or a larger bucket
+already used, so that data sets 10% apart share too.
 
 The ladder has 4 sizes per doubling (8, 10, 12, 14, 16, 20, 24, ..., 56, then 72, 88,
 104, ...: from 64 on, k * 2**s + 8, so that no padded count is a multiple of a large
