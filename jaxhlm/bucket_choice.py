@@ -34,8 +34,10 @@ reach") has measured costs.  Counts on the fine ladder (the later terms' levels 
 large dense block, whose work is cubic in them) get neither rule, nor do counts up to 8,
 which the ladder leaves as they are: their bucket is their rung.
 
-Buckets are recorded per kind of model (the static structure without its level counts;
-an LMM, its simulator's rows, a GLMM with its family and link), with the counts that
+Buckets are recorded per kind of model (the static structure without its level counts,
+a residual structure's static sizes on their rungs; an LMM, whose counts include a
+residual structure's class sets and classes (:func:`jaxhlm.residual.whiten.bucket`), its
+simulator's rows, a GLMM with its family and link), with the counts that
 took them, in memory and, where programs are stored, in a small text file beside them
 (``<key>.buckets``, keyed by the kind, jaxhlm's source and JAX's version as stored
 programs are; the store's bound covers it, and a file that does not parse is ignored).

@@ -82,12 +82,13 @@ class LMM:
     def bucketed(self) -> padding.Bucketed:
         """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
         :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
-        if self.structure.residual is not None:   # the class sets (jaxhlm.residual.whiten)
-            out = _whiten.bucket(self.structure, self._host_blocks)
+        st = self.structure   # its kind: a residual structure's static sizes on their rungs
+        choose = functools.partial(bucket_choice.choose, bucket_choice.kind(
+            "lmm", padding.with_levels(st, [t.nlevels for t in st.terms])))
+        if st.residual is not None:   # the class sets (jaxhlm.residual.whiten)
+            out = _whiten.bucket(st, self._host_blocks, choose)
         else:
-            kind = bucket_choice.kind("lmm", self.structure)
-            out = padding.bucket(self.structure, self._host_blocks,
-                                 functools.partial(bucket_choice.choose, kind))
+            out = padding.bucket(st, self._host_blocks, choose)
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property

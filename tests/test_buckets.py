@@ -628,3 +628,15 @@ def test_residual_models_of_nearby_sizes_share_their_programs(sleepstudy):
         jax.monitoring.unregister_event_duration_listener(listen)
     assert (trace_count(), simulate_trace_count()) == before and compiled == []
     assert res.converged and boot.converged.mean() > 0.95
+
+
+def test_residual_models_share_across_a_rung_through_headroom(sleepstudy):
+    """With AR(1) residuals, 17 subjects after 15: their own rungs differ (20, 16), but the
+    first model's bucket leaves headroom (jaxhlm.bucket_choice), so the second fit traces
+    nothing."""
+    assert ladder(15) != ladder(17)
+    ar1 = RESIDUAL["ar1"]
+    jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 15), **ar1).fit()
+    before = trace_count()
+    assert jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 17), **ar1).fit().converged
+    assert trace_count() == before

@@ -321,9 +321,12 @@ def response_axes(data: RowData) -> RowData:
     return RowData(None, None if data.y is None else 0, None, None, None, None, sets)
 
 
-def bucket(own, rows: RowData) -> padding.Bucketed:
-    """A model's class sets laid out for its bucket (:func:`jaxhlm.padding.sizes`), so
-    that models of nearby sizes share one compiled fit; the rows themselves are dropped,
+def bucket(own, rows: RowData, choose=padding.rungs) -> padding.Bucketed:
+    """A model's class sets laid out for its bucket, so that models of nearby sizes share
+    one compiled fit: ``choose(counts, fine)`` gives the bucket's counts (each term's
+    levels, the entries, pairs, sets and classes) as for :func:`jaxhlm.padding.bucket`
+    (default: each count's rung), and the structure's static sizes move up the ladder
+    (:func:`jaxhlm.padding.with_levels`).  The rows themselves are dropped,
     since the blocks at theta need only the class sets (module docstring).
 
     Each set's blocks are padded as :func:`jaxhlm.padding.pad` pads a model's blocks
@@ -335,7 +338,10 @@ def bucket(own, rows: RowData) -> padding.Bucketed:
     sets, pat = rows.sets, rows.pattern
     if sets is None:
         return padding.Bucketed(own, own, rows)
-    common, nnz, npairs = padding.sizes(own, pat.coo_row.shape[0] + 1, pat.pair_out.shape[0])
+    counts = tuple(t.nlevels for t in own.terms) + (pat.coo_row.shape[0] + 1, pat.pair_out.shape[0],
+                                                    sets.set_class.size, sets.count.size)
+    *levels, nnz, npairs, nsets, nclasses = choose(counts, padding.fine_levels(own) + (False,) * 4)
+    common = padding.with_levels(own, levels)
     first = Blocks(sets.A11[0], pat.coo_row, pat.coo_level, sets.coo_val[0], sets.zy1[0], pat.pair_level,
                    pat.pair_out, np.zeros(pat.pair_out.shape + sets.A11.shape[-2:]), pat.pair_rand,
                    sets.Arr[0], np.float64(0.0), np.float64(0.0), np.float64(1.0))
@@ -347,7 +353,7 @@ def bucket(own, rows: RowData) -> padding.Bucketed:
                 index.pair_level, index.pair_out, index.pair_rand),
         None, None, rows.sigma, (), (), None)
     out = padding.Bucketed(own, common, compact)
-    laid = _laid_out(sets, out, padding.count(sets.set_class.size), padding.count(sets.count.size))
+    laid = _laid_out(sets, out, nsets, nclasses)
     return dataclasses.replace(out, blocks=compact._replace(sets=laid))
 
 
