@@ -515,11 +515,8 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     theta = np.broadcast_to(np.asarray(theta, float), (R, st.ntheta))
     sigma = np.broadcast_to(np.asarray(sigma, float), (R,))
     n = model.nobs
-    if st.residual is None:   # the model's bucket, and rows with headroom (jaxhlm.bucket_choice)
-        common = model.bucketed.structure
-        rows = bucket_choice.choose(bucket_choice.kind("lmm-rows", st), (n,), (False,))[0]
-    else:
-        rows, common = padding.count(n), padding.sizes(st, 0, 0)[0]
+    common = model.bucketed.structure   # the fit's bucket, and rows with headroom (jaxhlm.bucket_choice)
+    rows = bucket_choice.choose(bucket_choice.kind("lmm-rows", common), (n,), (False,))[0]
     extra = ()
     if st.residual is not None:   # the structure's arrays padded too, where it can
         noise = _whiten.noise_rows(model._host_blocks, st.residual, rows)

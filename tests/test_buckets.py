@@ -640,3 +640,17 @@ def test_residual_models_share_across_a_rung_through_headroom(sleepstudy):
     before = trace_count()
     assert jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 17), **ar1).fit().converged
     assert trace_count() == before
+
+
+def test_a_residual_bootstrap_of_a_nearby_size_shares_the_simulator(sleepstudy):
+    """With AR(1) residuals, 14 subjects after 13: 140 and 130 rows have different rungs,
+    but the simulator's rows take headroom as the fit's counts do: no new trace."""
+    from jaxhlm.batch import simulate_trace_count
+
+    assert ladder(130) != ladder(140)
+    ar1 = RESIDUAL["ar1"]
+    jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 13), **ar1).fit().bootstrap(64, seed=1)
+    res = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 14), **ar1).fit()
+    before = trace_count(), simulate_trace_count()
+    assert res.bootstrap(64, seed=2).converged.mean() > 0.95
+    assert (trace_count(), simulate_trace_count()) == before
