@@ -64,7 +64,8 @@ REACH = (1 + HEADROOM) ** 2 - 1
 """A count x takes a bucket used before whose count is at most the rung of x (1 + REACH)."""
 
 KEEP = 32
-"""Buckets kept per kind of model (the most recently recorded)."""
+"""Records (a model's counts and the bucket they took) kept per kind of model: the most
+recent."""
 
 _MEMORY: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
 
