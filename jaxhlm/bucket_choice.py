@@ -46,7 +46,6 @@ programs are; the store's bound covers it, and a file that does not parse is ign
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import math
 import os
@@ -79,10 +78,10 @@ def _rung(x: int, fine: bool, factor: float = 1.0) -> int:
 
 def kind(name: str, st: Structure, *detail) -> str:
     """A kind of model: ``name`` (``"lmm"``, ``"glmm"``), its structure with every term's
-    level count set to 0 (what a bucket leaves the same), and any ``detail`` that keys its
-    programs too (a GLMM's family and link)."""
-    zeroed = dataclasses.replace(st, terms=tuple(dataclasses.replace(t, nlevels=0) for t in st.terms))
-    return repr((name, zeroed) + detail)
+    level count set to 0 and a residual structure's static sizes on their rungs
+    (:func:`jaxhlm.padding.with_levels`: what a bucket leaves the same), and any ``detail``
+    that keys its programs too (a GLMM's family and link)."""
+    return repr((name, padding.with_levels(st, [0] * len(st.terms))) + detail)
 
 
 def choose(kind_: str, counts: tuple[int, ...], fine: tuple[bool, ...]) -> tuple[int, ...]:

@@ -82,9 +82,8 @@ class LMM:
     def bucketed(self) -> padding.Bucketed:
         """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
         :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
-        st = self.structure   # its kind: a residual structure's static sizes on their rungs
-        choose = functools.partial(bucket_choice.choose, bucket_choice.kind(
-            "lmm", padding.with_levels(st, [t.nlevels for t in st.terms])))
+        st = self.structure
+        choose = functools.partial(bucket_choice.choose, bucket_choice.kind("lmm", st))
         if st.residual is not None:   # the class sets (jaxhlm.residual.whiten)
             out = _whiten.bucket(st, self._host_blocks, choose)
         else:

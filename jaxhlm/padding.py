@@ -103,11 +103,7 @@ def bucket_structure(st: Structure) -> Structure:
     """``st`` with every term's number of levels moved up its ladder (the module
     docstring), and a residual structure's static sizes
     (:meth:`jaxhlm.residual.base.ResidualPart.bucketed`)."""
-    fine = st.m > FINE_ABOVE
-    terms = tuple(dataclasses.replace(t, nlevels=ladder(t.nlevels, FINE_BITS if fine and k else COARSE_BITS))
-                  for k, t in enumerate(st.terms))
-    residual = None if st.residual is None else st.residual.bucketed(ladder)
-    return dataclasses.replace(st, terms=terms, residual=residual)
+    return with_levels(st, rungs([t.nlevels for t in st.terms], fine_levels(st)))
 
 
 def column_map(own: Structure, common: Structure) -> np.ndarray:

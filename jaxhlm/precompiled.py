@@ -21,8 +21,9 @@ JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
 written by another version) means a normal compilation, never an error.
 
 The store is bounded: after each write, the least recently used files (programs, and the
-buckets :mod:`jaxhlm.bucket_choice` records; a load marks a file used) go until the store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default
-:data:`DEFAULT_MAX_MB`; the newest file stays).  JAX's own cache gets the same bound
+buckets :mod:`jaxhlm.bucket_choice` records; a load marks a file used) go until the
+store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default :data:`DEFAULT_MAX_MB`;
+the newest file stays).  JAX's own cache gets the same bound
 (``jax_compilation_cache_max_size``, :mod:`jaxhlm._config`), which it enforces alike.
 
 Only a program that XLA compiled in this process is stored: an executable that XLA's
