@@ -1,12 +1,18 @@
 """Process-wide JAX settings jaxhlm needs: float64, and a persistent compilation cache.
 
 Mixed-model criteria need double precision (lme4 and MixedModels.jl work in it), so
-importing jaxhlm turns on ``jax_enable_x64``.  Compilation dominates short fits, so
+jaxhlm turns on ``jax_enable_x64``.  Compilation dominates short fits, so
 jaxhlm also points JAX's persistent compilation cache at
 ``~/.cache/jaxhlm/xla/<jaxlib version>-<CPU fingerprint>`` (``$XDG_CACHE_HOME``
 respected) unless the user has set a cache directory already or sets
 ``JAXHLM_COMPILATION_CACHE=0``; ``JAXHLM_COMPILATION_CACHE=/some/dir`` picks the
 directory.  A second process then loads compiled fits from disk instead of compiling.
+
+These settings are made by :func:`configure` as soon as ``jax`` is imported, by jaxhlm or
+anyone else (:mod:`jaxhlm.lazy_jax`; at once when importing jaxhlm finds ``jax`` imported
+already): jaxhlm itself imports ``jax`` only when it first needs it, which a process that
+runs stored programs never does (:mod:`jaxhlm.stored_run`).  :func:`planned_cache_dir`
+says, without importing ``jax``, which directory :func:`configure` will use.
 
 The CPU fingerprint (architecture and instruction-set flags) keeps machines with
 different CPUs that share a home directory from loading each other's machine code.
@@ -24,10 +30,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import jax  # noqa: E402
-import jaxlib  # noqa: E402
+import jaxlib  # noqa: E402  (its version alone: jaxlib's extension is not loaded)
 
-jax.config.update("jax_enable_x64", True)
+from . import lazy_jax  # noqa: E402
 
 
 def _cpu_fingerprint() -> str:
@@ -48,12 +53,14 @@ def default_cache_dir() -> Path:
 
 def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     """Turn on JAX's persistent compilation cache in ``path`` (default: :func:`default_cache_dir`)."""
+    import jax
+
     path = Path(path) if path is not None else default_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)  # the fit programs, not every eager op
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from .precompiled import max_bytes
+    from .store import max_bytes
 
     import importlib.util
 
@@ -76,16 +83,41 @@ def _date_legacy_entries(path: Path) -> None:
                 pass
 
 
-def _configure_from_environment() -> None:
+def _cache_setting() -> str | None:
+    """``JAXHLM_COMPILATION_CACHE``: None when it turns the cache off, else its value."""
     setting = os.environ.get("JAXHLM_COMPILATION_CACHE", "1")
-    if setting in ("0", "false", "no", "off"):
-        return
-    if jax.config.jax_compilation_cache_dir:  # the user chose one already
+    return None if setting in ("0", "false", "no", "off") else setting
+
+
+def _cache_path(setting: str) -> Path:
+    return default_cache_dir() if setting in ("1", "true", "yes", "on") else Path(setting)
+
+
+def planned_cache_dir() -> Path | None:
+    """The directory of JAX's persistent cache that :func:`configure` will set (or that JAX
+    reads from ``JAX_COMPILATION_CACHE_DIR``), or None where no cache will be on; computed
+    without importing ``jax``, before it is imported."""
+    setting = _cache_setting()
+    if setting is None or os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "1").lower() in ("0", "false"):
+        return None
+    user = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    return Path(user) if user else _cache_path(setting)
+
+
+def configure() -> None:
+    """float64, and the compilation cache as ``JAXHLM_COMPILATION_CACHE`` says (module
+    docstring); run once, right after ``jax`` is imported."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    setting = _cache_setting()
+    if setting is None or jax.config.jax_compilation_cache_dir:  # off, or the user chose one already
         return
     try:
-        enable_compilation_cache(None if setting in ("1", "true", "yes", "on") else setting)
+        enable_compilation_cache(_cache_path(setting))
     except OSError:  # an unwritable home: run without the cache
         pass
 
 
-_configure_from_environment()
+lazy_jax.after_import(configure)
+lazy_jax.install_hook()

@@ -50,10 +50,9 @@ import hashlib
 import math
 import os
 
-import jax
 import jaxlib
 
-from . import padding, precompiled
+from . import padding, precompiled, store, stored_run
 from .structure import Structure
 
 HEADROOM = 0.10
@@ -116,10 +115,10 @@ def choose(kind_: str, counts: tuple[int, ...], fine: tuple[bool, ...]) -> tuple
 
 def _path(kind_: str):
     """The file of ``kind_``'s buckets in the store, or None where programs are not stored."""
-    directory = precompiled._directory()
+    directory = precompiled.store_directory()
     if directory is None:
         return None
-    text = repr((kind_, precompiled._source_hash(), jax.__version__, jaxlib.__version__))
+    text = repr((kind_, store.source_hash(), stored_run.jax_version(), jaxlib.__version__))
     return directory / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.buckets"
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
+from .lazy_jax import is_traced, jnp
 import numpy as np
 
 from .blocks import Blocks
@@ -105,7 +104,7 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     """
     start = st.theta_start() if theta0 is None else theta0
     args = (blocks, st, bool(reml), options)
-    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((blocks, start))):
+    if is_traced((blocks, start)):
         # inside vmap or another transformation: traced into the caller's program
         return _fit_program(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter,
                             hessian0, modes)
@@ -137,6 +136,7 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
 
 
 _STATIC = (1, 2, 3, 5, 6, 9)
-_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS, level=by_size)
-"""A single fit, stored; a small one compiled without LLVM's optimisations
-(:func:`jaxhlm.precompiled.by_size`)."""
+_PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS, level=by_size,
+                           without_jax=True)
+"""A single fit, stored (for a process without ``jax`` too: :mod:`jaxhlm.stored_run`); a
+small one compiled without LLVM's optimisations (:func:`jaxhlm.precompiled.by_size`)."""

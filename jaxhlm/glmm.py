@@ -21,8 +21,7 @@ import functools
 import re
 import warnings
 
-import jax
-import jax.numpy as jnp
+from .lazy_jax import jax, jnp
 import numpy as np
 import pandas as pd
 

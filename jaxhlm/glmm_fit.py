@@ -12,10 +12,8 @@ the final PIRLS modes, vcov(beta) from the deviance's Hessian as lme4's ``use.he
 
 from __future__ import annotations
 
-from functools import partial
 
-import jax
-import jax.numpy as jnp
+from .lazy_jax import jnp, lazy_jit
 
 from . import quadrature
 from .optimize import Status, minimize
@@ -30,7 +28,7 @@ def deviance_for(nagq: int):
     return laplace if nagq <= 1 else quadrature.deviance(nagq)
 
 
-@partial(jax.jit, static_argnums=(3, 4, 5, 6))
+@lazy_jit(static_argnums=(3, 4, 5, 6))
 def deviance_at(theta, beta, data, st, family, inside, nagq):
     """:func:`deviance_for` evaluated, compiled (:meth:`jaxhlm.GLMM.objective`)."""
     return deviance_for(nagq)(theta, beta, data, st, family, inside)[0]

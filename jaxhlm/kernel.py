@@ -30,9 +30,7 @@ from typing import NamedTuple
 
 import functools
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+from .lazy_jax import jax, jnp, lax
 
 from .blocks import Blocks
 from .linalg import cholesky, inv_from_cholesky, log_diag_sum, solve_lower, solve_upper_t
@@ -135,7 +133,6 @@ def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     return B.T @ B
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def dense_parts(M: jnp.ndarray, mr: int, p: int):
     """(L, log|M_RR|, log|M_RX| - log|M_RR|, pwrss) from the rest's matrix M = L L'.
 
@@ -148,7 +145,15 @@ def dense_parts(M: jnp.ndarray, mr: int, p: int):
     Both inverses come from one triangular inverse of L's leading (m-1) block: with
     N = M_RX^{-1}, M_RR^{-1} = N_RR - N_RX N_XX^{-1} N_XR.  L itself carries no gradient.
     """
-    return _dense_fwd(M, mr, p)[0]
+    return _dense_parts_with_vjp()(M, mr, p)
+
+
+@functools.cache
+def _dense_parts_with_vjp():
+    """:func:`dense_parts` as a ``jax.custom_vjp``, built on first use (:mod:`jaxhlm.lazy_jax`)."""
+    parts = jax.custom_vjp(lambda M, mr, p: _dense_fwd(M, mr, p)[0], nondiff_argnums=(1, 2))
+    parts.defvjp(_dense_fwd, _dense_bwd)
+    return parts
 
 
 def _dense_fwd(M, mr, p):
@@ -177,9 +182,6 @@ def _dense_bwd(mr, p, L, cts):
         Gk = c_r * N
     v = jnp.concatenate([-x, jnp.ones(1, L.dtype)])
     return (jnp.pad(Gk, ((0, 1), (0, 1))) + c_pw * jnp.outer(v, v),)
-
-
-dense_parts.defvjp(_dense_fwd, _dense_bwd)
 
 
 def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):

@@ -16,8 +16,7 @@ pivot), never an exception: callers turn NaN into a status code.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from jax import lax
+from .lazy_jax import jnp, lax
 
 UNROLL = 8
 """Blocks (one per level, on leading axes) up to this size are factored written out."""

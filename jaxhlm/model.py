@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import jax
-import jax.numpy as jnp
+from . import lazy_jax
+from .lazy_jax import jax, jnp
 import numpy as np
 import pandas as pd
 
@@ -28,9 +28,10 @@ DEVICE_PUT_FROM = 1 << 20  # bytes
 
 def _placed(blocks: _blocks.Blocks) -> _blocks.Blocks:
     """Large blocks go to the device once; small ones travel with each call, which costs
-    less than a separate transfer (a quarter of a sleepstudy fit's time)."""
-    large = sum(a.nbytes for a in jax.tree.leaves(blocks)) > DEVICE_PUT_FROM
-    return jax.device_put(blocks) if large else blocks
+    less than a separate transfer (a quarter of a sleepstudy fit's time).  Before ``jax``
+    is imported they stay on the host (:mod:`jaxhlm.stored_run` copies them per call)."""
+    large = sum(np.asarray(a).nbytes for a in lazy_jax.tree_flatten(blocks)[0]) > DEVICE_PUT_FROM
+    return jax.device_put(blocks) if large and lazy_jax.loaded() else blocks
 
 
 class LMM:
@@ -73,21 +74,32 @@ class LMM:
             raise JaxhlmError(f"{what} is not available yet for models with a residual structure "
                               "(correlation= or variance=); fit() and its tables are")
 
-    @functools.cached_property
+    @property
     def blocks(self) -> _blocks.Blocks:
         """The cross-product blocks (:mod:`jaxhlm.blocks`) of this model's own shapes."""
-        return _placed(self._host_blocks)
+        return self._placed_blocks if lazy_jax.loaded() else self._host_blocks
 
     @functools.cached_property
+    def _placed_blocks(self) -> _blocks.Blocks:
+        return _placed(self._host_blocks)
+
+    @property
     def bucketed(self) -> padding.Bucketed:
         """The blocks padded to their bucket (:mod:`jaxhlm.padding`): what :meth:`fit` and
         :meth:`fit_many` compile for, so that models of nearby sizes share one program."""
+        return self._placed_bucketed if lazy_jax.loaded() else self._host_bucketed
+
+    @functools.cached_property
+    def _host_bucketed(self) -> padding.Bucketed:
         st = self.structure
         choose = functools.partial(bucket_choice.choose, bucket_choice.kind("lmm", st))
         if st.residual is not None:   # the class sets (jaxhlm.residual.whiten)
-            out = _whiten.bucket(st, self._host_blocks, choose)
-        else:
-            out = padding.bucket(st, self._host_blocks, choose)
+            return _whiten.bucket(st, self._host_blocks, choose)
+        return padding.bucket(st, self._host_blocks, choose)
+
+    @functools.cached_property
+    def _placed_bucketed(self) -> padding.Bucketed:
+        out = self._host_bucketed
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property
@@ -139,7 +151,7 @@ class LMM:
                              f"order); got shape {theta0.shape}")
         padded = self.bucketed
         out = fit_blocks(padded.blocks, padded.structure, bool(reml), options, theta0, penalty)
-        return LMMResult.from_arrays(self, padding.unpad(jax.device_get(out), self.structure),
+        return LMMResult.from_arrays(self, padding.unpad(lazy_jax.to_host(out), self.structure),
                                      bool(reml), options, penalty)
 
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,

@@ -44,8 +44,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
+from .lazy_jax import jax, jnp
 import numpy as np
 
 from .blocks import Pattern, values

@@ -46,36 +46,23 @@ import hashlib
 import importlib
 import os
 import pickle
-import sys
 import tempfile
 from pathlib import Path
 
-import jax
 import jaxlib
 import numpy as np
 
-_SOURCE_HASH: list[str] = []
-
-DEFAULT_MAX_MB = 1024
-"""The store's bound, and JAX's cache's, in megabytes, unless ``JAXHLM_CACHE_MAX_MB`` is set
-(a sleepstudy-sized program is 0.4-1 MB)."""
-
-
-def max_bytes() -> int:
-    """The bound on the store's size (``JAXHLM_CACHE_MAX_MB``, default :data:`DEFAULT_MAX_MB`)."""
-    try:
-        mb = float(os.environ.get("JAXHLM_CACHE_MAX_MB", DEFAULT_MAX_MB))
-    except ValueError:
-        mb = DEFAULT_MAX_MB
-    return int(max(mb, 0.0) * (1 << 20))
-
+from . import lazy_jax, stored_run
+from .store import PINNED_JAXLIB, max_bytes, prepare_custom_calls, source_hash
+from .lazy_jax import jax
 
 def _evict(directory: Path, keep: Path) -> None:
     """Delete the least recently used stored files (oldest modification time: a load
     touches its file) until the store is within :func:`max_bytes`; never ``keep``."""
     files = []
-    for p in [*directory.glob("*.pickle"), *directory.glob("*.buckets"), *directory.glob("*.tmp")]:
-        # programs, and jaxhlm.bucket_choice's records and their temporary files
+    for p in [*directory.glob("*.pickle"), *directory.glob("*" + stored_run.SUFFIX),
+              *directory.glob("*.buckets"), *directory.glob("*.tmp")]:
+        # programs (JAX's and jaxhlm.stored_run's), jaxhlm.bucket_choice's records, temporary files
         with contextlib.suppress(OSError):
             st = p.stat()
             files.append((st.st_mtime, st.st_size, p))
@@ -87,23 +74,6 @@ def _evict(directory: Path, keep: Path) -> None:
             with contextlib.suppress(OSError):
                 p.unlink()
                 total -= size
-
-
-def source_files() -> list[Path]:
-    """Every module of jaxhlm, subpackages included: what a stored program's key hashes."""
-    return sorted(Path(__file__).parent.rglob("*.py"))
-
-
-def _source_hash() -> str:
-    """sha256 of :func:`source_files` (computed once per process)."""
-    if not _SOURCE_HASH:
-        h = hashlib.sha256()
-        root = Path(__file__).parent
-        for path in source_files():
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-        _SOURCE_HASH.append(h.hexdigest())
-    return _SOURCE_HASH[0]
 
 
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"  # the event JAX records on a hit in its cache
@@ -118,59 +88,14 @@ def _directory() -> Path | None:
     return Path(base) / "jaxhlm-executables"
 
 
-_LAPACK_SOURCES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
-"""The two Cython modules whose ``__pyx_capi__`` jaxlib reads BLAS's and LAPACK's
-function pointers from (``jaxlib/cpu/lapack.cc``, ``GetLapackKernelsFromScipy``)."""
-
-
-def _prepare_custom_calls() -> None:
-    """Load the LAPACK kernels that compiled CPU programs call (cholesky, eigh).
-
-    JAX does this when it lowers a program that uses them; a program loaded from disk
-    was never lowered in this process, and would call null pointers (a segfault).
-
-    jaxlib imports ``scipy.linalg.cython_lapack`` for them, and Python imports the
-    package ``scipy.linalg`` first: 0.1-0.2 s here, most of a stored bootstrap's or
-    batch's first call in a new process.  The two extension modules are loaded from
-    their files instead (35 ms; scipy's top package, ``scipy._lib`` and ``scipy._cyutility``,
-    which they need, are imported as usual), in ``sys.modules`` only while jaxlib reads them: a
-    later ``import scipy.linalg.cython_lapack`` loads the same module object (Cython
-    keeps one per process) into its package as usual.  Anything unexpected falls back
-    to jaxlib's own import.
-    """
-    from jaxlib import lapack
-
-    loaded = [] if "scipy.linalg" in sys.modules else _load_extensions(_LAPACK_SOURCES)
-    try:
-        lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))  # once per process
-    finally:
-        for name in loaded:
-            sys.modules.pop(name, None)
-
-
-def _load_extensions(names) -> list[str]:
-    """Load scipy's extension modules ``scipy.sub.name`` from their files without
-    importing their package; the names put into ``sys.modules`` (none if any failed)."""
-    import importlib.machinery
-    import importlib.util
-
-    loaded: list[str] = []
-    try:
-        scipy_dir = Path(importlib.util.find_spec("scipy").submodule_search_locations[0])
-        for name in names:
-            stem = scipy_dir.joinpath(*name.split(".")[1:])
-            path = next(p for p in (stem.with_name(stem.name + suffix)
-                                    for suffix in importlib.machinery.EXTENSION_SUFFIXES) if p.exists())
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            loaded.append(name)
-            spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 - jaxlib's own import is the fallback
-        for name in loaded:
-            sys.modules.pop(name, None)
-        return []
-    return loaded
+def store_directory() -> Path | None:
+    """:func:`_directory`, found without importing ``jax`` where :mod:`jaxhlm.stored_run`
+    may run the stored programs (the same directory)."""
+    if not lazy_jax.loaded():
+        planned = stored_run.directory()
+        if planned is not None:
+            return planned
+    return _directory()
 
 
 def _leaf_spec(leaf) -> tuple:
@@ -224,7 +149,7 @@ def by_size(args) -> int | None:
     fast (2026-12-04, first fit and warm fit, default against 1: the crossed design
     3.86-3.89 s against 3.44-3.48 s, warm 0.53 against 0.46-0.58 s; InstEval 6.02 s
     against 4.82 s, warm 1.75 against 1.56 s)."""
-    elements = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(args))
+    elements = sum(int(np.size(leaf)) for leaf in lazy_jax.tree_flatten(args)[0])
     return 0 if elements < SMALL_ELEMENTS else 1
 
 
@@ -238,9 +163,6 @@ def level_one(args) -> int:
     67.1-69.2 against 67.7-78.3 ms (one outlier; median 69.8)."""
     return 1
 
-
-PINNED_JAXLIB = "0.9.2"
-"""The jaxlib that ``pyproject.toml`` pins, whose XLA knows every option used here."""
 
 _KNOWN_OPTIONS: dict[str, bool] = {}
 
@@ -273,12 +195,16 @@ class Precompiled:
     and ``level(args)`` (e.g. :func:`by_size` of the dynamic arguments), when given, as
     XLA's backend optimisation level of each call on a CPU (a stored program per level).
     ``depends`` names other packages whose code the program traces (e.g. ``"numpyro"``):
-    their versions key the stored file, as JAX's and jaxhlm's do.
+    their versions key the stored file, as JAX's and jaxhlm's do.  ``without_jax``: the
+    program is also stored for :mod:`jaxhlm.stored_run`, which runs it (NumPy arrays out)
+    while ``jax`` is not imported, for callers that need nothing else of JAX.
     """
 
     def __init__(self, fun, static_argnums: tuple[int, ...], name: str, *,
-                 cpu_options: dict | None = None, level=None, depends: tuple[str, ...] = ()):
+                 cpu_options: dict | None = None, level=None, depends: tuple[str, ...] = (),
+                 without_jax: bool = False):
         self.fun = fun
+        self.without_jax = without_jax
         self.depends = tuple(depends)
         self.static_argnums = tuple(static_argnums)
         self.name = name
@@ -321,14 +247,27 @@ class Precompiled:
         stored; the dynamic arguments; the optimisation level)."""
         static, dynamic = self._split(args)
         leaves, tree = jax.tree.flatten(dynamic)
-        level = self.level(dynamic) if self.level is not None and jax.default_backend() == "cpu" else None
+        level = self._level(dynamic)
         key = (static, tree, tuple(_leaf_spec(leaf) for leaf in leaves), level)
         compiled = self._memory.get(key)
         if compiled is None:
             compiled = self._memory[key] = self._load_or_compile(key, args)
         return compiled, dynamic, level
 
+    def _level(self, dynamic):
+        """XLA's optimisation level of a call (``level``, on a CPU only), or None."""
+        if self.level is None:
+            return None
+        if not lazy_jax.loaded():   # JAX's backend, once imported, is the one CPU (jaxhlm.stored_run)
+            return self.level(dynamic)
+        return self.level(dynamic) if jax.default_backend() == "cpu" else None
+
     def __call__(self, *args):
+        if self.without_jax and not lazy_jax.loaded():
+            static, dynamic = self._split(args)
+            out = stored_run.call(self.name, static, dynamic, self._level(dynamic))
+            if out is not None:
+                return out
         compiled, dynamic, level = self._stored(args)
         if compiled is False:  # not storable: JAX's own jit and caches
             return self._jitted_at(level)(*args)
@@ -345,7 +284,7 @@ class Precompiled:
         """The stored file's name: a hash of everything the compiled program depends on."""
         static, tree, specs, level = key
         device = jax.devices()[0]
-        text = repr((self.name, _source_hash(), jax.__version__, jaxlib.__version__,
+        text = repr((self.name, source_hash(), jax.__version__, jaxlib.__version__,
                      device.platform, device.device_kind, jax.config.jax_enable_x64,
                      os.environ.get("XLA_FLAGS", ""), static, str(tree), specs, level,
                      [(name, importlib.import_module(name).__version__) for name in self.depends]))
@@ -372,7 +311,7 @@ class Precompiled:
         try:
             with open(path, "rb") as fh:
                 stored = pickle.load(fh)
-            _prepare_custom_calls()
+            prepare_custom_calls()
             loaded = serialize_executable.deserialize_and_load(*stored)
             with contextlib.suppress(OSError):
                 os.utime(path)   # recently used: the last to be evicted
@@ -404,6 +343,10 @@ class Precompiled:
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as fh:
                 fh.write(blob)
             os.replace(fh.name, path)
+            if self.without_jax:
+                static, dynamic = self._split(args)
+                stored_run.save(directory / f"{self.name}-{stored_run.key(self.name, static, dynamic, key[3])}"
+                                            f"{stored_run.SUFFIX}", compiled, dynamic)
             _evict(directory, path)
         except Exception:  # a read-only cache directory, or a program that does not serialize
             pass

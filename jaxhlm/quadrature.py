@@ -25,8 +25,7 @@ not depend on the parameters); for a 0/1 response the two footings coincide.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from .lazy_jax import jax, jnp
 import numpy as np
 
 from .errors import JaxhlmError

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
+from .lazy_jax import jnp
 import numpy as np
 
 from .covariance import Covariance

@@ -94,7 +94,7 @@ def test_the_core_does_not_import_the_tools_or_the_bayesian_layer():
 
 
 def test_stored_programs_are_keyed_on_every_module_subpackages_included():
-    from jaxhlm.precompiled import source_files
+    from jaxhlm.store import source_files
 
     names = {p.relative_to(PACKAGE).as_posix() for p in source_files()}
     assert {"kernel.py", "covariance/unstructured.py", "families/gaussian.py",
@@ -104,12 +104,12 @@ def test_stored_programs_are_keyed_on_every_module_subpackages_included():
 
 def test_no_module_is_loaded_by_file_path():
     """jaxhlm's modules are imported as a package's; the one load by path is of scipy's two
-    Cython modules that jaxlib reads LAPACK's pointers from (:mod:`jaxhlm.precompiled`)."""
+    Cython modules that jaxlib reads LAPACK's pointers from (:mod:`jaxhlm.store`)."""
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
         assert "sys.path.insert" not in text, path
-        if path.name == "precompiled.py":
-            from jaxhlm.precompiled import _LAPACK_SOURCES
+        if path.name == "store.py":
+            from jaxhlm.store import _LAPACK_SOURCES
             assert text.count("spec_from_file_location") == 1
             assert _LAPACK_SOURCES == ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
         else:

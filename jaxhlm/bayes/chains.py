@@ -34,10 +34,8 @@ import time
 import warnings
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, lax
 import numpy as np
-from jax import lax
 
 from ..errors import JaxhlmError
 from ..precompiled import Precompiled

@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 import numpy as np
 
 from ..families import loglik

@@ -19,11 +19,9 @@ over devices (``"parallel"``) or one after another (``"sequential"``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, lazy_jit
 import numpy as np
 import pandas as pd
 
@@ -303,7 +301,7 @@ def sample(model, priors: Priors | None = None, *, num_warmup: int = 1000,
                    target_accept_prob=target_accept_prob, thinning=thinning).run(seed)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@lazy_jit(static_argnums=(0, 1))
 def _lambdas_of_draws(specs, st, sites: dict, sigma):
     """lambda_k (C * D, p_k, p_k) per term from the covariance sites' draws (C, D, ...);
     compiled once per model and shape, so a sampler's later runs compile nothing."""

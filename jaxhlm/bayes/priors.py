@@ -32,8 +32,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, NamedTuple
 
-import jax
-import jax.numpy as jnp
+from .. import lazy_jax
+from ..lazy_jax import jax, jnp
 import numpy as np
 
 from ..errors import JaxhlmError
@@ -237,7 +237,6 @@ class ResolvedPriors(NamedTuple):
         return self._map(lambda d: d.distribution() if isinstance(d, Parameters) else d)
 
 
-@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
 class Parameters:
     """A NumPyro distribution as its class, its parameters' names (sorted) and their values
@@ -274,3 +273,6 @@ class Parameters:
     @classmethod
     def tree_unflatten(cls, aux, values):
         return cls(*aux, tuple(values))
+
+
+lazy_jax.after_import(lambda: jax.tree_util.register_pytree_node_class(Parameters))

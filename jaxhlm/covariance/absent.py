@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 import numpy as np
 
 from .base import Covariance, SampleSite

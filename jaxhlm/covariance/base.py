@@ -42,13 +42,13 @@ import abc
 import dataclasses
 from typing import Callable, ClassVar, Sequence
 
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 import numpy as np
 
 from ..errors import FormulaError, JaxhlmError
 from ..tables import sd_name
 
-SampleSite = Callable[[str, object], jnp.ndarray]
+SampleSite = Callable[[str, object], "jnp.ndarray"]
 """``get(site, distribution)``: ``numpyro.sample`` inside a model, or a lookup of draws."""
 
 

@@ -26,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Sequence
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 import numpy as np
 
 from ..tables import sd_name

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, scipy_special
 import numpy as np
-from jax.scipy.special import gammaln
 
 from ..errors import DataError
 from .links import Logit
@@ -55,7 +53,7 @@ class Binomial:
     def log_normalizer(self, y, trials):
         """The rest of log p(y | mu): log C(n, k)."""
         k = y * trials
-        return gammaln(trials + 1) - gammaln(k + 1) - gammaln(trials - k + 1)
+        return scipy_special.gammaln(trials + 1) - scipy_special.gammaln(k + 1) - scipy_special.gammaln(trials - k + 1)
 
     def start(self, y, trials):
         """R's ``binomial()$initialize``: mustart = (n y + 0.5) / (n + 1)."""

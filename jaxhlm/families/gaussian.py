@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 import numpy as np
 
 from ..blocks import Blocks

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
-from jax.scipy.special import ndtr, ndtri
+from ..lazy_jax import jax, jnp, scipy_special
 
 MU_EPS = 2.220446049250313e-16
 """R's ``.Machine$double.eps``: binomial means are kept in [eps, 1 - eps] (R's ``binomial()``)."""
@@ -44,13 +42,13 @@ class Probit:
     name = "probit"
 
     def inverse(self, eta):
-        return jnp.clip(ndtr(eta), MU_EPS, 1 - MU_EPS)
+        return jnp.clip(scipy_special.ndtr(eta), MU_EPS, 1 - MU_EPS)
 
     def derivative(self, eta):
         return jnp.maximum(jnp.exp(-0.5 * eta ** 2) / jnp.sqrt(2 * jnp.pi), MU_EPS)
 
     def link(self, mu):
-        return ndtri(mu)
+        return scipy_special.ndtri(mu)
 
 
 @dataclasses.dataclass(frozen=True)

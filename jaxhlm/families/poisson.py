@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, scipy_special
 import numpy as np
-from jax.scipy.special import gammaln
 
 from ..errors import DataError
 from .binomial import BOUND_EPS
@@ -39,7 +37,7 @@ class Poisson:
 
     def log_normalizer(self, y, trials):
         """The rest: -log y!."""
-        return -trials * gammaln(y + 1)
+        return -trials * scipy_special.gammaln(y + 1)
 
     def start(self, y, trials):
         """R's ``poisson()$initialize``: mustart = y + 0.1."""

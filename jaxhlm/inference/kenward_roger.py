@@ -39,10 +39,8 @@ Only REML fits, as lmerTest and pbkrtest.  :func:`adjusted` is a pure function o
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, lax
 import numpy as np
-from jax import lax
 
 from ..blocks import Blocks
 from ..errors import JaxhlmError

@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jnp, value_and_grad
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
@@ -112,9 +111,9 @@ def fixed_deviance(theta, blocks, st: Structure, keep, j, f):
             + n * (1.0 + LOG_2PI + jnp.log(pwrss / n)))
 
 
-_VARIANCE = Precompiled(jax.value_and_grad(variance_deviance), (2,), "profile_variance",
+_VARIANCE = Precompiled(value_and_grad(variance_deviance), (2,), "profile_variance",
                         cpu_options=OLDER_EMITTERS)
-_FIXED = Precompiled(jax.value_and_grad(fixed_deviance), (2,), "profile_fixed", cpu_options=OLDER_EMITTERS)
+_FIXED = Precompiled(value_and_grad(fixed_deviance), (2,), "profile_fixed", cpu_options=OLDER_EMITTERS)
 
 
 # ---------------------------------------------------------------- the profiler

@@ -35,10 +35,8 @@ tests of contrasts (:class:`Satterthwaite`) read it on the host.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp, scipy_linalg
 import numpy as np
-from jax.scipy.linalg import solve_triangular
 
 from ..blocks import Blocks
 from ..families.gaussian import LOG_2PI
@@ -66,7 +64,7 @@ def deviance_and_vcov(phi, blocks: Blocks, st: Structure, reml: bool):
     dof = blocks.nobs - st.p if reml else blocks.nobs
     dev = (logdet_theta + (logdet_x if reml else 0.0) - blocks.logw
            + dof * (LOG_2PI + 2.0 * jnp.log(sigma)) + pwrss / sigma ** 2)
-    Ri = solve_triangular(Rx, jnp.eye(st.p, dtype=Rx.dtype), lower=True)
+    Ri = scipy_linalg.solve_triangular(Rx, jnp.eye(st.p, dtype=Rx.dtype), lower=True)
     return dev, sigma ** 2 * Ri.T @ Ri
 
 

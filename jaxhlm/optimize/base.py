@@ -28,7 +28,7 @@ To add one, write a new file with such a class and register it in
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 
 from ..linalg import cholesky, solve_lower, solve_upper_t
 

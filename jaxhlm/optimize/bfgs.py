@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 
 from .base import positive, spd_direction
 

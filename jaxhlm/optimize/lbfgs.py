@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 
 
 @dataclasses.dataclass(frozen=True)

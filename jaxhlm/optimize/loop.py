@@ -25,9 +25,7 @@ import enum
 import functools
 from typing import Any, Callable, NamedTuple
 
-import jax
-import jax.numpy as jnp
-from jax import lax
+from ..lazy_jax import jax, jnp, lax
 
 from .bfgs import BFGS
 from .lbfgs import LBFGS

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 
 from .base import eigen_direction
 

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 import numpy as np
 import pandas as pd
 

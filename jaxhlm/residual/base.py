@@ -32,7 +32,7 @@ import abc
 import dataclasses
 from typing import ClassVar
 
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 import numpy as np
 import pandas as pd
 

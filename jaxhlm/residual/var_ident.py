@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import jax.numpy as jnp
+from ..lazy_jax import jnp
 
 from ..errors import DataError
 from .base import VarianceFunction, codes_of, column

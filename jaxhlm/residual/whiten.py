@@ -57,8 +57,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
+from ..lazy_jax import jax, jnp
 import numpy as np
 import pandas as pd
 

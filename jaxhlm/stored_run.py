@@ -1,0 +1,253 @@
+"""Stored programs run by jaxlib alone, in a process that has not imported ``jax``.
+
+A process that fits one model whose program is stored (:mod:`jaxhlm.precompiled`) spent
+most of its time importing: ``jax`` alone took 0.25-0.35 s of a 0.6 s sleepstudy process on
+a 2-core CPU, and running the stored fit needs none of it.  jaxlib's compiled extension
+can load an XLA executable and run it by itself.  So beside each stored program that may
+run this way (``Precompiled(..., without_jax=True)``: a single LMM fit) the store keeps a
+second file, ``<name>-<key>.xla``, written when the program is compiled:
+
+- the executable as XLA serializes it;
+- which of the flattened dynamic arguments it takes (``jax.jit`` drops the unused ones),
+  their shapes and dtypes;
+- the outputs' shapes and dtypes, and their tree as a skeleton (the output with markers
+  for arrays: namedtuples, tuples, lists, None).
+
+Its key (:func:`key`) hashes, without ``jax``, what the program depends on: the program's
+name, jaxhlm's source, JAX's and jaxlib's versions, ``XLA_FLAGS``, the static arguments'
+``repr``, the dynamic arguments' tree, shapes and dtypes, and XLA's optimisation level.
+
+While ``jax`` is not imported, :class:`jaxhlm.precompiled.Precompiled` calls
+:func:`call` first; it returns None (and the program runs through JAX as before) unless
+every condition holds:
+
+- the pinned jaxlib (:data:`jaxhlm.store.PINNED_JAXLIB`), whose private calls used
+  here are the ones JAX makes itself (``make_cpu_client``, ``deserialize_executable``,
+  ``batched_device_put``, ``execute_sharded``, ``array_result_handler``) and are tested;
+- a process whose JAX would run on one CPU device: ``JAX_PLATFORMS`` unset or ``cpu``, no
+  GPU or TPU plugin installed, no ``--xla_force_host_platform_device_count`` in
+  ``XLA_FLAGS``;
+- the file exists in the store JAX would use (:func:`jaxhlm._config.planned_cache_dir`).
+
+The outputs are NumPy arrays, bit for bit those of the JAX path: the same executable on the
+same inputs (``tests/test_stored_run.py``).  Anything that fails means the JAX path.
+The process then holds a CPU client of its own; a later ``import jax`` makes JAX's, and
+both work (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.util
+import os
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import _config, lazy_jax, store
+
+SUFFIX = ".xla"
+_PLUGINS = ("jax_plugins", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+            "jax_rocm7_plugin", "libtpu")
+
+
+class _Leaf:
+    """An array's place in an output skeleton."""
+
+    def __reduce__(self):
+        return (_Leaf, ())
+
+
+def skeleton(tree):
+    """``tree`` with every array replaced by a :class:`_Leaf` marker; ValueError for a node
+    this module cannot rebuild (anything but namedtuples, tuples, lists and None)."""
+    if tree is None:
+        return None
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(skeleton(x) for x in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(skeleton(x) for x in tree)
+    if isinstance(tree, (dict, set)) or not hasattr(tree, "shape"):
+        raise ValueError(f"not an array, namedtuple, tuple, list or None: {type(tree).__name__}")
+    return _Leaf()
+
+
+def rebuild(skel, leaves):
+    """The tree of ``skel`` with its markers replaced, in order, by ``leaves`` (an iterator)."""
+    if skel is None:
+        return None
+    if isinstance(skel, _Leaf):
+        return next(leaves)
+    if isinstance(skel, tuple) and hasattr(skel, "_fields"):
+        return type(skel)(*(rebuild(x, leaves) for x in skel))
+    return type(skel)(rebuild(x, leaves) for x in skel)
+
+
+@functools.cache
+def jax_version() -> str:
+    """JAX's version from its ``version.py``, without importing it."""
+    spec = importlib.util.find_spec("jax")
+    text = Path(spec.origin).with_name("version.py").read_text()
+    return re.search(r'^_version(?:: str)? = "([^"]+)"', text, re.M).group(1)
+
+
+def key(name: str, static, dynamic, level) -> str:
+    """The stored file's key (module docstring), the same with ``jax`` imported or not."""
+    leaves, tree = lazy_jax.tree_flatten(dynamic)
+    specs = [(np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype))
+             for x in leaves]
+    import jaxlib
+
+    text = repr((name, store.source_hash(), jax_version(), jaxlib.__version__,
+                 os.environ.get("XLA_FLAGS", ""), static, str(tree), specs, level))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _one_cpu() -> bool:
+    """Whether JAX, once imported, would run on one CPU device (module docstring)."""
+    if os.environ.get("JAX_PLATFORMS", "cpu") not in ("", "cpu"):
+        return False
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    return all(importlib.util.find_spec(p) is None for p in _PLUGINS)
+
+
+@functools.cache
+def directory() -> Path | None:
+    """The store a process without ``jax`` reads (that of :mod:`jaxhlm.precompiled` once JAX
+    is configured), or None where this module is not used."""
+    import jaxlib
+
+    base = _config.planned_cache_dir()
+    if base is None or jaxlib.__version__ != store.PINNED_JAXLIB or not _one_cpu():
+        return None
+    return base / "jaxhlm-executables"
+
+
+def save(path: Path, compiled, dynamic) -> None:
+    """Write the ``.xla`` file of a program JAX compiled in this process; nothing where the
+    program does not fit this module (an output node it cannot rebuild, no record of
+    the arguments it keeps)."""
+    jax = lazy_jax.jax
+    try:
+        executable = compiled._executable
+        kept = sorted(executable._kept_var_idx)
+        loaded = compiled.runtime_executable()
+        raw = loaded.serialize() if hasattr(loaded, "serialize") else loaded.client.serialize_executable(loaded)
+        leaves = lazy_jax.tree_flatten(dynamic)[0]
+        inputs = [(tuple(np.shape(leaves[i])), str(np.asarray(leaves[i]).dtype)
+                   if not hasattr(leaves[i], "dtype") else str(leaves[i].dtype)) for i in kept]
+        info = compiled.out_info
+        outputs = [(tuple(s.shape), str(s.dtype)) for s in jax.tree.leaves(info)]
+        skel = skeleton(jax.tree.map(lambda s: np.empty(0), info))
+        blob = pickle.dumps({"executable": raw, "kept": kept, "inputs": inputs,
+                             "outputs": outputs, "skeleton": skel})
+    except Exception:  # noqa: BLE001 - this program runs through JAX only
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+
+
+class _Aval:
+    """What jaxlib reads of an abstract value: shape, dtype and weak type."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.weak_type = tuple(shape), np.dtype(dtype), False
+
+
+class _DLPack:
+    """A device array handed to NumPy through DLPack (a CPU buffer; no copy)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, **_):
+        from jaxlib import _jax
+
+        return _jax.buffer_to_dlpack_managed_tensor(self.array)
+
+    def __dlpack_device__(self):
+        return (1, 0)   # kDLCPU, device 0
+
+
+@functools.cache
+def _runtime():
+    """(client, device, sharding) of a CPU client of this process, with the LAPACK kernels
+    that compiled programs call registered and loaded (as JAX does when it lowers them)."""
+    from jaxlib import _jax, lapack
+    from jaxlib import xla_client as xc
+
+    class OneDevice(_jax.SingleDeviceSharding):
+        """JAX's SingleDeviceSharding, as much of it as jaxlib reads."""
+
+        memory_kind = None
+
+        def _to_xla_hlo_sharding(self, num_dimensions):
+            return xc.HloSharding.replicate()
+
+    client = xc.make_cpu_client()
+    for platform, targets in lapack.registrations().items():
+        for name, value, api_version in targets:
+            xc.register_custom_call_target(name, value, platform, api_version)
+    store.prepare_custom_calls()
+    device = client.local_devices()[0]
+    return client, device, OneDevice(device)
+
+
+_LOADED: dict = {}
+
+
+def _load(path: Path):
+    if path not in _LOADED:
+        from jaxlib import xla_client as xc
+
+        with open(path, "rb") as fh:
+            stored = pickle.load(fh)
+        client, device, _ = _runtime()
+        stored["executable"] = client.deserialize_executable(stored["executable"], xc.DeviceList((device,)))
+        with contextlib.suppress(OSError):
+            os.utime(path)   # recently used: the last to be evicted
+        _LOADED[path] = stored
+    return _LOADED[path]
+
+
+def call(name: str, static, dynamic, level):
+    """The outputs of the stored program ``name`` on ``dynamic`` as NumPy arrays in their
+    tree, or None where it cannot run without ``jax`` (module docstring)."""
+    base = directory()
+    if base is None or lazy_jax.loaded():
+        return None
+    path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
+    if not path.exists():
+        return None
+    try:
+        stored = _load(path)
+    except Exception:  # noqa: BLE001 - unreadable, or written by another jaxlib: the JAX path
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    try:
+        from jaxlib import _jax
+
+        _, device, sharding = _runtime()
+        leaves = lazy_jax.tree_flatten(dynamic)[0]
+        inputs = []
+        for i, (shape, dtype) in zip(stored["kept"], stored["inputs"]):
+            x = np.asarray(leaves[i], dtype=dtype, order="C")
+            if x.shape != shape:
+                return None
+            inputs.append(_jax.batched_device_put(_Aval(shape, dtype), sharding, [x], [device],
+                                                  True, False, enable_x64=True))
+        results = stored["executable"].execute_sharded(inputs)
+        handlers = [_jax.array_result_handler(_Aval(shape, dtype), sharding, True, _skip_checks=True)
+                    for shape, dtype in stored["outputs"]]
+        arrays = [np.array(np.from_dlpack(_DLPack(a))) for a in results.consume_with_handlers(handlers)]
+        return rebuild(stored["skeleton"], iter(arrays))
+    except Exception:  # noqa: BLE001 - the JAX path instead
+        return None

@@ -1,0 +1,111 @@
+"""A process that runs a stored fit never imports ``jax`` (:mod:`jaxhlm.lazy_jax`,
+:mod:`jaxhlm.stored_run`), gets the JAX path's numbers bit for bit, and can still use JAX
+afterwards; whoever imports ``jax`` first, jaxhlm's settings hold."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxhlm import stored_run
+
+FIT = """
+import json, sys
+import numpy as np
+import jaxhlm
+df = jaxhlm.datasets.load("sleepstudy")
+out = {}
+for reml in (True, False):
+    res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit(reml=reml)
+    out[str(reml)] = {"objective": res.objective, "theta": list(res.theta), "beta": list(res.fixef),
+                      "sigma": res.sigma, "status": res.status, "gradient": list(res.gradient),
+                      "vcov": res.vcov.to_numpy().ravel().tolist(),
+                      "ranef": res.ranef.select_dtypes("number").to_numpy().ravel().tolist()}
+out["jax_imported"] = "jax" in sys.modules
+out["traces"] = jaxhlm.fitting.trace_count()
+if len(sys.argv) > 1:   # then JAX itself, in the same process: other programs through JAX
+    out["summary"] = str(res.summary())
+    boot = res.bootstrap(20, seed=1)
+    out["bootstrap"] = float(np.asarray(boot.converged).mean())
+    import jax
+    out["x64"] = bool(jax.config.jax_enable_x64)
+print(json.dumps(out))
+"""
+
+
+def _run(cache, *args, env=None):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), **(env or {}))
+    out = subprocess.run([sys.executable, "-c", FIT, *args], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path):
+    first = _run(tmp_path)
+    assert first["jax_imported"] and first["traces"] == 2
+    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 2
+    second = _run(tmp_path)
+    assert not second["jax_imported"] and second["traces"] == 0
+    assert second == {**first, "jax_imported": False, "traces": 0}   # bit for bit
+    third = _run(tmp_path, "then-jax")
+    assert third["bootstrap"] == 1.0 and third["x64"] and "Satterthwaite" in third["summary"]
+    assert {k: third[k] for k in first if k not in ("jax_imported", "traces")} == \
+        {k: first[k] for k in first if k not in ("jax_imported", "traces")}
+
+
+def test_a_bad_file_or_another_platform_means_the_jax_path(tmp_path):
+    first = _run(tmp_path)
+    for p in (tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX):
+        p.write_bytes(b"not a pickle")
+    again = _run(tmp_path)
+    assert again["jax_imported"] and again == {**first, "traces": 0}   # JAX's stored program
+    # the REML fit's file was read and removed; the ML fit then ran through JAX, already imported
+    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 1
+    stored = _run(tmp_path, env={"JAX_PLATFORMS": "cpu"})   # cpu: still one CPU device
+    forced = _run(tmp_path, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert forced["jax_imported"]
+    assert {k: forced[k] for k in ("True", "False")} == {k: first[k] for k in ("True", "False")}
+    assert stored["True"] == first["True"]
+
+
+IMPORTS = """
+import sys, json
+order = sys.argv[1]
+if order == "jax-first":
+    import jax
+import jaxhlm
+before = "jax" in sys.modules
+import jax
+import jax.numpy as jnp
+print(json.dumps({"before": before, "x64": bool(jax.config.jax_enable_x64),
+                  "dtype": str(jnp.ones(2).dtype), "cache": bool(jax.config.jax_compilation_cache_dir)}))
+"""
+
+
+@pytest.mark.parametrize("order", ["jaxhlm-first", "jax-first"])
+def test_importing_jaxhlm_leaves_jax_alone_but_its_settings_hold(order, tmp_path):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", IMPORTS, order], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"before": order == "jax-first", "x64": True, "dtype": "float64", "cache": True}
+
+
+def test_an_output_skeleton_rebuilds_its_tree():
+    from jaxhlm.fitting import FitArrays
+    from jaxhlm.kernel import Conditional
+
+    tree = FitArrays(np.zeros(2), Conditional(*[np.ones(1)] * 3, [np.zeros(3)], []), (np.eye(2), None))
+    skel = stored_run.skeleton(tree)
+    flat = [np.zeros(2), np.ones(1), np.ones(1), np.ones(1), np.zeros(3), np.eye(2)]
+    again = stored_run.rebuild(skel, iter(flat))
+    assert type(again) is FitArrays and type(again.cond) is Conditional
+    assert again.lams[1] is None and again.cond.b_var == []
+    assert all(a is b for a, b in zip([again.opt, *again.cond[:3], again.cond.b[0], again.lams[0]], flat))
+    with pytest.raises(ValueError, match="dict"):
+        stored_run.skeleton({"a": np.zeros(1)})
