@@ -43,7 +43,7 @@ import pandas as pd
 from . import tables
 from .blocks import Blocks, response_axes, response_products, with_products, with_responses
 from .fitting import Options, fit_blocks, storable
-from . import bucket_choice, padding
+from . import bucket_choice, lazy_jax, padding, stored_run
 from .padding import ladder
 from .precompiled import OLDER_EMITTERS, Precompiled, level_one
 from .residual import whiten as _whiten
@@ -68,7 +68,7 @@ def _fit_chunk_program(blocks, theta0, max_iter, hessian0, st, reml, options, ax
 
 _STATIC_CHUNK = (4, 5, 6, 7)
 _FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk", cpu_options=OLDER_EMITTERS,
-                         level=level_one)
+                         level=level_one, without_jax=True)
 
 
 def _fit_chunk(blocks, theta0, max_iter, hessian0, st, reml, options, axes):
@@ -92,7 +92,8 @@ def max_chunk(batch_size: int | None = None) -> int:
     """The largest chunk: ``batch_size``, by default :data:`CHUNK_CPU` on a CPU and
     :data:`CHUNK_ACCELERATOR` elsewhere."""
     if batch_size is None:
-        batch_size = CHUNK_CPU if jax.default_backend() == "cpu" else CHUNK_ACCELERATOR
+        cpu = stored_run.jax_free() or jax.default_backend() == "cpu"
+        batch_size = CHUNK_CPU if cpu else CHUNK_ACCELERATOR
     return max(int(batch_size), 1)
 
 
@@ -220,9 +221,23 @@ class BatchResult:
                                            "shortest_lower", "shortest_upper"]).set_index("parameter")
 
 
+def _devices():
+    """``jax.devices()``; None while a process runs stored programs without ``jax``
+    (:mod:`jaxhlm.stored_run`: one CPU device, the host's arrays)."""
+    return None if stored_run.jax_free() else jax.devices()
+
+
+def _device_count() -> int:
+    devices = _devices()
+    return 1 if devices is None else len(devices)
+
+
 def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
     """Place the batch axis across all devices (a one-axis Mesh, NamedSharding); the
-    design's shared arrays are replicated.  One device: a plain transfer."""
+    design's shared arrays are replicated.  One device: a plain transfer (none without
+    ``jax``: :func:`_devices`)."""
+    if devices is None or stored_run.jax_free():
+        return many
     if len(devices) == 1:
         return jax.device_put(many)
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -235,7 +250,10 @@ def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
 
 def _fetch(out):
     """The chunk's results as NumPy arrays.  With several processes (``jax.distributed``)
-    each holds only its own devices' shards: they are gathered, so every process gets all."""
+    each holds only its own devices' shards: they are gathered, so every process gets all.
+    Outputs of a program run without ``jax`` are NumPy arrays already."""
+    if not lazy_jax.loaded():
+        return out
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
@@ -273,7 +291,7 @@ def run_chunks(dispatch, fetch, B: int, size: int, progress: bool):
 
     def collect():
         lo, out = pending.pop(0)
-        parts.append(jax.tree_util.tree_map(lambda a: np.asarray(a)[:B - lo], fetch(out)))
+        parts.append(lazy_jax.tree_map(lambda a: np.asarray(a)[:B - lo], fetch(out)))
         if progress:
             report_progress(min(lo + size, B), B, began)
 
@@ -283,18 +301,18 @@ def run_chunks(dispatch, fetch, B: int, size: int, progress: bool):
             collect()
     while pending:
         collect()
-    return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
+    return lazy_jax.tree_map(lambda *a: np.concatenate(a), *parts)
 
 
 def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress, hessian0=None):
     """vmapped fits of B models from the rows of ``starts`` (:func:`run_chunks`), each at
     most ``max_iter`` iterations, BFGS from ``hessian0`` (None: probed per fit);
     ``take(index)`` gives the blocks of the fits at ``index`` and their vmap axes."""
-    devices = jax.devices()
+    devices = _devices()
 
     def dispatch(index):
         many, axes = take(index)
-        return _fit_chunk(_shard(many, axes, devices), jnp.asarray(starts[index]),
+        return _fit_chunk(_shard(many, axes, devices), np.asarray(starts[index]),
                           np.int64(max_iter), hessian0, st, bool(reml), options, tuple(axes))
 
     return run_chunks(dispatch, _fetch, B, size, progress)
@@ -309,7 +327,7 @@ def _fit_batch(take, B, st, starts, reml, options, batch_size, progress, hessian
         # Vmapped fits step together until the slowest is done; BFGS's one gradient per
         # step beats Newton's n + 1 there (2x in refits/s on sleepstudy).
         options = dataclasses.replace(options, method="bfgs")
-    size = chunk_size(B, batch_size, len(jax.devices()))
+    size = chunk_size(B, batch_size, _device_count())
     first = min(options.max_iter, STRAGGLER_AFTER)
     out = _run_chunks(take, B, st, starts, reml, options, first, size, progress, hessian0)
     late = np.flatnonzero(out.opt.status == Status.MAX_ITERATIONS)
@@ -317,7 +335,7 @@ def _fit_batch(take, B, st, starts, reml, options, batch_size, progress, hessian
         more = _run_chunks(lambda index: take(late[index]), late.size, st, out.opt.x[late], reml,
                            options, options.max_iter - first, size, False, hessian0)
         more = more._replace(opt=more.opt._replace(iterations=more.opt.iterations + first))
-        out = jax.tree_util.tree_map(lambda a, b: _put(a, late, b), out, more)
+        out = lazy_jax.tree_map(lambda a, b: _put(a, late, b), out, more)
     return out
 
 
@@ -390,7 +408,7 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
             return padded.responses(many), response_axes(many)
     else:   # the responses' products once (and one device: the padded design put there once)
         products = response_products(model.frame, model.structure, Y)
-        if len(jax.devices()) == 1:
+        if not stored_run.jax_free() and len(jax.devices()) == 1:
             padded = dataclasses.replace(padded, blocks=jax.device_put(padded.blocks))
 
         def take(index):
@@ -488,7 +506,8 @@ def _draw_program(key_data, index, beta, theta, sigma, X, codes, Zs, st, rows=No
     return jax.vmap(one)(index, beta, theta, sigma)
 
 
-_DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS, level=level_one)
+_DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS, level=level_one,
+                    without_jax=True)
 """The simulator, with XLA's older CPU emitters: its compilation 0.46 s instead of 0.71 s,
 a chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
 
@@ -524,7 +543,7 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
         extra = (noise,)
     design = (_grow_rows(frame.X, rows), tuple(_grow_rows(t.codes.astype(np.int32), rows) for t in frame.terms),
               tuple(_grow_rows(t.Z, rows) for t in frame.terms))
-    if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+    if lazy_jax.loaded() and jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     key = np.asarray(key)
     program = _DRAW.for_structure(st)
@@ -548,7 +567,8 @@ def _grow_rows(a: np.ndarray, rows: int) -> np.ndarray:
 def simulate(model, fixef, theta, sigma, nsim: int, seed: int = 0) -> np.ndarray:
     """``nsim`` responses from a fitted model (lme4's ``simulate``): array (nsim, nobs);
     replicate i draws from ``fold_in(key(seed), i)``."""
-    return simulate_responses(model, fixef, theta, sigma, jax.random.key(seed), np.arange(nsim))
+    key = stored_run.key_data(seed) if stored_run.jax_free() else jax.random.key(seed)
+    return simulate_responses(model, fixef, theta, sigma, key, np.arange(nsim))
 
 
 def bootstrap(model, fixef, theta, sigma, reml: bool, nsim: int, seed: int = 0, *,

@@ -168,6 +168,13 @@ def tree_flatten(tree):
     return _jax.pytree.default_registry().flatten(tree)
 
 
+def tree_map(f, tree, *rest):
+    """``jax.tree_util.tree_map(f, tree, *rest)`` by jaxlib's registry, without importing ``jax``."""
+    leaves, treedef = tree_flatten(tree)
+    others = [treedef.flatten_up_to(r) for r in rest]
+    return treedef.unflatten([f(*xs) for xs in zip(leaves, *others)])
+
+
 def is_traced(tree) -> bool:
     """Whether any leaf of ``tree`` is a JAX tracer (inside jit, vmap or grad): never before
     ``jax`` is imported."""

@@ -128,6 +128,23 @@ def directory() -> Path | None:
     return base / "jaxhlm-executables"
 
 
+def jax_free() -> bool:
+    """Whether this process has not imported ``jax`` and may run stored programs without it:
+    then JAX, once imported, would see one CPU device (what callers use in place of
+    ``jax.devices()`` and ``jax.default_backend()``, which would import it)."""
+    return not lazy_jax.loaded() and directory() is not None
+
+
+def key_data(seed: int) -> np.ndarray:
+    """``jax.random.key_data(jax.random.key(seed))`` for JAX's default generator (threefry
+    2x32: the seed's high and low 32 bits), without importing ``jax``."""
+    seed = int(seed)
+    if not -(1 << 63) <= seed < (1 << 63):
+        raise OverflowError(f"seed {seed} does not fit in 64 bits")
+    seed &= (1 << 64) - 1
+    return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+
+
 def save(path: Path, compiled, dynamic) -> None:
     """Write the ``.xla`` file of a program JAX compiled in this process; nothing where the
     program does not fit this module (an output node it cannot rebuild, no record of

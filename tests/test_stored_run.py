@@ -109,3 +109,39 @@ def test_an_output_skeleton_rebuilds_its_tree():
     assert all(a is b for a, b in zip([again.opt, *again.cond[:3], again.cond.b[0], again.lams[0]], flat))
     with pytest.raises(ValueError, match="dict"):
         stored_run.skeleton({"a": np.zeros(1)})
+
+
+BATCH = """
+import json, sys
+import numpy as np
+import jaxhlm
+df = jaxhlm.datasets.load("sleepstudy")
+res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
+boot = res.bootstrap(150, seed=3)   # two chunks of 128 (the last one padded)
+many = res._model.fit_many(res.simulate(20, seed=4))
+print(json.dumps({"jax_imported": "jax" in sys.modules,
+                  "boot": [boot.objective.tolist(), boot.theta.tolist(), boot.status.tolist()],
+                  "many": [many.objective.tolist(), many.fixef.tolist(), many.sigma.tolist()]}))
+"""
+
+
+def test_a_second_process_bootstraps_without_jax_bit_for_bit(tmp_path):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", BATCH], capture_output=True, text=True,
+                             timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    assert first["jax_imported"] and not second["jax_imported"]
+    assert second["boot"] == first["boot"] and second["many"] == first["many"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**40 + 5, -1, -(2**63)])
+def test_key_data_is_jax_random_key(seed):
+    import jax
+
+    want = np.asarray(jax.random.key_data(jax.random.key(seed)))
+    assert np.array_equal(stored_run.key_data(seed), want) and stored_run.key_data(seed).dtype == want.dtype
