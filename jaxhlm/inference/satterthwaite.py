@@ -78,10 +78,10 @@ def vcov_beta(phi, blocks: Blocks, st: Structure):
     return deviance_and_vcov(phi, blocks, st, True)[1]
 
 
-def varpar(theta, sigma, st: Structure):
-    """phi = (theta, sigma), or theta alone when sigma is known."""
-    theta = jnp.asarray(theta, jnp.float64)
-    return theta if st.known_sigma else jnp.concatenate([theta, jnp.asarray([sigma], jnp.float64)])
+def varpar(theta, sigma, st: Structure) -> np.ndarray:
+    """phi = (theta, sigma), or theta alone when sigma is known (NumPy: a fit's values)."""
+    theta = np.asarray(theta, np.float64)
+    return theta if st.known_sigma else np.concatenate([theta, np.asarray([sigma], np.float64)])
 
 
 def parts(phi, blocks: Blocks, st: Structure, reml: bool):
@@ -108,7 +108,8 @@ def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
     return 2.0 * variance ** 2 / jnp.einsum("ka,ab,kb->k", g, A, g), variance
 
 
-_PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS, level=by_size)
+_PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS, level=by_size,
+                     without_jax=True)
 
 
 def f_denominator_df(nu: np.ndarray) -> float:
