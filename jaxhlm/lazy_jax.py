@@ -161,11 +161,19 @@ def install_hook() -> None:
 
 
 def tree_flatten(tree):
-    """(leaves, tree structure) of a pytree by jaxlib's registry, the one ``jax.tree_util``
-    uses (its registrations included), without importing ``jax``."""
-    from jaxlib import _jax
+    """(leaves, tree structure) of a pytree: ``jax.tree_util.tree_flatten`` once ``jax`` is
+    imported; before, by jaxlib's registry, the one ``jax.tree_util`` uses (the same leaves
+    and structure), or, under a jaxlib without it where it is, through ``jax``."""
+    if not loaded():
+        try:
+            from jaxlib import _jax
 
-    return _jax.pytree.default_registry().flatten(tree)
+            registry = _jax.pytree.default_registry()
+        except (ImportError, AttributeError):
+            registry = None
+        if registry is not None:
+            return registry.flatten(tree)
+    return jax.tree_util.tree_flatten(tree)
 
 
 def tree_map(f, tree, *rest):
