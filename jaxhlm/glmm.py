@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import frame as _frame
-from . import bucket_choice, padding, tables
+from . import bucket_choice, lazy_jax, padding, tables
 from .blocks import pattern
 from .errors import DataError, FormulaError, JaxhlmError
 from .families.binomial import Binomial
@@ -237,7 +237,7 @@ class GLMM:
         nagq = self._nagq(nagq)
         st, data = self.bucketed
         out = stored(FIT, st, self.family)(data, st, self.family, nagq, int(max_iter))
-        res = GLMMResult.from_arrays(self, jax.device_get(out), nagq)
+        res = GLMMResult.from_arrays(self, lazy_jax.to_host(out), nagq)
         if not res.converged:
             warnings.warn(f"GLMM fit of {self.formula}: {tables.status_name(res.status)} "
                           f"({_STATUS_MEANING.get(res.status, 'see res.status')})", stacklevel=2)

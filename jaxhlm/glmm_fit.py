@@ -123,8 +123,10 @@ def fit_level(dynamic) -> int:
     return 0 if dynamic[0].y.shape[0] < SMALL_ROWS else 1
 
 
-FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS, level=fit_level)
-"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`).  XLA's older CPU emitters
+FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS, level=fit_level,
+                  without_jax=True)
+"""One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`; for a process without ``jax`` too,
+:mod:`jaxhlm.stored_run`).  XLA's older CPU emitters
 (:data:`jaxhlm.precompiled.OLDER_EMITTERS`) compiled VerbAgg's program in 3.4-3.5 s
 instead of 4.7 s, its warm run 0.20-0.24 s instead of 0.16-0.17 s (2026-12-03): a single
 fit's first call is mostly compilation.  Batches keep the newer emitters and XLA's default

@@ -146,3 +146,24 @@ def test_key_data_is_jax_random_key(seed):
 
     want = np.asarray(jax.random.key_data(jax.random.key(seed)))
     assert np.array_equal(stored_run.key_data(seed), want) and stored_run.key_data(seed).dtype == want.dtype
+
+
+GLMM_FIT = """
+import json, sys
+import jaxhlm
+m = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", jaxhlm.datasets.load("cbpp"),
+                family="binomial")
+res = m.fit()
+print(json.dumps({"jax_imported": "jax" in sys.modules, "objective": res.objective,
+                  "theta": res.theta.tolist(), "fixef": res.fixef.tolist(), "vcov": res.vcov.to_numpy().tolist()}))
+"""
+
+
+def test_a_second_process_fits_a_glmm_without_jax_bit_for_bit(tmp_path):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    runs = [subprocess.run([sys.executable, "-c", GLMM_FIT], capture_output=True, text=True, timeout=300, env=env)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-3000:]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first["jax_imported"] and not second["jax_imported"]
+    assert {**second, "jax_imported": True} == first
