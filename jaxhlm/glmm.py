@@ -276,10 +276,11 @@ class GLMMResult(InformationCriteria):
     _eta: np.ndarray = dataclasses.field(repr=False)
     _hessian: np.ndarray = dataclasses.field(repr=False)   # of the deviance at the optimum
     _b_var_cache: list | None = dataclasses.field(default=None, repr=False)
+    _lams: list | None = dataclasses.field(default=None, repr=False)   # lambda_k per term at theta-hat
 
     @classmethod
     def from_arrays(cls, model: GLMM, out, nagq: int) -> "GLMMResult":
-        opt, m, theta, beta, vcov, code, hessian = out
+        opt, m, theta, beta, vcov, code, hessian, lams = out
         names = model.frame.fixef_names
         st = model.structure
         m = m._replace(eta=m.eta[:model.nobs], b=[b[:t.nlevels] for b, t in zip(m.b, st.terms)])  # own rows, levels
@@ -289,7 +290,8 @@ class GLMMResult(InformationCriteria):
                    np.asarray(theta, float), model.frame.theta_names, int(code),
                    int(opt.iterations), int(m.iterations),
                    bool(tables.singular(np.asarray(theta), st.scales())), model,
-                   [np.asarray(b) for b in m.b], np.asarray(m.eta), np.asarray(hessian))
+                   [np.asarray(b) for b in m.b], np.asarray(m.eta), np.asarray(hessian),
+                   _lams=[np.asarray(lam) for lam in lams])
 
     @property
     def _b_var(self) -> list:
@@ -320,7 +322,7 @@ class GLMMResult(InformationCriteria):
     @property
     def varcorr(self) -> pd.DataFrame:
         """``as.data.frame(VarCorr(m))`` (no residual row: the scale is fixed at 1)."""
-        lams = self._model.structure.lambdas(jnp.asarray(self.theta))
+        lams = self._lams if self._lams is not None else self._model.structure.lambdas(jnp.asarray(self.theta))
         vc = tables.varcorr(self._model.frame.specs, [np.asarray(l) for l in lams], 1.0)
         return vc[vc.grp != "Residual"].reset_index(drop=True)
 
@@ -371,12 +373,13 @@ class GLMMResult(InformationCriteria):
         return bootstrap(self, nsim, seed, batch_size=batch_size, progress=progress)
 
     def coef_table(self) -> pd.DataFrame:
-        """glmer's z tests: Estimate, Std. Error, z value, Pr(>|z|)."""
-        from scipy import stats
+        """glmer's z tests: Estimate, Std. Error, z value, Pr(>|z|) (``scipy.special.ndtr(-|z|)``,
+        which is ``scipy.stats.norm.sf``, without importing ``scipy.stats``: 0.35 s)."""
+        from scipy import special
 
         z = self.fixef / self.fixef_se
         return pd.DataFrame({"Estimate": self.fixef, "Std. Error": self.fixef_se, "z value": z,
-                             "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z))})
+                             "Pr(>|z|)": 2 * special.ndtr(-np.abs(z))})
 
     def summary(self) -> str:
         how = {0: "nAGQ = 0 (beta inside PIRLS)", 1: "Laplace Approximation"}.get(

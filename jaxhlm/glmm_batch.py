@@ -56,12 +56,12 @@ class GLMMBatchResult(BatchResult):
 
     def coef_table(self) -> pd.DataFrame:
         """Every fit's Wald z tests (glmer's), indexed by (fit, coefficient)."""
-        from scipy import stats
+        from scipy import special
 
         z = self.fixef / self.fixef_se
         index = pd.MultiIndex.from_product([range(len(self)), self.fixef_names], names=["fit", "coefficient"])
         return pd.DataFrame({"Estimate": self.fixef.ravel(), "Std. Error": self.fixef_se.ravel(),
-                             "z value": z.ravel(), "Pr(>|z|)": 2 * stats.norm.sf(np.abs(z.ravel()))},
+                             "z value": z.ravel(), "Pr(>|z|)": 2 * special.ndtr(-np.abs(z.ravel()))},
                             index=index)
 
 

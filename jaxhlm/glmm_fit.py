@@ -123,7 +123,14 @@ def fit_level(dynamic) -> int:
     return 0 if dynamic[0].y.shape[0] < SMALL_ROWS else 1
 
 
-FIT = Precompiled(fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS, level=fit_level,
+def single_fit_program(data, st, family, nagq, max_iter):
+    """:func:`fit_program` of one fit from lme4's start, then each term's lambda_k at
+    theta-hat (``VarCorr``, read without another program)."""
+    out = fit_program(data, st, family, nagq, max_iter)
+    return out + (tuple(st.lambdas(out[2])),)
+
+
+FIT = Precompiled(single_fit_program, (1, 2, 3, 4), "glmm_fit", cpu_options=OLDER_EMITTERS, level=fit_level,
                   without_jax=True)
 """One fit, compiled and stored (:meth:`jaxhlm.GLMM.fit`; for a process without ``jax`` too,
 :mod:`jaxhlm.stored_run`).  XLA's older CPU emitters

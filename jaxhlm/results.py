@@ -325,12 +325,12 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 def _gls_coefficients(res) -> pd.DataFrame:
     """nlme's ``summary(gls)$tTable``: t tests with the residual df n - p."""
-    from scipy import stats
+    from scipy import special
 
     df = res.nobs - res.fixef.size
     t = res.fixef / res.fixef_se
     return pd.DataFrame({"Value": res.fixef, "Std.Error": res.fixef_se, "t-value": t,
-                         "p-value": 2 * stats.t.sf(np.abs(t), df)})
+                         "p-value": 2 * special.stdtr(df, -np.abs(t))})
 
 
 def _format_residual(residual, values: pd.Series) -> str:

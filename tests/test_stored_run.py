@@ -155,7 +155,8 @@ m = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", jaxh
                 family="binomial")
 res = m.fit()
 print(json.dumps({"jax_imported": "jax" in sys.modules, "objective": res.objective,
-                  "theta": res.theta.tolist(), "fixef": res.fixef.tolist(), "vcov": res.vcov.to_numpy().tolist()}))
+                  "theta": res.theta.tolist(), "fixef": res.fixef.tolist(), "vcov": res.vcov.to_numpy().tolist(),
+                  "summary": res.summary()}))
 """
 
 
