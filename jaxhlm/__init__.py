@@ -2,8 +2,9 @@
 
 ``LMM(formula, data).fit()`` fits by REML or ML; the objective is a pure, jit-compiled,
 vmap-able function of theta on blocks precomputed once (:mod:`jaxhlm.kernel`).
-Importing jaxhlm enables float64 in JAX and a persistent compilation cache
-(:mod:`jaxhlm._config`).
+jaxhlm enables float64 in JAX and a persistent compilation cache (:mod:`jaxhlm._config`)
+as soon as JAX is imported; it imports JAX itself only when it first needs it, which a
+process whose programs are stored never does (:mod:`jaxhlm.lazy_jax`, :mod:`jaxhlm.stored_run`).
 """
 
 from . import _config  # noqa: F401  (float64 and the compilation cache, first)

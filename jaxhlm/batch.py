@@ -537,7 +537,12 @@ def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     rows = bucket_choice.choose(bucket_choice.kind("lmm-rows", common), (n,), (False,))[0]
     extra = ()
     if st.residual is not None:   # the structure's arrays padded too, where it can
-        noise = _whiten.noise_rows(model._host_blocks, st.residual, rows)
+        groups = bucket_choice.kind("lmm-groups", common)
+
+        def ladder(count):   # a count the structure pads (compound symmetry's groups)
+            return bucket_choice.choose(groups, (count,), (False,))[0]
+
+        noise = _whiten.noise_rows(model._host_blocks, st.residual, rows, ladder)
         if noise is None:        # a structure that cannot: the model's own rows
             rows, common, noise = n, st, _whiten.noise_rows(model._host_blocks, st.residual, n)
         extra = (noise,)

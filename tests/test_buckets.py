@@ -654,3 +654,19 @@ def test_a_residual_bootstrap_of_a_nearby_size_shares_the_simulator(sleepstudy):
     before = trace_count(), simulate_trace_count()
     assert res.bootstrap(64, seed=2).converged.mean() > 0.95
     assert (trace_count(), simulate_trace_count()) == before
+
+
+def test_a_compound_symmetry_bootstrap_of_a_nearby_size_shares_the_simulator(sleepstudy):
+    """With compound-symmetry residuals, 16 subjects after 15: the simulator's count of
+    groups (one more for the padded rows) crosses a rung (16 -> 16, 17 -> 20) but takes
+    headroom and reach as the rows do: no new trace."""
+    from jaxhlm.batch import simulate_trace_count
+    from jaxhlm.padding import count
+
+    assert count(15 + 1) != count(16 + 1)
+    cs = RESIDUAL["cs"]
+    jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 15), **cs).fit().bootstrap(64, seed=1)
+    res = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", _subjects(sleepstudy, 16), **cs).fit()
+    before = simulate_trace_count()
+    assert res.bootstrap(64, seed=2).converged.mean() > 0.95
+    assert simulate_trace_count() == before

@@ -297,14 +297,15 @@ def residual_noise(theta, data: RowData, st, e):
     return e
 
 
-def noise_rows(rows: RowData, res: Residual, n: int) -> RowData | None:
+def noise_rows(rows: RowData, res: Residual, n: int, ladder=padding.count) -> RowData | None:
     """What :func:`residual_noise` reads (the structure's arrays) for ``n`` rows, the
     model's own first (:meth:`~jaxhlm.residual.base.Correlation.padded`), or None where a
-    part cannot pad them."""
+    part cannot pad them; a count the part pads (compound symmetry's groups) moves to
+    ``ladder`` of it (the simulator's: with headroom and reach, :mod:`jaxhlm.bucket_choice`)."""
     own = rows.y.shape[-1]
 
     def arrays(part, a):
-        return a if part is None or n == own else part.padded(a, n, padding.count)
+        return a if part is None or n == own else part.padded(a, n, ladder)
 
     correlation, variance = arrays(res.correlation, rows.correlation), arrays(res.variance, rows.variance)
     if correlation is None or variance is None:
