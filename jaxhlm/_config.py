@@ -98,7 +98,8 @@ def planned_cache_dir() -> Path | None:
     reads from ``JAX_COMPILATION_CACHE_DIR``), or None where no cache will be on; computed
     without importing ``jax``, before it is imported."""
     setting = _cache_setting()
-    if setting is None or os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "1").lower() in ("0", "false"):
+    if setting is None or os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "1").strip().lower() in (
+            "0", "false", "f", "no", "n", "off"):
         return None
     user = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     return Path(user) if user else _cache_path(setting)

@@ -572,7 +572,9 @@ def _grow_rows(a: np.ndarray, rows: int) -> np.ndarray:
 def simulate(model, fixef, theta, sigma, nsim: int, seed: int = 0) -> np.ndarray:
     """``nsim`` responses from a fitted model (lme4's ``simulate``): array (nsim, nobs);
     replicate i draws from ``fold_in(key(seed), i)``."""
-    key = stored_run.key_data(seed) if stored_run.jax_free() else jax.random.key(seed)
+    key = stored_run.key_data(seed) if stored_run.jax_free() else None
+    if key is None:
+        key = jax.random.key(seed)
     return simulate_responses(model, fixef, theta, sigma, key, np.arange(nsim))
 
 

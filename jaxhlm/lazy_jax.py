@@ -95,22 +95,40 @@ def loaded() -> bool:
 def after_import(callback) -> None:
     """Run ``callback()`` once ``jax`` is imported: now if it is, else right after its import."""
     with _LOCK:
-        if _READY.is_set():
-            callback()
-        else:
+        ready = _READY.is_set()
+        if not ready:
             _CALLBACKS.append(callback)
-    if "jax" in sys.modules and not _READY.is_set():
+    if ready:
+        callback()
+    else:
         _run_callbacks()
 
 
-def _run_callbacks() -> None:
-    if _READY.is_set() or not hasattr(sys.modules.get("jax"), "config"):
+def _imported() -> bool:
+    """Whether ``jax``'s import has finished (not merely begun, in this or another thread)."""
+    module = sys.modules.get("jax")
+    spec = getattr(module, "__spec__", None)
+    return module is not None and hasattr(module, "config") and not getattr(spec, "_initializing", False)
+
+
+def _run_callbacks(imported: bool = False) -> None:
+    """Run the callbacks once ``jax``'s import has finished (``imported``: the hook says so,
+    from inside that import).  A callback that fails is reported as a warning: it must not
+    make ``import jax`` itself fail."""
+    if _READY.is_set() or not (imported or _imported()):
         return
     with _LOCK:
         if _READY.is_set():
             return
         while _CALLBACKS:
-            _CALLBACKS.pop(0)()
+            callback = _CALLBACKS.pop(0)
+            try:
+                callback()
+            except Exception as err:  # noqa: BLE001 - the user's import of jax goes on
+                import warnings
+
+                warnings.warn(f"jaxhlm could not apply its JAX settings ({callback!r}): {err}",
+                              RuntimeWarning, stacklevel=2)
         _READY.set()
 
 
@@ -131,7 +149,7 @@ class _ThenCallbacks(importlib.abc.Loader):
             if spec is not None:
                 spec.loader = self.loader
             module.__loader__ = self.loader
-        _run_callbacks()
+        _run_callbacks(imported=True)
 
 
 class _AfterJax(importlib.abc.MetaPathFinder):
@@ -154,9 +172,9 @@ class _AfterJax(importlib.abc.MetaPathFinder):
 
 def install_hook() -> None:
     """Arrange for :func:`after_import`'s callbacks to run when ``jax`` is imported."""
-    if "jax" in sys.modules:
+    if "jax" in sys.modules:   # imported, or being imported by another thread (then it runs them)
         _run_callbacks()
-    elif not any(isinstance(f, _AfterJax) for f in sys.meta_path):
+    if not _READY.is_set() and not any(isinstance(f, _AfterJax) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterJax())
 
 

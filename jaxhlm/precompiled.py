@@ -29,7 +29,7 @@ loaded program needs are in :mod:`jaxhlm.store`.
 
 The store is bounded: after each write, the least recently used files (programs, and the
 buckets :mod:`jaxhlm.bucket_choice` records; a load marks a file used) go until the
-store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default :data:`DEFAULT_MAX_MB`;
+store holds at most ``JAXHLM_CACHE_MAX_MB`` megabytes (default :data:`jaxhlm.store.DEFAULT_MAX_MB`;
 the newest file stays).  JAX's own cache gets the same bound
 (``jax_compilation_cache_max_size``, :mod:`jaxhlm._config`), which it enforces alike.
 
@@ -270,7 +270,7 @@ class Precompiled:
         return self.level(dynamic) if jax.default_backend() == "cpu" else None
 
     def __call__(self, *args):
-        if self.without_jax and not lazy_jax.loaded():
+        if self.without_jax and not self.depends and not lazy_jax.loaded():
             static, dynamic = self._split(args)
             out = stored_run.call(self.name, static, dynamic, self._level(dynamic))
             if out is not None:
@@ -350,7 +350,7 @@ class Precompiled:
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as fh:
                 fh.write(blob)
             os.replace(fh.name, path)
-            if self.without_jax:
+            if self.without_jax and not self.depends:
                 static, dynamic = self._split(args)
                 stored_run.save(directory / f"{self.name}-{stored_run.key(self.name, static, dynamic, key[3])}"
                                             f"{stored_run.SUFFIX}", compiled, dynamic)

@@ -44,6 +44,8 @@ import importlib.util
 import os
 import pickle
 import re
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +91,25 @@ def rebuild(skel, leaves):
 
 @functools.cache
 def jax_version() -> str:
-    """JAX's version from its ``version.py``, without importing it."""
-    spec = importlib.util.find_spec("jax")
-    text = Path(spec.origin).with_name("version.py").read_text()
-    return re.search(r'^_version(?:: str)? = "([^"]+)"', text, re.M).group(1)
+    """JAX's version, without importing it: from its ``version.py``, else its package's
+    metadata, else ``"unknown"``."""
+    try:
+        spec = importlib.util.find_spec("jax")
+        text = Path(spec.origin).with_name("version.py").read_text()
+        return re.search(r'^_version(?:: str)? = [\'"]([^\'"]+)[\'"]', text, re.M).group(1)
+    except Exception:  # noqa: BLE001 - another layout
+        try:
+            from importlib import metadata
+
+            return metadata.version("jax")
+        except Exception:  # noqa: BLE001
+            return "unknown"
+
+
+def _settings() -> list:
+    """The environment's JAX and XLA settings (``JAX_*``, ``XLA_*``, ``TF_*``): JAX reads
+    them at its import, and some change a compiled program."""
+    return sorted((k, v) for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_", "TF_")))
 
 
 def key(name: str, static, dynamic, level) -> str:
@@ -102,14 +119,16 @@ def key(name: str, static, dynamic, level) -> str:
              for x in leaves]
     import jaxlib
 
-    text = repr((name, store.source_hash(), jax_version(), jaxlib.__version__,
-                 os.environ.get("XLA_FLAGS", ""), static, str(tree), specs, level))
+    text = repr((name, store.source_hash(), jax_version(), jaxlib.__version__, _settings(),
+                 static, str(tree), specs, level))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _one_cpu() -> bool:
     """Whether JAX, once imported, would run on one CPU device (module docstring)."""
     if os.environ.get("JAX_PLATFORMS", "cpu") not in ("", "cpu"):
+        return False
+    if os.environ.get("JAX_NUM_CPU_DEVICES", "1").strip() not in ("", "1", "-1"):
         return False
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
         return False
@@ -135,14 +154,22 @@ def jax_free() -> bool:
     return not lazy_jax.loaded() and directory() is not None
 
 
-def key_data(seed: int) -> np.ndarray:
-    """``jax.random.key_data(jax.random.key(seed))`` for JAX's default generator (threefry
-    2x32: the seed's high and low 32 bits), without importing ``jax``."""
-    seed = int(seed)
-    if not -(1 << 63) <= seed < (1 << 63):
-        raise OverflowError(f"seed {seed} does not fit in 64 bits")
-    seed &= (1 << 64) - 1
-    return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
+def key_data(seed) -> np.ndarray | None:
+    """``jax.random.key_data(jax.random.key(seed))`` for JAX's default generator, threefry
+    2x32 (the seed's high and low 32 bits; the high ones 0 for a type of 32 bits or fewer),
+    without importing ``jax``; None where JAX must say (another generator chosen by
+    ``JAX_DEFAULT_PRNG_IMPL``, a seed that is not an integer scalar, a Python integer outside
+    int64)."""
+    if os.environ.get("JAX_DEFAULT_PRNG_IMPL", "threefry2x32") != "threefry2x32":
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+        return None
+    bits = np.dtype(type(seed)).itemsize * 8 if isinstance(seed, np.integer) else 64
+    value = int(seed)
+    if not isinstance(seed, np.integer) and not -(1 << 63) <= value < (1 << 63):
+        return None
+    value &= (1 << 64) - 1
+    return np.array([value >> 32 if bits > 32 else 0, value & 0xFFFFFFFF], dtype=np.uint32)
 
 
 def save(path: Path, compiled, dynamic) -> None:
@@ -150,6 +177,8 @@ def save(path: Path, compiled, dynamic) -> None:
     program does not fit this module (an output node it cannot rebuild, no record of
     the arguments it keeps)."""
     jax = lazy_jax.jax
+    if not jax.config.jax_enable_x64:   # a process without jax runs with jaxhlm's float64
+        return
     try:
         executable = compiled._executable
         kept = sorted(executable._kept_var_idx)
@@ -165,10 +194,10 @@ def save(path: Path, compiled, dynamic) -> None:
                              "outputs": outputs, "skeleton": skel})
     except Exception:  # noqa: BLE001 - this program runs through JAX only
         return
-    tmp = path.with_name(path.name + ".tmp")
     with contextlib.suppress(OSError):
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+            fh.write(blob)
+        os.replace(fh.name, path)
 
 
 class _Aval:
@@ -193,10 +222,20 @@ class _DLPack:
         return (1, 0)   # kDLCPU, device 0
 
 
-@functools.cache
+_LOCK = threading.Lock()   # one client per process, and each file deserialized on it once
+_RUNTIME: list = []
+
+
 def _runtime():
     """(client, device, sharding) of a CPU client of this process, with the LAPACK kernels
     that compiled programs call registered and loaded (as JAX does when it lowers them)."""
+    with _LOCK:
+        if not _RUNTIME:
+            _RUNTIME.append(_start())
+    return _RUNTIME[0]
+
+
+def _start():
     from jaxlib import _jax, lapack
     from jaxlib import xla_client as xc
 
@@ -220,31 +259,36 @@ def _runtime():
 _LOADED: dict = {}
 
 
-def _load(path: Path):
-    if path not in _LOADED:
-        from jaxlib import xla_client as xc
+def _load(path: Path, client, device):
+    """The stored file at ``path`` with its executable deserialized on ``client``."""
+    with _LOCK:
+        if path not in _LOADED:
+            from jaxlib import xla_client as xc
 
-        with open(path, "rb") as fh:
-            stored = pickle.load(fh)
-        client, device, _ = _runtime()
-        stored["executable"] = client.deserialize_executable(stored["executable"], xc.DeviceList((device,)))
-        with contextlib.suppress(OSError):
-            os.utime(path)   # recently used: the last to be evicted
-        _LOADED[path] = stored
-    return _LOADED[path]
+            with open(path, "rb") as fh:
+                stored = pickle.load(fh)
+            stored["executable"] = client.deserialize_executable(stored["executable"], xc.DeviceList((device,)))
+            with contextlib.suppress(OSError):
+                os.utime(path)   # recently used: the last to be evicted
+            _LOADED[path] = stored
+        return _LOADED[path]
 
 
 def call(name: str, static, dynamic, level):
     """The outputs of the stored program ``name`` on ``dynamic`` as NumPy arrays in their
     tree, or None where it cannot run without ``jax`` (module docstring)."""
-    base = directory()
-    if base is None or lazy_jax.loaded():
-        return None
-    path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
-    if not path.exists():
+    try:
+        base = directory()
+        if base is None or lazy_jax.loaded():
+            return None
+        path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
+        if not path.exists():
+            return None
+        client, device, sharding = _runtime()
+    except Exception:  # noqa: BLE001 - no key, no store, no client: the JAX path
         return None
     try:
-        stored = _load(path)
+        stored = _load(path, client, device)
     except Exception:  # noqa: BLE001 - unreadable, or written by another jaxlib: the JAX path
         with contextlib.suppress(OSError):
             path.unlink()
@@ -252,7 +296,6 @@ def call(name: str, static, dynamic, level):
     try:
         from jaxlib import _jax
 
-        _, device, sharding = _runtime()
         leaves = lazy_jax.tree_flatten(dynamic)[0]
         inputs = []
         for i, (shape, dtype) in zip(stored["kept"], stored["inputs"]):

@@ -140,12 +140,61 @@ def test_a_second_process_bootstraps_without_jax_bit_for_bit(tmp_path):
     assert second["boot"] == first["boot"] and second["many"] == first["many"]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 12345, 2**40 + 5, -1, -(2**63)])
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**40 + 5, -1, -(2**63), np.int32(-1), np.int64(-7),
+                                  np.uint32(2**32 - 1), np.uint64(2**63), np.int16(-3)])
 def test_key_data_is_jax_random_key(seed):
     import jax
 
     want = np.asarray(jax.random.key_data(jax.random.key(seed)))
-    assert np.array_equal(stored_run.key_data(seed), want) and stored_run.key_data(seed).dtype == want.dtype
+    got = stored_run.key_data(seed)
+    assert np.array_equal(got, want) and got.dtype == want.dtype
+
+
+@pytest.mark.parametrize("seed", [1.0, True, np.float64(2.0), 2**64, np.array([1, 2])])
+def test_key_data_leaves_other_seeds_to_jax(seed):
+    assert stored_run.key_data(seed) is None
+
+
+def test_key_data_leaves_another_generator_to_jax(monkeypatch):
+    monkeypatch.setenv("JAX_DEFAULT_PRNG_IMPL", "rbg")
+    assert stored_run.key_data(1) is None
+
+
+RACE = """
+import sys, threading, time
+import jaxhlm
+from jaxhlm import lazy_jax
+t = threading.Thread(target=lambda: __import__("jax"))   # through jaxhlm's import hook
+t.start()
+while not hasattr(sys.modules.get("jax"), "config"):   # jax's import has begun, not ended
+    time.sleep(0.0005)
+lazy_jax.after_import(lambda: None)
+t.join()
+import jax
+import jax.numpy as jnp
+print(jnp.ones(1).dtype)
+"""
+
+FAILING = """
+import warnings
+import jaxhlm
+from jaxhlm import lazy_jax
+lazy_jax.after_import(lambda: 1 / 0)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import jax
+import jax.numpy as jnp
+print(jnp.ones(1).dtype, any("could not apply" in str(w.message) for w in caught))
+"""
+
+
+@pytest.mark.parametrize("script, want", [(RACE, "float64"), (FAILING, "float64 True")])
+def test_jax_imported_in_another_thread_or_a_failing_setting_never_hangs_or_breaks_the_import(
+        tmp_path, script, want):
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == want
 
 
 GLMM_FIT = """
