@@ -307,6 +307,14 @@ class Precompiled:
         program.__name__ = program.__qualname__ = f"{self.name}_{file_key[:16]}"
         return self._jit(program, level)
 
+    def _without_jax_path(self, directory: Path, key, args) -> Path | None:
+        """The file :mod:`jaxhlm.stored_run` keeps this program in, or None where it runs
+        through JAX only."""
+        if not self.without_jax or self.depends:
+            return None
+        static, dynamic = self._split(args)
+        return directory / f"{self.name}-{stored_run.key(self.name, static, dynamic, key[3])}{stored_run.SUFFIX}"
+
     def _load_or_compile(self, key, args):
         from jax.experimental import serialize_executable
 
@@ -320,8 +328,10 @@ class Precompiled:
                 stored = pickle.load(fh)
             prepare_custom_calls()
             loaded = serialize_executable.deserialize_and_load(*stored)
-            with contextlib.suppress(OSError):
-                os.utime(path)   # recently used: the last to be evicted
+            for used in (path, self._without_jax_path(directory, key, args)):
+                if used is not None:   # recently used, with its stored_run file: the last to be evicted
+                    with contextlib.suppress(OSError):
+                        os.utime(used)
             return loaded
         except FileNotFoundError:
             pass
@@ -350,10 +360,9 @@ class Precompiled:
             with tempfile.NamedTemporaryFile(dir=directory, delete=False) as fh:
                 fh.write(blob)
             os.replace(fh.name, path)
-            if self.without_jax and not self.depends:
-                static, dynamic = self._split(args)
-                stored_run.save(directory / f"{self.name}-{stored_run.key(self.name, static, dynamic, key[3])}"
-                                            f"{stored_run.SUFFIX}", compiled, dynamic)
+            xla = self._without_jax_path(directory, key, args)
+            if xla is not None:   # a file evicted alone is written again only here: one loaded
+                stored_run.save(xla, compiled, self._split(args)[1])   # from a store has no machine code
             _evict(directory, path)
         except Exception:  # a read-only cache directory, or a program that does not serialize
             pass

@@ -173,7 +173,10 @@ def key_data(seed) -> np.ndarray | None:
 
 
 def save(path: Path, compiled, dynamic) -> None:
-    """Write the ``.xla`` file of a program JAX compiled in this process; nothing where the
+    """Write the ``.xla`` file of a program JAX compiled in this process (one loaded from a
+    store serializes without its machine code: 343 KB instead of 498 KB for sleepstudy's fit,
+    and does not run here, so a file evicted alone is written again only by the next
+    compilation of its program); nothing where the
     program does not fit this module (an output node it cannot rebuild, no record of
     the arguments it keeps)."""
     jax = lazy_jax.jax
