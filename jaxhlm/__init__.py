@@ -15,14 +15,29 @@ from .bayes import priors
 from .bayes.priors import Priors
 from .errors import DataError, FormulaError, JaxhlmError
 from .fitting import Options
-from .glmm import GLMM, GLMMResult
-from .gls import GLS
 from .model import LMM
 from .optimize import Status
 from .residual import AR1, CompoundSymmetry, VarIdent, VarPower
 from .results import LMMResult
 
 __version__ = "0.1.0"
+
+_LAZY = {"GLMM": ".glmm", "GLMMResult": ".glmm", "GLS": ".gls"}
+"""Names whose modules load on first use (GLMMs, GLS): an LMM's process need not import them."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxhlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def anova(reduced, full):

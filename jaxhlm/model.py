@@ -14,7 +14,6 @@ from . import blocks as _blocks
 from . import frame as _frame
 from . import bucket_choice, padding
 from .batch import fit_many
-from .bayes import posterior as _posterior
 from .bayes import priors as _priors
 from .families import GAUSSIAN
 from .errors import JaxhlmError
@@ -157,6 +156,8 @@ class LMM:
     def sample(self, priors=None, *, num_warmup: int = 1000, num_samples: int = 1000,
                num_chains: int = 4, seed: int = 0, chain_method: str = "vectorized", **nuts):
         """Posterior draws by NumPyro NUTS on the marginal likelihood (see :func:`jaxhlm.bayes.posterior.sample`)."""
+        from .bayes import posterior as _posterior
+
         return _posterior.sample(self, priors, num_warmup=num_warmup, num_samples=num_samples,
                       num_chains=num_chains, seed=seed, chain_method=chain_method, **nuts)
 
