@@ -24,7 +24,8 @@ for reml in (True, False):
                       "sigma": res.sigma, "status": res.status, "gradient": list(res.gradient),
                       "vcov": res.vcov.to_numpy().ravel().tolist(),
                       "ranef": res.ranef.select_dtypes("number").to_numpy().ravel().tolist(),
-                      "summary": str(res.summary())}   # Satterthwaite's program stored too
+                      "summary": str(res.summary()),   # Satterthwaite's program stored too
+                      "kr": res.coef_table("kenward-roger").to_numpy().tolist() if reml else None}
 out["jax_imported"] = "jax" in sys.modules
 out["traces"] = jaxhlm.fitting.trace_count()
 if len(sys.argv) > 1:   # then JAX itself, in the same process: other programs through JAX
@@ -47,7 +48,7 @@ def _run(cache, *args, env=None):
 def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path):
     first = _run(tmp_path)
     assert first["jax_imported"] and first["traces"] == 2
-    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 4   # fits, tests
+    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 5   # fits, tests
     second = _run(tmp_path)
     assert not second["jax_imported"] and second["traces"] == 0
     assert second == {**first, "jax_imported": False, "traces": 0}   # bit for bit
@@ -120,9 +121,10 @@ df = jaxhlm.datasets.load("sleepstudy")
 res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", df).fit()
 boot = res.bootstrap(150, seed=3)   # two chunks of 128 (the last one padded)
 many = res._model.fit_many(res.simulate(20, seed=4))
+tables = [many.coef_table(ddf).to_numpy().tolist() for ddf in ("satterthwaite", "kenward-roger")]
 print(json.dumps({"jax_imported": "jax" in sys.modules,
                   "boot": [boot.objective.tolist(), boot.theta.tolist(), boot.status.tolist()],
-                  "many": [many.objective.tolist(), many.fixef.tolist(), many.sigma.tolist()]}))
+                  "many": [many.objective.tolist(), many.fixef.tolist(), many.sigma.tolist()], "tables": tables}))
 """
 
 
@@ -138,6 +140,7 @@ def test_a_second_process_bootstraps_without_jax_bit_for_bit(tmp_path):
     first, second = run(), run()
     assert first["jax_imported"] and not second["jax_imported"]
     assert second["boot"] == first["boot"] and second["many"] == first["many"]
+    assert second["tables"] == first["tables"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 12345, 2**40 + 5, -1, -(2**63), np.int32(-1), np.int64(-7),

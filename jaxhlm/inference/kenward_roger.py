@@ -113,7 +113,8 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
     return Phi, 0.5 * (PhiA + PhiA.T), P, W
 
 
-_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger", cpu_options=OLDER_EMITTERS, level=by_size)
+_ADJUSTED = Precompiled(adjusted, (2,), "kenward_roger", cpu_options=OLDER_EMITTERS, level=by_size,
+                        without_jax=True)
 
 
 def linear_parameters(sigma: float, lams, st: Structure) -> np.ndarray:
@@ -134,7 +135,8 @@ def adjusted_many(gamma, blocks: Blocks, st: Structure, axes: tuple):
     return jax.vmap(lambda g, b: adjusted(g, b, st), in_axes=(0, Blocks(*axes)))(gamma, blocks)
 
 
-_ADJUSTED_MANY = Precompiled(adjusted_many, (2, 3), "kenward_roger_many", cpu_options=OLDER_EMITTERS)
+_ADJUSTED_MANY = Precompiled(adjusted_many, (2, 3), "kenward_roger_many", cpu_options=OLDER_EMITTERS,
+                             without_jax=True)
 
 
 def _check(result_reml: bool, st: Structure) -> None:

@@ -130,7 +130,8 @@ def parts_many(phi, blocks: Blocks, st: Structure, axes: tuple, reml: bool):
     return jax.vmap(lambda ph, b: parts(ph, b, st, reml), in_axes=(0, Blocks(*axes)))(phi, blocks)
 
 
-_PARTS_MANY = Precompiled(parts_many, (2, 3, 4), "satterthwaite_many", cpu_options=OLDER_EMITTERS)
+_PARTS_MANY = Precompiled(parts_many, (2, 3, 4), "satterthwaite_many", cpu_options=OLDER_EMITTERS,
+                          without_jax=True)
 
 
 class Satterthwaite:
