@@ -4,8 +4,9 @@ A process that fits one model whose program is stored (:mod:`jaxhlm.precompiled`
 most of its time importing: ``jax`` alone took 0.25-0.35 s of a 0.6 s sleepstudy process on
 a 2-core CPU, and running the stored fit needs none of it.  jaxlib's compiled extension
 can load an XLA executable and run it by itself.  So beside each stored program that may
-run this way (``Precompiled(..., without_jax=True)``: a single LMM fit) the store keeps a
-second file, ``<name>-<key>.xla``, written when the program is compiled:
+run this way (``Precompiled(..., without_jax=True)``: an LMM's single fit, its Satterthwaite
+and Kenward-Roger programs, its batches' chunk and simulator, a GLMM's single fit) the
+store keeps a second file, ``<name>-<key>.xla``, written when the program is compiled:
 
 - the executable as XLA serializes it;
 - which of the flattened dynamic arguments it takes (``jax.jit`` drops the unused ones),
