@@ -220,3 +220,35 @@ def test_a_second_process_fits_a_glmm_without_jax_bit_for_bit(tmp_path):
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert first["jax_imported"] and not second["jax_imported"]
     assert {**second, "jax_imported": True} == first
+
+
+REFERENCES = """
+import json, sys
+from pathlib import Path
+import jaxhlm
+out = {}
+for path in sorted(Path(sys.argv[1]).glob("*.json")):
+    ref = json.loads(path.read_text())
+    if ref["name"] == "insteval_ml":
+        continue
+    res = jaxhlm.LMM(ref["formula"], jaxhlm.datasets.load(ref["dataset"])).fit(reml=ref["reml"])
+    out[ref["name"]] = [res.objective, res.theta.tolist(), res.fixef.tolist(), res.vcov.to_numpy().tolist(),
+                        res.ranef.select_dtypes("number").to_numpy().ravel().tolist()]
+out["jax_imported"] = "jax" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
+    """lme4's reference designs (crossed, nested, uncorrelated, a singular fit): fitted
+    through JAX, then in a second process through jaxlib alone, the same numbers."""
+    from pathlib import Path
+
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    refs = str(Path(__file__).parent / "reference")
+    runs = [subprocess.run([sys.executable, "-c", REFERENCES, refs], capture_output=True, text=True,
+                           timeout=600, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr[-3000:]
+    first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    assert first.pop("jax_imported") and not second.pop("jax_imported")
+    assert len(first) >= 10 and second == first
