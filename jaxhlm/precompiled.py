@@ -21,7 +21,7 @@ JAX's own cache does.  Anything that goes wrong with a stored file (unreadable,
 written by another version) means a normal compilation, never an error.
 
 A program made with ``without_jax=True`` (an LMM's single fit, its Satterthwaite and
-Kenward-Roger tests, the batched fit, the simulator; a GLMM's single fit) is also stored as the bare XLA executable, which
+Kenward-Roger tests and its profile, the batched fit, the simulator; a GLMM's single fit) is also stored as the bare XLA executable, which
 :mod:`jaxhlm.stored_run` runs in a process that has not imported ``jax``; such a call
 tries that first, and compiles (importing ``jax``) only when it finds nothing.  What keys a
 program besides its arguments (jaxhlm's source, the pinned jaxlib) and the LAPACK kernels a

@@ -4,8 +4,8 @@ A process that fits one model whose program is stored (:mod:`jaxhlm.precompiled`
 most of its time importing: ``jax`` alone took 0.25-0.35 s of a 0.6 s sleepstudy process on
 a 2-core CPU, and running the stored fit needs none of it.  jaxlib's compiled extension
 can load an XLA executable and run it by itself.  So beside each stored program that may
-run this way (``Precompiled(..., without_jax=True)``: an LMM's single fit, its Satterthwaite
-and Kenward-Roger programs, its batches' chunk and simulator, a GLMM's single fit) the
+run this way (``Precompiled(..., without_jax=True)``: an LMM's single fit, its Satterthwaite,
+Kenward-Roger and profile programs, its batches' chunk and simulator, a GLMM's single fit) the
 store keeps a second file, ``<name>-<key>.xla``, written when the program is compiled:
 
 - the executable as XLA serializes it;
@@ -278,6 +278,21 @@ def _load(path: Path, client, device):
         return _LOADED[path]
 
 
+_PATHS: dict = {}
+
+
+def _path(base: Path, name: str, static, dynamic, level) -> Path | None:
+    """The stored file of a call, or None: remembered per call signature, as a process
+    without ``jax`` writes no file (a profile calls its programs hundreds of times)."""
+    leaves, tree = lazy_jax.tree_flatten(dynamic)
+    signature = (name, static, str(tree), tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
+                                               for x in leaves), level)
+    if signature not in _PATHS:
+        path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
+        _PATHS[signature] = path if path.exists() else None
+    return _PATHS[signature]
+
+
 def call(name: str, static, dynamic, level):
     """The outputs of the stored program ``name`` on ``dynamic`` as NumPy arrays in their
     tree, or None where it cannot run without ``jax`` (module docstring)."""
@@ -285,8 +300,8 @@ def call(name: str, static, dynamic, level):
         base = directory()
         if base is None or lazy_jax.loaded():
             return None
-        path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
-        if not path.exists():
+        path = _path(base, name, static, dynamic, level)
+        if path is None:
             return None
         client, device, sharding = _runtime()
     except Exception:  # noqa: BLE001 - no key, no store, no client: the JAX path

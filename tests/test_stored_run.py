@@ -25,7 +25,8 @@ for reml in (True, False):
                       "vcov": res.vcov.to_numpy().ravel().tolist(),
                       "ranef": res.ranef.select_dtypes("number").to_numpy().ravel().tolist(),
                       "summary": str(res.summary()),   # Satterthwaite's program stored too
-                      "kr": res.coef_table("kenward-roger").to_numpy().tolist() if reml else None}
+                      "kr": res.coef_table("kenward-roger").to_numpy().tolist() if reml else None,
+                      "profile": res.confint(method="profile").to_numpy().tolist() if reml else None}
 out["jax_imported"] = "jax" in sys.modules
 out["traces"] = jaxhlm.fitting.trace_count()
 if len(sys.argv) > 1:   # then JAX itself, in the same process: other programs through JAX
@@ -48,7 +49,7 @@ def _run(cache, *args, env=None):
 def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path):
     first = _run(tmp_path)
     assert first["jax_imported"] and first["traces"] == 2
-    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 5   # fits, tests
+    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 7   # fits, tests, profile
     second = _run(tmp_path)
     assert not second["jax_imported"] and second["traces"] == 0
     assert second == {**first, "jax_imported": False, "traces": 0}   # bit for bit

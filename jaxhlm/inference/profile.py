@@ -112,8 +112,9 @@ def fixed_deviance(theta, blocks, st: Structure, keep, j, f):
 
 
 _VARIANCE = Precompiled(value_and_grad(variance_deviance), (2,), "profile_variance",
-                        cpu_options=OLDER_EMITTERS)
-_FIXED = Precompiled(value_and_grad(fixed_deviance), (2,), "profile_fixed", cpu_options=OLDER_EMITTERS)
+                        cpu_options=OLDER_EMITTERS, without_jax=True)
+_FIXED = Precompiled(value_and_grad(fixed_deviance), (2,), "profile_fixed", cpu_options=OLDER_EMITTERS,
+                     without_jax=True)
 
 
 # ---------------------------------------------------------------- the profiler
