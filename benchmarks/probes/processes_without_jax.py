@@ -31,6 +31,11 @@ text = res.summary()
 res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy")).fit()
 boot = res.bootstrap(1000, seed=1)
 """,
+    "sleepstudy fit + KR table + profile": """
+res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy")).fit()
+table = res.coef_table("kenward-roger")
+ci = res.confint(method="profile")
+""",
     "cbpp GLMM fit + summary()": """
 res = jaxhlm.GLMM("cbind(incidence, size - incidence) ~ period + (1 | herd)", jaxhlm.datasets.load("cbpp"),
                   family="binomial").fit()
