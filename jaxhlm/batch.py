@@ -43,7 +43,7 @@ import pandas as pd
 from . import tables
 from .blocks import Blocks, response_axes, response_products, with_products, with_responses
 from .fitting import Options, fit_blocks, storable
-from . import bucket_choice, lazy_jax, padding, stored_run
+from . import bucket_choice, lazy_jax, stored_run
 from .padding import ladder
 from .precompiled import OLDER_EMITTERS, Precompiled, level_one
 from .residual import whiten as _whiten

@@ -263,15 +263,20 @@ def _start():
 _LOADED: dict = {}
 
 
-def _load(path: Path, client, device):
-    """The stored file at ``path`` with its executable deserialized on ``client``."""
+def _load(path: Path, client, device, sharding):
+    """The stored file at ``path`` with its executable deserialized on ``client``, and what
+    every call reuses: the inputs' abstract values and the outputs' handlers."""
     with _LOCK:
         if path not in _LOADED:
+            from jaxlib import _jax
             from jaxlib import xla_client as xc
 
             with open(path, "rb") as fh:
                 stored = pickle.load(fh)
             stored["executable"] = client.deserialize_executable(stored["executable"], xc.DeviceList((device,)))
+            stored["avals"] = [_Aval(shape, dtype) for shape, dtype in stored["inputs"]]
+            stored["handlers"] = [_jax.array_result_handler(_Aval(shape, dtype), sharding, True, _skip_checks=True)
+                                  for shape, dtype in stored["outputs"]]
             with contextlib.suppress(OSError):
                 os.utime(path)   # recently used: the last to be evicted
             _LOADED[path] = stored
@@ -281,12 +286,11 @@ def _load(path: Path, client, device):
 _PATHS: dict = {}
 
 
-def _path(base: Path, name: str, static, dynamic, level) -> Path | None:
+def _path(base: Path, name: str, static, dynamic, leaves, tree, level) -> Path | None:
     """The stored file of a call, or None: remembered per call signature, as a process
     without ``jax`` writes no file (a profile calls its programs hundreds of times)."""
-    leaves, tree = lazy_jax.tree_flatten(dynamic)
-    signature = (name, static, str(tree), tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
-                                               for x in leaves), level)
+    signature = (name, static, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
+                                           for x in leaves), level)
     if signature not in _PATHS:
         path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
         _PATHS[signature] = path if path.exists() else None
@@ -300,14 +304,15 @@ def call(name: str, static, dynamic, level):
         base = directory()
         if base is None or lazy_jax.loaded():
             return None
-        path = _path(base, name, static, dynamic, level)
+        leaves, tree = lazy_jax.tree_flatten(dynamic)
+        path = _path(base, name, static, dynamic, leaves, tree, level)
         if path is None:
             return None
         client, device, sharding = _runtime()
     except Exception:  # noqa: BLE001 - no key, no store, no client: the JAX path
         return None
     try:
-        stored = _load(path, client, device)
+        stored = _load(path, client, device, sharding)
     except Exception:  # noqa: BLE001 - unreadable, or written by another jaxlib: the JAX path
         with contextlib.suppress(OSError):
             path.unlink()
@@ -315,18 +320,14 @@ def call(name: str, static, dynamic, level):
     try:
         from jaxlib import _jax
 
-        leaves = lazy_jax.tree_flatten(dynamic)[0]
         inputs = []
-        for i, (shape, dtype) in zip(stored["kept"], stored["inputs"]):
-            x = np.asarray(leaves[i], dtype=dtype, order="C")
-            if x.shape != shape:
+        for i, aval in zip(stored["kept"], stored["avals"]):
+            x = np.asarray(leaves[i], dtype=aval.dtype, order="C")
+            if x.shape != aval.shape:
                 return None
-            inputs.append(_jax.batched_device_put(_Aval(shape, dtype), sharding, [x], [device],
-                                                  True, False, enable_x64=True))
+            inputs.append(_jax.batched_device_put(aval, sharding, [x], [device], True, False, enable_x64=True))
         results = stored["executable"].execute_sharded(inputs)
-        handlers = [_jax.array_result_handler(_Aval(shape, dtype), sharding, True, _skip_checks=True)
-                    for shape, dtype in stored["outputs"]]
-        arrays = [np.array(np.from_dlpack(_DLPack(a))) for a in results.consume_with_handlers(handlers)]
+        arrays = [np.array(np.from_dlpack(_DLPack(a))) for a in results.consume_with_handlers(stored["handlers"])]
         return rebuild(stored["skeleton"], iter(arrays))
     except Exception:  # noqa: BLE001 - the JAX path instead
         return None

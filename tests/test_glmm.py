@@ -21,7 +21,6 @@ from scipy import optimize, special
 
 import jaxhlm
 from jaxhlm import pirls
-from jaxhlm.errors import DataError
 from jaxhlm.glmm import GLMM
 
 REF = Path(__file__).parent / "reference" / "glmm"

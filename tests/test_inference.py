@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import jaxhlm
-from jaxhlm.inference import deviance, satterthwaite_df, varpar, vcov_beta
+from jaxhlm.inference import deviance, varpar, vcov_beta
 
 REF = Path(__file__).parent / "reference" / "inference"
 CASES = ["sleepstudy_inference", "oats", "machines", "exam", "penicillin"]
