@@ -19,13 +19,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from side_by_side import run_json
 
 FORMULA = "y ~ x + (x | subj) + (1 | item)"
 
@@ -64,10 +64,7 @@ def _run(cmd, cache=None) -> dict:
     env = dict(os.environ)
     if cache is not None:
         env["JAXHLM_COMPILATION_CACHE"] = cache
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json(cmd, env, timeout=1200)
 
 
 def main(argv=None) -> None:

@@ -1,4 +1,4 @@
-"""What the side-by-side benchmarks (``inference.py``, ``glmm.py``) share: a fresh process
+"""What the side-by-side benchmarks (``inference.py``, ``glmm.py``, ``crossed.py``, the probes) share: a fresh process
 whose last line of output is JSON, the ``--reps`` and ``--out`` arguments."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import subprocess
 from pathlib import Path
 
 
-def run_json(cmd, env=None) -> dict:
-    """Run ``cmd`` in a fresh process; its last line of standard output, parsed as JSON."""
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+def run_json(cmd, env=None, timeout=None) -> dict:
+    """Run ``cmd`` in a fresh process; its last line of standard output, parsed as JSON
+    (a RuntimeError with the end of its standard error where it fails)."""
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -236,7 +236,7 @@ def _shard(many: Blocks, axes: Blocks, devices) -> Blocks:
     """Place the batch axis across all devices (a one-axis Mesh, NamedSharding); the
     design's shared arrays are replicated.  One device: a plain transfer (none without
     ``jax``: :func:`_devices`)."""
-    if devices is None or stored_run.jax_free():
+    if devices is None:
         return many
     if len(devices) == 1:
         return jax.device_put(many)

@@ -113,15 +113,18 @@ def _settings() -> list:
     return sorted((k, v) for k, v in os.environ.items() if k.startswith(("JAX_", "XLA_", "TF_")))
 
 
+def _specs(leaves) -> list:
+    """Each argument's shape and dtype (a Python scalar's as NumPy reads it)."""
+    return [(np.shape(x), str(x.dtype) if hasattr(x, "dtype") else str(np.asarray(x).dtype)) for x in leaves]
+
+
 def key(name: str, static, dynamic, level) -> str:
     """The stored file's key (module docstring), the same with ``jax`` imported or not."""
     leaves, tree = lazy_jax.tree_flatten(dynamic)
-    specs = [(np.shape(x), str(np.asarray(x).dtype) if not hasattr(x, "dtype") else str(x.dtype))
-             for x in leaves]
     import jaxlib
 
     text = repr((name, store.source_hash(), jax_version(), jaxlib.__version__, _settings(),
-                 static, str(tree), specs, level))
+                 static, str(tree), _specs(leaves), level))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -289,8 +292,7 @@ _PATHS: dict = {}
 def _path(base: Path, name: str, static, dynamic, leaves, tree, level) -> Path | None:
     """The stored file of a call, or None: remembered per call signature, as a process
     without ``jax`` writes no file (a profile calls its programs hundreds of times)."""
-    signature = (name, static, tree, tuple((np.shape(x), str(getattr(x, "dtype", type(x))))
-                                           for x in leaves), level)
+    signature = (name, static, tree, tuple(_specs(leaves)), level)
     if signature not in _PATHS:
         path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
         _PATHS[signature] = path if path.exists() else None

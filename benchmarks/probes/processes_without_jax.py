@@ -12,12 +12,14 @@ on ``PYTHONPATH``), e.g. a ``git worktree`` of an older commit, for a before/aft
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from side_by_side import run_json  # noqa: E402
 
 CASES = {
     "sleepstudy fit": """
@@ -51,11 +53,7 @@ def run(code: str, cache: str, path: str | None) -> dict:
     env = dict(os.environ, JAXHLM_COMPILATION_CACHE=cache)
     if path:
         env["PYTHONPATH"] = path + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", HEAD + code + TAIL], capture_output=True, text=True,
-                         env=env, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([sys.executable, "-c", HEAD + code + TAIL], env, timeout=600)
 
 
 def main(argv=None) -> None:
