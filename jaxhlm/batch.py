@@ -66,7 +66,7 @@ def _fit_chunk_program(blocks, theta0, max_iter, hessian0, st, reml, options, ax
                     in_axes=(type(blocks)(*axes), 0))(blocks, theta0)
 
 
-_STATIC_CHUNK = (4, 5, 6, 7)
+_STATIC_CHUNK = (4, 6, 7)   # reml is an argument: REML and ML batches share a program
 _FIT_CHUNK = Precompiled(_fit_chunk_program, _STATIC_CHUNK, "fit_chunk", cpu_options=OLDER_EMITTERS,
                          level=level_one, without_jax=True)
 
@@ -313,7 +313,7 @@ def _run_chunks(take, B, st, starts, reml, options, max_iter, size, progress, he
     def dispatch(index):
         many, axes = take(index)
         return _fit_chunk(_shard(many, axes, devices), np.asarray(starts[index]),
-                          np.int64(max_iter), hessian0, st, bool(reml), options, tuple(axes))
+                          np.int64(max_iter), hessian0, st, np.bool_(reml), options, tuple(axes))
 
     return run_chunks(dispatch, _fetch, B, size, progress)
 

@@ -92,7 +92,8 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     blme's ``blmer``; :mod:`jaxhlm.bayes.priors`).  ``family``: the response's
     (:mod:`jaxhlm.families`).
     Arguments are normalised before the jitted call (jit keys its cache on how they are
-    passed, so ``reml=True`` and a positional ``True`` would otherwise compile twice).
+    passed).  ``reml`` is an argument of the program, not part of its key: a REML fit and
+    an ML fit of one model share a compiled program.
     Without a penalty, the compiled program is also kept on disk
     (:mod:`jaxhlm.precompiled`), so a new process need not trace it again.
     ``max_iter``: the iteration limit as an array (a batch's passes share one program),
@@ -103,8 +104,8 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     batch needs them.
     """
     start = st.theta_start() if theta0 is None else theta0
-    args = (blocks, st, bool(reml), options)
-    if is_traced((blocks, start)):
+    args = (blocks, st, reml if is_traced(reml) else np.bool_(reml), options)
+    if is_traced((blocks, start, reml)):
         # inside vmap or another transformation: traced into the caller's program
         return _fit_program(*args, jnp.asarray(start, dtype=jnp.float64), penalty, family, max_iter,
                             hessian0, modes)
@@ -121,7 +122,7 @@ def storable(st: Structure, options: Options, penalty=None, family=GAUSSIAN) -> 
             and type(family).__module__.startswith("jaxhlm."))
 
 
-def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, theta0,
+def _fit_program(blocks: Blocks, st: Structure, reml, options: Options, theta0,
                  penalty=None, family=GAUSSIAN, max_iter=None, hessian0=None,
                  modes: bool = True) -> FitArrays:
     _TRACES["fit_blocks"] += 1
@@ -135,7 +136,7 @@ def _fit_program(blocks: Blocks, st: Structure, reml: bool, options: Options, th
     return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
 
-_STATIC = (1, 2, 3, 5, 6, 9)
+_STATIC = (1, 3, 5, 6, 9)
 _PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDER_EMITTERS, level=by_size,
                            without_jax=True)
 """A single fit, stored (for a process without ``jax`` too: :mod:`jaxhlm.stored_run`); a

@@ -9,7 +9,8 @@
 
 A family is a frozen dataclass (a static argument of compiled fits) with
 
-- ``objective(theta, blocks, st, reml, penalty)``: the criterion minimised over theta;
+- ``objective(theta, blocks, st, reml, penalty)``: the criterion minimised over theta
+  (``reml`` a boolean that may be traced: a program's argument, not its key);
 - ``conditional(theta, blocks, st, reml, penalty, modes=True)``: beta-hat, sigma-hat,
   vcov(beta) and (``modes``) the conditional modes of b (:class:`jaxhlm.kernel.Conditional`);
 - ``marginal_loglik(theta, beta, sigma, blocks, st)`` and

@@ -32,8 +32,11 @@ from .links import Identity
 LOG_2PI = 1.8378770664093453
 
 
-def _dof(blocks: Blocks, st: Structure, reml: bool):
-    return blocks.nobs - st.p if reml else blocks.nobs
+def _dof(blocks: Blocks, st: Structure, reml):
+    """n (ML) or n - p (REML).  ``reml`` may be a traced boolean: one compiled fit serves
+    both criteria (a profile's or likelihood-ratio test's ML refit of a REML fit compiles
+    nothing new)."""
+    return blocks.nobs - st.p * reml
 
 
 def residual_variance(pwrss, blocks: Blocks, st: Structure, reml: bool):
@@ -55,11 +58,16 @@ def criterion(f: Factor, blocks: Blocks, st: Structure, reml: bool, penalty=None
     A ``penalty`` (:mod:`jaxhlm.bayes.priors`) adds a prior's -2 log-density in theta, as
     blme's ``blmer`` does; sigma is profiled as without it.
     """
-    dof = _dof(blocks, st, reml)
-    s2 = residual_variance(f.pwrss, blocks, st, reml)
-    out = (f.logdet_theta + (f.logdet_x if reml else 0.0) - blocks.logw
-           + dof * (LOG_2PI + jnp.log(s2)) + f.pwrss / s2)
+    out = deviance_at(f.logdet_theta, f.logdet_x, f.pwrss, residual_variance(f.pwrss, blocks, st, reml),
+                      blocks, st, reml)
     return out if penalty is None else out + penalty.deviance(theta, st)
+
+
+def deviance_at(logdet_theta, logdet_x, pwrss, s2, blocks: Blocks, st: Structure, reml) -> jnp.ndarray:
+    """-2 log L(theta, sigma^2) (ML) or the REML criterion at a given sigma^2 = ``s2``, from
+    the factor's log-determinants and r_yy^2 (:func:`criterion`'s formula, before profiling)."""
+    return (logdet_theta + jnp.where(reml, logdet_x, 0.0) - blocks.logw
+            + _dof(blocks, st, reml) * (LOG_2PI + jnp.log(s2)) + pwrss / s2)
 
 
 def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,

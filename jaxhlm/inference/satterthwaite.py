@@ -39,7 +39,7 @@ from ..lazy_jax import jax, jnp, scipy_linalg
 import numpy as np
 
 from ..blocks import Blocks
-from ..families.gaussian import LOG_2PI
+from ..families.gaussian import deviance_at
 from ..kernel import smooth_parts
 from ..precompiled import OLDER_EMITTERS, Precompiled, by_size
 from ..residual.whiten import blocks_at
@@ -61,9 +61,7 @@ def deviance_and_vcov(phi, blocks: Blocks, st: Structure, reml: bool):
     theta, sigma = _split(phi, blocks, st)
     blocks = blocks_at(theta, blocks, st)
     logdet_theta, logdet_x, pwrss, Rx = smooth_parts(st.lambdas(theta), blocks, st)
-    dof = blocks.nobs - st.p if reml else blocks.nobs
-    dev = (logdet_theta + (logdet_x if reml else 0.0) - blocks.logw
-           + dof * (LOG_2PI + 2.0 * jnp.log(sigma)) + pwrss / sigma ** 2)
+    dev = deviance_at(logdet_theta, logdet_x, pwrss, sigma ** 2, blocks, st, reml)
     Ri = scipy_linalg.solve_triangular(Rx, jnp.eye(st.p, dtype=Rx.dtype), lower=True)
     return dev, sigma ** 2 * Ri.T @ Ri
 
