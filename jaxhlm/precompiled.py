@@ -54,6 +54,8 @@ import importlib
 import os
 import pickle
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jaxlib
@@ -106,9 +108,12 @@ def store_directory() -> Path | None:
 
 
 def _leaf_spec(leaf) -> tuple:
+    """(shape, dtype, weak type) of an argument: what its compiled program is specialised
+    to.  The dtype itself, not its name: ``str(dtype)`` was two thirds of a call's key,
+    which a profile computes at each of its 1,500 calls."""
     if not hasattr(leaf, "dtype"):
         leaf = np.asarray(leaf)
-    return (leaf.shape, str(leaf.dtype), getattr(leaf, "weak_type", False))
+    return (leaf.shape, leaf.dtype, getattr(leaf, "weak_type", False))
 
 
 OLDER_EMITTERS = {"xla_cpu_use_fusion_emitters": False}
@@ -191,6 +196,19 @@ def known_options(options: dict) -> dict:
             except Exception:  # noqa: BLE001 - any refusal means: leave the option out
                 _KNOWN_OPTIONS[name] = False
     return {name: value for name, value in options.items() if _KNOWN_OPTIONS[name]}
+
+
+def prepare_together(calls) -> None:
+    """Compile (or load) several programs before their first calls, ``calls`` a list of
+    (program, args), in threads: XLA compiles with Python's lock released, so one
+    program's compilation overlaps another's tracing and compilation.  Only stored
+    programs (:class:`Precompiled`; a ``jax.jit`` function compiles on its first call), and
+    nothing where JAX is not imported (they then run through :mod:`jaxhlm.stored_run`)."""
+    calls = [(program, args) for program, args in calls if isinstance(program, Precompiled)]
+    if len(calls) < 2 or not lazy_jax.loaded():
+        return
+    with ThreadPoolExecutor(len(calls)) as pool:
+        list(pool.map(lambda call: call[0].executable(*call[1]), calls))
 
 
 class Precompiled:
@@ -341,10 +359,10 @@ class Precompiled:
         lowered = self._named(file_key, key[3]).lower(*args)
         if "callback" in lowered.as_text():
             return False
-        hits = []
+        hits, me = [], threading.get_ident()
 
-        def listen(event, **_):
-            if event == _CACHE_HIT:
+        def listen(event, **_):   # this thread's compilation (:func:`executables` runs several)
+            if event == _CACHE_HIT and threading.get_ident() == me:
                 hits.append(event)
 
         jax.monitoring.register_event_listener(listen)

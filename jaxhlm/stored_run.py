@@ -292,7 +292,7 @@ _PATHS: dict = {}
 def _path(base: Path, name: str, static, dynamic, leaves, tree, level) -> Path | None:
     """The stored file of a call, or None: remembered per call signature, as a process
     without ``jax`` writes no file (a profile calls its programs hundreds of times)."""
-    signature = (name, static, tree, tuple(_specs(leaves)), level)
+    signature = (name, static, tree, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves), level)
     if signature not in _PATHS:
         path = base / f"{name}-{key(name, static, dynamic, level)}{SUFFIX}"
         _PATHS[signature] = path if path.exists() else None

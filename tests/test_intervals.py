@@ -89,3 +89,30 @@ def test_bad_methods_and_levels_are_named():
         res.confint("boot")
     with pytest.raises(jaxhlm.JaxhlmError, match="level must be between 0 and 1"):
         res.confint("wald", level=95)
+
+
+def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sleepstudy):
+    """The variance and fixed-effect deviances compile at once, in threads, when the
+    profiler starts (:func:`jaxhlm.precompiled.prepare_together`); the root searches then
+    compile nothing.  (A formula no other test fits, so that both are new here.)"""
+    import jax
+
+    from jaxhlm.inference.profile import Profiler
+
+    data = sleepstudy.assign(noise=np.random.default_rng(3).normal(size=len(sleepstudy)))
+    res = jaxhlm.LMM("Reaction ~ Days + noise + (1 | Subject)", data).fit()
+    compiled = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        prof = Profiler(res)
+        at_start = len(compiled)
+        lower, upper = prof.end("noise", -1.96), prof.end("sigma", 1.96)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert at_start == 2 and len(compiled) == 2
+    assert lower < res.fixef["noise"] and upper > res.sigma
