@@ -167,6 +167,7 @@ class _Parameter:
     step: float            # a first step away from the estimate
     zeta: object           # x -> zeta(x)
     points: list = dataclasses.field(default_factory=list)
+    known: dict = dataclasses.field(default_factory=dict)   # x -> zeta(x), of the points
 
 
 class Profiler:
@@ -290,9 +291,13 @@ class Profiler:
 
     # ------------------------------------------------------------ roots
     def _eval(self, par: _Parameter, x: float) -> float:
-        z = par.zeta(x)
-        par.points.append((x, z))
-        return z
+        """zeta(x), each x evaluated once (Brent's method starts by evaluating its bracket's
+        ends, which the search has just evaluated: 4 of Exam's 18 evaluations per parameter)."""
+        x = float(x)
+        if x not in par.known:
+            par.known[x] = par.zeta(x)
+            par.points.append((x, par.known[x]))
+        return par.known[x]
 
     def end(self, name: str, target: float) -> float:
         """The x on ``name``'s side sign(target) where zeta(x) = target, or the bound it
