@@ -125,7 +125,6 @@ def main() -> None:
             out, _ = _run(["Rscript", "-e", R, str(data), str(args.r_refits)])
             out["refits"] = out.pop("refit_each") * args.refits
             runs["R (nlme)"].append(out)
-    keys = ["fit", "refits"]
     med = {side: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
     r = med["R (nlme)"]
     print(f"{'seconds (median of ' + str(args.reps) + ')':<28}{'fit':>10}{f'{args.refits} refits':>14}"

@@ -5,7 +5,6 @@ the random-slope design of ``configs/bench/gpu.toml`` (18 subjects x 10, 1,000 r
 
     JAX_PLATFORMS=cpu python benchmarks/probes/cpu_batch_levels.py
 """
-import json
 import os
 import subprocess
 import sys
