@@ -87,6 +87,11 @@ def value_and_grad(fun):
     return call
 
 
+def load() -> None:
+    """Import ``jax`` now, with jaxhlm's settings applied, as a first attribute lookup would."""
+    getattr(jax, "config")
+
+
 def loaded() -> bool:
     """Whether ``jax`` has been imported in this process (by anyone) and configured."""
     return _READY.is_set()

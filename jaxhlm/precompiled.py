@@ -203,10 +203,13 @@ def prepare_together(calls) -> None:
     (program, args), in threads: XLA compiles with Python's lock released, so one
     program's compilation overlaps another's tracing and compilation.  Only stored
     programs (:class:`Precompiled`; a ``jax.jit`` function compiles on its first call), and
-    nothing where JAX is not imported (they then run through :mod:`jaxhlm.stored_run`)."""
-    calls = [(program, args) for program, args in calls if isinstance(program, Precompiled)]
-    if len(calls) < 2 or not lazy_jax.loaded():
+    not those that a process without ``jax`` runs through :mod:`jaxhlm.stored_run`; where
+    two or more are left, ``jax`` is imported here, before the threads."""
+    calls = [(program, args) for program, args in calls
+             if isinstance(program, Precompiled) and not program.runs_stored(*args)]
+    if len(calls) < 2:
         return
+    lazy_jax.load()   # once, here, not in the threads
     with ThreadPoolExecutor(len(calls)) as pool:
         list(pool.map(lambda call: call[0].executable(*call[1]), calls))
 
@@ -286,6 +289,14 @@ class Precompiled:
         if not lazy_jax.loaded():   # JAX's backend, once imported, is the one CPU (jaxhlm.stored_run)
             return self.level(dynamic)
         return self.level(dynamic) if jax.default_backend() == "cpu" else None
+
+    def runs_stored(self, *args) -> bool:
+        """Whether a call with ``args`` would run through :mod:`jaxhlm.stored_run` (no
+        ``jax`` imported yet, and the program stored for it)."""
+        if not self.without_jax or self.depends or lazy_jax.loaded():
+            return False
+        static, dynamic = self._split(args)
+        return stored_run.has(self.name, static, dynamic, self._level(dynamic))
 
     def __call__(self, *args):
         if self.without_jax and not self.depends and not lazy_jax.loaded():

@@ -299,6 +299,19 @@ def _path(base: Path, name: str, static, dynamic, leaves, tree, level) -> Path |
     return _PATHS[signature]
 
 
+def has(name: str, static, dynamic, level) -> bool:
+    """Whether :func:`call` would find a stored program for these arguments (in a process
+    without ``jax``)."""
+    try:
+        base = directory()
+        if base is None or lazy_jax.loaded():
+            return False
+        leaves, tree = lazy_jax.tree_flatten(dynamic)
+        return _path(base, name, static, dynamic, leaves, tree, level) is not None
+    except Exception:  # noqa: BLE001 - as call's: the JAX path
+        return False
+
+
 def call(name: str, static, dynamic, level):
     """The outputs of the stored program ``name`` on ``dynamic`` as NumPy arrays in their
     tree, or None where it cannot run without ``jax`` (module docstring)."""

@@ -253,3 +253,41 @@ def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
     first, second = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
     assert first.pop("jax_imported") and not second.pop("jax_imported")
     assert len(first) >= 10 and second == first
+
+
+PROFILE_AFTER = """
+import json, sys, jaxhlm
+from jaxhlm import precompiled
+prepared = []
+executable = precompiled.Precompiled.executable
+def counted(self, *args):
+    prepared.append(self.name)
+    return executable(self, *args)
+precompiled.Precompiled.executable = counted
+res = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy")).fit()
+out = {"jax_after_fit": "jax" in sys.modules}
+if len(sys.argv) > 1:
+    out["profile"] = res.confint(method="profile").to_numpy().ravel().tolist()
+    out["prepared"] = sorted(prepared)
+print(json.dumps(out))
+"""
+
+
+def test_a_profile_in_a_process_without_jax_compiles_its_programs_together(tmp_path):
+    """The fit stored, the profile's programs not: the fit runs without JAX, then the profiler
+    imports it and compiles both programs together (``precompiled.prepare_together``); a
+    later process finds both stored and prepares nothing, with the same intervals."""
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "-c", PROFILE_AFTER, *args], capture_output=True,
+                             text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    run()   # stores the fit
+    first = run("profile")
+    assert not first["jax_after_fit"] and first["prepared"] == ["profile_fixed", "profile_variance"]
+    again = run("profile")
+    assert not again["jax_after_fit"] and again["prepared"] == []
+    assert again["profile"] == first["profile"]
