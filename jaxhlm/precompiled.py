@@ -204,14 +204,22 @@ def prepare_together(calls) -> None:
     program's compilation overlaps another's tracing and compilation.  Only stored
     programs (:class:`Precompiled`; a ``jax.jit`` function compiles on its first call), and
     not those that a process without ``jax`` runs through :mod:`jaxhlm.stored_run`; where
-    two or more are left, ``jax`` is imported here, before the threads."""
+    two or more are left, ``jax`` is imported here, before the threads.  Nothing raises
+    here: a program that fails to compile fails at its first call, in the caller's thread."""
     calls = [(program, args) for program, args in calls
              if isinstance(program, Precompiled) and not program.runs_stored(*args)]
     if len(calls) < 2:
         return
     lazy_jax.load()   # once, here, not in the threads
+
+    def prepare(call):
+        try:
+            call[0].executable(*call[1])
+        except Exception:  # noqa: BLE001 - the first call compiles it again, and raises there
+            pass
+
     with ThreadPoolExecutor(len(calls)) as pool:
-        list(pool.map(lambda call: call[0].executable(*call[1]), calls))
+        list(pool.map(prepare, calls))
 
 
 class Precompiled:

@@ -6,6 +6,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
+from jaxhlm.precompiled import Precompiled, prepare_together
+
 SCRIPT = """
 import json, jaxhlm
 df = jaxhlm.datasets.load("sleepstudy")
@@ -97,3 +102,20 @@ def test_compile_options_this_xla_does_not_know_are_left_out(monkeypatch):
     monkeypatch.setattr(precompiled, "_KNOWN_OPTIONS", {})
     options = {"xla_cpu_no_such_option_here": False, "xla_backend_optimization_level": 0}
     assert precompiled.known_options(options) == {"xla_backend_optimization_level": 0}
+
+
+def test_programs_prepared_together_compile_once_and_a_failure_waits_for_its_call():
+    """``prepare_together`` compiles in threads what the calls then use (no new
+    compilation), and a program that fails to compile raises at its own call, not there."""
+    def fails(x):
+        raise ValueError("this program does not compile")
+
+    good = Precompiled(lambda x: x * 2.0 + 1.0, (), "test_prepared")
+    bad = Precompiled(fails, (), "test_prepared_failing")
+    x = np.arange(3.0)
+    prepare_together([(good, (x,)), (bad, (x,))])
+    assert len(good._memory) == 1
+    np.testing.assert_array_equal(np.asarray(good(x)), x * 2.0 + 1.0)
+    assert len(good._memory) == 1
+    with pytest.raises(ValueError, match="does not compile"):
+        bad(x)
