@@ -171,7 +171,7 @@ def test_no_dense_first_term_matrices():
     assert model.structure.m == 7 * 2 + 4 + 3 + 1
 
 
-@pytest.mark.parametrize("n", [5, 40, 300, 600])
+@pytest.mark.parametrize("n", [5, 40, 300, 515, 600])   # by blocks of columns from 512
 def test_inverse_from_cholesky_equals_numpy(n):
     """(L L')^{-1} (linalg.inv_from_cholesky: the dense block's inverse in the gradient and
     the conditional covariances) equals NumPy's inverse, batched too, and is exactly
