@@ -215,7 +215,7 @@ def smooth_parts(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
     derivatives of inference (:mod:`jaxhlm.inference`).  R_X (p x p, lower triangular)
     gives X'V^{-1}X = R_X R_X' / sigma^2."""
     C, _, M = rest_matrix_at(lams, blocks, st)
-    L = jnp.linalg.cholesky(M)
+    L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
     logdet_theta = 2.0 * jnp.sum(log_diag_sum(C)) + jnp.sum(log_d[:mr])
@@ -244,7 +244,7 @@ def factorize_smooth(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Facto
     :func:`smooth_parts`): differentiable in forward mode and to any order, for PIRLS's
     modes (:mod:`jaxhlm.pirls`), which are differentiated through their loop."""
     C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st)
-    L = jnp.linalg.cholesky(M)
+    L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
     return Factor(C, T, L, 2.0 * jnp.sum(log_diag_sum(C)) + jnp.sum(log_d[:mr]),

@@ -71,9 +71,12 @@ def _covariances(gamma, st: Structure):
 
 def _factor(c):
     """chol(c), c a relative covariance; at (near) a singular c, of c + BOUNDARY_FLOOR I
-    (the module docstring)."""
-    floor = jnp.where(jnp.linalg.eigvalsh(lax.stop_gradient(c))[0] < BOUNDARY_FLOOR, BOUNDARY_FLOOR, 0.0)
-    return jnp.linalg.cholesky(c + floor * jnp.eye(c.shape[0], dtype=c.dtype))
+    (the module docstring).  LAPACK's primitives (``lax.linalg``) rather than
+    ``jnp.linalg``'s jitted wrappers, which the nested derivatives trace again at each
+    level: Exam's first table 0.85 -> 0.80-0.82 s, tracing 0.33 -> 0.30 s."""
+    smallest = lax.linalg.eigh(lax.stop_gradient(c))[1][0]   # (vectors, ascending values)
+    floor = jnp.where(smallest < BOUNDARY_FLOOR, BOUNDARY_FLOOR, 0.0)
+    return lax.linalg.cholesky(c + floor * jnp.eye(c.shape[0], dtype=c.dtype))
 
 
 def precision_and_log_determinants(gamma, blocks: Blocks, st: Structure):
@@ -104,7 +107,7 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
     P = jnp.moveaxis(dF, -1, 0)
     dQ = jnp.moveaxis(d2F, (-2, -1), (0, 1))   # Q_ij + Q_ji
     info = -0.5 * (d2logdet + d2logdet.T)
-    w, V = jnp.linalg.eigh(info)
+    V, w = lax.linalg.eigh(info)
     big = jnp.abs(w) > jnp.where(jnp.min(jnp.abs(w)) > SINGULAR_TOL,
                                  0.0, jnp.sqrt(jnp.finfo(w.dtype).eps) * jnp.max(jnp.abs(w)))
     W = 2.0 * (V * jnp.where(big, 1.0 / jnp.where(big, w, 1.0), 0.0)[None, :]) @ V.T

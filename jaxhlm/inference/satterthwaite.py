@@ -35,7 +35,7 @@ tests of contrasts (:class:`Satterthwaite`) read it on the host.
 
 from __future__ import annotations
 
-from ..lazy_jax import jax, jnp, scipy_linalg
+from ..lazy_jax import jax, jnp, lax, scipy_linalg
 import numpy as np
 
 from ..blocks import Blocks
@@ -91,7 +91,7 @@ def parts(phi, blocks: Blocks, st: Structure, reml: bool):
         return out[0], out[1]
 
     H, J = jax.jacfwd(first, has_aux=True)(phi)
-    w, V = jnp.linalg.eigh(0.5 * (H + H.T))
+    V, w = lax.linalg.eigh(0.5 * (H + H.T))
     keep = w > EIGEN_TOL
     A = 2.0 * (V * jnp.where(keep, 1.0 / jnp.where(keep, w, 1.0), 0.0)[None, :]) @ V.T
     return vcov_beta(phi, blocks, st), J, A
