@@ -380,7 +380,7 @@ class Precompiled:
             return False
         hits, me = [], threading.get_ident()
 
-        def listen(event, **_):   # this thread's compilation (:func:`executables` runs several)
+        def listen(event, **_):   # this thread's compilation (:func:`prepare_together` runs several)
             if event == _CACHE_HIT and threading.get_ident() == me:
                 hits.append(event)
 

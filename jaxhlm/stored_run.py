@@ -299,15 +299,22 @@ def _path(base: Path, name: str, static, dynamic, leaves, tree, level) -> Path |
     return _PATHS[signature]
 
 
+def _find(name: str, static, dynamic, level):
+    """(the stored file of a call, its flattened arguments), or None where there is none
+    or ``jax`` is imported."""
+    base = directory()
+    if base is None or lazy_jax.loaded():
+        return None
+    leaves, tree = lazy_jax.tree_flatten(dynamic)
+    path = _path(base, name, static, dynamic, leaves, tree, level)
+    return None if path is None else (path, leaves)
+
+
 def has(name: str, static, dynamic, level) -> bool:
     """Whether :func:`call` would find a stored program for these arguments (in a process
     without ``jax``)."""
     try:
-        base = directory()
-        if base is None or lazy_jax.loaded():
-            return False
-        leaves, tree = lazy_jax.tree_flatten(dynamic)
-        return _path(base, name, static, dynamic, leaves, tree, level) is not None
+        return _find(name, static, dynamic, level) is not None
     except Exception:  # noqa: BLE001 - as call's: the JAX path
         return False
 
@@ -316,13 +323,10 @@ def call(name: str, static, dynamic, level):
     """The outputs of the stored program ``name`` on ``dynamic`` as NumPy arrays in their
     tree, or None where it cannot run without ``jax`` (module docstring)."""
     try:
-        base = directory()
-        if base is None or lazy_jax.loaded():
+        found = _find(name, static, dynamic, level)
+        if found is None:
             return None
-        leaves, tree = lazy_jax.tree_flatten(dynamic)
-        path = _path(base, name, static, dynamic, leaves, tree, level)
-        if path is None:
-            return None
+        path, leaves = found
         client, device, sharding = _runtime()
     except Exception:  # noqa: BLE001 - no key, no store, no client: the JAX path
         return None
