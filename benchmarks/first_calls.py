@@ -24,10 +24,12 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from side_by_side import run_json  # noqa: E402
 
 SLEEP = "Reaction ~ Days + (Days | Subject)"
 DESIGN = "y ~ cond + (1 | donor)"
@@ -99,10 +101,7 @@ def _run(python: str, script: str, *args: str, cache: str | None = None) -> dict
     env = dict(os.environ)
     if cache is not None:
         env["JAXHLM_COMPILATION_CACHE"] = cache
-    out = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, env=env, timeout=900)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json([python, "-c", script, *args], env, timeout=900)
 
 
 def _jaxhlm(case: str, k: int, warm_k: int | None, save: str | None = None) -> dict:

@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from side_by_side import run_json  # noqa: E402
 
 JAXHLM = r"""
 import sys, time, json
@@ -99,8 +100,8 @@ def simulate(path: Path, subjects: int = 3000, visits: int = 8, phi: float = 0.6
 
 def _run(cmd, env=None) -> tuple[dict, float]:
     t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - t
+    out = run_json(cmd, env)
+    return out, time.perf_counter() - t
 
 
 def main() -> None:

@@ -231,13 +231,17 @@ def without_pairs(blocks: Blocks) -> Blocks:
 
 
 def _stable_order(high: np.ndarray, low: np.ndarray, base: int) -> np.ndarray:
-    """The stable argsort of ``high * base + low`` (0 <= low < base): two stable sorts of
-    16-bit keys where base allows, which NumPy does by radix sort (of int64 keys, by
-    timsort): InstEval's 2 million pairs 0.05-0.15 s instead of 0.21-0.26 s."""
-    if base <= 1 << 16:
-        order = np.argsort(low.astype(np.uint16), kind="stable")
-        return order[np.argsort(high.astype(np.uint16)[order], kind="stable")]
-    return np.argsort(high * base + low, kind="stable")
+    """The stable argsort of ``high * base + low`` (0 <= low < base): the keys with each
+    position in their low bits, sorted by value (NumPy sorts 64-bit integers with SIMD
+    instructions; the positions make the keys distinct, so the order is the stable one),
+    then the positions read back.  InstEval's 2 million pairs: 21 ms, against 44 ms by two
+    16-bit radix sorts and 0.19 s by a stable argsort (timsort) of the keys."""
+    n = high.size
+    shift = max(int(n - 1).bit_length(), 1)
+    if n and (int(high.max()) + 1) * base >= 1 << (63 - shift):   # no room: the plain way
+        return np.argsort(high.astype(np.int64) * base + low, kind="stable")
+    key = (high.astype(np.int64) * base + low) << shift | np.arange(n, dtype=np.int64)
+    return np.sort(key) & ((1 << shift) - 1)
 
 
 def _ordered_pairs_sharing_level(level: np.ndarray, nlevels: int) -> tuple[np.ndarray, np.ndarray]:

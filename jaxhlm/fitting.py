@@ -20,7 +20,7 @@ import numpy as np
 
 from .blocks import Blocks
 from .families import GAUSSIAN
-from .kernel import Conditional
+from .kernel import Conditional, variances_deferred
 from .optimize import Minimum, minimize
 from .precompiled import OLDER_EMITTERS, Precompiled, by_size
 from .structure import Structure
@@ -101,7 +101,8 @@ def fit_blocks(blocks: Blocks, st: Structure, reml: bool, options: Options = Opt
     original fit's ``Minimum.curvature``), so that the program holds no probing phases
     (:func:`jaxhlm.optimize.minimize`'s ``probe=False``); None: probed at the start.
     ``modes=False``: no conditional modes of b (``cond.b`` and ``cond.b_var`` empty), as a
-    batch needs them.
+    batch needs them.  A large fit leaves ``cond.b_var`` empty
+    (:func:`jaxhlm.kernel.variances_deferred`; :func:`conditional_variances` on first use).
     """
     start = st.theta_start() if theta0 is None else theta0
     args = (blocks, st, reml if is_traced(reml) else np.bool_(reml), options)
@@ -132,7 +133,7 @@ def _fit_program(blocks: Blocks, st: Structure, reml, options: Options, theta0,
                    canonical=st.canonical, snap_mask=scales, method=options.resolve(st),
                    max_iter=options.max_iter if max_iter is None else max_iter,
                    ftol=options.ftol, snap=options.snap, hessian0=hessian0, probe=hessian0 is None)
-    cond = family.conditional(opt.x, blocks, st, reml, penalty, modes)
+    cond = family.conditional(opt.x, blocks, st, reml, penalty, modes, variances=not variances_deferred(st))
     return FitArrays(opt, cond, tuple(st.lambdas(opt.x)))
 
 
@@ -141,3 +142,18 @@ _PRECOMPILED = Precompiled(_fit_program, _STATIC, "fit_blocks", cpu_options=OLDE
                            without_jax=True)
 """A single fit, stored (for a process without ``jax`` too: :mod:`jaxhlm.stored_run`); a
 small one compiled without LLVM's optimisations (:func:`jaxhlm.precompiled.by_size`)."""
+
+
+def conditional_variances(blocks: Blocks, st: Structure, theta, reml) -> list:
+    """b's conditional covariances per term at ``theta`` (lme4's ``condVar``), by a stored
+    program of their own: what a large fit left out (:func:`jaxhlm.kernel.variances_deferred`)."""
+    program = _VARIANCES if st.builtin else _VARIANCES.jitted
+    return program(blocks, st, np.asarray(theta, dtype=np.float64), np.bool_(reml))
+
+
+def _variances_program(blocks: Blocks, st: Structure, theta, reml) -> list:
+    return GAUSSIAN.conditional(theta, blocks, st, reml).b_var
+
+
+_VARIANCES = Precompiled(_variances_program, (1,), "conditional_variances", cpu_options=OLDER_EMITTERS,
+                         level=by_size, without_jax=True)

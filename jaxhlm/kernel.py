@@ -262,12 +262,13 @@ class Conditional(NamedTuple):
 
 
 def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
-              sigma2: jnp.ndarray, modes: bool = True) -> Conditional:
+              sigma2: jnp.ndarray, modes: bool = True, variances: bool = True) -> Conditional:
     """beta-hat, vcov(beta) and the conditional modes and covariances of b from the factor
     at theta, given the residual variance sigma^2 (the family's, :mod:`jaxhlm.families`);
     ``modes=False``: beta-hat, sigma and vcov(beta) alone (b and its covariances empty), for
     a batch, which keeps no modes: a smaller program to trace and compile (sleepstudy's
-    chunk of 128 fits: 0.3-0.4 s less of each).
+    chunk of 128 fits: 0.3-0.4 s less of each); ``variances=False``: the modes b without their
+    covariances (``b_var`` empty; a large fit's, :func:`variances_deferred`).
 
     From the factor: [u_rest; beta] solves L_rr[:-1,:-1]' x = L_rr[-1, :-1]; then
     u_1j = (C_j C_j')^{-1} lambda_1' (Z_1j'y - sum_{a in j} a_a w[row_a]) with
@@ -286,6 +287,8 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     beta, b1, b_rest = _modes(f, lams, blocks, st)
     lam1 = lams[0]
     b = [b1]
+    if not variances:
+        return Conditional(beta, jnp.sqrt(sigma2), vcov, b + split_rest(b_rest, st), [])
 
     # Term 1: V_j = K_j + K_j lambda_1' (sum_pairs a_a G~[r_a, r_b] a_b') lambda_1 K_j,
     # K_j = (C_j C_j')^{-1}; G~ = Lambda_rest (L_RR L_RR')^{-1} Lambda_rest'.
@@ -307,6 +310,19 @@ def estimates(f: Factor, theta: jnp.ndarray, blocks: Blocks, st: Structure,
     b += split_rest(b_rest, st)
     b_var = [sigma2 * jnp.einsum("ac,jcd,bd->jab", lam1, V, lam1)] + b_var_rest
     return Conditional(beta, jnp.sqrt(sigma2), vcov, b, b_var)
+
+
+def variances_deferred(st: Structure) -> bool:
+    """Whether a single fit leaves b's conditional covariances to their first use (a
+    result's ``ranef``; lme4's ``ranef(condVar = TRUE)`` and MixedModels.jl's ``condVar``
+    compute them on demand too): where the rest has ``DEFER_VARIANCES_FROM`` random rows
+    or more, they need the inverse of its dense factor, as much work as a gradient
+    evaluation (InstEval, m_rand = 1,156: 77 ms of a 0.7 s fit).  Smaller fits keep them,
+    so that ``ranef`` needs no program of its own."""
+    return st.m_rand >= DEFER_VARIANCES_FROM
+
+
+DEFER_VARIANCES_FROM = 512
 
 
 def _modes(f: Factor, lams, blocks: Blocks, st: Structure):

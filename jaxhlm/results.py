@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import tables
+from . import lazy_jax, tables
 from .batch import bootstrap, simulate
+from .fitting import conditional_variances
 from .optimize import Status
 
 
@@ -82,7 +83,19 @@ class LMMResult(InformationCriteria):
 
     @functools.cached_property
     def ranef(self) -> pd.DataFrame:
-        return tables.ranef(self._model.frame.terms, self._cond.b, self._cond.b_var)
+        return tables.ranef(self._model.frame.terms, self._cond.b, self._b_var)
+
+    @property
+    def _b_var(self) -> list:
+        """b's conditional covariances per term: the fit's, or, where a large fit left them
+        out (:func:`jaxhlm.kernel.variances_deferred`), computed now and kept."""
+        if len(self._cond.b_var) != len(self._cond.b):
+            model = self._model
+            padded = model.bucketed
+            out = lazy_jax.to_host(conditional_variances(padded.blocks, padded.structure, self.theta, self.reml))
+            b_var = [np.asarray(v)[:t.nlevels] for v, t in zip(out, model.structure.terms)]
+            self._cond = self._cond._replace(b_var=b_var)
+        return self._cond.b_var
 
     @property
     def npar(self) -> int:

@@ -21,7 +21,7 @@ from scipy import stats
 
 import jaxhlm
 from jaxhlm.families.gaussian import conditional, objective
-from jaxhlm.kernel import lambdas
+from jaxhlm.kernel import lambdas, variances_deferred
 
 
 def _simulated(seed=0):
@@ -205,3 +205,23 @@ def test_written_out_and_lapack_factors_agree():
         bad = -np.eye(n)
         assert np.isnan(linalg.cholesky(jnp.asarray(bad))).any()
         assert np.isnan(linalg.cholesky(jnp.asarray(bad), dense=True)).any()
+
+
+def test_a_large_fit_leaves_conditional_variances_to_ranef():
+    """A fit whose rest has ``DEFER_VARIANCES_FROM`` random rows or more leaves b's
+    conditional covariances out of its program; ``ranef`` computes them on first use, equal
+    to the dense sigma^2 Lambda (Lambda'Z'Z Lambda + I)^{-1} Lambda' (lme4's condVar)."""
+    rng = np.random.default_rng(5)
+    n = 2400
+    df = pd.DataFrame({"g1": rng.integers(0, 600, n).astype(str), "g2": rng.integers(0, 540, n).astype(str),
+                       "x": rng.normal(size=n)})
+    df["y"] = (1 + 0.5 * df.x + rng.normal(size=600)[df.g1.astype(int)]
+               + 0.7 * rng.normal(size=540)[df.g2.astype(int)] + rng.normal(size=n))
+    model = jaxhlm.LMM("y ~ x + (1 | g1) + (1 | g2)", df)
+    assert variances_deferred(model.bucketed.structure)
+    res = model.fit()
+    assert res._cond.b_var == [] and len(res._cond.b) == 2
+    Z, Lam, X, y = dense_parts(model, res.theta)
+    P = Lam.T @ Z.T @ Z @ Lam + np.eye(Lam.shape[0])
+    bvar = res.sigma ** 2 * Lam @ np.linalg.inv(P) @ Lam.T
+    np.testing.assert_allclose(res.ranef.condsd.to_numpy() ** 2, np.diag(bvar), rtol=1e-8)

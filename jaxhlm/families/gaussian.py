@@ -82,12 +82,19 @@ def objective(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
 
 
 def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
-                penalty=None, modes: bool = True) -> Conditional:
-    """beta-hat, sigma-hat, vcov(beta) and (``modes``) the conditional modes and covariances
-    of b at theta (:func:`jaxhlm.kernel.estimates` at the profiled or known sigma^2)."""
+                penalty=None, modes: bool = True, variances: bool = True) -> Conditional:
+    """beta-hat, sigma-hat, vcov(beta) and (``modes``) the conditional modes and
+    (``variances``) covariances of b at theta (:func:`jaxhlm.kernel.estimates` at the
+    profiled or known sigma^2)."""
     blocks = blocks_at(theta, blocks, st)
     f = factorize(theta, blocks, st)
-    return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml), modes)
+    return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml), modes, variances)
+
+
+def conditional_variances(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml) -> list:
+    """b's conditional covariances per term at theta (lme4's ``condVar``): a program of
+    their own where a fit left them out (:func:`jaxhlm.kernel.variances_deferred`)."""
+    return conditional(theta, blocks, st, reml).b_var
 
 
 def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
