@@ -88,7 +88,7 @@ class Factor(NamedTuple):
     pwrss: jnp.ndarray      # r_yy^2
 
 
-def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -> jnp.ndarray:
+def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     """S = sum_j A_r1^(j) W_j A_1r^(j) (m x m), with W_j = T_j' T_j = lambda_1 (C_j C_j')^{-1} lambda_1'.
 
     By the pairs (:mod:`jaxhlm.blocks`): the design part is one segment sum over the
@@ -96,7 +96,7 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -
     entries, since it pairs each entry with Z_1j'y alone.  Without pairs: densely.
     """
     if not blocks.pair_out.shape[0]:
-        return _schur_dense(T, blocks, m, smooth)
+        return _schur_dense(T, blocks, m)
     W = jnp.einsum("jca,jcb->jab", T, T)
     mm = m - 1
     pv = jnp.einsum("eab,eab->e", W[blocks.pair_level], blocks.pair_val)
@@ -111,63 +111,25 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -
     return jnp.block([[Sd, sy[:, None]], [sy[None, :], syy[None, None]]])
 
 
-def _term1_columns(blocks: Blocks, m: int, y: jnp.ndarray | None = None, smooth: bool = False) -> jnp.ndarray:
+def _term1_columns(blocks: Blocks, m: int, y: jnp.ndarray | None = None) -> jnp.ndarray:
     """The dense (ell_1, p_1, m) array of A_1r^(j) (the COO entries of level j, one column
     per row of the rest), with ``y`` (ell_1, p_1), when given, as its last column.  Padded
-    entries (value 0) add nothing.
-
-    The COO entries are sorted by (level, row), each pair once (:func:`jaxhlm.blocks.pattern`;
-    padded ones follow at the end), so each slot (j, r) finds its entry by a binary search
-    on the design alone, and the values are gathered: XLA's older CPU emitters
-    (:data:`jaxhlm.precompiled.OLDER_EMITTERS`) turn a scatter into a loop over its
-    entries, one step each (a 3,000-subject AR(1) design, whose values change with phi:
-    10,248 steps, about 30 ms of each batched evaluation of 128 refits).  The gradient with
-    respect to the values gathers too (:func:`_gather_slots`).  ``smooth``: by a scatter,
-    differentiable in forward mode and to any order (:func:`smooth_parts`)."""
+    entries (value 0) add nothing.  It depends on the data alone (no scatter depends on
+    theta; XLA may hoist it out of an optimiser's loop)."""
     ell1 = blocks.A11.shape[0]
     val = blocks.coo_val
-    p1 = val.shape[-1]
-    if smooth or not val.shape[0]:
-        B = jnp.zeros((ell1, m, p1), val.dtype).at[blocks.coo_level, blocks.coo_row].add(val)
-    else:
-        index = jnp.int64 if ell1 * m >= 2 ** 31 else jnp.int32
-        key = blocks.coo_level.astype(index) * m + blocks.coo_row.astype(index)
-        key = lax.cummax(key)                    # padded entries, (0, 0), repeat the last key
-        slots = jnp.arange(ell1 * m, dtype=index)
-        at = jnp.minimum(jnp.searchsorted(key, slots), key.shape[0] - 1)
-        B = _gather_slots()(val, key, at, key[at] == slots).reshape(ell1, m, p1)
+    B = jnp.zeros((ell1, m, val.shape[-1]), val.dtype).at[blocks.coo_level, blocks.coo_row].add(val)
     if y is not None:
         B = B.at[:, m - 1].set(y)
     return jnp.swapaxes(B, 1, 2)
 
 
-@functools.cache
-def _gather_slots():
-    """``(val, key, at, found) -> where(found, val[at], 0)``: the slots' values, entry
-    ``at[s]`` where ``found[s]``; entry i is in slot ``key[i]`` (one slot each).  A
-    ``jax.custom_vjp`` whose gradient gathers as well, ``d val[i] = d out[key[i]]`` where
-    slot ``key[i]`` holds entry i, instead of JAX's transpose of a gather, a scatter
-    (built on first use, :mod:`jaxhlm.lazy_jax`)."""
-
-    def fwd(val, key, at, found):
-        return jnp.where(found[:, None], val[at], 0.0), (key, at, found)
-
-    def bwd(res, ct):
-        key, at, found = res
-        own = found[key] & (at[key] == jnp.arange(key.shape[0], dtype=at.dtype))
-        return jnp.where(own[:, None], ct[key], 0.0), None, None, None
-
-    gather = jax.custom_vjp(lambda val, key, at, found: fwd(val, key, at, found)[0])
-    gather.defvjp(fwd, bwd)
-    return gather
-
-
-def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -> jnp.ndarray:
+def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     """S = B'B with B the (ell_1 p_1) x m matrix of B_j = T_j [A_1r^(j)  Z_1j'y]: one matrix
     product instead of the pairs, for designs whose levels of term 1 meet much of the rest.
     B_j is T_j times the data's dense columns (:func:`_term1_columns`), so that no scatter
     depends on theta."""
-    B = jnp.einsum("jab,jbm->jam", T, _term1_columns(blocks, m, blocks.zy1, smooth)).reshape(-1, m)
+    B = jnp.einsum("jab,jbm->jam", T, _term1_columns(blocks, m, blocks.zy1)).reshape(-1, m)
     return B.T @ B
 
 
@@ -233,17 +195,15 @@ def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
     return rest_matrix_at(lambdas(theta, st), blocks, st)
 
 
-def rest_matrix_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure, smooth: bool = False):
+def rest_matrix_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
     """:func:`rest_matrix` given the terms' factors lambda_k themselves (any square roots
-    of the relative covariances: the kernel uses them only through products).
-    ``smooth``: differentiable in forward mode and to any order (:func:`_term1_columns`);
-    else reverse mode's first derivative alone, as :func:`factorize`'s."""
+    of the relative covariances: the kernel uses them only through products)."""
     lam1 = lams[0]
     p1 = lam1.shape[0]
     P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=lam1.dtype)[None]
     C = cholesky(P1)
     T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
-    M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m, smooth), lams[1:], st)
+    M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m), lams[1:], st)
     rand = jnp.arange(st.m_rand)
     return C, T, M.at[rand, rand].add(1.0)
 
@@ -254,7 +214,7 @@ def smooth_parts(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
     :func:`dense_parts`, whose written-out gradient is first order), for the second
     derivatives of inference (:mod:`jaxhlm.inference`).  R_X (p x p, lower triangular)
     gives X'V^{-1}X = R_X R_X' / sigma^2."""
-    C, _, M = rest_matrix_at(lams, blocks, st, smooth=True)
+    C, _, M = rest_matrix_at(lams, blocks, st)
     L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
@@ -283,7 +243,7 @@ def factorize_smooth(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Facto
     """:func:`factorize` through JAX's own Cholesky factor of the rest's matrix (as
     :func:`smooth_parts`): differentiable in forward mode and to any order, for PIRLS's
     modes (:mod:`jaxhlm.pirls`), which are differentiated through their loop."""
-    C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st, smooth=True)
+    C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st)
     L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
