@@ -489,13 +489,18 @@ def test_structured_terms_sample_and_bootstrap():
     lambda: dict(variance=jaxhlm.VarPower("age")),
     lambda: dict(correlation=jaxhlm.CompoundSymmetry("Subject")),
 ])
-def test_class_blocks_equal_the_rows_blocks(kwargs):
+@pytest.mark.parametrize("dense_rest", [64, 0])
+def test_class_blocks_equal_the_rows_blocks(kwargs, dense_rest, monkeypatch):
     """The blocks combined from precomputed row classes (jaxhlm.residual.whiten's module
     docstring) equal those of the whitened rows, field by field, at arbitrary parameters
-    and for a batch of responses (with_responses)."""
+    and for a batch of responses (with_responses, whose rest's design is dense or, with
+    ``DENSE_REST_COLUMNS`` 0, sparse)."""
     import jax.numpy as jnp
 
+    from jaxhlm.residual import whiten
     from jaxhlm.residual.whiten import blocks_at, with_responses
+
+    monkeypatch.setattr(whiten, "DENSE_REST_COLUMNS", dense_rest)
 
     d = data("Orthodont").drop(index=[1, 6, 14, 40]).reset_index(drop=True)
     model = jaxhlm.LMM("distance ~ age + (age | Subject)", d, **kwargs())
