@@ -62,6 +62,14 @@ FINE_ABOVE = 500
 work (a Cholesky factor and an inverse per gradient, tens of milliseconds) dominates;
 below, a fit's fixed costs do, and the coarse ladder lets more data sets share a program."""
 
+FINE_FROM = 1 << 20
+"""Counts above this (a million pairs, entries or rows) take the fine ladder as well: a
+fit's work is linear in them and large, and 6.25% of padding costs less than 25%.
+InstEval's 2,014,778 pairs padded to 2,621,448 (30%, with headroom) made each evaluation
+of its criterion and gradient 13-16 ms (15%) slower than the unpadded model's
+(``/tmp`` probe, 2026-12-04; the fine ladder's 2,228,232 pads 11%).  Headroom and reach
+(:mod:`jaxhlm.bucket_choice`) still apply to these counts."""
+
 ENABLED = True
 """Whether :func:`bucket` pads (a switch for measurements; results are the same)."""
 
@@ -89,10 +97,15 @@ def ladder(x: int, bits: int = COARSE_BITS) -> int:
     size) apart.  With n a multiple of a large power of 2 those addresses share a few
     cache sets, and a batched scatter or segment sum over the levels ran 3-4x slower on
     this machine's CPU (128 fits: 3,072 levels 20 ms, 3,080 levels 6 ms, 2,900 levels
-    7 ms; ``benchmarks/README.md``, "Buckets")."""
+    7 ms; ``benchmarks/README.md``, "Buckets").
+
+    Above :data:`FINE_FROM` every count takes the fine ladder (a power of 2 is a rung of
+    both, so the ladder stays monotone)."""
     x = int(x)
     if x <= 2 << bits:
         return max(x, 0)
+    if x > FINE_FROM:
+        bits = max(bits, FINE_BITS)
     rung = _rung(x, bits)
     if rung < SKEW_FROM:
         return rung

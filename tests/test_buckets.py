@@ -46,6 +46,19 @@ def test_the_ladder_has_four_sizes_per_doubling():
     assert len({ladder(x, bits=4) for x in range(1033, 2057)}) == 16
 
 
+def test_counts_above_a_million_take_the_fine_ladder():
+    """Above padding.FINE_FROM the ladder has 16 sizes per doubling (at most 6.25% more),
+    stays monotone across that point and each rung is its own rung."""
+    from jaxhlm.padding import FINE_FROM
+
+    xs = list(range(FINE_FROM - 70_000, FINE_FROM + 70_000, 7)) + list(range(2_000_000, 4_200_000, 997))
+    sizes = [ladder(x) for x in xs]
+    assert all(a <= b for a, b in zip(sizes, sizes[1:]))
+    assert all(ladder(s) == s for s in sizes)
+    assert all(s <= 1.0625 * x + 8 for x, s in zip(xs, sizes) if x > FINE_FROM)
+    assert ladder(2_014_778) == 2_031_624 and ladder(round(2_014_778 * 1.1)) == 2_228_232
+
+
 def _penicillin_subset():
     df = jaxhlm.datasets.load("Penicillin")
     df = df[df.plate.astype(str) != "a"].copy()    # 23 plates: term 1 and the crossed term padded
