@@ -122,11 +122,13 @@ def test_crossed_designs_drop_the_pairs():
 
 def test_the_pairs_order_is_the_stable_argsort_of_their_segment():
     """blocks._stable_order (a sort of keys that carry their positions) is
-    np.argsort(high * base + low, kind="stable"): with many equal keys, with bases below
+    np.argsort(high * base + low, kind="stable"), with the keys in that order: with many equal keys, with bases below
     and above 2**16, without entries, and where the keys leave no room for positions."""
     from jaxhlm.blocks import _stable_order
 
     rng = np.random.default_rng(2)
     for base, n in ((900, 20_000), (70_000, 20_000), (30, 50_000), (5, 0), (2 ** 50, 2_000)):
         high, low = rng.integers(0, min(base, 1000), n), rng.integers(0, base, n)
-        np.testing.assert_array_equal(_stable_order(high, low, base), np.argsort(high * base + low, kind="stable"))
+        order, keys = _stable_order(high, low, base)
+        np.testing.assert_array_equal(order, np.argsort(high * base + low, kind="stable"))
+        np.testing.assert_array_equal(keys, (high * base + low)[order])
