@@ -130,11 +130,14 @@ def column_map(own: Structure, common: Structure) -> np.ndarray:
 
 
 def grow(a: np.ndarray, n: int, axis: int = 0, fill=0) -> np.ndarray:
-    """``a`` with its ``axis`` extended to n entries, the new ones ``fill``."""
+    """``a`` with its ``axis`` extended to n entries, the new ones ``fill`` (each element
+    written once: a's, then the fill)."""
     shape = list(a.shape)
     shape[axis] = n
-    out = np.full(shape, fill, dtype=a.dtype)
-    out[(slice(None),) * axis + (slice(0, a.shape[axis]),)] = a
+    out = np.empty(shape, dtype=a.dtype)
+    lead = (slice(None),) * axis
+    out[lead + (slice(0, a.shape[axis]),)] = a
+    out[lead + (slice(a.shape[axis], None),)] = fill
     return out
 
 
@@ -160,13 +163,16 @@ def pad(blocks: Blocks, own: Structure, common: Structure, nnz: int, npairs: int
         raise DataError(f"the padded model has {mm} columns after term 1; the pair indices "
                         "would overflow int32")
     cmap = column_map(own, common)
-    ra, rb = np.divmod(blocks.pair_out.astype(np.int64), mm_own)
-    pair_out = cmap[ra] * mm + cmap[rb]
+    cmap32 = cmap.astype(np.int32)   # 32 bits: mm * mm < 2**31
+    ra, rb = np.divmod(blocks.pair_out.astype(np.int32, copy=False), np.int32(mm_own))
+    pair_out = cmap32[ra]
+    pair_out *= mm
+    pair_out += cmap32[rb]
     return blocks._replace(   # the scalar fields (nobs, ...) as they are
-        A11=grow(blocks.A11, ell1), coo_row=grow(cmap[blocks.coo_row].astype(np.int32), nnz),
+        A11=grow(blocks.A11, ell1), coo_row=grow(cmap32[blocks.coo_row], nnz),
         coo_level=grow(blocks.coo_level, nnz), coo_val=grow(blocks.coo_val, nnz),
         zy1=grow(blocks.zy1, ell1), pair_level=grow(blocks.pair_level, npairs),
-        pair_out=grow(pair_out.astype(np.int32), npairs, fill=mm * mm - 1),
+        pair_out=grow(pair_out, npairs, fill=mm * mm - 1),
         pair_val=grow(blocks.pair_val, npairs), pair_rand=grow(blocks.pair_rand, npairs, fill=False),
         Arr=spread(blocks.Arr, cmap, common.m))
 
