@@ -18,6 +18,7 @@ from .bayes import priors as _priors
 from .families import GAUSSIAN
 from .errors import JaxhlmError
 from .fitting import Options, fit_blocks
+from .kernel import variances_deferred
 from .residual import whiten as _whiten
 from .results import LMMResult
 from .start import moment_start
@@ -169,7 +170,9 @@ class LMM:
     def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,
                inference: bool = False) -> "LMM":
         """Compile, and keep on disk (:mod:`jaxhlm.precompiled`), the programs that
-        ``fit(reml)``, ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
+        ``fit(reml)`` (with ``ranef``'s conditional variances where a large fit leaves
+        them to their first use, :func:`jaxhlm.kernel.variances_deferred`),
+        ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
         responses will run, by running each once on one chunk of simulated responses
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
@@ -180,6 +183,8 @@ class LMM:
         from .batch import chunk_size
 
         res = self.fit(reml)
+        if variances_deferred(self.bucketed.structure):
+            res.ranef
         plain = self.structure.residual is None   # Kenward-Roger: not with one
         if inference:
             res.coef_table("satterthwaite")
