@@ -32,7 +32,9 @@ the ladder's own rungs add up to 26% to a count (57 -> 72), a headroom bucket up
 (51 -> 72), a reached one up to 53% (47 -> 72); ``benchmarks/README.md`` ("Headroom and
 reach") has measured costs.  Counts on the fine ladder (the later terms' levels of a
 large dense block, whose work is cubic in them) get neither rule, nor do counts up to 8,
-which the ladder leaves as they are: their bucket is their rung.
+which the ladder leaves as they are: their bucket is their rung.  Counts above
+:data:`jaxhlm.padding.FINE_FROM` (millions of pairs) take the fine ladder's rungs by their
+size alone, and keep both rules.
 
 Buckets are recorded per kind of model (the static structure without its level counts,
 a residual structure's static sizes on their rungs; an LMM, whose counts include a

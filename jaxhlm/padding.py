@@ -37,7 +37,8 @@ power of 2, which made batched programs 3x slower, :func:`ladder`), so padding a
 at most 25% to a count (26% between 57 and 72).  Work linear in a count (term 1's levels, the entries, the
 pairs, a batch's fits) grows by at most that.  The rest's dense Cholesky costs m^3 in
 its size m, so when m is large (above ``FINE_ABOVE``) the later terms' levels use a
-ladder of 16 sizes per doubling (at most 6.25% more levels, 20% more work) instead.
+ladder of 16 sizes per doubling (at most 6.25% more levels, 20% more work) instead, and
+so does every count above :data:`FINE_FROM` (a million pairs: linear work, but large).
 Counts up to 8 are not padded.  ``benchmarks/README.md`` ("Buckets") has measured costs.
 """
 
