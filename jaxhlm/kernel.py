@@ -88,7 +88,7 @@ class Factor(NamedTuple):
     pwrss: jnp.ndarray      # r_yy^2
 
 
-def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -> jnp.ndarray:
     """S = sum_j A_r1^(j) W_j A_1r^(j) (m x m), with W_j = T_j' T_j = lambda_1 (C_j C_j')^{-1} lambda_1'.
 
     By the pairs (:mod:`jaxhlm.blocks`): the design part is one segment sum over the
@@ -96,7 +96,7 @@ def _schur_term1(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
     entries, since it pairs each entry with Z_1j'y alone.  Without pairs: densely.
     """
     if not blocks.pair_out.shape[0]:
-        return _schur_dense(T, blocks, m)
+        return _schur_dense(T, blocks, m, smooth)
     W = jnp.einsum("jca,jcb->jab", T, T)
     mm = m - 1
     pv = jnp.einsum("eab,eab->e", W[blocks.pair_level], blocks.pair_val)
@@ -124,13 +124,25 @@ def _term1_columns(blocks: Blocks, m: int, y: jnp.ndarray | None = None) -> jnp.
     return jnp.swapaxes(B, 1, 2)
 
 
-def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int) -> jnp.ndarray:
+def _schur_dense(T: jnp.ndarray, blocks: Blocks, m: int, smooth: bool = False) -> jnp.ndarray:
     """S = B'B with B the (ell_1 p_1) x m matrix of B_j = T_j [A_1r^(j)  Z_1j'y]: one matrix
     product instead of the pairs, for designs whose levels of term 1 meet much of the rest.
     B_j is T_j times the data's dense columns (:func:`_term1_columns`), so that no scatter
-    depends on theta."""
+    depends on theta.  ``smooth``: differentiable in forward mode and to any order; else
+    by :func:`_gram`, whose gradient is one matrix product."""
     B = jnp.einsum("jab,jbm->jam", T, _term1_columns(blocks, m, blocks.zy1)).reshape(-1, m)
-    return B.T @ B
+    return B.T @ B if smooth else _gram()(B)
+
+
+@functools.cache
+def _gram():
+    """``B -> B'B`` as a ``jax.custom_vjp`` whose gradient is B (C + C') for the cotangent
+    C: one matrix product, where JAX's own transpose of B'B makes two (B C and B C'; the
+    crossed design of ``benchmarks/crossed.py``: 2.6 ms each of a 12-15 ms evaluation).
+    Reverse mode only (built on first use, :mod:`jaxhlm.lazy_jax`)."""
+    gram = jax.custom_vjp(lambda B: B.T @ B)
+    gram.defvjp(lambda B: (B.T @ B, B), lambda B, ct: (B @ (ct + ct.T),))
+    return gram
 
 
 def dense_parts(M: jnp.ndarray, mr: int, p: int):
@@ -195,15 +207,17 @@ def rest_matrix(theta: jnp.ndarray, blocks: Blocks, st: Structure):
     return rest_matrix_at(lambdas(theta, st), blocks, st)
 
 
-def rest_matrix_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
+def rest_matrix_at(lams: list[jnp.ndarray], blocks: Blocks, st: Structure, smooth: bool = False):
     """:func:`rest_matrix` given the terms' factors lambda_k themselves (any square roots
-    of the relative covariances: the kernel uses them only through products)."""
+    of the relative covariances: the kernel uses them only through products).
+    ``smooth``: differentiable in forward mode and to any order (:func:`_schur_dense`);
+    else reverse mode's first derivative alone, as :func:`factorize`'s."""
     lam1 = lams[0]
     p1 = lam1.shape[0]
     P1 = jnp.einsum("ai,jab,bk->jik", lam1, blocks.A11, lam1) + jnp.eye(p1, dtype=lam1.dtype)[None]
     C = cholesky(P1)
     T = solve_lower(C, jnp.broadcast_to(lam1.T, C.shape))
-    M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m), lams[1:], st)
+    M = scale_rest(blocks.Arr - _schur_term1(T, blocks, st.m, smooth), lams[1:], st)
     rand = jnp.arange(st.m_rand)
     return C, T, M.at[rand, rand].add(1.0)
 
@@ -214,7 +228,7 @@ def smooth_parts(lams: list[jnp.ndarray], blocks: Blocks, st: Structure):
     :func:`dense_parts`, whose written-out gradient is first order), for the second
     derivatives of inference (:mod:`jaxhlm.inference`).  R_X (p x p, lower triangular)
     gives X'V^{-1}X = R_X R_X' / sigma^2."""
-    C, _, M = rest_matrix_at(lams, blocks, st)
+    C, _, M = rest_matrix_at(lams, blocks, st, smooth=True)
     L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
@@ -243,7 +257,7 @@ def factorize_smooth(theta: jnp.ndarray, blocks: Blocks, st: Structure) -> Facto
     """:func:`factorize` through JAX's own Cholesky factor of the rest's matrix (as
     :func:`smooth_parts`): differentiable in forward mode and to any order, for PIRLS's
     modes (:mod:`jaxhlm.pirls`), which are differentiated through their loop."""
-    C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st)
+    C, T, M = rest_matrix_at(lambdas(theta, st), blocks, st, smooth=True)
     L = lax.linalg.cholesky(M)
     log_d = 2.0 * jnp.log(jnp.diagonal(L))
     mr, p = st.m_rand, st.p
