@@ -91,12 +91,6 @@ def conditional(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml: bool,
     return estimates(f, theta, blocks, st, residual_variance(f.pwrss, blocks, st, reml), modes, variances)
 
 
-def conditional_variances(theta: jnp.ndarray, blocks: Blocks, st: Structure, reml) -> list:
-    """b's conditional covariances per term at theta (lme4's ``condVar``): a program of
-    their own where a fit left them out (:func:`jaxhlm.kernel.variances_deferred`)."""
-    return conditional(theta, blocks, st, reml).b_var
-
-
 def marginal_loglik(theta: jnp.ndarray, beta: jnp.ndarray, sigma: jnp.ndarray,
                     blocks: Blocks, st: Structure) -> jnp.ndarray:
     """log p(y | beta, sigma, theta) with b integrated out (not profiled): NUTS's likelihood.
