@@ -313,9 +313,13 @@ class LevelSums:
 
     def sums(self, R: np.ndarray) -> np.ndarray:
         """sum_{i: code_i = j} R[b, i]: (n, B) from R (B, rows)."""
-        out = np.zeros((self.n, R.shape[0]))
+        return self.sums_in_order(R[:, self.order]).T
+
+    def sums_in_order(self, R: np.ndarray) -> np.ndarray:
+        """The same, (B, n), from R's rows already in code order (``R[:, order]``)."""
+        out = np.zeros((R.shape[0], self.n))
         if self.used.size:
-            out[self.used] = np.add.reduceat(R[:, self.order], self.starts, axis=1).T
+            out[:, self.used] = np.add.reduceat(R, self.starts, axis=1)
         return out
 
 

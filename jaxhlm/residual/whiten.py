@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 
 from .. import padding
-from ..blocks import Blocks, Pattern, pattern, values
+from ..blocks import Blocks, LevelSums, Pattern, pattern, values
 from ..errors import DataError, JaxhlmError
 from .base import Correlation, Residual, VarianceFunction, codes_of, column
 
@@ -261,7 +261,7 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
     the class sets' response fields (Z_1'y and Arr's last row and column per set, O(n) per
     response and set).  The responses are taken in term 1's level order once, and their
     partners' (:func:`_kind_rows`) formed once, each C-ordered; then per set Z_1'y sums
-    each level's consecutive rows (``np.add.reduceat``), the rest's products are one
+    each level's consecutive rows (:class:`jaxhlm.blocks.LevelSums`), the rest's products are one
     matrix product (:func:`_rest_design`) and y'Wy one matrix-vector product.  128
     responses of a 3,000-subject AR(1) design (``/tmp`` probe, 2026-12-04): the first call
     in a process 0.18-0.23 -> 0.10 s (scipy.sparse, 0.07 s to import, is no longer needed
@@ -276,13 +276,11 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
     p1, ell1, m = pat.Z1.shape[1], sets.zy1.shape[1], st.m
     partner, _, classes, first = _class_rows(st.residual, {"correlation": rows.correlation,
                                                            "variance": rows.variance}, n)
-    order = np.argsort(pat.codes1, kind="stable")
-    codes = pat.codes1[order]
-    used = np.flatnonzero(np.bincount(codes, minlength=ell1))
-    starts = np.searchsorted(codes, used)
+    by_level = LevelSums(pat.codes1, ell1)
+    order = by_level.order
     kinds = {SELF: np.take(Y, order, axis=1), PREV: np.take(partner.of_columns(Y), order, axis=1)}   # C-ordered
     cols = pat.cols[order, :-1]
-    zy1 = np.zeros((B,) + sets.zy1.shape)
+    zy1 = np.empty((B,) + sets.zy1.shape)
     Arr = np.broadcast_to(sets.Arr, (B,) + sets.Arr.shape).copy()
     for k, (c, kind) in enumerate(zip(sets.set_class, sets.set_kind)):
         w = (classes[order] == c).astype(float)
@@ -290,7 +288,7 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
         vals = _kind_rows(pat.vals, partner, kind)[order] * w[:, None]
         Yk = kinds[kind] if kind in kinds else kinds[SELF] + kinds[PREV]
         for a in range(p1):
-            zy1[:, k, used, a] = np.add.reduceat(Yk * Z1[:, a], starts, axis=1)
+            zy1[:, k, :, a] = by_level.sums_in_order(Yk * Z1[:, a])
         ry = Yk @ _rest_design(vals, cols, m - 1)
         Arr[:, k, -1, :-1] = ry
         Arr[:, k, :-1, -1] = ry
