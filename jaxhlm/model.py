@@ -103,6 +103,15 @@ class LMM:
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property
+    def independent_groups(self):
+        """The model's rows in independent groups
+        (:class:`jaxhlm.inference.independent_groups.Groups`) where they are small, for
+        Kenward-Roger's tests and the profile on the host; else None."""
+        from .inference.independent_groups import Groups
+
+        return Groups.of(self.frame, self.structure)
+
+    @functools.cached_property
     def theta_start(self) -> np.ndarray:
         """Where :meth:`fit` starts: Henderson's moment estimates for the intercepts'
         variances, lme4's start for the rest (:func:`jaxhlm.start.moment_start`)."""
@@ -176,7 +185,9 @@ class LMM:
         responses will run, by running each once on one chunk of simulated responses
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
-        REML, Kenward-Roger's tables, not with a residual structure; the profile).  Every
+        REML, Kenward-Roger's tables, not with a residual structure; the profile; these two
+        compile nothing where the model's rows fall into small independent groups,
+        :mod:`jaxhlm.inference.independent_groups`, and are left out there).  Every
         model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, through
         its class sets, :func:`jaxhlm.residual.whiten.bucket`) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
@@ -188,9 +199,10 @@ class LMM:
         plain = self.structure.residual is None   # Kenward-Roger: not with one
         if inference:
             res.coef_table("satterthwaite")
-            if reml and not self.structure.known_sigma and plain:
+            compiled = self.independent_groups is None
+            if reml and not self.structure.known_sigma and plain and compiled:
                 res.coef_table("kenward-roger")
-            if not self.structure.known_sigma:
+            if not self.structure.known_sigma and compiled:
                 res.profile()
         if nsim:
             res.bootstrap(min(nsim, chunk_size(nsim)))

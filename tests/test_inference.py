@@ -256,3 +256,58 @@ def test_kenward_roger_by_derivatives_equals_pbkrtests_dense_algorithm(formula):
     ours = jax.jit(adjusted, static_argnums=2)(gamma, model.blocks, model.structure)
     for name, a, b in zip(("Phi", "Phi_A", "P", "W"), ours, _dense_kenward_roger(model, gamma)):
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10 * np.abs(b).max(), err_msg=name)
+
+
+def _independent_groups_cases():
+    ss = jaxhlm.datasets.load("sleepstudy")
+    boundary = pd.read_csv(REF / "data" / "Boundary.csv.gz").astype({"g": str, "Subject": str})
+    yield "sleepstudy", jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", ss)
+    yield "uncorrelated", jaxhlm.LMM("Reaction ~ Days + (Days || Subject)", ss)
+    yield "weights", jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", ss.assign(w=1.0 + np.arange(len(ss)) % 3),
+                                weights="w")
+    for name in ("oats", "machines", "penicillin"):   # nested; nested with a slope-free term; crossed
+        yield name, _fitted(name)[1]._model
+    yield "boundary", jaxhlm.LMM(json.loads((REF / "boundary.json").read_text())["formula"], boundary)
+
+
+@pytest.mark.parametrize("name,model", list(_independent_groups_cases()), ids=lambda x: x if isinstance(x, str) else "")
+def test_independent_groups_give_the_compiled_kenward_roger_matrices(name, model):
+    """Kenward-Roger's Phi, Phi_A, P_i and W on the host, group by group of Sigma
+    (:mod:`jaxhlm.inference.independent_groups`), equal the compiled path's derivatives of
+    the blocked factor to 1e-9 and, unweighted, pbkrtest's dense n x n algorithm (at the
+    boundary fit both paths floor Cov_k at 1e-6 sigma^2 I, where the compiled path's
+    derivatives of chol lose digits: 1e-6 there)."""
+    from jaxhlm.inference.kenward_roger import BOUNDARY_FLOOR, adjusted, adjustment, linear_parameters
+
+    res = model.fit()
+    groups = model.independent_groups
+    assert groups is not None
+    gamma = linear_parameters(res.sigma, res._lams, model.structure)
+    host = adjustment(*groups.kenward_roger(gamma, BOUNDARY_FLOOR))
+    compiled = jax.jit(adjusted, static_argnums=2)(gamma, model.blocks, model.structure)
+    tol = 1e-6 if name == "boundary" else 1e-9
+    for what, a, b in zip(("Phi", "Phi_A", "P", "W"), host, compiled):
+        assert np.max(np.abs(a - np.asarray(b))) <= tol * np.max(np.abs(b)), what
+    if name not in ("weights", "boundary"):
+        for what, a, b in zip(("Phi", "Phi_A", "P", "W"), host, _dense_kenward_roger(model, gamma)):
+            assert np.max(np.abs(a - b)) <= 1e-9 * np.max(np.abs(b)), what
+
+
+def test_which_models_fall_into_independent_groups():
+    """Oats' plots are nested in its blocks: six groups; a crossed design is one group, taken
+    while it is small; a large one, a residual structure or a covariance that is not linear in
+    its parameters leaves Kenward-Roger and the profile to their compiled programs."""
+    from jaxhlm.inference import independent_groups
+
+    oats = _fitted("oats")[1]._model
+    assert independent_groups.group_of_rows(oats.frame).max() == 5
+    assert oats.independent_groups.qmax == 1 + 3   # a block and its three plots
+    assert _fitted("penicillin")[1]._model.independent_groups.K.shape[0] == 1
+    rng = np.random.default_rng(0)
+    crossed = pd.DataFrame({"a": rng.integers(0, 60, 600).astype(str), "b": rng.integers(0, 60, 600).astype(str),
+                            "y": rng.normal(size=600)})
+    assert jaxhlm.LMM("y ~ 1 + (1 | a) + (1 | b)", crossed).independent_groups is None
+    ss = jaxhlm.datasets.load("sleepstudy")
+    assert jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", ss,
+                      correlation=jaxhlm.AR1(group="Subject", time="Days")).independent_groups is None
+    assert jaxhlm.LMM("Reaction ~ Days + cs(1 + Days | Subject)", ss).independent_groups is None

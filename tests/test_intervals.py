@@ -91,13 +91,17 @@ def test_bad_methods_and_levels_are_named():
         res.confint("wald", level=95)
 
 
-def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sleepstudy):
+def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sleepstudy, monkeypatch):
     """The variance and fixed-effect deviances compile at once, in threads, when the
     profiler starts (:func:`jaxhlm.precompiled.prepare_together`); the root searches then
-    compile nothing.  (A formula no other test fits, so that both are new here.)"""
+    compile nothing.  (A formula no other test fits, so that both are new here; the
+    compiled path, not the host's independent groups.)"""
     import jax
 
+    from jaxhlm.inference import independent_groups
     from jaxhlm.inference.profile import Profiler
+
+    monkeypatch.setattr(independent_groups, "MAX_BLOCK", 0)
 
     data = sleepstudy.assign(noise=np.random.default_rng(3).normal(size=len(sleepstudy)))
     res = jaxhlm.LMM("Reaction ~ Days + noise + (1 | Subject)", data).fit()
@@ -116,3 +120,33 @@ def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sl
         jax.monitoring.unregister_event_duration_listener(listen)
     assert at_start == 2 and len(compiled) == 2
     assert lower < res.fixef["noise"] and upper > res.sigma
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_inference", "oats", "penicillin"])
+def test_the_hosts_profile_equals_the_compiled_one(name, monkeypatch):
+    """The profile on the host's independent groups (:mod:`jaxhlm.inference.independent_groups`:
+    the ML deviance and its gradient in closed form; a fixed effect held in the data's
+    cross-products while all of v is optimised) against the compiled programs (a fixed
+    effect held with theta optimised, sigma profiled): the deviance and its gradient at
+    points around the estimates to 1e-9, the intervals to 1e-7 of their widths."""
+    from jaxhlm.inference import independent_groups, profile
+
+    _ref, res = _fitted(name)
+    host = profile.Profiler(res)
+    assert host._groups is not None
+    bucketed = res._model.bucketed
+    compiled = profile._VARIANCE.for_structure(bucketed.structure)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        v = host.v_hat * (1.0 + 0.2 * rng.uniform(-1.0, 1.0, host.v_hat.size))
+        value, grad = profile._host_deviance(host._groups, host._st, v)
+        want_value, want_grad = (np.asarray(a) for a in compiled(v, bucketed.blocks, bucketed.structure))
+        assert value == pytest.approx(float(want_value), rel=1e-9)
+        np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-9 * np.abs(want_grad).max())
+    on_host = res.confint("profile")
+    monkeypatch.setattr(independent_groups, "MAX_BLOCK", 0)
+    res._model.__dict__.pop("independent_groups", None)
+    by_programs = res.confint("profile")
+    res._model.__dict__.pop("independent_groups", None)
+    width = (by_programs["97.5 %"] - by_programs["2.5 %"]).to_numpy()[:, None]
+    assert np.nanmax(np.abs(on_host.to_numpy() - by_programs.to_numpy()) / width) < 1e-7

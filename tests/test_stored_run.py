@@ -13,9 +13,12 @@ import pytest
 from jaxhlm import stored_run
 
 FIT = """
-import json, sys
+import json, os, sys
 import numpy as np
 import jaxhlm
+from jaxhlm.inference import independent_groups
+if os.environ.get("GROUPS_ON_HOST") == "no":   # Kenward-Roger and the profile by their compiled programs
+    independent_groups.MAX_BLOCK = 0
 df = jaxhlm.datasets.load("sleepstudy")
 out = {}
 for reml in (True, False):
@@ -46,14 +49,19 @@ def _run(cache, *args, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path):
-    first = _run(tmp_path)
+@pytest.mark.parametrize("on_host", ["yes", "no"])
+def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path, on_host):
+    """Kenward-Roger's table and the profile intervals on the host (sleepstudy's subjects are
+    independent groups: :mod:`jaxhlm.inference.independent_groups`) or by their stored programs."""
+    env = {"GROUPS_ON_HOST": on_host}
+    first = _run(tmp_path, env=env)
     assert first["jax_imported"] and first["traces"] == 1   # REML and ML fits: one program
-    assert len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX))) == 6   # fit, tests, profile
-    second = _run(tmp_path)
+    stored = len(list((tmp_path / "jaxhlm-executables").glob("*" + stored_run.SUFFIX)))
+    assert stored == (3 if on_host == "yes" else 6)   # fit, tests (and profile)
+    second = _run(tmp_path, env=env)
     assert not second["jax_imported"] and second["traces"] == 0
     assert second == {**first, "jax_imported": False, "traces": 0}   # bit for bit
-    third = _run(tmp_path, "then-jax")
+    third = _run(tmp_path, "then-jax", env=env)
     assert third["bootstrap"] == 1.0 and third["x64"]
     assert {k: third[k] for k in first if k not in ("jax_imported", "traces")} == \
         {k: first[k] for k in first if k not in ("jax_imported", "traces")}
@@ -258,6 +266,8 @@ def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
 PROFILE_AFTER = """
 import json, sys, jaxhlm
 from jaxhlm import precompiled
+from jaxhlm.inference import independent_groups
+independent_groups.MAX_BLOCK = 0   # the profile's compiled programs, not the host's groups
 prepared = []
 executable = precompiled.Precompiled.executable
 def counted(self, *args):

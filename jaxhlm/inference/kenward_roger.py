@@ -34,7 +34,11 @@ and the F statistic's scaling (:meth:`KenwardRoger.f_test`); the t test of one
 coefficient is the F test of one row (pbkrtest's ``Lb_ddf``) with SE from Phi_A.
 
 Only REML fits, as lmerTest and pbkrtest.  :func:`adjusted` is a pure function of
-(gamma, blocks): jit-compiled and vmap-able.
+(gamma, blocks): jit-compiled and vmap-able; a batch's tables run it.  A single fit whose
+rows fall into small independent groups (one grouping factor, factors nested in one, a
+small crossed design) takes the same matrices in closed form on the host instead
+(:mod:`jaxhlm.inference.independent_groups`: milliseconds, against 0.8-0.9 s of tracing and
+compilation for Exam's first table); both end in :func:`adjustment`.
 """
 
 from __future__ import annotations
@@ -102,16 +106,22 @@ def adjusted(gamma, blocks: Blocks, st: Structure):
     """(Phi, Phi_A, P (k, p, p), W (k, k)) at the estimates gamma (the module docstring)."""
     F, _ = precision_and_log_determinants(gamma, blocks, st)
     dF, d2F, d2logdet = _derivatives(gamma, blocks, st)
-    Phi = jnp.linalg.inv(F)
-    Phi = 0.5 * (Phi + Phi.T)
     P = jnp.moveaxis(dF, -1, 0)
     dQ = jnp.moveaxis(d2F, (-2, -1), (0, 1))   # Q_ij + Q_ji
-    info = -0.5 * (d2logdet + d2logdet.T)
-    V, w = lax.linalg.eigh(info)
-    big = jnp.abs(w) > jnp.where(jnp.min(jnp.abs(w)) > SINGULAR_TOL,
-                                 0.0, jnp.sqrt(jnp.finfo(w.dtype).eps) * jnp.max(jnp.abs(w)))
-    W = 2.0 * (V * jnp.where(big, 1.0 / jnp.where(big, w, 1.0), 0.0)[None, :]) @ V.T
-    U = 0.5 * jnp.einsum("ij,ijab->ab", W, dQ) - jnp.einsum("ij,iab,bc,jcd->ad", W, P, Phi, P)
+    return adjustment(F, P, dQ, -0.5 * (d2logdet + d2logdet.T), jnp)
+
+
+def adjustment(F, P, dQ, info, xp=np):
+    """(Phi, Phi_A, P, W) from F = X'Sigma^{-1}X, P_i, Q_ij + Q_ji and the expected
+    information I_ij = tr(P G_i P G_j) (the module docstring; W is pbkrtest's inverse of I,
+    Moore-Penrose where I is singular), with NumPy or ``jax.numpy`` as ``xp``."""
+    Phi = xp.linalg.inv(F)
+    Phi = 0.5 * (Phi + Phi.T)
+    w, V = xp.linalg.eigh(info)
+    big = xp.abs(w) > xp.where(xp.min(xp.abs(w)) > SINGULAR_TOL,
+                               0.0, xp.sqrt(xp.finfo(w.dtype).eps) * xp.max(xp.abs(w)))
+    W = 2.0 * (V * xp.where(big, 1.0 / xp.where(big, w, 1.0), 0.0)[None, :]) @ V.T
+    U = 0.5 * xp.einsum("ij,ijab->ab", W, dQ) - xp.einsum("ij,iab,bc,jcd->ad", W, P, Phi, P)
     PhiA = Phi + 2.0 * Phi @ U @ Phi
     return Phi, 0.5 * (PhiA + PhiA.T), P, W
 
@@ -174,8 +184,12 @@ class KenwardRoger:
     def of(cls, result) -> "KenwardRoger":
         """The tests of a single fit (:class:`jaxhlm.LMMResult`)."""
         _check(result.reml, result._model.structure)
-        gamma = linear_parameters(result.sigma, result._lams, result._model.structure)
-        bucketed = result._model.bucketed
+        model = result._model
+        gamma = linear_parameters(result.sigma, result._lams, model.structure)
+        groups = model.independent_groups
+        if groups is not None:   # small independent groups: on the host, nothing to compile
+            return cls(*adjustment(*groups.kenward_roger(gamma, BOUNDARY_FLOOR)), result.fixef.to_numpy())
+        bucketed = model.bucketed
         out = _ADJUSTED.for_structure(bucketed.structure)(gamma, bucketed.blocks, bucketed.structure)
         return cls(*out, result.fixef.to_numpy())
 

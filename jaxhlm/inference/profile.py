@@ -25,9 +25,17 @@ lme4 has none.)
   (:func:`jaxhlm.kernel.rest_matrix`) to a matrix without x_j's row and column whose
   last column is y - f x_j; the ML deviance profiled over sigma is minimised over theta.
 
+Where the model's rows fall into small independent groups, both deviances and their
+gradients are computed on the host in closed form instead
+(:mod:`jaxhlm.inference.independent_groups`; nothing to compile), and a fixed effect's
+profile, held in the data's cross-products, is minimised over all of v: the same
+profiled deviance, reached by another inner optimisation (intervals equal to 1e-7 of
+their widths, tested).
+
 lme4 traces zeta on a grid and inverts a spline through it; here each interval end is
 the root of zeta(x) = -+ z_{(1+level)/2} (secant steps to a bracket, then Brent's method),
-each zeta an inner optimisation started at the previous one's optimum.  Where the
+each zeta an inner optimisation started at the optimum predicted from the two nearest
+points already evaluated (:class:`_Starts`).  Where the
 profile does not reach the level before a bound (an SD's 0, a correlation's +-1), the
 bound is the interval's end, as lme4's ``confint`` gives it.  :func:`profile` traces
 zeta up to lme4's cutoff for plots (lme4's ``xyplot(profile(m))``).
@@ -76,6 +84,27 @@ def _lambdas(v, st: Structure):
         k += len(entries)
         lams.append(sd[:, None] * jnp.linalg.cholesky(R) / sigma)
     return lams
+
+
+def _host_deviance(groups, st: Structure, v, K=None):
+    """(ML deviance, its gradient in v) by the host's independent groups
+    (:meth:`jaxhlm.inference.independent_groups.Groups.deviance`, in gamma = each term's
+    covariance elements, sd_r^2 and rho_rc sd_r sd_c, then sigma^2; chained to v here)."""
+    gamma, J = np.empty(v.size), np.zeros((v.size, v.size))   # J[e, i] = d gamma_e / d v_i
+    k = 0
+    for entries in _layout(st):
+        at = {rc: k + e for e, rc in enumerate(entries)}
+        for e, (r, c) in enumerate(entries, start=k):
+            if r == c:
+                gamma[e], J[e, e] = v[e] ** 2, 2.0 * v[e]
+            else:
+                a, b = at[r, r], at[c, c]
+                gamma[e] = v[e] * v[a] * v[b]
+                J[e, e], J[e, a], J[e, b] = v[a] * v[b], v[e] * v[b], v[e] * v[a]
+        k += len(entries)
+    gamma[k], J[k, k] = v[k] ** 2, 2.0 * v[k]
+    value, grad = groups.deviance(gamma, K)
+    return value, grad @ J
 
 
 def _n_random(st: Structure) -> int:
@@ -158,6 +187,29 @@ def _finite(value, grad, keep=None, scale=None):
 
 
 
+class _Starts:
+    """Starting points of a profile's inner optimisations: the optimum at x predicted
+    linearly from the two evaluated points nearest to x (the estimate is the first), so
+    that each inner optimisation starts near its end (Exam's profile intervals by the
+    compiled programs: 1,037 evaluations of the deviances instead of 1,105 from the last
+    point's optimum)."""
+
+    def __init__(self, x: float, optimum: np.ndarray):
+        self.xs, self.optima = [float(x)], [np.asarray(optimum, dtype=float)]
+
+    def at(self, x: float, lower, upper) -> np.ndarray:
+        near = np.argsort(np.abs(np.array(self.xs) - x), kind="stable")[:2]
+        start = self.optima[near[0]]
+        if near.size == 2 and self.xs[near[1]] != self.xs[near[0]]:
+            (x0, x1), (z0, z1) = (self.xs[i] for i in near), (self.optima[i] for i in near)
+            start = z0 + (x - x0) * (z1 - z0) / (x1 - x0)
+        return np.clip(start, lower, upper)
+
+    def add(self, x: float, optimum: np.ndarray) -> None:
+        self.xs.append(float(x))
+        self.optima.append(np.asarray(optimum, dtype=float))
+
+
 @dataclasses.dataclass
 class _Parameter:
     name: str
@@ -183,10 +235,13 @@ class Profiler:
             t.covariance.linear_entries()   # raises for a structure that has no SDs and correlations
         self.ml = model.fit(reml=False) if result.reml else result
         self.base = self.ml.objective
-        bucketed = model.bucketed
-        self._blocks, self._st = bucketed.blocks, bucketed.structure
-        self._vg = _VARIANCE.for_structure(self._st)
-        self._fg = _FIXED.for_structure(self._st)
+        self._groups = model.independent_groups   # small independent groups: on the host
+        self._blocks, self._st = None, st
+        if self._groups is None:
+            bucketed = model.bucketed
+            self._blocks, self._st = bucketed.blocks, bucketed.structure
+            self._vg = _VARIANCE.for_structure(self._st)
+            self._fg = _FIXED.for_structure(self._st)
         self.v_hat = self._v_hat()
         names = [n for n, _ in variance_names(model.frame.specs)]
         self._sigma_at = _n_random(self._st)
@@ -199,7 +254,7 @@ class Profiler:
             step = 0.01 * abs(x) if abs(x) > 1e-8 else 1e-3
             self.parameters[name] = _Parameter(name, x, lower[w], upper[w], step, self._variance_zeta(w))
         beta, se = self.ml.fixef.to_numpy(), self.ml.fixef_se.to_numpy()
-        if beta.size:   # both programs compiled at once, before their first calls
+        if beta.size and self._groups is None:   # both programs compiled at once, before their first calls
             keep = np.array([k for k in range(self._st.m) if k != self._st.m_rand])
             prepare_together([(self._vg, (self.v_hat, self._blocks, self._st)),
                               (self._fg, (np.asarray(self.ml.theta, dtype=float), self._blocks, self._st,
@@ -233,6 +288,18 @@ class Profiler:
         return float(np.sign(x - estimate) * np.sqrt(max(deviance - self.base, 0.0)))
 
     def _variance_zeta(self, w: int):
+        if self._groups is None:
+            def deviance(v, x):
+                return self._vg(v, self._blocks, self._st)
+        else:
+            def deviance(v, x):
+                return _host_deviance(self._groups, self._st, v)
+        return self._v_zeta(deviance, w)
+
+    def _v_zeta(self, deviance, w: int | None, estimate: float | None = None):
+        """x -> zeta(x) of v's element ``w`` held at x, deviance(v, x) -> (value, gradient in
+        v) minimised over v's other elements; with ``w`` None, over all of v (a fixed effect
+        held at x by the host's deviance; ``estimate``: its estimate)."""
         lower, upper = self._v_bounds()
         k = self._sigma_at
         lower = np.where(lower == -1.0, -CORR_BOUND, lower)
@@ -240,51 +307,67 @@ class Profiler:
         # a residual parameter's open range, kept inside as the correlations' is
         lower[k + 1:], upper[k + 1:] = _inside(lower[k + 1:], 1.0), _inside(upper[k + 1:], -1.0)
         lower[k] = SIGMA_FLOOR * self.ml.sigma
-        others = np.arange(self.v_hat.size) != w
+        others = np.arange(self.v_hat.size) != (-1 if w is None else w)
         # the optimiser works on v / scale: SDs and sigma relative to their estimates
         scale = np.where(lower == 0.0, np.maximum(np.abs(self.v_hat), 1e-3 * self.ml.sigma), 1.0)
         scale[k] = self.ml.sigma
         s = scale[others]
         sd = lower[others] == 0.0          # the SDs (sigma's bound is above 0)
-        state = {"start": self.v_hat[others] / s}
+        estimate = self.v_hat[w] if w is not None else estimate
+        starts = _Starts(estimate, self.v_hat[others] / s)
 
         def fun(z, x):
             v = self.v_hat.copy()
-            v[others], v[w] = z * s, x
-            return _finite(*self._vg(v, self._blocks, self._st), others, s)
+            v[others] = z * s
+            if w is not None:
+                v[w] = x
+            return _finite(*deviance(v, x), others, s)
 
         def zeta(x: float) -> float:
-            x = float(np.clip(x, lower[w], upper[w]))
+            x = float(np.clip(x, lower[w], upper[w])) if w is not None else float(x)
             if not others.any():
                 dev = fun(np.zeros(0), x)[0]
             else:
                 # An SD at 0 is a stationary point of the deviance (even in each SD): a start
                 # there (the last point's optimum on the boundary) would stay.
-                start = np.where(sd, np.maximum(state["start"], SD_START_FLOOR), state["start"])
+                start = starts.at(x, lower[others] / s, upper[others] / s)
+                start = np.where(sd, np.maximum(start, SD_START_FLOOR), start)
                 res = optimize.minimize(fun, start, args=(x,), jac=True, method="L-BFGS-B",
                                         bounds=list(zip(lower[others] / s, upper[others] / s)),
                                         options=INNER)
-                state["start"], dev = res.x, float(res.fun)
-            return self._zeta(x, self.v_hat[w], dev)
+                starts.add(x, res.x)
+                dev = float(res.fun)
+            return self._zeta(x, estimate, dev)
 
         return zeta
 
     def _fixed_zeta(self, j: int):
+        if self._groups is not None:   # beta_j held in the data's cross-products; v optimised
+            held = {}
+
+            def deviance(v, f):
+                if f not in held:
+                    held.clear()
+                    held[f] = self._groups.holding(j, f)
+                return _host_deviance(self._groups, self._st, v, held[f])
+
+            return self._v_zeta(deviance, None, float(self.ml.fixef.to_numpy()[j]))
         st = self._st
         xj = st.m_rand + j
         keep = np.array([k for k in range(st.m) if k != xj])
         lower = st.theta_lower()
-        state = {"start": np.asarray(self.ml.theta, dtype=float)}
         beta = self.ml.fixef.to_numpy()
+        starts = _Starts(beta[j], np.asarray(self.ml.theta, dtype=float))
 
         def fun(theta, f):
             return _finite(*self._fg(theta, self._blocks, st, keep, j, f))
 
         def zeta(f: float) -> float:
-            res = optimize.minimize(fun, state["start"], args=(float(f),), jac=True, method="L-BFGS-B",
+            start = starts.at(f, lower, np.inf)
+            res = optimize.minimize(fun, start, args=(float(f),), jac=True, method="L-BFGS-B",
                                     bounds=[(lo, None) if np.isfinite(lo) else (None, None) for lo in lower],
                                     options=INNER)
-            state["start"] = res.x
+            starts.add(f, res.x)
             return self._zeta(f, beta[j], float(res.fun))
 
         return zeta
