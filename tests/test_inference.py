@@ -293,6 +293,17 @@ def test_independent_groups_give_the_compiled_kenward_roger_matrices(name, model
             assert np.max(np.abs(a - b)) <= 1e-9 * np.max(np.abs(b)), what
 
 
+def test_independent_groups_sum_their_rows_in_chunks(monkeypatch):
+    """The groups' cross-products, summed a chunk of rows at a time, equal one sum."""
+    from jaxhlm.inference import independent_groups
+
+    model = _fitted("machines")[1]._model
+    whole = independent_groups.Groups.of(model.frame, model.structure).K
+    monkeypatch.setattr(independent_groups, "CHUNK_ROWS", 7)
+    np.testing.assert_allclose(independent_groups.Groups.of(model.frame, model.structure).K, whole,
+                               rtol=1e-14, atol=1e-12 * np.abs(whole).max())
+
+
 def test_which_models_fall_into_independent_groups():
     """Oats' plots are nested in its blocks: six groups; a crossed design is one group, taken
     while it is small; a large one, a residual structure or a covariance that is not linear in

@@ -60,6 +60,9 @@ group of all its levels)."""
 MAX_WORK = 20_000_000
 """The most elements (groups x (q_g + p + 1)^2 x parameters) the batched products may hold."""
 
+CHUNK_ROWS = 65_536
+"""Rows whose cross-products are summed at once (bounds the temporary arrays)."""
+
 PASSES = 16
 """Passes of the grouping's label propagation before a design counts as not falling into
 independent groups (a nested design settles in two or three)."""
@@ -147,9 +150,13 @@ class Groups:
         vals = np.concatenate([term.Z for term in frame.terms] + [frame.X, frame.y[:, None]], axis=1)
         cols = np.concatenate(cols, axis=1)
         w = np.ones(n) if frame.weights is None else np.asarray(frame.weights, dtype=float)
-        index = (group[:, None, None] * d + cols[:, :, None]) * d + cols[:, None, :]
-        K = np.bincount(index.ravel(), (w[:, None, None] * vals[:, :, None] * vals[:, None, :]).ravel(),
-                        minlength=G * d * d).reshape(G, d, d)
+        K = np.zeros(G * d * d)
+        for rows in range(0, n, CHUNK_ROWS):   # each row's m x m products, a chunk at a time
+            g, cc, vv = (a[rows:rows + CHUNK_ROWS] for a in (group, cols, vals))
+            index = (g[:, None, None] * d + cc[:, :, None]) * d + cc[:, None, :]
+            vv = vv * np.sqrt(w[rows:rows + CHUNK_ROWS])[:, None]
+            K += np.bincount(index.ravel(), (vv[:, :, None] * vv[:, None, :]).ravel(), minlength=G * d * d)
+        K = K.reshape(G, d, d)
         level_group = [_level_groups(term, group) for term in frame.terms]
         E = []
         for t, lg, slot in zip(st.terms, level_group, slots):
