@@ -7,18 +7,21 @@ as soon as JAX is imported; it imports JAX itself only when it first needs it, w
 process whose programs are stored never does (:mod:`jaxhlm.lazy_jax`, :mod:`jaxhlm.stored_run`).
 """
 
-from . import _config  # noqa: F401  (float64 and the compilation cache, first)
-from . import covariance, datasets, families, residual
-from ._config import enable_compilation_cache
-from .batch import BatchResult, fit_datasets
-from .bayes import priors
-from .bayes.priors import Priors
-from .errors import DataError, FormulaError, JaxhlmError
-from .fitting import Options
-from .model import LMM
-from .optimize import Status
-from .residual import AR1, CompoundSymmetry, VarIdent, VarPower
-from .results import LMMResult
+from .collector import paused as _paused
+
+with _paused():   # the imports below (pandas, scipy) run 0.03 s faster without the collector
+    from . import _config  # noqa: F401  (float64 and the compilation cache, first)
+    from . import covariance, datasets, families, residual
+    from ._config import enable_compilation_cache
+    from .batch import BatchResult, fit_datasets
+    from .bayes import priors
+    from .bayes.priors import Priors
+    from .errors import DataError, FormulaError, JaxhlmError
+    from .fitting import Options
+    from .model import LMM
+    from .optimize import Status
+    from .residual import AR1, CompoundSymmetry, VarIdent, VarPower
+    from .results import LMMResult
 
 __version__ = "0.1.0"
 

@@ -62,6 +62,7 @@ import jaxlib
 import numpy as np
 
 from . import lazy_jax, stored_run
+from .collector import paused
 from .store import PINNED_JAXLIB, max_bytes, prepare_custom_calls, source_hash
 from .lazy_jax import jax
 
@@ -322,7 +323,11 @@ class Precompiled:
         arguments, without running it: loaded or compiled and stored as a call would,
         or, where it cannot be stored, compiled ahead of time by JAX's jit."""
         compiled, _, level = self._stored(args)
-        return self._jitted_at(level).lower(*args).compile() if compiled is False else compiled
+        if compiled is not False:
+            return compiled
+        with paused():
+            lowered = self._jitted_at(level).lower(*args)
+        return lowered.compile()
 
     def file_key(self, key) -> str:
         """The stored file's name: a hash of everything the compiled program depends on."""
@@ -375,7 +380,8 @@ class Precompiled:
         except Exception:  # unreadable or stale: compile again
             with contextlib.suppress(OSError):
                 path.unlink()
-        lowered = self._named(file_key, key[3]).lower(*args)
+        with paused():   # tracing and lowering: the collector finds nothing to free there
+            lowered = self._named(file_key, key[3]).lower(*args)
         if "callback" in lowered.as_text():
             return False
         hits, me = [], threading.get_ident()
