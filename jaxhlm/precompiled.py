@@ -315,6 +315,7 @@ class Precompiled:
                 return out
         compiled, dynamic, level = self._stored(args)
         if compiled is False:  # not storable: JAX's own jit and caches
+            prepare_custom_calls()
             return self._jitted_at(level)(*args)
         return compiled(*dynamic)
 
@@ -325,6 +326,7 @@ class Precompiled:
         compiled, _, level = self._stored(args)
         if compiled is not False:
             return compiled
+        prepare_custom_calls()
         with paused():
             lowered = self._jitted_at(level).lower(*args)
         return lowered.compile()
@@ -380,6 +382,7 @@ class Precompiled:
         except Exception:  # unreadable or stale: compile again
             with contextlib.suppress(OSError):
                 path.unlink()
+        prepare_custom_calls()   # before JAX's lowering, which would import scipy.linalg for them
         with paused():   # tracing and lowering: the collector finds nothing to free there
             lowered = self._named(file_key, key[3]).lower(*args)
         if "callback" in lowered.as_text():

@@ -52,26 +52,35 @@ _LAPACK_SOURCES = ("scipy.linalg.cython_blas", "scipy.linalg.cython_lapack")
 function pointers from (``jaxlib/cpu/lapack.cc``, ``GetLapackKernelsFromScipy``)."""
 
 
+_PREPARED: list = []
+
+
 def prepare_custom_calls() -> None:
-    """Load the LAPACK kernels that compiled CPU programs call (cholesky, eigh).
+    """Load the LAPACK kernels that compiled CPU programs call (cholesky, eigh), once.
 
     JAX does this when it lowers a program that uses them; a program loaded from disk
-    was never lowered in this process, and would call null pointers (a segfault).
+    was never lowered in this process, and would call null pointers (a segfault).  Done
+    here before JAX lowers a program too (:mod:`jaxhlm.precompiled`), JAX's lowering
+    finds them loaded.
 
     jaxlib imports ``scipy.linalg.cython_lapack`` for them, and Python imports the
     package ``scipy.linalg`` first: 0.1-0.2 s here, most of a stored bootstrap's or
-    batch's first call in a new process.  The two extension modules are loaded from
+    batch's first call in a new process, and of a first fit's lowering (the crossed
+    design of ``benchmarks/crossed.py``: 0.29 s, 0.13 s with the kernels loaded).  The two extension modules are loaded from
     their files instead (35 ms; scipy's top package, ``scipy._lib`` and ``scipy._cyutility``,
     which they need, are imported as usual), in ``sys.modules`` only while jaxlib reads them: a
     later ``import scipy.linalg.cython_lapack`` loads the same module object (Cython
     keeps one per process) into its package as usual.  Anything unexpected falls back
     to jaxlib's own import.
     """
+    if _PREPARED:
+        return
     from jaxlib import lapack
 
     loaded = [] if "scipy.linalg" in sys.modules else _load_extensions(_LAPACK_SOURCES)
     try:
         lapack.prepare_lapack_call("potrf_ffi", np.dtype(np.float64))  # once per process
+        _PREPARED.append(True)
     finally:
         for name in loaded:
             sys.modules.pop(name, None)
