@@ -1,12 +1,16 @@
 """Python's cyclic garbage collector paused while jaxhlm imports its libraries and JAX traces
 and lowers a program.
 
-Both create hundreds of thousands of objects that live on (modules, functions, a program's
-jaxpr), and every few hundred allocations the collector runs; its oldest generation's
-passes rescan everything alive, which finds nothing to free here.  Measured on a 2-core CPU
+Both create hundreds of thousands of objects, and every few hundred allocations the
+collector runs; its full passes rescan the whole heap (JAX, pandas, scipy: about a million
+objects), three of 12-54 ms during a first ``fit_many``.  Measured on a 2-core CPU
 (2026-12-04, fresh processes, collector on against off): ``import jax`` 0.32-0.33 against
 0.29 s; ``import jaxhlm, pandas`` 0.23-0.24 against 0.20 s; tracing the chunk program of
-128 vmapped fits of a 120-row design (``fit_many``) 0.31-0.38 against 0.28-0.29 s.
+128 vmapped fits of a 120-row design (``fit_many``) 0.31-0.38 against 0.28-0.29 s.  Part of
+the work is deferred, not saved: the first collection after a pause scans what it left
+(the next ``fit_many`` then took 0.07-0.08 s instead of 0.02 s); over three ``fit_many``
+calls a whole process took 1.77-1.83 s against 1.79-1.96 s, and a process that ends after
+its first call never pays it (``benchmarks/README.md``, "First compilations").
 
 :func:`paused` restores the collector's state afterwards (off stays off where the user
 turned it off); pauses may nest and overlap across threads (programs compiled in threads,
