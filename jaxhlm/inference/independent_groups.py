@@ -91,12 +91,12 @@ def _level_groups(term, group: np.ndarray) -> np.ndarray:
 
 
 def layout(frame, group: np.ndarray):
-    """(each level's first column within its group, per term (ell_k,); q_g per group): a
-    group's columns are its levels of term 1 (p_1 columns each, in level order), then its
-    levels of term 2, ..."""
+    """(each level's group and its first column within the group, per term (ell_k,) each;
+    q_g per group): a group's columns are its levels of term 1 (p_1 columns each, in level
+    order), then its levels of term 2, ..."""
     G = int(group.max()) + 1
     used = np.zeros(G, dtype=np.int64)
-    slots = []
+    groups, slots = [], []
     for term in frame.terms:
         p, level_group = term.spec.p, _level_groups(term, group)
         levels = np.flatnonzero(level_group >= 0)
@@ -106,9 +106,10 @@ def layout(frame, group: np.ndarray):
         rank[order] = np.arange(order.size) - (np.cumsum(counts) - counts)[level_group[order]]
         slot = np.zeros(term.spec.nlevels, dtype=np.int64)
         slot[levels] = used[level_group[levels]] + p * rank[levels]
+        groups.append(level_group)
         slots.append(slot)
         used = used + p * counts
-    return slots, used
+    return groups, slots, used
 
 
 @dataclasses.dataclass
@@ -140,7 +141,7 @@ class Groups:
         group = group_of_rows(frame)
         if group is None:
             return None
-        slots, q = layout(frame, group)
+        level_group, slots, q = layout(frame, group)
         qmax, d = int(q.max()), int(q.max()) + frame.X.shape[1] + 1
         if qmax > MAX_BLOCK or q.size * d * d * max(nparams, d) > MAX_WORK:
             return None
@@ -157,7 +158,6 @@ class Groups:
             vv = vv * np.sqrt(w[rows:rows + CHUNK_ROWS])[:, None]
             K += np.bincount(index.ravel(), (vv[:, :, None] * vv[:, None, :]).ravel(), minlength=G * d * d)
         K = K.reshape(G, d, d)
-        level_group = [_level_groups(term, group) for term in frame.terms]
         E = []
         for t, lg, slot in zip(st.terms, level_group, slots):
             g, s = lg[lg >= 0], slot[lg >= 0]
