@@ -48,6 +48,7 @@ from .padding import ladder
 from .precompiled import OLDER_EMITTERS, Precompiled, level_one
 from .residual import whiten as _whiten
 from .optimize import Status
+from .pages import small_pages
 from .stacking import stack
 from .start import moment_starts
 
@@ -365,6 +366,7 @@ optimum, theta 1.7e-3 away, at 1e-12; at 1e-14 every fit agrees with the probed 
 2.4e-5 in theta, in 7.2 iterations on average against 7.1 plus the 4 probing steps."""
 
 
+@small_pages()
 def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
              options: Options = Options(), progress: bool = False, theta0=None,
              hessian0=None) -> BatchResult:
@@ -512,6 +514,7 @@ _DRAW = Precompiled(_draw_program, (8,), "simulate", cpu_options=OLDER_EMITTERS,
 a chunk of 128 sleepstudy responses 0.92 ms instead of 0.60 ms (a fit of them takes 20 ms)."""
 
 
+@small_pages()
 def simulate_responses(model, fixef, theta, sigma, key, index) -> np.ndarray:
     """Responses (R, nobs) on ``model``'s design, one per entry of ``index`` (R,): lme4's
     ``simulate(m, newparams = ...)``.

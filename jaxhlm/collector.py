@@ -19,36 +19,32 @@ end, 1.61-1.64 -> 1.48-1.53 s), and the garbage among those objects waits for th
 full pass (a process fitting nine models: 417,000 tracked objects at its end instead of
 300,000, the same peak resident memory, 368 MB).
 
-:func:`paused` restores the collector's state afterwards (off stays off where the user
-turned it off); pauses may nest and overlap across threads (programs compiled in threads,
-:func:`jaxhlm.precompiled.prepare_together`): the collector resumes when the last ends.
+The pause is a :class:`jaxhlm.scoped.Scoped` setting: it restores the collector's state
+afterwards (off stays off where the user turned it off), and pauses may nest and overlap
+across threads: the collector resumes when the last ends.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import threading
 
-_LOCK = threading.Lock()
-_STATE = {"depth": 0, "resume": False}
+from .scoped import Scoped
 
 
-@contextlib.contextmanager
-def paused():
-    """The cyclic garbage collector off within the block (the module docstring)."""
-    with _LOCK:
-        if _STATE["depth"] == 0:
-            _STATE["resume"] = gc.isenabled()
-            gc.disable()
-        _STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _STATE["depth"] -= 1
-            if _STATE["depth"] == 0 and _STATE["resume"]:
-                if gc.get_freeze_count() == 0:   # (never unfreeze what a user froze)
-                    gc.freeze()     # every tracked object into the permanent generation,
-                    gc.unfreeze()   # then back into the oldest: aged without a pass
-                gc.enable()
+def _pause() -> bool:
+    enabled = gc.isenabled()
+    gc.disable()
+    return enabled
+
+
+def _resume(enabled: bool) -> None:
+    if not enabled:
+        return
+    if gc.get_freeze_count() == 0:   # (never unfreeze what a user froze)
+        gc.freeze()     # every tracked object into the permanent generation,
+        gc.unfreeze()   # then back into the oldest: aged without a pass
+    gc.enable()
+
+
+paused = Scoped(_pause, _resume)
+"""``with paused():`` the cyclic garbage collector off within the block (the module docstring)."""

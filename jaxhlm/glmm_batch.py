@@ -31,6 +31,7 @@ from .errors import DataError
 from .glmm_fit import default_start, fit_program, stored
 from .optimize import Status
 from .pirls import linear_predictor
+from .pages import small_pages
 from .precompiled import Precompiled
 
 CHUNK_CPU = 32
@@ -118,6 +119,7 @@ def responses(model, Y) -> np.ndarray:
     return Y
 
 
+@small_pages()
 def fit_many(model, Y, nagq: int = 1, *, batch_size: int | None = None, max_iter: int = 200,
              progress: bool = False, start=None, hessian0=None) -> GLMMBatchResult:
     """Fit B responses (Y, (B, nobs) or a DataFrame of B columns, on the model's response
@@ -181,6 +183,7 @@ _DRAW = Precompiled(_draw_program, (5, 6), "glmm_simulate")
 """The simulator, compiled and stored (:mod:`jaxhlm.precompiled`): a later process loads it."""
 
 
+@small_pages()
 def simulate_responses(model, fixef, theta, key, index) -> np.ndarray:
     """Responses (R, nobs) on ``model``'s design, one per entry of ``index`` (R,), at
     ``fixef`` (p,) or (R, p) and ``theta`` (ntheta,) or (R, ntheta) (shared or one set per
