@@ -103,11 +103,19 @@ class LMM:
         return dataclasses.replace(out, blocks=_placed(out.blocks))
 
     @functools.cached_property
+    def _group_fit(self):
+        """The model's groups for a fit on the host (:mod:`jaxhlm.group_fit`), or None
+        where the compiled program fits it."""
+        from .group_fit import GroupFit
+
+        return GroupFit.of(self)
+
+    @functools.cached_property
     def independent_groups(self):
         """The model's rows in independent groups
-        (:class:`jaxhlm.inference.independent_groups.Groups`) where they are small, for
+        (:class:`jaxhlm.independent_groups.Groups`) where they are small, for
         Kenward-Roger's tests and the profile on the host; else None."""
-        from .inference.independent_groups import Groups
+        from .independent_groups import Groups
 
         return Groups.of(self.frame, self.structure)
 
@@ -158,6 +166,9 @@ class LMM:
         if theta0.shape != (self.structure.ntheta,):
             raise ValueError(f"start must have {self.structure.ntheta} values (theta, in lme4's "
                              f"order); got shape {theta0.shape}")
+        if penalty is None and options.method == "auto" and self._group_fit is not None:
+            out = self._group_fit.fit(bool(reml), options, theta0)   # on the host: nothing to compile
+            return LMMResult.from_arrays(self, out, bool(reml), options, penalty)
         padded = self.bucketed
         out = fit_blocks(padded.blocks, padded.structure, bool(reml), options, theta0, penalty)
         return LMMResult.from_arrays(self, padding.unpad(lazy_jax.to_host(out), self.structure),
@@ -187,7 +198,7 @@ class LMM:
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
         REML, Kenward-Roger's tables, not with a residual structure; the profile; these two
         compile nothing where the model's rows fall into small independent groups,
-        :mod:`jaxhlm.inference.independent_groups`, and are left out there).  Every
+        :mod:`jaxhlm.independent_groups`, and are left out there).  Every
         model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, through
         its class sets, :func:`jaxhlm.residual.whiten.bucket`) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""

@@ -272,7 +272,8 @@ assert "dpotrf" in scipy.linalg.cython_lapack.__pyx_capi__
 
 
 def _run(cache, subjects, extra=""):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), **({"JAXHLM_CACHE_MAX_MB": extra} if extra else {}))
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_GROUP_FIT="0",   # the compiled fit's programs
+               **({"JAXHLM_CACHE_MAX_MB": extra} if extra else {}))
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(subjects)], capture_output=True, text=True,
                          timeout=400, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

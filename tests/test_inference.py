@@ -273,7 +273,7 @@ def _independent_groups_cases():
 @pytest.mark.parametrize("name,model", list(_independent_groups_cases()), ids=lambda x: x if isinstance(x, str) else "")
 def test_independent_groups_give_the_compiled_kenward_roger_matrices(name, model):
     """Kenward-Roger's Phi, Phi_A, P_i and W on the host, group by group of Sigma
-    (:mod:`jaxhlm.inference.independent_groups`), equal the compiled path's derivatives of
+    (:mod:`jaxhlm.independent_groups`), equal the compiled path's derivatives of
     the blocked factor to 1e-9 and, unweighted, pbkrtest's dense n x n algorithm (at the
     boundary fit both paths floor Cov_k at 1e-6 sigma^2 I, where the compiled path's
     derivatives of chol lose digits: 1e-6 there)."""
@@ -295,7 +295,7 @@ def test_independent_groups_give_the_compiled_kenward_roger_matrices(name, model
 
 def test_independent_groups_sum_their_rows_in_chunks(monkeypatch):
     """The groups' cross-products, summed a chunk of rows at a time, equal one sum."""
-    from jaxhlm.inference import independent_groups
+    from jaxhlm import independent_groups
 
     model = _fitted("machines")[1]._model
     whole = independent_groups.Groups.of(model.frame, model.structure).K
@@ -308,7 +308,7 @@ def test_which_models_fall_into_independent_groups():
     """Oats' plots are nested in its blocks: six groups; a crossed design is one group, taken
     while it is small; a large one, a residual structure or a covariance that is not linear in
     its parameters leaves Kenward-Roger and the profile to their compiled programs."""
-    from jaxhlm.inference import independent_groups
+    from jaxhlm import independent_groups
 
     oats = _fitted("oats")[1]._model
     assert independent_groups.group_of_rows(oats.frame).max() == 5

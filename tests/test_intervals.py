@@ -98,7 +98,7 @@ def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sl
     compiled path, not the host's independent groups.)"""
     import jax
 
-    from jaxhlm.inference import independent_groups
+    from jaxhlm import independent_groups
     from jaxhlm.inference.profile import Profiler
 
     monkeypatch.setattr(independent_groups, "MAX_BLOCK", 0)
@@ -124,12 +124,13 @@ def test_a_profiles_two_programs_compile_together_before_its_first_evaluation(sl
 
 @pytest.mark.parametrize("name", ["sleepstudy_inference", "oats", "penicillin"])
 def test_the_hosts_profile_equals_the_compiled_one(name, monkeypatch):
-    """The profile on the host's independent groups (:mod:`jaxhlm.inference.independent_groups`:
+    """The profile on the host's independent groups (:mod:`jaxhlm.independent_groups`:
     the ML deviance and its gradient in closed form; a fixed effect held in the data's
     cross-products while all of v is optimised) against the compiled programs (a fixed
     effect held with theta optimised, sigma profiled): the deviance and its gradient at
     points around the estimates to 1e-9, the intervals to 1e-7 of their widths."""
-    from jaxhlm.inference import independent_groups, profile
+    from jaxhlm import independent_groups
+    from jaxhlm.inference import profile
 
     _ref, res = _fitted(name)
     host = profile.Profiler(res)

@@ -16,7 +16,7 @@ FIT = """
 import json, os, sys
 import numpy as np
 import jaxhlm
-from jaxhlm.inference import independent_groups
+from jaxhlm import independent_groups
 if os.environ.get("GROUPS_ON_HOST") == "no":   # Kenward-Roger and the profile by their compiled programs
     independent_groups.MAX_BLOCK = 0
 df = jaxhlm.datasets.load("sleepstudy")
@@ -42,7 +42,7 @@ print(json.dumps(out))
 
 
 def _run(cache, *args, env=None):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), **(env or {}))
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_GROUP_FIT="0", **(env or {}))
     out = subprocess.run([sys.executable, "-c", FIT, *args], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -52,7 +52,7 @@ def _run(cache, *args, env=None):
 @pytest.mark.parametrize("on_host", ["yes", "no"])
 def test_a_second_process_fits_without_jax_bit_for_bit_and_can_use_jax_after(tmp_path, on_host):
     """Kenward-Roger's table and the profile intervals on the host (sleepstudy's subjects are
-    independent groups: :mod:`jaxhlm.inference.independent_groups`) or by their stored programs."""
+    independent groups: :mod:`jaxhlm.independent_groups`) or by their stored programs."""
     env = {"GROUPS_ON_HOST": on_host}
     first = _run(tmp_path, env=env)
     assert first["jax_imported"] and first["traces"] == 1   # REML and ML fits: one program
@@ -253,7 +253,7 @@ def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
     through JAX, then in a second process through jaxlib alone, the same numbers."""
     from pathlib import Path
 
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path))
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_GROUP_FIT="0")   # the compiled fits
     refs = str(Path(__file__).parent / "reference")
     runs = [subprocess.run([sys.executable, "-c", REFERENCES, refs], capture_output=True, text=True,
                            timeout=600, env=env) for _ in range(2)]
@@ -266,7 +266,7 @@ def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
 PROFILE_AFTER = """
 import json, sys, jaxhlm
 from jaxhlm import precompiled
-from jaxhlm.inference import independent_groups
+from jaxhlm import independent_groups
 independent_groups.MAX_BLOCK = 0   # the profile's compiled programs, not the host's groups
 prepared = []
 executable = precompiled.Precompiled.executable

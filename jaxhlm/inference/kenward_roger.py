@@ -37,7 +37,7 @@ Only REML fits, as lmerTest and pbkrtest.  :func:`adjusted` is a pure function o
 (gamma, blocks): jit-compiled and vmap-able; a batch's tables run it.  A single fit whose
 rows fall into small independent groups (one grouping factor, factors nested in one, a
 small crossed design) takes the same matrices in closed form on the host instead
-(:mod:`jaxhlm.inference.independent_groups`: milliseconds, against 0.8-0.9 s of tracing and
+(:mod:`jaxhlm.independent_groups`: milliseconds, against 0.8-0.9 s of tracing and
 compilation for Exam's first table); both end in :func:`adjustment`.
 """
 

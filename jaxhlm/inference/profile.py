@@ -27,7 +27,7 @@ lme4 has none.)
 
 Where the model's rows fall into small independent groups, both deviances and their
 gradients are computed on the host in closed form instead
-(:mod:`jaxhlm.inference.independent_groups`; nothing to compile), and a fixed effect's
+(:mod:`jaxhlm.independent_groups`; nothing to compile), and a fixed effect's
 profile, held in the data's cross-products, is minimised over all of v: the same
 profiled deviance, reached by another inner optimisation (intervals equal to 1e-7 of
 their widths, tested).
@@ -88,7 +88,7 @@ def _lambdas(v, st: Structure):
 
 def _host_deviance(groups, st: Structure, v, K=None):
     """(ML deviance, its gradient in v) by the host's independent groups
-    (:meth:`jaxhlm.inference.independent_groups.Groups.deviance`, in gamma = each term's
+    (:meth:`jaxhlm.independent_groups.Groups.deviance`, in gamma = each term's
     covariance elements, sd_r^2 and rho_rc sd_r sd_c, then sigma^2; chained to v here)."""
     gamma, J = np.empty(v.size), np.zeros((v.size, v.size))   # J[e, i] = d gamma_e / d v_i
     k = 0

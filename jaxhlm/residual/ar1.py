@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .base import Correlation, column
+from .base import Correlation, column, integer_power
 
 
 RECURSION_STEPS = 64
@@ -135,11 +135,11 @@ class AR1(Correlation):
         prev, lag, _ = arrays
         return prev, lag
 
-    def coefficients(self, par, key):
+    def coefficients(self, par, key, xp=jnp):
         """a_i = phi^{d_i} (0 for a group's first row, d_i = 0) and sqrt(1 - a_i^2)."""
-        phi = jnp.tanh(par[0])
-        a = jnp.where(key > 0, jax.lax.pow(phi, key.astype(jnp.int32)), 0.0)   # an integer power
-        return a, jnp.sqrt(1.0 - a * a)
+        phi = xp.tanh(par[0])
+        a = xp.where(key > 0, integer_power(phi, key, xp), 0.0)
+        return a, xp.sqrt(1.0 - a * a)
 
     def whiten(self, par, arrays, M):
         prev, lag, _ = arrays

@@ -133,15 +133,16 @@ class Correlation(ResidualPart):
         otherwise.  As :meth:`markov`, with the group's mean in place of the predecessor."""
         return None
 
-    def coefficients(self, par: jnp.ndarray, key: jnp.ndarray):
+    def coefficients(self, par: jnp.ndarray, key: jnp.ndarray, xp=jnp):
         """(a, r) at the keys of :meth:`markov` or :meth:`exchangeable` (a = 0, r = 1 for a
-        markov key 0)."""
+        markov key 0), in the array module ``xp``: ``jnp`` inside a compiled program, ``np``
+        for a fit on the host (:mod:`jaxhlm.group_fit`)."""
         raise NotImplementedError
 
-    def row_log_root(self, par: jnp.ndarray, key: jnp.ndarray) -> jnp.ndarray:
+    def row_log_root(self, par: jnp.ndarray, key: jnp.ndarray, xp=jnp) -> jnp.ndarray:
         """Each row's share of -log|det R^{-1/2}| at the keys: log r for a bidiagonal
         whitening (its determinant is the product of the 1 / r_i)."""
-        return jnp.log(self.coefficients(par, key)[1])
+        return xp.log(self.coefficients(par, key, xp)[1])
 
     @abc.abstractmethod
     def color(self, par: jnp.ndarray, arrays: tuple, e: jnp.ndarray) -> jnp.ndarray:
@@ -171,8 +172,9 @@ class VarianceFunction(ResidualPart):
     """Residual SD multipliers g_i (nlme's ``varFunc``): Var e_i = sigma^2 g_i^2."""
 
     @abc.abstractmethod
-    def log_sd(self, par: jnp.ndarray, arrays: tuple) -> jnp.ndarray:
-        """log g_i (n,) at the parameters."""
+    def log_sd(self, par: jnp.ndarray, arrays: tuple, xp=jnp) -> jnp.ndarray:
+        """log g_i (n,) at the parameters, in the array module ``xp`` (as
+        :meth:`Correlation.coefficients`)."""
 
     def padded(self, arrays: tuple, n: int, ladder) -> tuple | None:
         """The arrays for ``n`` rows (as :meth:`Correlation.padded`): each array is one
@@ -244,6 +246,25 @@ class Residual:
         if self.variance is not None:
             out.append(self.variance.natural(pv))
         return np.concatenate(out + [np.zeros(0)])
+
+
+def integer_power(x, k, xp=jnp):
+    """x ** k for integer k (>= 0), exact for negative x: XLA's integer power inside a
+    compiled program (its derivative is k x^(k-1)), NumPy's on the host."""
+    if xp is np:
+        return np.power(x, k)
+    from ..lazy_jax import lax
+
+    return lax.pow(x, k.astype(jnp.int32))
+
+
+def sigmoid(x, xp=jnp):
+    """1 / (1 + exp(-x)), in ``xp`` (JAX's own inside a compiled program)."""
+    if xp is np:
+        return 0.5 * (1.0 + np.tanh(0.5 * x))
+    from ..lazy_jax import jax
+
+    return jax.nn.sigmoid(x)
 
 
 def column(data: pd.DataFrame, name: str, what: str) -> pd.Series:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .base import Correlation
+from .base import Correlation, sigmoid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,24 +89,24 @@ class CompoundSymmetry(Correlation):
         groups, sizes = arrays
         return groups, sizes[groups].astype(np.int64)
 
-    def coefficients(self, par, key):
+    def coefficients(self, par, key, xp=jnp):
         """c_g and sqrt(1 - rho) for groups of ``key`` rows (the module docstring)."""
-        within, big = self._eigenvalues(par, key)
-        return 1.0 - jnp.sqrt(within / big), jnp.sqrt(within)
+        within, big = self._eigenvalues(par, key, xp)
+        return 1.0 - xp.sqrt(within / big), xp.sqrt(within)
 
-    def row_log_root(self, par, key):
+    def row_log_root(self, par, key, xp=jnp):
         """A row's share of its group's -log|det R^{-1/2}|: [(n_g - 1) log(1 - rho)
         + log(1 + (n_g - 1) rho)] / (2 n_g)."""
-        within, big = self._eigenvalues(par, key)
-        return ((key - 1.0) * jnp.log(within) + jnp.log(big)) / (2.0 * key)
+        within, big = self._eigenvalues(par, key, xp)
+        return ((key - 1.0) * xp.log(within) + xp.log(big)) / (2.0 * key)
 
-    def _eigenvalues(self, par, sizes):
+    def _eigenvalues(self, par, sizes, xp=jnp):
         """1 - rho, and 1 + (n_g - 1) rho per group (1 for an empty group)."""
         a = self._a()
         w = par[0] + np.log(a)
-        within = (1 + a) * jax.nn.sigmoid(-w)
-        rho = -a + (1 + a) * jax.nn.sigmoid(w)
-        return within, jnp.where(sizes > 0, 1.0 + (sizes - 1.0) * rho, 1.0)
+        within = (1 + a) * sigmoid(-w, xp)
+        rho = -a + (1 + a) * sigmoid(w, xp)
+        return within, xp.where(sizes > 0, 1.0 + (sizes - 1.0) * rho, 1.0)
 
     def color(self, par, arrays, e):
         """R^{1/2} e = sqrt(1 - rho) e + (sqrt(1 + (n_g-1) rho) - sqrt(1 - rho)) / n_g * sum_g e."""

@@ -58,6 +58,6 @@ class VarIdent(VarianceFunction):
                             "rows used: there is no second variance to estimate")
         return dataclasses.replace(self, levels=tuple(levels)), (codes.astype(np.int32),)
 
-    def log_sd(self, par, arrays):
+    def log_sd(self, par, arrays, xp=jnp):
         (codes,) = arrays
-        return jnp.concatenate([jnp.zeros(1, par.dtype), par])[codes]
+        return xp.concatenate([xp.zeros(1, par.dtype), par])[codes]

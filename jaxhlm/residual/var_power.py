@@ -55,6 +55,6 @@ class VarPower(VarianceFunction):
                             f"{data.index[bad[0]]!r}: |v|^power needs non-zero finite values")
         return self, (np.log(v),)
 
-    def log_sd(self, par, arrays):
+    def log_sd(self, par, arrays, xp=None):
         (logv,) = arrays
         return par[0] * logv

@@ -128,28 +128,36 @@ def blocks_at(theta, data, st) -> Blocks:
     return blocks._replace(logw=2.0 * logdet - 2.0 * jnp.sum(jnp.where(used, log_g, 0.0)))
 
 
-def _class_coefficients(pc, pv, sets: ClassSets, res):
-    """alpha, beta and log(g r) per class (module docstring)."""
+def class_coefficients(pc, pv, sets, res, xp=jnp):
+    """alpha, beta and log(g r) per class (module docstring), in the array module ``xp``;
+    ``sets`` needs the fields ``key``, ``count``, ``var_at`` and ``var_prev`` of a
+    :class:`ClassSets`."""
     dtype = sets.count.dtype
-    a, root = (res.correlation.coefficients(pc, sets.key) if res.correlation is not None
-               else (jnp.zeros_like(sets.count), jnp.ones_like(sets.count)))
-    log_root = (res.correlation.row_log_root(pc, sets.key) if res.correlation is not None
-                else jnp.zeros(sets.count.shape, dtype))
-    log_g = log_gp = jnp.zeros(sets.count.shape, dtype)
+    a, root = (res.correlation.coefficients(pc, sets.key, xp) if res.correlation is not None
+               else (xp.zeros_like(sets.count), xp.ones_like(sets.count)))
+    log_root = (res.correlation.row_log_root(pc, sets.key, xp) if res.correlation is not None
+                else xp.zeros(sets.count.shape, dtype))
+    log_g = log_gp = xp.zeros(sets.count.shape, dtype)
     if res.variance is not None:
-        log_g = res.variance.log_sd(pv, sets.var_at)
-        log_gp = res.variance.log_sd(pv, sets.var_prev)
-    alpha = jnp.exp(-log_g) / root
-    beta = -a * jnp.exp(-log_gp) / root
+        log_g = res.variance.log_sd(pv, sets.var_at, xp)
+        log_gp = res.variance.log_sd(pv, sets.var_prev, xp)
+    alpha = xp.exp(-log_g) / root
+    beta = -a * xp.exp(-log_gp) / root
     return alpha, beta, log_g + log_root
+
+
+def set_coefficients(alpha, beta, set_class, set_kind, xp=jnp):
+    """Each class set's coefficient in the blocks (the module docstring's polarisation):
+    alpha^2 - alpha beta (SELF), beta^2 - alpha beta (PREV), alpha beta (SUM)."""
+    a, b = alpha[set_class], beta[set_class]
+    return xp.where(set_kind == SELF, a * a - a * b, xp.where(set_kind == PREV, b * b - a * b, a * b))
 
 
 def _blocks_of_classes(pc, pv, data: RowData, st) -> Blocks:
     """The blocks at the parameters as a combination of the class sets' blocks."""
     sets, pat = data.sets, data.pattern
-    alpha, beta, log_scale = _class_coefficients(pc, pv, sets, st.residual)
-    a, b = alpha[sets.set_class], beta[sets.set_class]
-    coef = jnp.where(sets.set_kind == SELF, a * a - a * b, jnp.where(sets.set_kind == PREV, b * b - a * b, a * b))
+    alpha, beta, log_scale = class_coefficients(pc, pv, sets, st.residual)
+    coef = set_coefficients(alpha, beta, sets.set_class, sets.set_kind)
     mix = lambda x: jnp.tensordot(coef, x, axes=1)  # noqa: E731
     coo_val = mix(sets.coo_val)
     return Blocks(

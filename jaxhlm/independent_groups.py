@@ -50,7 +50,7 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import JaxhlmError
+from .errors import JaxhlmError
 
 MAX_BLOCK = 64
 """The most random-effects columns (q_g) a group may hold: beyond, the groups' dense
@@ -112,6 +112,30 @@ def layout(frame, group: np.ndarray):
     return groups, slots, used
 
 
+def design(frame, slots, qmax: int):
+    """Each row's entries of [Z X y] (n, d) and their columns within its group's
+    (qmax + p + 1) columns: its levels' slots, then X and y after the qmax random ones."""
+    n, d = frame.nobs, qmax + frame.X.shape[1] + 1
+    cols = [slot[term.codes][:, None] + np.arange(term.spec.p) for term, slot in zip(frame.terms, slots)]
+    cols += [np.broadcast_to(qmax + np.arange(d - qmax), (n, d - qmax))]
+    vals = np.concatenate([term.Z for term in frame.terms] + [frame.X, frame.y[:, None]], axis=1)
+    return np.concatenate(cols, axis=1), vals
+
+
+def cross_products(group, cols, vals, G: int, d: int) -> np.ndarray:
+    """(S, G, d, d): for each of the S row arrays ``vals`` (S, n, k), each group's sum of
+    its rows' outer products (the values at ``cols``), a chunk of :data:`CHUNK_ROWS` rows
+    at a time."""
+    K = np.zeros((len(vals), G * d * d))
+    for rows in range(0, group.shape[0], CHUNK_ROWS):
+        g, cc = group[rows:rows + CHUNK_ROWS], cols[rows:rows + CHUNK_ROWS]
+        index = ((g[:, None, None] * d + cc[:, :, None]) * d + cc[:, None, :]).ravel()
+        for s, v in enumerate(vals):
+            vv = v[rows:rows + CHUNK_ROWS]
+            K[s] += np.bincount(index, (vv[:, :, None] * vv[:, None, :]).ravel(), minlength=G * d * d)
+    return K.reshape(len(vals), G, d, d)
+
+
 @dataclasses.dataclass
 class Groups:
     """A model's independent groups: ``K`` (G, d, d) the cross-products of [Z_g X_g y_g]
@@ -145,19 +169,10 @@ class Groups:
         qmax, d = int(q.max()), int(q.max()) + frame.X.shape[1] + 1
         if qmax > MAX_BLOCK or q.size * d * d * max(nparams, d) > MAX_WORK:
             return None
-        n, G = frame.nobs, q.size
-        cols = [slot[term.codes][:, None] + np.arange(term.spec.p) for term, slot in zip(frame.terms, slots)]
-        cols += [np.broadcast_to(qmax + np.arange(d - qmax), (n, d - qmax))]
-        vals = np.concatenate([term.Z for term in frame.terms] + [frame.X, frame.y[:, None]], axis=1)
-        cols = np.concatenate(cols, axis=1)
-        w = np.ones(n) if frame.weights is None else np.asarray(frame.weights, dtype=float)
-        K = np.zeros(G * d * d)
-        for rows in range(0, n, CHUNK_ROWS):   # each row's m x m products, a chunk at a time
-            g, cc, vv = (a[rows:rows + CHUNK_ROWS] for a in (group, cols, vals))
-            index = (g[:, None, None] * d + cc[:, :, None]) * d + cc[:, None, :]
-            vv = vv * np.sqrt(w[rows:rows + CHUNK_ROWS])[:, None]
-            K += np.bincount(index.ravel(), (vv[:, :, None] * vv[:, None, :]).ravel(), minlength=G * d * d)
-        K = K.reshape(G, d, d)
+        G = q.size
+        cols, vals = design(frame, slots, qmax)
+        w = np.ones(frame.nobs) if frame.weights is None else np.asarray(frame.weights, dtype=float)
+        K = cross_products(group, cols, [vals * np.sqrt(w)[:, None]], G, d)[0]
         E = []
         for t, lg, slot in zip(st.terms, level_group, slots):
             g, s = lg[lg >= 0], slot[lg >= 0]

@@ -1,0 +1,164 @@
+"""jaxhlm.group_fit: LMMs whose rows fall into small independent groups, fitted on the host.
+
+Pinned three ways: the host's criterion equals the compiled objective at random points
+(an exact identity, 1e-10); its conditional estimates at a given theta equal the
+compiled ones (1e-8); and its fits equal the compiled fits to the optimisers' tolerance
+(both stop at a predicted decrease of 1e-12 (1 + |f|), so theta agrees to about 1e-5
+on flat criteria).  The lme4, nlme and lmerTest reference tests elsewhere in the suite
+run through this path wherever a model qualifies.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxhlm
+from jaxhlm import Options, group_fit
+from jaxhlm.fitting import trace_count
+
+HERE = Path(__file__).parent
+INFERENCE = HERE / "reference" / "inference"
+COVARIANCE = HERE / "reference" / "covariance"
+
+
+def _inference_data(name):
+    df = pd.read_csv(INFERENCE / "data" / f"{name}.csv.gz")
+    for col in ("Block", "Variety", "Worker", "Machine"):
+        if col in df:
+            df[col] = df[col].astype(str)
+    return df
+
+
+def _orthodont():
+    d = pd.read_csv(COVARIANCE / "data" / "Orthodont.csv.gz")
+    d["Subject"], d["Sex"] = pd.Categorical(d["Subject"]), pd.Categorical(d["Sex"])
+    return d
+
+
+def _ovary():
+    d = pd.read_csv(COVARIANCE / "data" / "Ovary.csv.gz")
+    d["Mare"] = pd.Categorical(d["Mare"], categories=d["Mare"].unique())
+    d["sin2pi"], d["cos2pi"] = np.sin(2 * np.pi * d["Time"]), np.cos(2 * np.pi * d["Time"])
+    return d
+
+
+def _models():
+    ss = jaxhlm.datasets.load("sleepstudy")
+    yield "sleepstudy", lambda: jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", ss)
+    yield "uncorrelated", lambda: jaxhlm.LMM("Reaction ~ Days + (Days || Subject)", ss)
+    yield "diag", lambda: jaxhlm.LMM("Reaction ~ Days + diag(Days | Subject)", ss)
+    yield "weights", lambda: jaxhlm.LMM("Reaction ~ Days + (Days | Subject)",
+                                        ss.assign(w=1.0 + np.arange(len(ss)) % 3), weights="w")
+    yield "oats", lambda: jaxhlm.LMM("yield ~ nitro + Variety + (1 | Block/Variety)", _inference_data("Oats"))
+    yield "machines", lambda: jaxhlm.LMM("score ~ Machine + (1 | Worker/Machine)", _inference_data("Machines"))
+    yield "penicillin", lambda: jaxhlm.LMM("diameter ~ 1 + (1 | plate) + (1 | sample)",
+                                           jaxhlm.datasets.load("Penicillin"))
+    yield "ar1", lambda: jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", ss,
+                                    correlation=jaxhlm.AR1("Subject", "Days"))
+    yield "ar1_rows", lambda: jaxhlm.LMM("follicles ~ sin2pi + cos2pi + (1 | Mare)", _ovary(),
+                                         correlation=jaxhlm.AR1())
+    yield "ar1_power", lambda: jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", ss.assign(Days1=ss.Days + 1),
+                                          correlation=jaxhlm.AR1("Subject", "Days"),
+                                          variance=jaxhlm.VarPower("Days1"))
+    yield "varident", lambda: jaxhlm.LMM("distance ~ age + Sex + (1 | Subject)", _orthodont(),
+                                         variance=jaxhlm.VarIdent("Sex"))
+    yield "cs", lambda: jaxhlm.LMM("distance ~ age + (1 | Subject)", _orthodont(),
+                                   correlation=jaxhlm.CompoundSymmetry("Subject"))
+
+
+MODELS = dict(_models())
+
+
+@pytest.fixture
+def compiled(monkeypatch):
+    """Build a model whose fit runs the compiled program."""
+    def build(make):
+        monkeypatch.setattr(group_fit, "ENABLED", False)
+        model = make()
+        monkeypatch.setattr(group_fit, "ENABLED", True)
+        return model
+    return build
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_the_host_criterion_is_the_compiled_objective(name):
+    model = MODELS[name]()
+    host = model._group_fit
+    assert host is not None
+    rng = np.random.default_rng(3)
+    lower = model.structure.theta_lower()
+    scales = model.structure.scales()
+    for reml in (True, False):
+        for _ in range(3):
+            theta = np.where(scales, rng.uniform(0.1, 1.5, lower.size), rng.normal(0, 0.5, lower.size))
+            assert host.criterion(theta, reml) == pytest.approx(model.objective(theta, reml), rel=1e-10)
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_host_fits_equal_compiled_fits(name, reml, compiled):
+    model = MODELS[name]()
+    before = trace_count()
+    host = model.fit(reml=reml)
+    assert trace_count() == before          # nothing compiled
+    ref = compiled(MODELS[name]).fit(reml=reml)
+    assert host.status == 0 and ref.status == 0
+    assert host.objective <= ref.objective + 1e-9 * abs(ref.objective)
+    assert host.objective == pytest.approx(ref.objective, rel=1e-9)
+    np.testing.assert_allclose(host.theta, ref.theta, atol=1e-4)
+    se = ref.fixef_se.to_numpy()
+    np.testing.assert_allclose(host.fixef.to_numpy(), ref.fixef.to_numpy(), atol=1e-4 * se.max())
+    np.testing.assert_allclose(host.fixef_se.to_numpy(), se, rtol=1e-4)
+    assert host.sigma == pytest.approx(ref.sigma, rel=1e-4)
+    for a, b in zip(host._cond.b, ref._cond.b):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(np.abs(b).max(), 1e-8))
+    # the conditional estimates at the compiled fit's theta: an identity
+    cond = model._group_fit.conditional(ref.theta, reml)
+    np.testing.assert_allclose(cond.beta, ref.fixef.to_numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(cond.vcov, ref.vcov.to_numpy(), rtol=1e-7, atol=1e-12)
+    assert float(cond.sigma) == pytest.approx(ref.sigma, rel=1e-9)
+    for a, b in zip(cond.b, ref._cond.b):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9 * max(np.abs(b).max(), 1.0))
+    for a, b in zip(cond.b_var, ref._cond.b_var):
+        if len(b):
+            np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12)
+    assert host._curvature.shape == (model.structure.ntheta,) * 2 and np.isfinite(host._curvature).all()
+
+
+def test_which_fits_run_on_the_host(sleepstudy):
+    def host(formula, data=sleepstudy, **kw):
+        return jaxhlm.LMM(formula, data, **kw)._group_fit is not None
+
+    assert host("Reaction ~ Days + (Days | Subject)")
+    assert not host("Reaction ~ Days + cs(1 + Days | Subject)")        # not lme4's lambda
+    rng = np.random.default_rng(0)
+    crossed = pd.DataFrame({"a": rng.integers(0, 60, 2000).astype(str), "b": rng.integers(0, 60, 2000).astype(str),
+                            "y": rng.normal(size=2000)})
+    assert not host("y ~ 1 + (1 | a) + (1 | b)", crossed)              # one group of 120 columns
+    assert not host("Reaction ~ Days + (1 | Subject)", sleepstudy.assign(v=20.0), residual_variance="v")  # sigma known
+    model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    before = trace_count()
+    model.fit(options=Options(method="bfgs"))                          # a strategy asked for
+    assert trace_count() == before + 1
+    model.fit(prior=jaxhlm.priors.zero_avoiding())                      # a posterior mode
+    assert trace_count() == before + 2
+
+
+def test_a_host_fit_imports_no_jax():
+    script = (
+        "import sys, json, jaxhlm\n"
+        "d = jaxhlm.datasets.load('sleepstudy')\n"
+        "r = jaxhlm.LMM('Reaction ~ Days + (1 | Subject)', d, correlation=jaxhlm.AR1('Subject', 'Days')).fit()\n"
+        "r.ranef, r.varcorr, r.fixef_se\n"
+        "print(json.dumps({'jax': 'jax' in sys.modules, 'objective': r.objective, 'phi': float(r.correlation_parameter)}))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["jax"] is False
+    ref = json.loads((COVARIANCE / "sleepstudy_lme_ar1_reml.json").read_text())
+    assert out["objective"] == pytest.approx(ref["minus2loglik"], rel=1e-6)
