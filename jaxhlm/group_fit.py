@@ -35,9 +35,11 @@ once, and its coefficients c_s come from that module's own functions, here in Nu
 log|W| is that module's Jacobian, and each row's partner (its predecessor, or its
 group's mean) lies in the row's own group and levels.
 
-The optimiser is :mod:`jaxhlm.optimize.host_bfgs` (finite-difference gradients, bounds
-at lme4's, snapping as MixedModels.jl). The fit equals the compiled one to the
-optimisers' tolerances (``tests/test_group_fit.py``).
+The gradient in the random terms' theta is in closed form (:meth:`GroupFit.gradient`),
+and in a residual structure's parameters it comes from central differences. The
+optimiser is :mod:`jaxhlm.optimize.host_bfgs`: bounds at lme4's, snapping as
+MixedModels.jl. The fit equals the compiled one to the optimisers' tolerances
+(``tests/test_group_fit.py``).
 """
 
 from __future__ import annotations
@@ -75,9 +77,12 @@ class _Classes(NamedTuple):
 
 
 class _Parts(NamedTuple):
-    """One evaluation's factors: L_g, T_g, Λ_g, the summed [X y] matrix, log|L_θ|^2, log|W|."""
+    """One evaluation's factors: K_g, L_g, P_g = L_g^{-1} Λ', T_g = P_g K_Z,[X y], Λ_g, the
+    summed [X y] matrix, log|L_θ|^2, log|W|."""
 
+    K: np.ndarray
     L: np.ndarray
+    P: np.ndarray
     T: np.ndarray
     Lam: np.ndarray
     M: np.ndarray
@@ -196,10 +201,11 @@ class GroupFit:
         LamT = np.swapaxes(Lam, 1, 2)
         B = LamT @ K[:, :q, :q] @ Lam + np.eye(q)
         L = np.linalg.cholesky(B)
-        T = solve_lower(L, LamT @ K[:, :q, q:])
+        P = solve_lower(L, LamT)
+        T = P @ K[:, :q, q:]
         M = (K[:, q:, q:] - np.swapaxes(T, 1, 2) @ T).sum(0)
         logdet = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
-        return _Parts(L, T, Lam, M, logdet, logw)
+        return _Parts(K, L, P, T, Lam, M, logdet, logw)
 
     def _dof(self, reml: bool) -> float:
         return self.nobs - self.p * reml
@@ -227,6 +233,52 @@ class GroupFit:
             value = (parts.logdet_theta + (logdet_x if reml else 0.0) - parts.logw
                      + dof * (1.0 + LOG_2PI + np.log(r2 / dof)))
         return value if np.isfinite(value) else np.inf
+
+    def gradient(self, theta, reml: bool) -> np.ndarray:
+        """The criterion's gradient: in the random terms' theta in closed form, in the
+        residual structure's parameters by central differences (steps 1e-5).
+
+        With c_g = Λ_g Λ_g', Ã = Λ B^{-1} Λ' = P'P, (I + A c)^{-1} = I - A Ã and
+        U_g = (I - A Ã) K_Z,[X y], u_g = U_g [-β̂; 1]:
+
+            d log|B_g| = tr(W_g dc_g),  W_g = A (I + c A)^{-1} = A - A Ã A,
+            d[X y]'V^{-1}[X y] = -Σ_g U_g' dc_g U_g,
+
+        so (β̂ at its optimum for r^2) d d = Σ_g tr(H_g dc_g) with
+        H_g = W_g - (dof / r^2) u_g u_g' - [REML] U_gX F^{-1} U_gX', and for λ_k linear in
+        its parameters, ∂d/∂θ_t = 2 <E_t, S_k λ_k>, E_t = λ_k(e_t) and S_k the sum of H_g's
+        diagonal blocks over term k's levels.  Not finite where the criterion is not."""
+        theta = np.asarray(theta, dtype=float)
+        st, q, p = self.structure, self.qmax, self.p
+        with np.errstate(all="ignore"):
+            try:
+                parts = self.parts(theta)
+                beta, r2, _ = self._fixed(parts.M)
+                F_inv = np.linalg.inv(parts.M[:p, :p])
+            except np.linalg.LinAlgError:
+                return np.full(theta.size, np.nan)
+            A, KZR = parts.K[:, :q, :q], parts.K[:, :q, q:]
+            AAt = A @ (np.swapaxes(parts.P, 1, 2) @ parts.P)
+            U = KZR - AAt @ KZR
+            u = U @ np.concatenate([-beta, [1.0]])
+            UX = U[:, :, :p]
+            H = (A - AAt @ A - (self._dof(reml) / r2) * u[:, :, None] * u[:, None, :]
+                 - (UX @ F_inv @ np.swapaxes(UX, 1, 2) if reml else 0.0))
+            out = np.empty(theta.size)
+            k = 0
+            for t, par, lg, slot in zip(st.terms, st.split(theta), self.level_group, self.slots):
+                g, s = lg[lg >= 0], slot[lg >= 0]
+                r = s[:, None] + np.arange(t.p)
+                S = H[g[:, None, None], r[:, :, None], r[:, None, :]].sum(0)
+                SL = S @ np.asarray(t.covariance.lam(par), dtype=float)
+                for e in np.eye(t.ntheta):
+                    out[k] = 2.0 * np.sum(np.asarray(t.covariance.lam(e), dtype=float) * SL)
+                    k += 1
+            for i in range(k, theta.size):   # the residual structure's parameters
+                h = np.zeros(theta.size)
+                h[i] = 1e-5 * max(1.0, abs(theta[i]))
+                out[i] = (self.criterion(theta + h, reml) - self.criterion(theta - h, reml)) / (2.0 * h[i])
+        return out
 
     # ------------------------------------------------------------ the fit
     def conditional(self, theta, reml: bool) -> Conditional:
@@ -257,7 +309,8 @@ class GroupFit:
         st = self.structure
         scales = st.scales()
         x0 = np.where(scales, np.maximum(np.abs(theta0), 0.01), theta0)
-        found = minimize(lambda th: self.criterion(th, reml), x0, st.theta_lower(), max_iter=options.max_iter,
+        found = minimize(lambda th: self.criterion(th, reml), x0, st.theta_lower(),
+                         grad=lambda th: self.gradient(th, reml), max_iter=options.max_iter,
                          ftol=options.ftol, snap_mask=scales, snap=options.snap)
         opt = Minimum(found.x, np.float64(found.fun), found.grad, np.int32(found.iterations),
                       np.int32(found.evaluations), np.int32(found.status), curvature=found.curvature)

@@ -1,15 +1,15 @@
-"""BFGS on the host (NumPy) within lower bounds, on finite-difference gradients: for a
-criterion that costs a millisecond and should not wait for a compiler.
+"""BFGS on the host (NumPy) within lower bounds: for a criterion that costs a millisecond
+and should not wait for a compiler.
 
 The compiled strategies (:mod:`jaxhlm.optimize.loop`) differentiate the criterion by
-autodiff inside one XLA program. :mod:`jaxhlm.group_fit` evaluates lme4's criterion
-group by group in NumPy instead, so nothing is compiled. This optimiser follows the
-compiled BFGS (:mod:`jaxhlm.optimize.bfgs`) closely:
+autodiff inside one XLA program. :mod:`jaxhlm.group_fit` evaluates lme4's criterion and
+its gradient group by group in NumPy instead, so nothing is compiled. This optimiser
+follows the compiled BFGS (:mod:`jaxhlm.optimize.bfgs`) closely:
 
-- gradients by central differences with steps h_i = ``STEP`` max(1, |x_i|), and forward
-  differences where x_i - h_i would cross its lower bound. The error is
-  O(h^2 f''' + eps |f| / h): for f ~ 6e4 and curvatures ~ 1e4 (24,000 rows), about
-  1e-6 in g and 1e-10 in x at the optimum;
+- the gradient given (``grad``), or else central differences with steps
+  h_i = ``STEP`` max(1, |x_i|), forward ones where x_i - h_i would cross its lower
+  bound. The error of these is O(h^2 f''' + eps |f| / h): for f ~ 6e4 and curvatures
+  ~ 1e4 (24,000 rows), about 1e-6 in g and 1e-10 in x at the optimum;
 - a probed starting Hessian: forward differences of the gradient, symmetrised, its
   eigenvalues replaced by their absolute values and floored at ``1e-8`` of the largest
   (as the compiled ``probe``), or one that is given (a refit's);
@@ -82,15 +82,14 @@ def gradient(f, x, fx: float, lower) -> np.ndarray:
     return g
 
 
-def hessian(f, x, g, lower) -> np.ndarray:
-    """Forward differences of the gradient, symmetrised."""
+def hessian(grad, x, g) -> np.ndarray:
+    """Forward differences of the gradient ``grad(x)``, symmetrised."""
     h = _steps(x)
     H = np.empty((x.size, x.size))
     for i in range(x.size):
         e = np.zeros(x.size)
         e[i] = h[i]
-        xi = x + e
-        H[:, i] = (gradient(f, xi, f(xi), lower) - g) / h[i]
+        H[:, i] = (grad(x + e) - g) / h[i]
     return 0.5 * (H + H.T)
 
 
@@ -102,23 +101,35 @@ def positive(H) -> np.ndarray:
     return (V * w) @ V.T
 
 
-def minimize(fun, x0, lower, *, max_iter: int = 200, ftol: float = 1e-12, snap_mask=None,
+def minimize(fun, x0, lower, *, grad=None, max_iter: int = 200, ftol: float = 1e-12, snap_mask=None,
              snap: float = 1e-3, hessian0=None) -> HostMinimum:
     """Minimise ``fun`` (NumPy in, a float out) from ``x0`` subject to x >= ``lower``
-    (the module docstring); values that are not finite end in a status, without warnings."""
+    (the module docstring); ``grad(x)``: its gradient, where known (else finite
+    differences).  Values that are not finite end in a status, without warnings."""
+    f = _Counted(fun)
+    if grad is None:
+        def g_of(x, fx=None):
+            return gradient(f, x, f(x) if fx is None else fx, lower)
+    else:
+        counted = _Counted(lambda x: 0.0)
+
+        def g_of(x, fx=None):
+            counted(x)
+            return np.asarray(grad(x), dtype=float)
     with np.errstate(all="ignore"):
-        return _minimize(_Counted(fun), x0, lower, max_iter, ftol, snap_mask, snap, hessian0)
+        out = _minimize(f, g_of, x0, lower, max_iter, ftol, snap_mask, snap, hessian0)
+    return out if grad is None else out._replace(evaluations=out.evaluations + counted.count)
 
 
-def _minimize(f, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> HostMinimum:
+def _minimize(f, g_of, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> HostMinimum:
     lower = np.asarray(lower, dtype=float)
     x = np.maximum(np.asarray(x0, dtype=float), lower)
     fx = f(x)
     if not np.isfinite(fx):
         return HostMinimum(x, fx, np.full(x.size, np.nan), 0, f.count, int(Status.NONFINITE),
                            np.full((x.size, x.size), np.nan))
-    g = gradient(f, x, fx, lower)
-    H = hessian(f, x, g, lower) if hessian0 is None else np.asarray(hessian0, dtype=float)
+    g = g_of(x, fx)
+    H = hessian(g_of, x, g) if hessian0 is None else np.asarray(hessian0, dtype=float)
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(H))):
         return HostMinimum(x, fx, g, 0, f.count, int(Status.NONFINITE), np.full((x.size, x.size), np.nan))
     H = positive(H)
@@ -141,7 +152,7 @@ def _minimize(f, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> HostMi
         else:
             status = Status.LINE_SEARCH_FAILED
             break
-        gn = gradient(f, xn, fn, lower)
+        gn = g_of(xn, fn)
         if not np.all(np.isfinite(gn)):
             x, fx, g, status = xn, fn, gn, Status.NONFINITE
             break
@@ -158,5 +169,5 @@ def _minimize(f, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> HostMi
             fs = f(xs)
             if fs <= fx:
                 x, fx = xs, fs
-                g = gradient(f, x, fx, lower)
+                g = g_of(x, fx)
     return HostMinimum(x, fx, g, iterations, f.count, int(status), H)
