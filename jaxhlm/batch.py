@@ -575,8 +575,8 @@ def _grow_rows(a: np.ndarray, rows: int) -> np.ndarray:
 def simulate(model, fixef, theta, sigma, nsim: int, seed: int = 0) -> np.ndarray:
     """``nsim`` responses from a fitted model (lme4's ``simulate``): array (nsim, nobs);
     replicate i draws from ``fold_in(key(seed), i)``."""
-    key = stored_run.key_data(seed) if stored_run.jax_free() else None
-    if key is None:
+    key = stored_run.key_data(seed)   # on the host: JAX's key(seed) would compile two small programs
+    if key is None or (lazy_jax.loaded() and jax.config.jax_default_prng_impl != "threefry2x32"):
         key = jax.random.key(seed)
     return simulate_responses(model, fixef, theta, sigma, key, np.arange(nsim))
 

@@ -190,7 +190,8 @@ class LMM:
     def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,
                inference: bool = False) -> "LMM":
         """Compile, and keep on disk (:mod:`jaxhlm.precompiled`), the programs that
-        ``fit(reml)`` (with ``ranef``'s conditional variances where a large fit leaves
+        ``fit(reml)`` (none where the fit runs on the host, :mod:`jaxhlm.group_fit`; with
+        ``ranef``'s conditional variances where a large fit leaves
         them to their first use, :func:`jaxhlm.kernel.variances_deferred`),
         ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
         responses will run, by running each once on one chunk of simulated responses
