@@ -45,6 +45,7 @@ MixedModels.jl. The fit equals the compiled one to the optimisers' tolerances
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import NamedTuple
 
@@ -171,15 +172,27 @@ class GroupFit:
         return cls(K, classes, nobs, logw, qmax, p, level_group, slots, st)
 
     # ------------------------------------------------------------ one evaluation
+    @functools.cached_property
+    def _places(self) -> list:
+        """Per term, the (group, row, column) indices of its levels' blocks in Λ_g."""
+        out = []
+        for t, lg, slot in zip(self.structure.terms, self.level_group, self.slots):
+            g, s = lg[lg >= 0], slot[lg >= 0]
+            r = s[:, None] + np.arange(t.p)
+            out.append((g[:, None, None], r[:, :, None], r[:, None, :]))
+        return out
+
+    @functools.cached_property
+    def _bases(self) -> list:
+        """Per term, λ_k at each unit vector of its parameters, E_t (n_k, p_k, p_k)."""
+        return [np.stack([np.asarray(t.covariance.lam(e), dtype=float) for e in np.eye(t.ntheta)])
+                for t in self.structure.terms]
+
     def _lambda(self, theta) -> np.ndarray:
         """Λ_g (G, qmax, qmax) at the random terms' theta."""
         Lam = np.zeros(self.K.shape[1:2] + (self.qmax, self.qmax))
-        for t, par, lg, slot in zip(self.structure.terms, self.structure.split(theta),
-                                    self.level_group, self.slots):
-            lam = np.asarray(t.covariance.lam(par), dtype=float)
-            g, s = lg[lg >= 0], slot[lg >= 0]
-            r = s[:, None] + np.arange(t.p)
-            Lam[g[:, None, None], r[:, :, None], r[:, None, :]] = lam
+        for t, par, place in zip(self.structure.terms, self.structure.split(theta), self._places):
+            Lam[place] = np.asarray(t.covariance.lam(par), dtype=float)
         return Lam
 
     def _products(self, theta):
@@ -266,14 +279,10 @@ class GroupFit:
                  - (UX @ F_inv @ np.swapaxes(UX, 1, 2) if reml else 0.0))
             out = np.empty(theta.size)
             k = 0
-            for t, par, lg, slot in zip(st.terms, st.split(theta), self.level_group, self.slots):
-                g, s = lg[lg >= 0], slot[lg >= 0]
-                r = s[:, None] + np.arange(t.p)
-                S = H[g[:, None, None], r[:, :, None], r[:, None, :]].sum(0)
-                SL = S @ np.asarray(t.covariance.lam(par), dtype=float)
-                for e in np.eye(t.ntheta):
-                    out[k] = 2.0 * np.sum(np.asarray(t.covariance.lam(e), dtype=float) * SL)
-                    k += 1
+            for t, par, place, basis in zip(st.terms, st.split(theta), self._places, self._bases):
+                SL = H[place].sum(0) @ np.asarray(t.covariance.lam(par), dtype=float)
+                out[k:k + t.ntheta] = 2.0 * np.einsum("tab,ab->t", basis, SL)
+                k += t.ntheta
             for i in range(k, theta.size):   # the residual structure's parameters
                 h = np.zeros(theta.size)
                 h[i] = 1e-5 * max(1.0, abs(theta[i]))

@@ -11,6 +11,7 @@ Cholesky factor ``L_corr(term)`` of its correlation matrix: lambda = diag(s) L /
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import ClassVar, Sequence
 
 from ..lazy_jax import jnp
@@ -18,6 +19,16 @@ import numpy as np
 
 from ..tables import sd_name
 from .base import Covariance, SampleSite
+
+
+@functools.lru_cache(maxsize=None)
+def _placement(p: int) -> np.ndarray:
+    """The 0/1 matrix (p (p + 1) / 2, p^2) that puts theta into lambda's lower triangle."""
+    place = np.zeros((p * (p + 1) // 2, p * p))
+    for k, (r, c) in enumerate((r, c) for c in range(p) for r in range(c, p)):
+        place[k, r * p + c] = 1.0
+    place.flags.writeable = False
+    return place
 
 
 def corr_site(term: str) -> str:
@@ -47,10 +58,7 @@ class Unstructured(Covariance):
     def lam(self, par):
         # A product with a constant 0/1 matrix: one dot, which XLA compiles (and
         # differentiates) more cheaply than a scatter into zeros.
-        place = np.zeros((self.nparams, self.p * self.p))
-        for k, (r, c) in enumerate(self.tri_indices):
-            place[k, r * self.p + c] = 1.0
-        return (par @ place.astype(par.dtype)).reshape(self.p, self.p)
+        return (par @ _placement(self.p).astype(par.dtype)).reshape(self.p, self.p)
 
     def lower(self) -> np.ndarray:
         return np.array([0.0 if r == c else -np.inf for r, c in self.tri_indices])
