@@ -168,7 +168,7 @@ class LMM:
                              f"order); got shape {theta0.shape}")
         if penalty is None and options.method == "auto" and self._group_fit is not None:
             out = self._group_fit.fit(bool(reml), options, theta0)   # on the host: nothing to compile
-            return LMMResult.from_arrays(self, out, bool(reml), options, penalty)
+            return LMMResult.from_arrays(self, out, bool(reml), options, penalty, fitted_by="bfgs on the host")
         padded = self.bucketed
         out = fit_blocks(padded.blocks, padded.structure, bool(reml), options, theta0, penalty)
         return LMMResult.from_arrays(self, padding.unpad(lazy_jax.to_host(out), self.structure),

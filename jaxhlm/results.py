@@ -71,11 +71,13 @@ class LMMResult(InformationCriteria):
     _lams: Any = dataclasses.field(repr=False)   # lambda_k per term at theta-hat
     prior: Any = None  # the penalty of a posterior-mode fit (jaxhlm.bayes.priors), else None
     _curvature: Any = dataclasses.field(default=None, repr=False)  # the optimiser's Hessian model at theta-hat
+    _fitted_by: str | None = dataclasses.field(default=None, repr=False)  # a fit not by a compiled strategy
 
     @property
     def _method(self) -> str:
-        """The strategy the fit ran: resolved for the padded structure it was compiled for."""
-        return self._options.resolve(self._model.bucketed.structure)
+        """The strategy the fit ran: resolved for the padded structure it was compiled for,
+        or ``"bfgs on the host"`` (:mod:`jaxhlm.group_fit`)."""
+        return self._fitted_by or self._options.resolve(self._model.bucketed.structure)
 
     @functools.cached_property
     def varcorr(self) -> pd.DataFrame:
@@ -144,9 +146,10 @@ class LMMResult(InformationCriteria):
         return tables.status_name(self.status)
 
     @classmethod
-    def from_arrays(cls, model, out, reml: bool, options, prior=None) -> "LMMResult":
+    def from_arrays(cls, model, out, reml: bool, options, prior=None, fitted_by=None) -> "LMMResult":
         """The result of ``model`` (an :class:`~jaxhlm.model.LMM`) from its fit's arrays
-        (:class:`jaxhlm.fitting.FitArrays`, fetched to the host)."""
+        (:class:`jaxhlm.fitting.FitArrays`, fetched to the host); ``fitted_by`` names an
+        optimiser that is not a compiled strategy."""
         st, frame = model.structure, model.frame
         opt, cond = out.opt, out.cond
         theta = np.asarray(opt.x, dtype=float)
@@ -163,7 +166,7 @@ class LMMResult(InformationCriteria):
             evaluations=int(opt.evaluations), gradient=np.asarray(opt.grad, dtype=float),
             dropped_columns=list(frame.dropped_columns), _model=model, _cond=cond,
             _options=options, _lams=[np.asarray(lam) for lam in out.lams], prior=prior,
-            _curvature=np.asarray(opt.curvature, dtype=float))
+            _curvature=np.asarray(opt.curvature, dtype=float), _fitted_by=fitted_by)
 
     def simulate(self, nsim: int, seed: int = 0) -> np.ndarray:
         """Responses drawn from the fitted model: (nsim, nobs) (lme4's ``simulate``);

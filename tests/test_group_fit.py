@@ -163,8 +163,9 @@ def test_which_fits_run_on_the_host(sleepstudy):
     assert not host("y ~ 1 + (1 | a) + (1 | b)", crossed)              # one group of 120 columns
     assert not host("Reaction ~ Days + (1 | Subject)", sleepstudy.assign(v=20.0), residual_variance="v")  # sigma known
     model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    assert "optimizer: bfgs on the host" in model.fit().summary(ddf=None)
     before = trace_count()
-    model.fit(options=Options(method="bfgs"))                          # a strategy asked for
+    assert "optimizer: bfgs," in model.fit(options=Options(method="bfgs")).summary(ddf=None)   # a strategy asked for
     assert trace_count() == before + 1
     model.fit(prior=jaxhlm.priors.zero_avoiding())                      # a posterior mode
     assert trace_count() == before + 2
