@@ -184,3 +184,24 @@ def test_a_host_fit_imports_no_jax():
     assert out["jax"] is False
     ref = json.loads((COVARIANCE / "sleepstudy_lme_ar1_reml.json").read_text())
     assert out["objective"] == pytest.approx(ref["minus2loglik"], rel=1e-6)
+
+
+def test_a_users_residual_structure_keeps_the_protocols_signature(sleepstudy, compiled):
+    """A structure of another module, written to the protocol without ``xp``, is fitted by
+    the compiled program (its functions are called as before) to AR(1)'s optimum."""
+    import dataclasses
+
+    from jaxhlm.lazy_jax import jax, jnp
+
+    @dataclasses.dataclass(frozen=True)
+    class MyAR1(jaxhlm.AR1):
+        def coefficients(self, par, key):
+            phi = jnp.tanh(par[0])
+            a = jnp.where(key > 0, jax.lax.pow(phi, key.astype(jnp.int32)), 0.0)
+            return a, jnp.sqrt(1.0 - a * a)
+
+    mine = jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation=MyAR1("Subject", "Days"))
+    assert mine._group_fit is None
+    ours = compiled(lambda: jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", sleepstudy,
+                                       correlation=jaxhlm.AR1("Subject", "Days")))
+    assert mine.fit().objective == pytest.approx(ours.fit().objective, rel=1e-10)

@@ -142,7 +142,7 @@ class Correlation(ResidualPart):
     def row_log_root(self, par: jnp.ndarray, key: jnp.ndarray, xp=jnp) -> jnp.ndarray:
         """Each row's share of -log|det R^{-1/2}| at the keys: log r for a bidiagonal
         whitening (its determinant is the product of the 1 / r_i)."""
-        return xp.log(self.coefficients(par, key, xp)[1])
+        return xp.log(in_module(xp, self.coefficients, par, key)[1])
 
     @abc.abstractmethod
     def color(self, par: jnp.ndarray, arrays: tuple, e: jnp.ndarray) -> jnp.ndarray:
@@ -246,6 +246,13 @@ class Residual:
         if self.variance is not None:
             out.append(self.variance.natural(pv))
         return np.concatenate(out + [np.zeros(0)])
+
+
+def in_module(xp, method, *args):
+    """``method(*args)`` in jnp, as the protocol states it (a user's structure may not take
+    ``xp``), or ``method(*args, xp=np)`` on the host, where only jaxhlm's own structures
+    are used (:mod:`jaxhlm.group_fit` requires them)."""
+    return method(*args) if xp is not np else method(*args, xp=xp)
 
 
 def integer_power(x, k, xp=jnp):

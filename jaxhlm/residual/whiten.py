@@ -64,7 +64,7 @@ import pandas as pd
 from .. import padding
 from ..blocks import Blocks, LevelSums, Pattern, pattern, values
 from ..errors import DataError, JaxhlmError
-from .base import Correlation, Residual, VarianceFunction, codes_of, column
+from .base import Correlation, Residual, VarianceFunction, codes_of, column, in_module
 
 
 MAX_CLASSES = 64
@@ -133,14 +133,14 @@ def class_coefficients(pc, pv, sets, res, xp=jnp):
     ``sets`` needs the fields ``key``, ``count``, ``var_at`` and ``var_prev`` of a
     :class:`ClassSets`."""
     dtype = sets.count.dtype
-    a, root = (res.correlation.coefficients(pc, sets.key, xp) if res.correlation is not None
+    a, root = (in_module(xp, res.correlation.coefficients, pc, sets.key) if res.correlation is not None
                else (xp.zeros_like(sets.count), xp.ones_like(sets.count)))
-    log_root = (res.correlation.row_log_root(pc, sets.key, xp) if res.correlation is not None
+    log_root = (in_module(xp, res.correlation.row_log_root, pc, sets.key) if res.correlation is not None
                 else xp.zeros(sets.count.shape, dtype))
     log_g = log_gp = xp.zeros(sets.count.shape, dtype)
     if res.variance is not None:
-        log_g = res.variance.log_sd(pv, sets.var_at, xp)
-        log_gp = res.variance.log_sd(pv, sets.var_prev, xp)
+        log_g = in_module(xp, res.variance.log_sd, pv, sets.var_at)
+        log_gp = in_module(xp, res.variance.log_sd, pv, sets.var_prev)
     alpha = xp.exp(-log_g) / root
     beta = -a * xp.exp(-log_gp) / root
     return alpha, beta, log_g + log_root
