@@ -137,6 +137,8 @@ class GroupFit:
         level_group, slots, q = layout(frame, group)
         G, qmax, p = q.size, int(q.max()), frame.X.shape[1]
         d = qmax + p + 1
+        if qmax > MAX_BLOCK or G * d ** 3 > MAX_WORK:
+            return None
         cols, vals = design(frame, slots, qmax)
         res = st.residual
         if res is None:
@@ -145,7 +147,7 @@ class GroupFit:
             classes, nobs, logw = None, float((w > 0).sum()), float(np.log(w[w > 0]).sum())
         else:
             rows = model._host_blocks
-            found = whiten._class_rows(res, {"correlation": rows.correlation, "variance": rows.variance},
+            found = whiten.class_rows(res, {"correlation": rows.correlation, "variance": rows.variance},
                                        frame.nobs)
             if found is None:
                 return None
@@ -156,7 +158,7 @@ class GroupFit:
             sets, set_class, set_kind = [], [], []
             for c, rep in enumerate(first):
                 for kind in (whiten.SELF, whiten.PREV, whiten.SUM) if key[rep] > 0 else (whiten.SELF,):
-                    sets.append(whiten._kind_rows(vals, partner, kind) * (row_class == c)[:, None])
+                    sets.append(whiten.kind_rows(vals, partner, kind) * (row_class == c)[:, None])
                     set_class.append(c)
                     set_kind.append(kind)
             variance = rows.variance
@@ -166,7 +168,7 @@ class GroupFit:
                                tuple(partner(np.asarray(a))[first] for a in variance),
                                np.asarray(set_class), np.asarray(set_kind))
             nobs, logw = float(frame.nobs), 0.0
-        if qmax > MAX_BLOCK or len(sets) * G * d * d * d > MAX_WORK:
+        if len(sets) * G * d ** 3 > MAX_WORK:
             return None
         K = cross_products(group, cols, sets, G, d)
         return cls(K, classes, nobs, logw, qmax, p, level_group, slots, st)
@@ -300,8 +302,7 @@ class GroupFit:
         a = np.concatenate([-beta, [1.0]])
         u = solve_lower(parts.L, (parts.T @ a)[..., None], transposed=True)
         b = (parts.Lam @ u)[..., 0]
-        Q = solve_lower(parts.L, np.swapaxes(parts.Lam, 1, 2))
-        V = s2 * np.swapaxes(Q, 1, 2) @ Q
+        V = s2 * np.swapaxes(parts.P, 1, 2) @ parts.P      # σ^2 Λ B^{-1} Λ', P = L^{-1} Λ'
         modes, variances = [], []
         for t, lg, slot in zip(self.structure.terms, self.level_group, self.slots):
             r = slot[:, None] + np.arange(t.p)

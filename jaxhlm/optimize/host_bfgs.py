@@ -107,18 +107,17 @@ def minimize(fun, x0, lower, *, grad=None, max_iter: int = 200, ftol: float = 1e
     (the module docstring); ``grad(x)``: its gradient, where known (else finite
     differences).  Values that are not finite end in a status, without warnings."""
     f = _Counted(fun)
-    if grad is None:
-        def g_of(x, fx=None):
-            return gradient(f, x, f(x) if fx is None else fx, lower)
-    else:
-        counted = _Counted(lambda x: 0.0)
+    gradients = [0]
 
-        def g_of(x, fx=None):
-            counted(x)
-            return np.asarray(grad(x), dtype=float)
+    def g_of(x, fx=None):
+        if grad is None:
+            return gradient(f, x, f(x) if fx is None else fx, lower)
+        gradients[0] += 1
+        return np.asarray(grad(x), dtype=float)
+
     with np.errstate(all="ignore"):
         out = _minimize(f, g_of, x0, lower, max_iter, ftol, snap_mask, snap, hessian0)
-    return out if grad is None else out._replace(evaluations=out.evaluations + counted.count)
+    return out._replace(evaluations=out.evaluations + gradients[0])
 
 
 def _minimize(f, g_of, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> HostMinimum:
@@ -146,7 +145,7 @@ def _minimize(f, g_of, x0, lower, max_iter, ftol, snap_mask, snap, hessian0) -> 
         for _ in range(HALVINGS):
             xn = np.maximum(x + t * d, lower)
             fn = f(xn)
-            if fn <= fx + ARMIJO * (g @ (xn - x)):
+            if fn <= fx + ARMIJO * min(g @ (xn - x), 0.0):   # (a projection may cut the decrease)
                 break
             t *= 0.5
         else:

@@ -199,7 +199,7 @@ class _GroupMean(NamedTuple):
         return np.ascontiguousarray(self(np.ascontiguousarray(a.T)).T)
 
 
-def _class_rows(res: Residual, arrays: dict, n: int, kept: np.ndarray | None = None):
+def class_rows(res: Residual, arrays: dict, n: int, kept: np.ndarray | None = None):
     """Each row's class and the row sets (module docstring): (partner, key, classes (n,),
     representatives (C,)), ``partner(a)`` the rows m_p of a row array a, or None where
     the classes cannot be used.  ``kept``: the rows used (a response's observed rows),
@@ -231,9 +231,9 @@ def _class_rows(res: Residual, arrays: dict, n: int, kept: np.ndarray | None = N
 
 def _class_sets(rows: RowData, res: Residual, st, arrays: dict, kept: np.ndarray | None = None) -> ClassSets | None:
     """The :class:`ClassSets` of the model's rows (NumPy, once), or None (module
-    docstring); ``kept`` as :func:`_class_rows`'."""
+    docstring); ``kept`` as :func:`class_rows`'."""
     n = rows.y.shape[0]
-    found = _class_rows(res, arrays, n, kept)
+    found = class_rows(res, arrays, n, kept)
     if found is None:
         return None
     partner, key, classes, first = found
@@ -242,8 +242,8 @@ def _class_sets(rows: RowData, res: Residual, st, arrays: dict, kept: np.ndarray
     for c, rep in enumerate(first):
         kinds = (SELF, PREV, SUM) if key[rep] > 0 else (SELF,)
         for kind in kinds:
-            Z1, vals, y = (_kind_rows(pat.Z1, partner, kind), _kind_rows(pat.vals, partner, kind),
-                           _kind_rows(rows.y, partner, kind))
+            Z1, vals, y = (kind_rows(pat.Z1, partner, kind), kind_rows(pat.vals, partner, kind),
+                           kind_rows(rows.y, partner, kind))
             w = (classes == c).astype(float)
             sets.append(values(pat._replace(Z1=Z1, vals=vals), st, w, y))
             set_class.append(c)
@@ -258,7 +258,7 @@ def _class_sets(rows: RowData, res: Residual, st, arrays: dict, kept: np.ndarray
         count=np.bincount(classes[classes >= 0], minlength=first.size).astype(float))
 
 
-def _kind_rows(a: np.ndarray, partner, kind: int) -> np.ndarray:
+def kind_rows(a: np.ndarray, partner, kind: int) -> np.ndarray:
     """The rows themselves (SELF), their partners m_p (PREV: the predecessors, or the
     group means) or the sums (SUM); rows on a's first axis."""
     return a if kind == SELF else partner(a) if kind == PREV else a + partner(a)
@@ -268,7 +268,7 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
     """Rows for B responses (Y (B, n)) on one design: ``y`` gains a leading axis, and so do
     the class sets' response fields (Z_1'y and Arr's last row and column per set, O(n) per
     response and set).  The responses are taken in term 1's level order once, and their
-    partners' (:func:`_kind_rows`) formed once, each C-ordered; then per set Z_1'y sums
+    partners' (:func:`kind_rows`) formed once, each C-ordered; then per set Z_1'y sums
     each level's consecutive rows (:class:`jaxhlm.blocks.LevelSums`), the rest's products are one
     matrix product (:func:`_rest_design`) and y'Wy one matrix-vector product.  128
     responses of a 3,000-subject AR(1) design (``/tmp`` probe, 2026-12-04): the first call
@@ -282,7 +282,7 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
         return rows._replace(y=Y)
     pat = rows.pattern
     p1, ell1, m = pat.Z1.shape[1], sets.zy1.shape[1], st.m
-    partner, _, classes, first = _class_rows(st.residual, {"correlation": rows.correlation,
+    partner, _, classes, first = class_rows(st.residual, {"correlation": rows.correlation,
                                                            "variance": rows.variance}, n)
     by_level = LevelSums(pat.codes1, ell1)
     order = by_level.order
@@ -292,8 +292,8 @@ def with_responses(rows: RowData, st, Y: np.ndarray) -> RowData:
     Arr = np.broadcast_to(sets.Arr, (B,) + sets.Arr.shape).copy()
     for k, (c, kind) in enumerate(zip(sets.set_class, sets.set_kind)):
         w = (classes[order] == c).astype(float)
-        Z1 = _kind_rows(pat.Z1, partner, kind)[order] * w[:, None]
-        vals = _kind_rows(pat.vals, partner, kind)[order] * w[:, None]
+        Z1 = kind_rows(pat.Z1, partner, kind)[order] * w[:, None]
+        vals = kind_rows(pat.vals, partner, kind)[order] * w[:, None]
         Yk = kinds[kind] if kind in kinds else kinds[SELF] + kinds[PREV]
         for a in range(p1):
             zy1[:, k, :, a] = by_level.sums_in_order(Yk * Z1[:, a])
@@ -445,7 +445,7 @@ def with_missing(bucketed: padding.Bucketed, rows: RowData, Y: np.ndarray):
     for kept in observed:
         found = None
         if rows.sets is not None and (bound := arrays(kept))["correlation"] is not None:
-            found = _class_rows(res, bound, n, kept)
+            found = class_rows(res, bound, n, kept)
         if found is None:
             raise ValueError("responses with missing values (NaN) cannot be fitted in a batch with this "
                              "residual structure (its blocks come from the rows); drop those rows from "
