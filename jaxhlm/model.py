@@ -160,6 +160,11 @@ class LMM:
         ``start``: theta to start the optimiser from, in lme4's order (lme4's ``start =``);
         default :attr:`theta_start`.  lme4 starts at lambda_k = I:
         ``start=model.structure.theta_start()``.
+
+        Where the rows fall into small independent groups (:mod:`jaxhlm.group_fit`: one
+        grouping factor, nested factors, residual structures within them), the fit runs on
+        the host in NumPy, compiling nothing, unless ``options`` names a strategy (or
+        ``JAXHLM_GROUP_FIT=0``); elsewhere one compiled program does it.
         """
         penalty = _priors.penalty(prior, self)
         theta0 = self.theta_start if start is None else np.asarray(start, dtype=float)
