@@ -52,7 +52,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .covariance import Diagonal, Unstructured
-from .independent_groups import MAX_BLOCK, MAX_WORK, cross_products, design, group_of_rows, layout
+from .independent_groups import MAX_WORK, cross_products, design, grouping, weighted
 from .kernel import Conditional
 from .optimize.host_bfgs import minimize
 from .optimize.loop import Minimum
@@ -128,23 +128,18 @@ class GroupFit:
         small independent groups, σ estimated, and a residual structure (if any) of jaxhlm's
         own with row classes inside the groups."""
         frame, st = model.frame, model.structure
-        if (not ENABLED or not frame.terms or frame.sigma is not None or not st.builtin
+        if (not ENABLED or frame.sigma is not None or not st.builtin
                 or not all(isinstance(t.covariance, (Unstructured, Diagonal)) for t in st.terms)):
             return None
-        group = group_of_rows(frame)
-        if group is None:
+        gr = grouping(frame)
+        if gr is None or gr.G * gr.d ** 3 > MAX_WORK:
             return None
-        level_group, slots, q = layout(frame, group)
-        G, qmax, p = q.size, int(q.max()), frame.X.shape[1]
-        d = qmax + p + 1
-        if qmax > MAX_BLOCK or G * d ** 3 > MAX_WORK:
-            return None
-        cols, vals = design(frame, slots, qmax)
+        group, G, qmax, d, p = gr.group, gr.G, gr.qmax, gr.d, frame.X.shape[1]
+        cols, vals = design(frame, gr.slots, qmax)
         res = st.residual
         if res is None:
-            w = np.ones(frame.nobs) if frame.weights is None else np.asarray(frame.weights, dtype=float)
-            sets = [vals * np.sqrt(w)[:, None]]
-            classes, nobs, logw = None, float((w > 0).sum()), float(np.log(w[w > 0]).sum())
+            vals, nobs, logw = weighted(frame, vals)
+            sets, classes = [vals], None
         else:
             rows = model._host_blocks
             found = whiten.class_rows(res, {"correlation": rows.correlation, "variance": rows.variance},
@@ -171,7 +166,7 @@ class GroupFit:
         if len(sets) * G * d ** 3 > MAX_WORK:
             return None
         K = cross_products(group, cols, sets, G, d)
-        return cls(K, classes, nobs, logw, qmax, p, level_group, slots, st)
+        return cls(K, classes, nobs, logw, qmax, p, gr.level_group, gr.slots, st)
 
     # ------------------------------------------------------------ one evaluation
     @functools.cached_property

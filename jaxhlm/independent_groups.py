@@ -47,6 +47,7 @@ algorithm.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,6 +113,40 @@ def layout(frame, group: np.ndarray):
     return groups, slots, used
 
 
+class Grouping(NamedTuple):
+    """Each row's group, each term's levels' groups and slots (:func:`layout`), the number
+    of groups G, the most random columns of a group qmax, and d = qmax + p + 1."""
+
+    group: np.ndarray
+    level_group: list
+    slots: list
+    G: int
+    qmax: int
+    d: int
+
+
+def grouping(frame) -> Grouping | None:
+    """The model's rows in independent groups of at most :data:`MAX_BLOCK` random columns,
+    or None."""
+    if not frame.terms:
+        return None
+    group = group_of_rows(frame)
+    if group is None:
+        return None
+    level_group, slots, q = layout(frame, group)
+    qmax = int(q.max())
+    if qmax > MAX_BLOCK:
+        return None
+    return Grouping(group, level_group, slots, q.size, qmax, qmax + frame.X.shape[1] + 1)
+
+
+def weighted(frame, vals):
+    """(the rows ``vals`` times sqrt(w_i), the rows of positive weight, sum log w_i) for the
+    prior weights w (1 without)."""
+    w = np.ones(frame.nobs) if frame.weights is None else np.asarray(frame.weights, dtype=float)
+    return vals * np.sqrt(w)[:, None], float((w > 0).sum()), float(np.log(w[w > 0]).sum())
+
+
 def design(frame, slots, qmax: int):
     """Each row's entries of [Z X y] (n, d) and their columns within its group's
     (qmax + p + 1) columns: its levels' slots, then X and y after the qmax random ones."""
@@ -162,27 +197,21 @@ class Groups:
             nparams = sum(len(t.covariance.linear_entries()) for t in st.terms) + 1
         except JaxhlmError:   # a covariance not linear in its parameters
             return None
-        group = group_of_rows(frame)
-        if group is None:
+        gr = grouping(frame)
+        if gr is None or gr.G * gr.d * gr.d * max(nparams, gr.d) > MAX_WORK:
             return None
-        level_group, slots, q = layout(frame, group)
-        qmax, d = int(q.max()), int(q.max()) + frame.X.shape[1] + 1
-        if qmax > MAX_BLOCK or q.size * d * d * max(nparams, d) > MAX_WORK:
-            return None
-        G = q.size
-        cols, vals = design(frame, slots, qmax)
-        w = np.ones(frame.nobs) if frame.weights is None else np.asarray(frame.weights, dtype=float)
-        K = cross_products(group, cols, [vals * np.sqrt(w)[:, None]], G, d)[0]
+        G, qmax, d = gr.G, gr.qmax, gr.d
+        cols, vals = design(frame, gr.slots, qmax)
+        vals, nobs, logw = weighted(frame, vals)
+        K = cross_products(gr.group, cols, [vals], G, d)[0]
         E = []
-        for t, lg, slot in zip(st.terms, level_group, slots):
+        for t, lg, slot in zip(st.terms, gr.level_group, gr.slots):
             g, s = lg[lg >= 0], slot[lg >= 0]
             for r, c in t.covariance.linear_entries():
                 e = np.zeros((G, qmax, qmax))
                 e[g, s + r, s + c] = e[g, s + c, s + r] = 1.0
                 E.append(e)
-        positive = w > 0
-        return cls(K, float(positive.sum()), float(np.log(w[positive]).sum()), np.stack(E), qmax,
-                   level_group, slots, st)
+        return cls(K, nobs, logw, np.stack(E), qmax, gr.level_group, gr.slots, st)
 
     # ------------------------------------------------------------ the covariances
     def relative(self, gamma, floor: float | None = None) -> np.ndarray | None:
