@@ -35,11 +35,18 @@ once, and its coefficients c_s come from that module's own functions, here in Nu
 log|W| is that module's Jacobian, and each row's partner (its predecessor, or its
 group's mean) lies in the row's own group and levels.
 
-The gradient in the random terms' theta is in closed form (:meth:`GroupFit.gradient`),
+The gradient in the random terms' theta is in closed form (:meth:`GroupFit.gradients`),
 and in a residual structure's parameters it comes from central differences. The
-optimiser is :mod:`jaxhlm.optimize.host_bfgs`: bounds at lme4's, snapping as
-MixedModels.jl. The fit equals the compiled one to the optimisers' tolerances
-(``tests/test_group_fit.py``).
+optimiser is :mod:`jaxhlm.optimize.host_bfgs`: unconstrained steps, the end point folded
+into lme4's half-space and snapped as MixedModels.jl. The fit equals the compiled one to
+the optimisers' tolerances (``tests/test_group_fit.py``).
+
+Many responses on one design (:meth:`GroupFit.responses`: ``fit_many``, the bootstrap's
+refits, :mod:`jaxhlm.batch`) differ only in K_g's last row and column, y_g' W_g R_g, so
+each response's K is the design's with those entries replaced, and every evaluation
+above runs for all the fits still stepping at once, with a leading axis of fits on every
+array: one set of NumPy calls per step, whatever the number of responses. The fit of one
+response is that with one row.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import numpy as np
 from .covariance import Diagonal, Unstructured
 from .independent_groups import MAX_WORK, cross_products, design, grouping, weighted
 from .kernel import Conditional
-from .optimize.host_bfgs import minimize
+from .optimize.host_bfgs import minimize_many
 from .optimize.loop import Minimum
 from .residual import whiten
 
@@ -78,8 +85,8 @@ class _Classes(NamedTuple):
 
 
 class _Parts(NamedTuple):
-    """One evaluation's factors: K_g, L_g, P_g = L_g^{-1} Λ', T_g = P_g K_Z,[X y], Λ_g, the
-    summed [X y] matrix, log|L_θ|^2, log|W|."""
+    """One evaluation's factors for m fits: K_g, L_g, P_g = L_g^{-1} Λ', T_g = P_g K_Z,[X y],
+    Λ_g (m, G, ., .), the summed [X y] matrix (m, p + 1, p + 1), log|L_θ|^2 and log|W| (m,)."""
 
     K: np.ndarray
     L: np.ndarray
@@ -87,12 +94,23 @@ class _Parts(NamedTuple):
     T: np.ndarray
     Lam: np.ndarray
     M: np.ndarray
-    logdet_theta: float
-    logw: float
+    logdet_theta: np.ndarray
+    logw: np.ndarray
+
+
+class _Fixed(NamedTuple):
+    """β̂ (m, p), r^2 and log|F| (m,), F = X'V^{-1}X (m, p, p; I for a fit whose F is not
+    positive definite) and whether it is (m,)."""
+
+    beta: np.ndarray
+    r2: np.ndarray
+    logdet: np.ndarray
+    F: np.ndarray
+    ok: np.ndarray
 
 
 def solve_lower(L, B, transposed: bool = False):
-    """L^{-1} B (or L^{-T} B) for lower-triangular L (G, q, q) and B (G, q, k), by
+    """L^{-1} B (or L^{-T} B) for lower-triangular L (..., q, q) and B (..., q, k), by
     substitution over q (NumPy's batched ``solve`` costs an LU per group: 5x more for
     3,000 groups of q = 1)."""
     q = L.shape[-1]
@@ -100,16 +118,49 @@ def solve_lower(L, B, transposed: bool = False):
     order = range(q - 1, -1, -1) if transposed else range(q)
     for i in order:
         done = slice(i + 1, q) if transposed else slice(0, i)
-        coef = L[:, done, i] if transposed else L[:, i, done]
-        X[:, i] = (B[:, i] - np.einsum("gj,gjk->gk", coef, X[:, done])) / L[:, i, i, None]
+        coef = L[..., done, i] if transposed else L[..., i, done]
+        X[..., i, :] = (B[..., i, :] - np.einsum("...j,...jk->...k", coef, X[..., done, :])) / L[..., i, i, None]
     return X
+
+
+SMALL = 4
+"""Matrices up to this size are factored by explicit formulas over the batch (NumPy's
+batched LAPACK call costs about 30 ns per matrix: 1.3 ms for 40,000 of size 1)."""
+
+
+def cholesky(A):
+    """(the Cholesky factors of A (m, ..., q, q), whether each fit's are all defined (m,)):
+    a fit whose matrices are not positive definite gets NaN, not an error for the batch."""
+    m, q = A.shape[0], A.shape[-1]
+    if q <= SMALL:
+        L = np.zeros(A.shape)
+        with np.errstate(all="ignore"):
+            for j in range(q):
+                L[..., j, j] = np.sqrt(A[..., j, j] - (L[..., j, :j] ** 2).sum(-1))
+                for i in range(j + 1, q):
+                    L[..., i, j] = (A[..., i, j] - (L[..., i, :j] * L[..., j, :j]).sum(-1)) / L[..., j, j]
+        diag = np.diagonal(L, axis1=-2, axis2=-1).reshape(m, -1)
+        return L, (diag > 0).all(1) & np.isfinite(diag).all(1)
+    try:
+        return np.linalg.cholesky(A), np.ones(m, dtype=bool)
+    except np.linalg.LinAlgError:
+        L, ok = np.full(A.shape, np.nan), np.zeros(m, dtype=bool)
+        for i, a in enumerate(A):
+            try:
+                L[i], ok[i] = np.linalg.cholesky(a), True
+            except np.linalg.LinAlgError:
+                pass
+        return L, ok
 
 
 @dataclasses.dataclass
 class GroupFit:
-    """A model's groups, ready for :meth:`fit`: ``K`` (S, G, d, d) the cross-products
-    (S = 1 without a residual structure, else one per class set), ``classes`` (None
-    without one), where each term's levels sit, and the sizes."""
+    """A model's groups, ready for :meth:`fit`: ``K`` (R, S, G, d, d) the cross-products of
+    R responses (the model's own: R = 1; :meth:`responses`), S = 1 without a residual
+    structure, else one per class set; ``classes`` (None without one), where each term's
+    levels sit, the sizes, and the rows (each row's group, columns and weighted entries of
+    [Z X y], :func:`jaxhlm.independent_groups.design`) that make the products of other
+    responses."""
 
     K: np.ndarray
     classes: _Classes | None
@@ -120,6 +171,7 @@ class GroupFit:
     level_group: list
     slots: list
     structure: object
+    rows: tuple = dataclasses.field(default=(), repr=False)
 
     @classmethod
     def of(cls, model) -> "GroupFit | None":
@@ -140,6 +192,7 @@ class GroupFit:
         if res is None:
             vals, nobs, logw = weighted(frame, vals)
             sets, classes = [vals], None
+            root = np.sqrt(np.ones(frame.nobs) if frame.weights is None else np.asarray(frame.weights, dtype=float))
         else:
             rows = model._host_blocks
             found = whiten.class_rows(res, {"correlation": rows.correlation, "variance": rows.variance},
@@ -165,8 +218,43 @@ class GroupFit:
             nobs, logw = float(frame.nobs), 0.0
         if len(sets) * G * d ** 3 > MAX_WORK:
             return None
-        K = cross_products(group, cols, sets, G, d)
-        return cls(K, classes, nobs, logw, qmax, p, gr.level_group, gr.slots, st)
+        K = cross_products(group, cols, sets, G, d)[None]
+        return cls(K, classes, nobs, logw, qmax, p, gr.level_group, gr.slots, st,
+                   rows=(group, cols, vals, root) if res is None else ())
+
+    def responses(self, Y) -> "GroupFit":
+        """The same design with the responses Y (R, n) instead (complete; without a residual
+        structure): their entries in K_g's last row and column, y_g' W_g [Z_g X_g y_g]."""
+        order, starts, at, entries, root = self._response_rows
+        Yw = np.asarray(Y, dtype=float) * root
+        R, G, d = Yw.shape[0], self.K.shape[2], self.K.shape[3]
+        ky = np.zeros((R, G * d))
+        ky[:, at] = np.add.reduceat(Yw[:, order] * entries, starts, axis=1)
+        K = np.repeat(self.K[:1], R, axis=0)
+        K[:, 0, :, :, -1] = ky.reshape(R, G, d)
+        K[:, 0, :, -1, :] = ky.reshape(R, G, d)
+        by_group, group_starts = self._group_rows
+        K[:, 0, :, -1, -1] = np.add.reduceat((Yw * Yw)[:, by_group], group_starts, axis=1)
+        return dataclasses.replace(self, K=K)
+
+    @functools.cached_property
+    def _response_rows(self):
+        """The design's entries y_i multiplies in K's last column (those of [Z X]), ordered by
+        their place (group, column): (their rows, where each place's run starts, the
+        places, the entries, sqrt(w))."""
+        group, cols, vals, root = self.rows
+        place = (group[:, None] * self.K.shape[3] + cols[:, :-1]).ravel()
+        order = np.argsort(place, kind="stable")
+        place = place[order]
+        starts = np.flatnonzero(np.r_[True, place[1:] != place[:-1]])
+        return (order // (cols.shape[1] - 1), starts, place[starts], vals[:, :-1].ravel()[order], root)
+
+    @functools.cached_property
+    def _group_rows(self):
+        """(the rows ordered by group, where each group's run starts)."""
+        group = self.rows[0]
+        order = np.argsort(group, kind="stable")
+        return order, np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
 
     # ------------------------------------------------------------ one evaluation
     @functools.cached_property
@@ -176,76 +264,100 @@ class GroupFit:
         for t, lg, slot in zip(self.structure.terms, self.level_group, self.slots):
             g, s = lg[lg >= 0], slot[lg >= 0]
             r = s[:, None] + np.arange(t.p)
-            out.append((g[:, None, None], r[:, :, None], r[:, None, :]))
+            out.append((slice(None), g[:, None, None], r[:, :, None], r[:, None, :]))
         return out
 
     @functools.cached_property
     def _bases(self) -> list:
-        """Per term, λ_k at each unit vector of its parameters, E_t (n_k, p_k, p_k)."""
+        """Per term, λ_k at each unit vector of its parameters, E_t (n_k, p_k, p_k); λ_k is
+        linear in them (lme4's unstructured and diagonal terms)."""
         return [np.stack([np.asarray(t.covariance.lam(e), dtype=float) for e in np.eye(t.ntheta)])
                 for t in self.structure.terms]
 
-    def _lambda(self, theta) -> np.ndarray:
-        """Λ_g (G, qmax, qmax) at the random terms' theta."""
-        Lam = np.zeros(self.K.shape[1:2] + (self.qmax, self.qmax))
-        for t, par, place in zip(self.structure.terms, self.structure.split(theta), self._places):
-            Lam[place] = np.asarray(t.covariance.lam(par), dtype=float)
+    @functools.cached_property
+    def _columns(self) -> list:
+        """Per term, its parameters' columns of theta."""
+        ends = np.cumsum([t.ntheta for t in self.structure.terms])
+        return [slice(e - t.ntheta, e) for t, e in zip(self.structure.terms, ends)]
+
+    def _lambdas(self, theta) -> list:
+        """Each term's λ_k (m, p_k, p_k) at the rows of theta (m, k)."""
+        return [(theta[:, cols] @ basis.reshape(basis.shape[0], -1)).reshape((-1,) + basis.shape[1:])
+                for cols, basis in zip(self._columns, self._bases)]
+
+    def canonical(self, theta) -> np.ndarray:
+        """The rows of theta (m, k) in lme4's half-space, the same points of the model: each
+        λ_k's columns with a negative diagonal negated (:meth:`jaxhlm.structure.Structure.canonical`)."""
+        out = np.array(theta, dtype=float)
+        for cols, lam, basis in zip(self._columns, self._lambdas(out), self._bases):
+            sign = np.where(np.diagonal(lam, axis1=1, axis2=2) < 0, -1.0, 1.0)
+            out[:, cols] = np.einsum("tab,mab->mt", basis, lam * sign[:, None, :])
+        return out
+
+    def _lambda(self, lams) -> np.ndarray:
+        """Λ_g (m, G, qmax, qmax) of the terms' λ_k."""
+        Lam = np.zeros((lams[0].shape[0], self.K.shape[2], self.qmax, self.qmax))
+        for lam, place in zip(lams, self._places):
+            Lam[place] = lam[:, None]
         return Lam
 
-    def _products(self, theta):
-        """(K_g at the residual parameters, log|W|)."""
+    def _products(self, theta, fits):
+        """(K_g at the residual parameters (m, G, d, d), log|W| (m,)) of the fits numbered
+        ``fits``."""
         if self.classes is None:
-            return self.K[0], self.logw
+            everyone = len(fits) == self.K.shape[0]   # (fits are distinct and in order)
+            return self.K[:, 0] if everyone else self.K[fits, 0], np.full(len(fits), self.logw)
         st = self.structure
         res = st.residual
-        pc, pv = res.split(np.asarray(theta[st.ntheta_random:], dtype=float))
-        alpha, beta, log_scale = whiten.class_coefficients(pc, pv, self.classes, res, xp=np)
-        coef = whiten.set_coefficients(alpha, beta, self.classes.set_class, self.classes.set_kind, xp=np)
-        return np.tensordot(coef, self.K, axes=1), float(-2.0 * np.sum(self.classes.count * log_scale))
+        coef, logw = [], []
+        for th in theta:
+            pc, pv = res.split(np.asarray(th[st.ntheta_random:], dtype=float))
+            alpha, beta, log_scale = whiten.class_coefficients(pc, pv, self.classes, res, xp=np)
+            coef.append(whiten.set_coefficients(alpha, beta, self.classes.set_class, self.classes.set_kind, xp=np))
+            logw.append(-2.0 * np.sum(self.classes.count * log_scale))
+        return np.einsum("ms,msgij->mgij", np.asarray(coef), self.K[fits]), np.asarray(logw, dtype=float)
 
-    def parts(self, theta) -> _Parts:
+    def parts(self, theta, fits) -> _Parts:
+        """The factors at the rows of theta (m, k) of the fits numbered ``fits`` (m,)."""
         theta = np.asarray(theta, dtype=float)
-        K, logw = self._products(theta)
-        Lam = self._lambda(theta)
+        K, logw = self._products(theta, fits)
+        Lam = self._lambda(self._lambdas(theta))
         q = self.qmax
-        LamT = np.swapaxes(Lam, 1, 2)
-        B = LamT @ K[:, :q, :q] @ Lam + np.eye(q)
-        L = np.linalg.cholesky(B)
+        LamT = np.swapaxes(Lam, -1, -2)
+        L, _ = cholesky(LamT @ K[..., :q, :q] @ Lam + np.eye(q))
         P = solve_lower(L, LamT)
-        T = P @ K[:, :q, q:]
-        M = (K[:, q:, q:] - np.swapaxes(T, 1, 2) @ T).sum(0)
-        logdet = 2.0 * float(np.log(np.diagonal(L, axis1=1, axis2=2)).sum())
+        T = P @ K[..., :q, q:]
+        Tm = T.reshape(T.shape[0], -1, T.shape[-1])
+        M = K[..., q:, q:].sum(1) - np.swapaxes(Tm, 1, 2) @ Tm
+        logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum((1, 2))
         return _Parts(K, L, P, T, Lam, M, logdet, logw)
 
     def _dof(self, reml: bool) -> float:
         return self.nobs - self.p * reml
 
-    def _fixed(self, M):
-        """(β̂, r^2, log|F|) from the summed [X y] matrix."""
+    def _fixed(self, M) -> _Fixed:
+        """β̂, r^2 and log|F| from the summed [X y] matrices (m, p + 1, p + 1)."""
         p = self.p
-        F, b = M[:p, :p], M[:p, p]
-        C = np.linalg.cholesky(F)
-        beta = np.linalg.solve(F, b)
-        return beta, float(M[p, p] - b @ beta), 2.0 * float(np.log(np.diagonal(C)).sum())
+        F, b = M[:, :p, :p], M[:, :p, p]
+        C, ok = cholesky(F)
+        F = np.where(ok[:, None, None], F, np.eye(p))   # (a fit without F's factor: its NaN says so)
+        beta = np.linalg.solve(F, b[..., None])[..., 0]
+        r2 = M[:, p, p] - np.einsum("mi,mi->m", b, beta)
+        return _Fixed(beta, r2, 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(1), F, ok)
 
-    def criterion(self, theta, reml: bool) -> float:
-        """lme4's ML deviance or REML criterion at theta (the module docstring); +inf where
-        it is not defined."""
+    def criteria(self, theta, fits, reml: bool) -> np.ndarray:
+        """lme4's ML deviance or REML criterion (m,) of the fits numbered ``fits`` at the
+        rows of theta (the module docstring); +inf where it is not defined."""
         with np.errstate(all="ignore"):   # a value that is not finite is the answer's +inf
-            try:
-                parts = self.parts(theta)
-                _, r2, logdet_x = self._fixed(parts.M)
-            except np.linalg.LinAlgError:
-                return np.inf
+            parts = self.parts(theta, fits)
+            fixed = self._fixed(parts.M)
             dof = self._dof(reml)
-            if not r2 > 0:
-                return np.inf
-            value = (parts.logdet_theta + (logdet_x if reml else 0.0) - parts.logw
-                     + dof * (1.0 + LOG_2PI + np.log(r2 / dof)))
-        return value if np.isfinite(value) else np.inf
+            value = (parts.logdet_theta + (fixed.logdet if reml else 0.0) - parts.logw
+                     + dof * (1.0 + LOG_2PI + np.log(fixed.r2 / dof)))
+        return np.where(np.isfinite(value) & (fixed.r2 > 0), value, np.inf)
 
-    def gradient(self, theta, reml: bool) -> np.ndarray:
-        """The criterion's gradient: in the random terms' theta in closed form, in the
+    def gradients(self, theta, fits, reml: bool) -> np.ndarray:
+        """The criteria's gradients (m, k): in the random terms' theta in closed form, in the
         residual structure's parameters by central differences (steps 1e-5).
 
         With c_g = Λ_g Λ_g', Ã = Λ B^{-1} Λ' = P'P, (I + A c)^{-1} = I - A Ã and
@@ -259,75 +371,107 @@ class GroupFit:
         its parameters, ∂d/∂θ_t = 2 <E_t, S_k λ_k>, E_t = λ_k(e_t) and S_k the sum of H_g's
         diagonal blocks over term k's levels.  Not finite where the criterion is not."""
         theta = np.asarray(theta, dtype=float)
-        st, q, p = self.structure, self.qmax, self.p
+        q, p = self.qmax, self.p
         with np.errstate(all="ignore"):
-            try:
-                parts = self.parts(theta)
-                beta, r2, _ = self._fixed(parts.M)
-                F_inv = np.linalg.inv(parts.M[:p, :p])
-            except np.linalg.LinAlgError:
-                return np.full(theta.size, np.nan)
-            A, KZR = parts.K[:, :q, :q], parts.K[:, :q, q:]
-            AAt = A @ (np.swapaxes(parts.P, 1, 2) @ parts.P)
+            parts = self.parts(theta, fits)
+            fixed = self._fixed(parts.M)
+            F_inv = np.linalg.inv(fixed.F)
+            A, KZR = parts.K[..., :q, :q], parts.K[..., :q, q:]
+            AAt = A @ (np.swapaxes(parts.P, -1, -2) @ parts.P)
             U = KZR - AAt @ KZR
-            u = U @ np.concatenate([-beta, [1.0]])
-            UX = U[:, :, :p]
-            H = (A - AAt @ A - (self._dof(reml) / r2) * u[:, :, None] * u[:, None, :]
-                 - (UX @ F_inv @ np.swapaxes(UX, 1, 2) if reml else 0.0))
-            out = np.empty(theta.size)
+            u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(fits), 1))], axis=1))
+            UX = U[..., :p]
+            H = (A - AAt @ A - (self._dof(reml) / fixed.r2)[:, None, None, None] * u[..., :, None] * u[..., None, :]
+                 - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0))
+            out = np.empty(theta.shape)
             k = 0
-            for t, par, place, basis in zip(st.terms, st.split(theta), self._places, self._bases):
-                SL = H[place].sum(0) @ np.asarray(t.covariance.lam(par), dtype=float)
-                out[k:k + t.ntheta] = 2.0 * np.einsum("tab,ab->t", basis, SL)
-                k += t.ntheta
-            for i in range(k, theta.size):   # the residual structure's parameters
-                h = np.zeros(theta.size)
-                h[i] = 1e-5 * max(1.0, abs(theta[i]))
-                out[i] = (self.criterion(theta + h, reml) - self.criterion(theta - h, reml)) / (2.0 * h[i])
-        return out
+            for lam, place, basis in zip(self._lambdas(theta), self._places, self._bases):
+                SL = H[place].sum(1) @ lam
+                out[:, k:k + basis.shape[0]] = 2.0 * np.einsum("tab,mab->mt", basis, SL)
+                k += basis.shape[0]
+            for i in range(k, theta.shape[1]):   # the residual structure's parameters
+                h = np.zeros(theta.shape)
+                h[:, i] = 1e-5 * np.maximum(1.0, np.abs(theta[:, i]))
+                out[:, i] = (self.criteria(theta + h, fits, reml) - self.criteria(theta - h, fits, reml)) / (2.0 * h[:, i])
+        return np.where(np.isfinite(self.criteria(theta, fits, reml))[:, None] if k < theta.shape[1] else True,
+                        out, np.nan)
+
+    # ------------------------------------------------------------ one response
+    def criterion(self, theta, reml: bool) -> float:
+        """:meth:`criteria` of the model's own response at theta (k,)."""
+        return float(self.criteria(np.asarray(theta, dtype=float)[None], [0], reml)[0])
+
+    def gradient(self, theta, reml: bool) -> np.ndarray:
+        """:meth:`gradients` of the model's own response at theta (k,)."""
+        return self.gradients(np.asarray(theta, dtype=float)[None], [0], reml)[0]
 
     # ------------------------------------------------------------ the fit
-    def conditional(self, theta, reml: bool) -> Conditional:
-        """β̂, σ̂, vcov(β̂), and per term the conditional modes (ℓ_k, p_k) and covariances
-        (ℓ_k, p_k, p_k) of b (lme4's ``ranef`` and ``condVar``)."""
-        parts = self.parts(theta)
-        beta, r2, _ = self._fixed(parts.M)
-        F_inv = np.linalg.inv(parts.M[:self.p, :self.p])
-        s2 = r2 / self._dof(reml)
-        a = np.concatenate([-beta, [1.0]])
-        u = solve_lower(parts.L, (parts.T @ a)[..., None], transposed=True)
-        b = (parts.Lam @ u)[..., 0]
-        V = s2 * np.swapaxes(parts.P, 1, 2) @ parts.P      # σ^2 Λ B^{-1} Λ', P = L^{-1} Λ'
-        modes, variances = [], []
-        for t, lg, slot in zip(self.structure.terms, self.level_group, self.slots):
-            r = slot[:, None] + np.arange(t.p)
-            g = np.maximum(lg, 0)[:, None]
-            modes.append(np.where(lg[:, None] >= 0, b[g, r], 0.0))
-            variances.append(np.where(lg[:, None, None] >= 0, V[g[:, :, None], r[:, :, None], r[:, None, :]], 0.0))
-        return Conditional(beta, np.sqrt(s2), s2 * F_inv, modes, variances)
+    def estimates(self, theta, fits, reml: bool, modes: bool = True) -> Conditional:
+        """β̂ (m, p), σ̂ (m,), vcov(β̂) (m, p, p), and with ``modes`` per term the conditional
+        modes (m, ℓ_k, p_k) and covariances (m, ℓ_k, p_k, p_k) of b (lme4's ``ranef`` and
+        ``condVar``); NaN for a fit whose criterion is not finite there."""
+        with np.errstate(all="ignore"):
+            parts = self.parts(theta, fits)
+            fixed = self._fixed(parts.M)
+            s2 = fixed.r2 / self._dof(reml)
+            vcov = s2[:, None, None] * np.linalg.inv(fixed.F)
+            out = Conditional(fixed.beta, np.sqrt(s2), vcov, [], [])
+            if not modes:
+                return out
+            a = np.concatenate([-fixed.beta, np.ones((len(fits), 1))], axis=1)
+            u = solve_lower(parts.L, np.einsum("mgij,mj->mgi", parts.T, a)[..., None], transposed=True)
+            b = (parts.Lam @ u)[..., 0]
+            V = s2[:, None, None, None] * np.swapaxes(parts.P, -1, -2) @ parts.P   # σ^2 Λ B^{-1} Λ'
+            for t, lg, slot in zip(self.structure.terms, self.level_group, self.slots):
+                r = slot[:, None] + np.arange(t.p)
+                g = np.maximum(lg, 0)[:, None]
+                out.b.append(np.where(lg[:, None] >= 0, b[:, g, r], 0.0))
+                out.b_var.append(np.where(lg[:, None, None] >= 0, V[:, g[:, :, None], r[:, :, None], r[:, None, :]], 0.0))
+        return out
 
-    def fit(self, reml: bool, options, theta0):
-        """:class:`jaxhlm.fitting.FitArrays` of the fit from ``theta0`` (its scales floored
-        at 0.01, as the compiled fit's), with :class:`jaxhlm.optimize.Minimum`'s fields."""
+    def conditional(self, theta, reml: bool) -> Conditional:
+        """:meth:`estimates` of the model's own response at theta (k,)."""
+        out = self.estimates(np.asarray(theta, dtype=float)[None], [0], reml)
+        return Conditional(out.beta[0], out.sigma[0], out.vcov[0], [b[0] for b in out.b],
+                           [v[0] for v in out.b_var])
+
+    def fit_all(self, reml: bool, options, theta0, hessian0=None, modes: bool = False):
+        """:class:`jaxhlm.fitting.FitArrays` of the fits of every response in K from the rows of
+        ``theta0`` (R, k) (their scales floored at 0.01, as the compiled fit's), the fits on
+        the first axis of each field, with :class:`jaxhlm.optimize.Minimum`'s fields."""
         from .fitting import FitArrays
 
         st = self.structure
         scales = st.scales()
         x0 = np.where(scales, np.maximum(np.abs(theta0), 0.01), theta0)
-        found = minimize(lambda th: self.criterion(th, reml), x0, st.theta_lower(),
-                         grad=lambda th: self.gradient(th, reml), max_iter=options.max_iter,
-                         ftol=options.ftol, snap_mask=scales, snap=options.snap)
-        opt = Minimum(found.x, np.float64(found.fun), found.grad, np.int32(found.iterations),
-                      np.int32(found.evaluations), np.int32(found.status), curvature=found.curvature)
-        try:
-            with np.errstate(all="ignore"):
-                cond = self.conditional(found.x, reml) if np.isfinite(found.fun) else None
-        except np.linalg.LinAlgError:
-            cond = None
-        if cond is None:   # no estimates where the criterion is not finite (a failed fit's status says so)
-            cond = Conditional(np.full(self.p, np.nan), np.float64(np.nan), np.full((self.p, self.p), np.nan),
-                               [np.full((t.nlevels, t.p), np.nan) for t in st.terms],
-                               [np.full((t.nlevels, t.p, t.p), np.nan) for t in st.terms])
-        lams = tuple(np.asarray(t.covariance.lam(par), dtype=float)
-                     for t, par in zip(st.terms, st.split(found.x)))
-        return FitArrays(opt, cond, lams)
+        found = minimize_many(lambda th, fits: self.criteria(th, fits, reml), x0,
+                              grad=lambda th, fits: self.gradients(th, fits, reml),
+                              max_iter=options.max_iter, ftol=options.ftol, canonical=self.canonical,
+                              snap_mask=scales, snap=options.snap, hessian0=hessian0)
+        opt = Minimum(found.x, found.fun, found.grad, found.iterations.astype(np.int32),
+                      found.evaluations.astype(np.int32), found.status.astype(np.int32),
+                      curvature=found.curvature)
+        cond = self.estimates(found.x, np.arange(found.x.shape[0]), reml, modes)
+        bad = ~np.isfinite(found.fun)   # no estimates where the criterion is not finite (the status says so)
+        cond = Conditional(*(_nan_at(a, bad) for a in cond[:3]), [_nan_at(b, bad) for b in cond.b],
+                           [_nan_at(v, bad) for v in cond.b_var])
+        return FitArrays(opt, cond, tuple(self._lambdas(found.x)))
+
+    def fit(self, reml: bool, options, theta0):
+        """:meth:`fit_all` of the model's own response from theta0 (k,), with its conditional
+        modes."""
+        out = self.fit_all(reml, options, np.asarray(theta0, dtype=float)[None], modes=True)
+        return type(out)(*(_first(part) for part in out))
+
+
+def _nan_at(a, bad):
+    """a with NaN at the fits ``bad`` (on the first axis)."""
+    return np.where(bad.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
+
+
+def _first(tree):
+    """The first fit of every array in a (nested) tuple, a NamedTuple kept as one."""
+    if isinstance(tree, np.ndarray):
+        return tree[0]
+    parts = [_first(a) for a in tree]
+    return type(tree)(*parts) if hasattr(tree, "_fields") else type(tree)(parts)

@@ -199,7 +199,9 @@ class LMM:
         ``ranef``'s conditional variances where a large fit leaves
         them to their first use, :func:`jaxhlm.kernel.variances_deferred`),
         ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
-        responses will run, by running each once on one chunk of simulated responses
+        responses will run (their compiled programs, which those calls reach once the
+        host has had its share of their fits, :func:`jaxhlm.batch.fit_many`; in this process,
+        at once), by running each once on one chunk of simulated responses
         (:func:`jaxhlm.batch.chunk_size`: the same program as the full batch's), and with
         ``inference`` those of the fit's tests and intervals (Satterthwaite's and, for
         REML, Kenward-Roger's tables, not with a residual structure; the profile; these two
@@ -208,6 +210,7 @@ class LMM:
         model of the same bucket (:mod:`jaxhlm.padding`; with a residual structure, through
         its class sets, :func:`jaxhlm.residual.whiten.bucket`) then starts warm, in this process and in later ones:
         ``jaxhlm warmup DATA FORMULA --nsim N --inference``."""
+        from . import batch
         from .batch import chunk_size
 
         res = self.fit(reml)
@@ -221,10 +224,14 @@ class LMM:
                 res.coef_table("kenward-roger")
             if not self.structure.known_sigma and compiled:
                 res.profile()
+        # The batches' compiled programs, which a first batch leaves to the host while it can
+        # (jaxhlm.batch.HOST_BUDGET); compiled here, later batches in this process run them.
+        compiled = dataclasses.replace(res._options, method="bfgs")
         if nsim:
-            res.bootstrap(min(nsim, chunk_size(nsim)))
+            batch.bootstrap(self, res.fixef.to_numpy(), res.theta, res.sigma, reml, min(nsim, chunk_size(nsim)),
+                            options=compiled, hessian0=res._curvature)
         if responses:
-            self.fit_many(res.simulate(min(responses, chunk_size(responses))), reml)
+            self.fit_many(res.simulate(min(responses, chunk_size(responses))), reml, options=compiled)
         return self
 
     def __repr__(self) -> str:

@@ -61,7 +61,7 @@ from pathlib import Path
 import jaxlib
 import numpy as np
 
-from . import lazy_jax, stored_run
+from . import _config, lazy_jax, stored_run
 from .collector import paused
 from .store import PINNED_JAXLIB, max_bytes, prepare_custom_calls, source_hash
 from .lazy_jax import jax
@@ -105,6 +105,8 @@ def store_directory() -> Path | None:
         planned = stored_run.directory()
         if planned is not None:
             return planned
+        if _config.planned_cache_dir() is None and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            return None   # no cache will be on (JAXHLM_COMPILATION_CACHE=0): nothing to import jax for
     return _directory()
 
 

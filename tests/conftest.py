@@ -50,6 +50,30 @@ def run_on_cpu_devices(script: str, *args: str, devices: int = 4, timeout: float
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture
+def compiled_fits(monkeypatch):
+    """Fits, and batches of fits, by the compiled programs instead of on the host
+    (:mod:`jaxhlm.group_fit`), for tests of those programs (their reuse, their storage,
+    their sharding) and of batched == looped with the batch's own optimiser (a fit on the
+    host stops within its own optimiser's tolerance: ``tests/test_group_fit.py``)."""
+    from jaxhlm import group_fit
+
+    monkeypatch.setattr(group_fit, "ENABLED", False)
+
+
+@pytest.fixture(autouse=True)
+def _host_batches_by_rule_not_by_clock(monkeypatch):
+    """Every batch a test runs on the host where it qualifies, whatever ran before in this
+    worker: the host's share of a program's fits is counted in seconds
+    (:data:`jaxhlm.batch.HOST_BUDGET`), so a hand-over by the clock would make a test's path
+    depend on the machine's load and on the tests before it.  The hand-over has its own
+    test (``tests/test_group_fit.py``); the compiled batches theirs (:func:`compiled_fits`)."""
+    from jaxhlm import batch
+
+    monkeypatch.setattr(batch, "_HOST_SECONDS", {})
+    monkeypatch.setattr(batch, "HOST_BUDGET", float("inf"))
+
+
 @pytest.fixture(scope="session")
 def sleepstudy():
     return jaxhlm.datasets.load("sleepstudy")

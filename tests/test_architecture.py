@@ -183,7 +183,8 @@ def test_diag_keyword_is_the_uncorrelated_model(sleepstudy):
     us = jaxhlm.LMM("Reaction ~ Days + us(Days | Subject)", sleepstudy).fit()
     plain = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy).fit()
     assert diag.objective == pytest.approx(split.objective, abs=1e-8)
-    np.testing.assert_allclose(diag.theta, split.theta, rtol=1e-6)
+    # (each fit stops at a predicted decrease of 1e-12 (1 + |f|): theta to about 1e-5)
+    np.testing.assert_allclose(diag.theta, split.theta, rtol=1e-5)
     assert diag.theta_names == split.theta_names == ["Subject.(Intercept)", "Subject.Days"]
     assert list(diag.varcorr["var2"].dropna()) == []          # no correlation reported
     assert us.objective == plain.objective and us.theta_names == plain.theta_names

@@ -14,16 +14,6 @@ from jaxhlm import batch
 F = "Reaction ~ Days + (Days | Subject)"
 
 
-@pytest.fixture
-def compiled_fits(monkeypatch):
-    """Single fits by the compiled program, the batch's own optimiser, so that batched ==
-    looped holds to the tolerances below (a fit on the host, :mod:`jaxhlm.group_fit`,
-    stops within its own optimiser's tolerance: ``tests/test_group_fit.py``)."""
-    from jaxhlm import group_fit
-
-    monkeypatch.setattr(group_fit, "ENABLED", False)
-
-
 @pytest.mark.timeout(300)
 def test_thousand_vmapped_fits_complete_and_match_looped(sleepstudy, compiled_fits):
     model = jaxhlm.LMM(F, sleepstudy)
@@ -107,6 +97,8 @@ SHARDED = """
 import json, sys
 import jax, numpy as np, jaxhlm
 assert len(jax.devices()) == 4, jax.devices()
+from jaxhlm import group_fit
+group_fit.ENABLED = False   # the compiled batch, whose axis is sharded
 df = jaxhlm.datasets.load(sys.argv[1])
 res = jaxhlm.LMM(sys.argv[2], df).fit()
 out = res._model.fit_many(res.simulate(10, seed=11), batch_size=6)
@@ -117,7 +109,7 @@ print(json.dumps({"objective": out.objective.tolist(), "theta": out.theta.tolist
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("dataset,formula", [("sleepstudy", F),
                                              ("Penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")])
-def test_sharded_on_four_cpu_devices_equals_single_device(dataset, formula):
+def test_sharded_on_four_cpu_devices_equals_single_device(dataset, formula, compiled_fits):
     """Acceptance: the batch axis sharded over 4 forced CPU devices gives the same fits."""
     from conftest import run_on_cpu_devices
 
@@ -183,3 +175,13 @@ def test_ten_thousand_bootstrap_refits(sleepstudy):
     assert len(boot) == 10_000
     assert boot.converged.mean() > 0.999
     assert abs(np.median(boot.fixef[:, 1]) - res.fixef["Days"]) < 0.1
+
+
+def test_bad_responses_get_clear_errors(sleepstudy):
+    model = jaxhlm.LMM(F, sleepstudy)
+    with pytest.raises(ValueError, match="each response needs 180 values"):
+        model.fit_many(np.zeros((2, 179)))
+    with pytest.raises(ValueError, match="infinite values; use NaN"):
+        model.fit_many(np.full((2, 180), np.inf))
+    with pytest.raises(ValueError, match="no responses to fit: Y has 0 rows"):
+        model.fit_many(np.zeros((0, 180)))

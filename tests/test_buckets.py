@@ -99,7 +99,7 @@ def test_a_padded_model_is_the_unpadded_one(sleepstudy, monkeypatch, formula, da
     np.testing.assert_allclose(a["condsd"], b["condsd"], rtol=1e-6)
 
 
-def test_nearby_sizes_and_batch_sizes_share_one_program(sleepstudy):
+def test_nearby_sizes_and_batch_sizes_share_one_program(sleepstudy, compiled_fits):
     """17 then 18-20 subjects; fit_many of 2,000 after 1,500; bootstrap(10_000) after
     bootstrap(1_000): no new trace, no new XLA compilation (``jax.monitoring``)."""
     compiled = []
@@ -125,7 +125,7 @@ def test_nearby_sizes_and_batch_sizes_share_one_program(sleepstudy):
     assert many.converged.all() and boot.converged.mean() > 0.99
 
 
-def test_a_bootstrap_of_a_nearby_size_shares_the_simulator_through_headroom(sleepstudy):
+def test_a_bootstrap_of_a_nearby_size_shares_the_simulator_through_headroom(sleepstudy, compiled_fits):
     """13 then 14 subjects: 130 and 140 rows have different rungs (136, 168), but the
     simulator's rows take headroom and reach (jaxhlm.bucket_choice) as the fit's levels
     do, so the second bootstrap compiles nothing."""

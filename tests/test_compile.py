@@ -19,7 +19,7 @@ def test_second_fit_of_same_shapes_does_not_retrace(sleepstudy):
     assert res.converged
 
 
-def test_reml_and_ml_fits_share_one_compilation(sleepstudy):
+def test_reml_and_ml_fits_share_one_compilation(sleepstudy, compiled_fits):
     """REML is an argument of the fit's program, not part of its key: the ML refit of a
     REML fit (a profile's, a likelihood-ratio test's) compiles nothing new, and each
     criterion is still its own (lme4's REML criterion and deviance)."""

@@ -171,17 +171,20 @@ def test_which_fits_run_on_the_host(sleepstudy):
     assert trace_count() == before + 2
 
 
-def test_a_host_fit_imports_no_jax():
+def test_a_host_fit_and_a_host_batch_import_no_jax():
     script = (
-        "import sys, json, jaxhlm\n"
+        "import sys, json, numpy as np, jaxhlm\n"
         "d = jaxhlm.datasets.load('sleepstudy')\n"
         "r = jaxhlm.LMM('Reaction ~ Days + (1 | Subject)', d, correlation=jaxhlm.AR1('Subject', 'Days')).fit()\n"
         "r.ranef, r.varcorr, r.fixef_se\n"
-        "print(json.dumps({'jax': 'jax' in sys.modules, 'objective': r.objective, 'phi': float(r.correlation_parameter)}))\n")
+        "m = jaxhlm.LMM('Reaction ~ Days + (Days | Subject)', d)\n"
+        "many = m.fit_many(m.frame.y + np.random.default_rng(0).normal(size=(300, m.nobs)) * 20)\n"
+        "print(json.dumps({'jax': 'jax' in sys.modules, 'objective': r.objective,\n"
+        "                  'converged': float(many.converged.mean())}))\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out["jax"] is False
+    assert out["jax"] is False and out["converged"] == 1.0
     ref = json.loads((COVARIANCE / "sleepstudy_lme_ar1_reml.json").read_text())
     assert out["objective"] == pytest.approx(ref["minus2loglik"], rel=1e-6)
 
@@ -205,3 +208,103 @@ def test_a_users_residual_structure_keeps_the_protocols_signature(sleepstudy, co
     ours = compiled(lambda: jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", sleepstudy,
                                        correlation=jaxhlm.AR1("Subject", "Days")))
     assert mine.fit().objective == pytest.approx(ours.fit().objective, rel=1e-10)
+
+
+# ---------------------------------------------------------------- many responses on the host
+BATCHED = ["sleepstudy", "uncorrelated", "weights", "oats", "penicillin"]
+
+
+def _responses(model, count=5, seed=3):
+    rng = np.random.default_rng(seed)
+    y = model.frame.y
+    return y + rng.normal(size=(count, y.size)) * y.std() * 0.4
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_the_responses_products_are_the_models_own(name):
+    """The model's own response through ``responses`` gives the design's K exactly."""
+    host = MODELS[name]()._group_fit
+    y = host.responses(np.zeros((1, host.rows[0].size))).K   # (another response first: nothing kept)
+    assert y.shape == host.K.shape
+    np.testing.assert_allclose(host.responses(MODELS[name]().frame.y[None]).K, host.K, rtol=1e-13, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", BATCHED)
+@pytest.mark.parametrize("reml", [True, False])
+def test_a_host_batch_equals_its_fits_one_by_one(name, reml):
+    """Batched == looped on the host: every fit steps with the others as it would alone.
+    The batch's arrays have other shapes, so NumPy's sums round differently (1e-16), and
+    BFGS carries that along flat directions: the objective agrees to 1e-12, theta within
+    the stopping rule's reach (a predicted decrease of 1e-12 (1 + |f|): about 1e-5)."""
+    model = MODELS[name]()
+    Y = _responses(model)
+    before = trace_count()
+    many = model.fit_many(Y, reml)
+    assert trace_count() == before   # nothing compiled
+    for i, y in enumerate(Y):
+        one = model._group_fit.responses(y[None]).fit_all(reml, Options(), many_starts(model, y))
+        assert many.status[i] == one.opt.status[0]
+        assert many.objective[i] == pytest.approx(one.opt.fun[0], rel=1e-12)
+        np.testing.assert_allclose(many.theta[i], one.opt.x[0], atol=1e-5)
+        np.testing.assert_allclose(many.fixef[i], one.cond.beta[0], rtol=1e-6)
+        np.testing.assert_allclose(many.sigma[i], one.cond.sigma[0], rtol=1e-6)
+
+
+def many_starts(model, y):
+    from jaxhlm.start import moment_starts
+
+    return moment_starts(model.frame, model.structure, y[None])
+
+
+@pytest.mark.parametrize("name", BATCHED)
+def test_a_host_batch_equals_the_compiled_batch(name, compiled):
+    """The optimisers' tolerances, as :func:`test_host_fits_equal_compiled_fits`."""
+    host = MODELS[name]()
+    Y = _responses(host, 8)
+    a = host.fit_many(Y)
+    b = compiled(MODELS[name]).fit_many(Y)
+    assert (a.status == b.status).all() and a.converged.all()
+    np.testing.assert_allclose(a.objective, b.objective, rtol=1e-9)
+    np.testing.assert_allclose(a.theta, b.theta, atol=1e-4)
+    np.testing.assert_allclose(a.fixef, b.fixef, atol=1e-4 * np.abs(b.fixef_se).max())
+    np.testing.assert_allclose(a.fixef_se, b.fixef_se, rtol=1e-4)
+    np.testing.assert_allclose(a.sigma, b.sigma, rtol=1e-4)
+
+
+def test_the_host_hands_over_to_the_compiled_batch(monkeypatch, sleepstudy):
+    """Ski rental: once the host has spent its budget on a program, the rest of the batch,
+    and later batches of that program in this process, run the compiled program; the
+    fields join in order."""
+    from jaxhlm import batch
+
+    model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    Y = _responses(model, 7)
+    monkeypatch.setattr(batch, "HOST_BUDGET", 1e-9)     # one chunk, then the compiled program
+    monkeypatch.setattr(batch, "HOST_CHUNK", 3 * model._group_fit.K[0, 0].size)
+    before = trace_count()
+    mixed = model.fit_many(Y)
+    assert trace_count() == before + 1
+    assert batch._HOST_SECONDS[model.bucketed.structure] == np.inf
+    starts = np.concatenate([many_starts(model, y) for y in Y[:3]])
+    host = model._group_fit.responses(Y[:3]).fit_all(True, Options(), starts)
+    np.testing.assert_allclose(mixed.objective[:3], host.opt.fun, rtol=1e-12)
+    monkeypatch.setattr(group_fit.GroupFit, "fit_all", None)   # all compiled now
+    again = model.fit_many(Y)
+    np.testing.assert_allclose(again.objective[3:], mixed.objective[3:], rtol=1e-12)
+    np.testing.assert_allclose(again.objective, mixed.objective, rtol=1e-9)
+    assert mixed.converged.all() and len(mixed.lams[0]) == 7
+
+
+def test_a_response_without_a_criterion_gets_a_status_in_a_host_batch(sleepstudy):
+    """A constant response (r^2 = 0: the criterion is not finite) fails alone, without
+    warnings, and its neighbours fit."""
+    import warnings
+
+    model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    Y = _responses(model, 3)
+    Y[1] = 250.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = model.fit_many(Y)
+    assert list(out.converged) == [True, False, True]
+    assert np.isnan(out.fixef[1]).all() and np.isnan(out.sigma[1])
