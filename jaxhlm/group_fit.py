@@ -35,7 +35,7 @@ once, and its coefficients c_s come from that module's own functions, here in Nu
 log|W| is that module's Jacobian, and each row's partner (its predecessor, or its
 group's mean) lies in the row's own group and levels.
 
-The gradient in the random terms' theta is in closed form (:meth:`GroupFit.gradients`),
+The gradient in the random terms' theta is in closed form (:meth:`GroupFit.evaluate`),
 and in a residual structure's parameters it comes from central differences. The
 optimiser is :mod:`jaxhlm.optimize.host_bfgs`: unconstrained steps, the end point folded
 into lme4's half-space and snapped as MixedModels.jl. The fit equals the compiled one to
@@ -124,15 +124,16 @@ def solve_lower(L, B, transposed: bool = False):
 
 
 SMALL = 4
-"""Matrices up to this size are factored by explicit formulas over the batch (NumPy's
-batched LAPACK call costs about 30 ns per matrix: 1.3 ms for 40,000 of size 1)."""
+"""Matrices up to this size, 64 or more of them, are factored by explicit formulas over
+the batch: NumPy's batched LAPACK call costs about 30 ns per matrix (1.3 ms for 40,000 of
+size 1), the formulas a few microseconds per call."""
 
 
 def cholesky(A):
     """(the Cholesky factors of A (m, ..., q, q), whether each fit's are all defined (m,)):
     a fit whose matrices are not positive definite gets NaN, not an error for the batch."""
     m, q = A.shape[0], A.shape[-1]
-    if q <= SMALL:
+    if q <= SMALL and A.size >= 64 * q * q:
         L = np.zeros(A.shape)
         with np.errstate(all="ignore"):
             for j in range(q):
@@ -345,20 +346,23 @@ class GroupFit:
         r2 = M[:, p, p] - np.einsum("mi,mi->m", b, beta)
         return _Fixed(beta, r2, 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(1), F, ok)
 
+    def _value(self, parts: _Parts, fixed: _Fixed, reml: bool) -> np.ndarray:
+        dof = self._dof(reml)
+        value = (parts.logdet_theta + (fixed.logdet if reml else 0.0) - parts.logw
+                 + dof * (1.0 + LOG_2PI + np.log(fixed.r2 / dof)))
+        return np.where(np.isfinite(value) & (fixed.r2 > 0), value, np.inf)
+
     def criteria(self, theta, fits, reml: bool) -> np.ndarray:
         """lme4's ML deviance or REML criterion (m,) of the fits numbered ``fits`` at the
         rows of theta (the module docstring); +inf where it is not defined."""
         with np.errstate(all="ignore"):   # a value that is not finite is the answer's +inf
-            parts = self.parts(theta, fits)
-            fixed = self._fixed(parts.M)
-            dof = self._dof(reml)
-            value = (parts.logdet_theta + (fixed.logdet if reml else 0.0) - parts.logw
-                     + dof * (1.0 + LOG_2PI + np.log(fixed.r2 / dof)))
-        return np.where(np.isfinite(value) & (fixed.r2 > 0), value, np.inf)
+            parts = self.parts(np.asarray(theta, dtype=float), fits)
+            return self._value(parts, self._fixed(parts.M), reml)
 
-    def gradients(self, theta, fits, reml: bool) -> np.ndarray:
-        """The criteria's gradients (m, k): in the random terms' theta in closed form, in the
-        residual structure's parameters by central differences (steps 1e-5).
+    def evaluate(self, theta, fits, reml: bool):
+        """(:meth:`criteria`, their gradients (m, k)) from one factorisation: the gradient in
+        the random terms' theta in closed form, in the residual structure's parameters by
+        central differences (steps 1e-5); NaN where the criterion is not finite.
 
         With c_g = Λ_g Λ_g', Ã = Λ B^{-1} Λ' = P'P, (I + A c)^{-1} = I - A Ã and
         U_g = (I - A Ã) K_Z,[X y], u_g = U_g [-β̂; 1]:
@@ -369,12 +373,13 @@ class GroupFit:
         so (β̂ at its optimum for r^2) d d = Σ_g tr(H_g dc_g) with
         H_g = W_g - (dof / r^2) u_g u_g' - [REML] U_gX F^{-1} U_gX', and for λ_k linear in
         its parameters, ∂d/∂θ_t = 2 <E_t, S_k λ_k>, E_t = λ_k(e_t) and S_k the sum of H_g's
-        diagonal blocks over term k's levels.  Not finite where the criterion is not."""
+        diagonal blocks over term k's levels."""
         theta = np.asarray(theta, dtype=float)
         q, p = self.qmax, self.p
         with np.errstate(all="ignore"):
             parts = self.parts(theta, fits)
             fixed = self._fixed(parts.M)
+            value = self._value(parts, fixed, reml)
             F_inv = np.linalg.inv(fixed.F)
             A, KZR = parts.K[..., :q, :q], parts.K[..., :q, q:]
             AAt = A @ (np.swapaxes(parts.P, -1, -2) @ parts.P)
@@ -393,8 +398,7 @@ class GroupFit:
                 h = np.zeros(theta.shape)
                 h[:, i] = 1e-5 * np.maximum(1.0, np.abs(theta[:, i]))
                 out[:, i] = (self.criteria(theta + h, fits, reml) - self.criteria(theta - h, fits, reml)) / (2.0 * h[:, i])
-        return np.where(np.isfinite(self.criteria(theta, fits, reml))[:, None] if k < theta.shape[1] else True,
-                        out, np.nan)
+        return value, np.where(np.isfinite(value)[:, None], out, np.nan)
 
     # ------------------------------------------------------------ one response
     def criterion(self, theta, reml: bool) -> float:
@@ -402,8 +406,8 @@ class GroupFit:
         return float(self.criteria(np.asarray(theta, dtype=float)[None], [0], reml)[0])
 
     def gradient(self, theta, reml: bool) -> np.ndarray:
-        """:meth:`gradients` of the model's own response at theta (k,)."""
-        return self.gradients(np.asarray(theta, dtype=float)[None], [0], reml)[0]
+        """The gradient (:meth:`evaluate`) for the model's own response at theta (k,)."""
+        return self.evaluate(np.asarray(theta, dtype=float)[None], [0], reml)[1][0]
 
     # ------------------------------------------------------------ the fit
     def estimates(self, theta, fits, reml: bool, modes: bool = True) -> Conditional:
@@ -444,10 +448,9 @@ class GroupFit:
         st = self.structure
         scales = st.scales()
         x0 = np.where(scales, np.maximum(np.abs(theta0), 0.01), theta0)
-        found = minimize_many(lambda th, fits: self.criteria(th, fits, reml), x0,
-                              grad=lambda th, fits: self.gradients(th, fits, reml),
-                              max_iter=options.max_iter, ftol=options.ftol, canonical=self.canonical,
-                              snap_mask=scales, snap=options.snap, hessian0=hessian0)
+        found = minimize_many(lambda th, fits: self.evaluate(th, fits, reml), x0, max_iter=options.max_iter,
+                              ftol=options.ftol, canonical=self.canonical, snap_mask=scales, snap=options.snap,
+                              hessian0=hessian0)
         opt = Minimum(found.x, found.fun, found.grad, found.iterations.astype(np.int32),
                       found.evaluations.astype(np.int32), found.status.astype(np.int32),
                       curvature=found.curvature)

@@ -14,18 +14,20 @@ closely:
   :mod:`jaxhlm.optimize.loop`), and no coordinate is stuck at a bound of 0 where its
   gradient is 0 (a projection onto lme4's bounds stopped an uncorrelated sleepstudy
   fit there, 27 above the optimum);
-- the gradient given (``grad``), or else central differences with steps
-  h_i = ``STEP`` max(1, |x_i|). The error of these is O(h^2 f''' + eps |f| / h): for
-  f ~ 6e4 and curvatures ~ 1e4 (24,000 rows), about 1e-6 in g and 1e-10 in x at the
-  optimum;
+- each point's value and gradient from one call (``evaluate``), as the compiled loop
+  evaluates every trial point;
 - a probed starting Hessian: forward differences of the gradient, symmetrised, its
   eigenvalues replaced by their absolute values and floored at ``1e-8`` of the largest
   (as the compiled ``probe``), or one that is given (a refit's);
-- backtracking by halves to Armijo's condition (c = 1e-4); BFGS updates when s'y > 0;
+- backtracking by halves to Armijo's condition (c = 1e-4); a search stalls when out of
+  halvings or when the next trial's first-order decrease is below f's rounding, and
+  ends the fit as converged where the gradient is at rounding level, as the compiled
+  loop's; BFGS updates when s'y > 0;
 - the stopping rule: the predicted decrease g'H^{-1}g / 2 is below ftol (1 + |f|), as
   ``Options.ftol``;
 - MixedModels.jl's snap: a coordinate of ``snap_mask`` within ``snap`` of 0 is set to
-  exactly 0 where that does not raise f.
+  exactly 0 where that does not raise f beyond its rounding (1e-10 (1 + |f|)), as the
+  compiled loop's.
 
 lme4's equivalent is ``optimizeLmer`` (BOBYQA: no gradients, bounds at 0).
 """
@@ -39,16 +41,19 @@ import numpy as np
 from .loop import Status
 
 STEP = 1e-5
-"""Finite-difference step, relative to max(1, |x_i|)."""
+"""The probe's finite-difference step, relative to max(1, |x_i|)."""
 
 ARMIJO = 1e-4
 HALVINGS = 40
 FLOOR = 1e-8
+ROUNDING = 1e-14
+"""A trial step whose first-order decrease is below this of 1 + |f| (about 50 ulps) is lost
+in f's rounding: the search stalls there."""
 
 
 class HostMinimum(NamedTuple):
     """What :func:`minimize_many` found (the fields of :class:`jaxhlm.optimize.Minimum`),
-    the fits on the first axis; :func:`minimize`'s for one fit, without it."""
+    the fits on the first axis."""
 
     x: np.ndarray
     fun: np.ndarray
@@ -60,48 +65,31 @@ class HostMinimum(NamedTuple):
 
 
 class _Counted:
-    """f(X, fits) of the fits at the rows of X, counting each fit's evaluations, +inf where
-    a value is not finite; ``grad`` likewise, or central differences of f."""
+    """``evaluate(X, fits)`` of the fits numbered ``fits`` at the rows of X: (values (m,),
+    gradients (m, k)), counting each fit's evaluations; +inf where a value is not finite."""
 
-    def __init__(self, fun, grad, B: int):
-        self.fun, self.grad = fun, grad
+    def __init__(self, evaluate, B: int):
+        self.evaluate = evaluate
         self.count = np.zeros(B, dtype=np.int64)
 
-    def __call__(self, X, fits) -> np.ndarray:
+    def __call__(self, X, fits):
         if not len(fits):
-            return np.empty(0)
+            return np.empty(0), np.empty(X.shape)
         self.count[fits] += 1
-        value = np.asarray(self.fun(X, fits), dtype=float)
-        return np.where(np.isfinite(value), value, np.inf)
-
-    def gradient(self, X, fits) -> np.ndarray:
-        """The gradients at the rows of X."""
-        if not len(fits):
-            return np.empty(X.shape)
-        if self.grad is not None:
-            self.count[fits] += 1
-            return np.asarray(self.grad(X, fits), dtype=float)
-        h = _steps(X)
-        G = np.empty(X.shape)
-        for i in range(X.shape[1]):
-            E = np.zeros(X.shape)
-            E[:, i] = h[:, i]
-            G[:, i] = (self(X + E, fits) - self(X - E, fits)) / (2.0 * h[:, i])
-        return G
-
-
-def _steps(X):
-    return STEP * np.maximum(1.0, np.abs(X))
+        value, grad = self.evaluate(X, fits)
+        value = np.asarray(value, dtype=float)
+        return np.where(np.isfinite(value), value, np.inf), np.asarray(grad, dtype=float)
 
 
 def hessian(f: _Counted, X, fits, G) -> np.ndarray:
-    """Forward differences of the gradient, symmetrised (m, k, k)."""
-    h = _steps(X)
+    """Forward differences of the gradient, steps ``STEP`` max(1, |x_i|), symmetrised
+    (m, k, k)."""
+    h = STEP * np.maximum(1.0, np.abs(X))
     H = np.empty(X.shape + X.shape[1:])
     for i in range(X.shape[1]):
         E = np.zeros(X.shape)
         E[:, i] = h[:, i]
-        H[:, :, i] = (f.gradient(X + E, fits) - G) / h[:, i, None]
+        H[:, :, i] = (f(X + E, fits)[1] - G) / h[:, i, None]
     return 0.5 * (H + np.swapaxes(H, 1, 2))
 
 
@@ -114,28 +102,16 @@ def positive(H) -> np.ndarray:
     return (V * w[:, None, :]) @ np.swapaxes(V, 1, 2)
 
 
-def minimize(fun, x0, *, grad=None, max_iter: int = 200, ftol: float = 1e-12, canonical=None,
-             snap_mask=None, snap: float = 1e-3, hessian0=None) -> HostMinimum:
-    """Minimise ``fun`` (a NumPy vector in, a float out) from ``x0``; ``grad(x)``: its
-    gradient, where known (else finite differences); ``canonical(x)``: the fold of x.
-    :func:`minimize_many` with one fit."""
-    out = minimize_many(lambda X, fits: [fun(X[0])], np.asarray(x0, dtype=float)[None],
-                        grad=None if grad is None else (lambda X, fits: grad(X[0])[None]),
-                        max_iter=max_iter, ftol=ftol, snap_mask=snap_mask, snap=snap, hessian0=hessian0,
-                        canonical=None if canonical is None else (lambda X: canonical(X[0])[None]))
-    return HostMinimum(*(a[0] for a in out))
-
-
-def minimize_many(fun, x0, *, grad=None, max_iter: int = 200, ftol: float = 1e-12, canonical=None,
+def minimize_many(evaluate, x0, *, max_iter: int = 200, ftol: float = 1e-12, canonical=None,
                   snap_mask=None, snap: float = 1e-3, hessian0=None) -> HostMinimum:
     """Minimise B criteria from the rows of ``x0`` (B, k) (the module docstring).
-    ``fun(X, fits)``: the values (m,) of the fits numbered ``fits`` (m,) at the rows of X
-    (m, k); ``grad(X, fits)``: their gradients (m, k), where known; ``canonical(X)``: the
-    same points of the model folded into the optimiser's half-space (lme4's), rows of X
-    alike. ``hessian0``: every fit's starting Hessian (k, k) instead of probing one. Values
-    that are not finite end in a status, without warnings."""
+    ``evaluate(X, fits)``: the values (m,) and gradients (m, k) of the fits numbered
+    ``fits`` (m,) at the rows of X (m, k); ``canonical(X)``: the same points of the model
+    folded into the optimiser's half-space (lme4's), rows of X alike. ``hessian0``: every
+    fit's starting Hessian (k, k) instead of probing one. Values that are not finite end
+    in a status, without warnings."""
     x = np.array(x0, dtype=float)
-    f = _Counted(fun, grad, x.shape[0])
+    f = _Counted(evaluate, x.shape[0])
     with np.errstate(all="ignore"):
         return _minimize(f, x, max_iter, ftol, canonical, snap_mask, snap, hessian0)
 
@@ -143,13 +119,11 @@ def minimize_many(fun, x0, *, grad=None, max_iter: int = 200, ftol: float = 1e-1
 def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessian0) -> HostMinimum:
     B, k = x.shape
     everyone = np.arange(B)
-    fx = f(x, everyone)
-    g = np.full((B, k), np.nan)
+    fx, g = f(x, everyone)
     H = np.full((B, k, k), np.nan)
     status = np.full(B, int(Status.NONFINITE))
     iterations = np.zeros(B, dtype=np.int64)
     run = everyone[np.isfinite(fx)]
-    g[run] = f.gradient(x[run], run)
     H[run] = hessian(f, x[run], run, g[run]) if hessian0 is None else np.asarray(hessian0, dtype=float)
     run = run[np.isfinite(g[run]).all(axis=1) & np.isfinite(H[run]).all(axis=(1, 2))]
     status[run] = int(Status.MAX_ITERATIONS)
@@ -166,22 +140,25 @@ def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessia
         run, xa, fa, ga, Ha, d = run[go], xa[go], fa[go], ga[go], Ha[go], d[go]
         # backtracking by halves to Armijo's condition, each fit its own step
         t = np.ones(run.size)
-        xn, fn = xa.copy(), np.full(run.size, np.inf)
+        xn, fn, gn = xa.copy(), np.full(run.size, np.inf), np.empty(xa.shape)
         pending = np.arange(run.size)
         slope = (ga * d).sum(1)
         for _ in range(HALVINGS):
             if not pending.size:
                 break
             xt = xa[pending] + t[pending, None] * d[pending]
-            ft = f(xt, run[pending])
-            ok = ft <= fa[pending] + ARMIJO * t[pending] * slope[pending]
-            xn[pending[ok]], fn[pending[ok]] = xt[ok], ft[ok]
-            t[pending[~ok]] *= 0.5
-            pending = pending[~ok]
+            ft, gt = f(xt, run[pending])
+            ok = ft - fa[pending] <= ARMIJO * t[pending] * slope[pending]   # (as a difference: no null steps)
+            xn[pending[ok]], fn[pending[ok]], gn[pending[ok]] = xt[ok], ft[ok], gt[ok]
+            rest = pending[~ok]
+            noise = 0.5 * t[rest] * np.abs(slope[rest]) <= ROUNDING * (1.0 + np.abs(fa[rest]))
+            t[rest] *= 0.5
+            pending = rest[~noise]
         found = np.isfinite(fn)
-        status[run[~found]] = int(Status.LINE_SEARCH_FAILED)
-        run, xa, ga, Ha, xn, fn = run[found], xa[found], ga[found], Ha[found], xn[found], fn[found]
-        gn = f.gradient(xn, run)
+        flat = np.abs(ga).max(axis=1) <= 1e-6 * (1.0 + np.abs(fa))   # a stall at the optimum
+        status[run[~found & flat]] = int(Status.CONVERGED)
+        status[run[~found & ~flat]] = int(Status.LINE_SEARCH_FAILED)
+        run, xa, ga, Ha, xn, fn, gn = run[found], xa[found], ga[found], Ha[found], xn[found], fn[found], gn[found]
         x[run], fx[run], g[run] = xn, fn, gn
         finite = np.isfinite(gn).all(axis=1)
         status[run[~finite]] = int(Status.NONFINITE)
@@ -198,7 +175,7 @@ def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessia
         sign = np.where(x != 0, np.sign(folded) * np.sign(x), 1.0)
         moved = everyone[np.isfinite(fx) & (sign < 0).any(axis=1)]
         x, H = folded, H * sign[:, :, None] * sign[:, None, :]
-        g[moved] = f.gradient(x[moved], moved)
+        g[moved] = f(x[moved], moved)[1]
     if snap_mask is not None:
         for i in np.flatnonzero(snap_mask):
             near = everyone[np.isfinite(fx) & (x[:, i] != 0) & (np.abs(x[:, i]) < snap)]
@@ -206,10 +183,7 @@ def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessia
                 continue
             xs = x[near].copy()
             xs[:, i] = 0.0
-            fs = f(xs, near)
-            better = fs <= fx[near]
-            near, xs, fs = near[better], xs[better], fs[better]
-            if near.size:
-                x[near], fx[near] = xs, fs
-                g[near] = f.gradient(xs, near)
+            fs, gs = f(xs, near)
+            better = fs <= fx[near] + 1e-10 * (1.0 + np.abs(fx[near]))
+            x[near[better]], fx[near[better]], g[near[better]] = xs[better], fs[better], gs[better]
     return HostMinimum(x, fx, g, iterations, f.count, status, H)
