@@ -451,9 +451,15 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
                          options, batch_size, progress, hessian0)
         parts.append(_fields(out))
         _HOST_SECONDS[padded.structure] = np.inf   # its program is compiled now: the host's part is over
-    fields = {k: (tuple(np.concatenate(a) for a in zip(*v)) if k == "lams" else np.concatenate(v))
-              for k, v in zip(parts[0], zip(*(part.values() for part in parts)))}
-    return BatchResult(model=model, reml=bool(reml), **fields, sources=((np.arange(B), take, padded.structure),))
+    return BatchResult(model=model, reml=bool(reml), **_joined(parts),
+                       sources=((np.arange(B), take, padded.structure),))
+
+
+def _joined(parts: list) -> dict:
+    """The fields (:func:`_fields`) of consecutive runs of a batch's fits, joined in order
+    (``lams``: term by term)."""
+    return {k: tuple(map(np.concatenate, zip(*(part[k] for part in parts)))) if k == "lams"
+            else np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
 HOST_BUDGET = 1.0
