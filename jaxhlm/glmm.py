@@ -34,6 +34,7 @@ from .families.links import LINKS
 from .families.poisson import Poisson
 from .glmm_fit import CONDITIONAL_VARIANCES, FIT, deviance_at, stored
 from .optimize import Status
+from .pages import small_pages
 from .pirls import GLMMData
 from .quadrature import check_scalar_term
 from .results import InformationCriteria
@@ -95,6 +96,7 @@ class GLMM:
         print(res.summary())
     """
 
+    @small_pages()   # a large design's arrays on ordinary pages, as LMM's (jaxhlm.pages)
     def __init__(self, formula: str, data: pd.DataFrame, family="binomial", *, link=None, weights=None):
         if not isinstance(data, pd.DataFrame):
             raise DataError(f"data must be a pandas DataFrame, not {type(data).__name__}")

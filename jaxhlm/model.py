@@ -19,6 +19,7 @@ from .families import GAUSSIAN
 from .errors import JaxhlmError
 from .fitting import Options, fit_blocks
 from .kernel import variances_deferred
+from .pages import small_pages
 from .residual import whiten as _whiten
 from .results import LMMResult
 from .start import moment_start
@@ -55,6 +56,7 @@ class LMM:
         print(res.summary())
     """
 
+    @small_pages()   # a large design's arrays: a first touch of huge pages stalled 0.4-1.1 s (jaxhlm.pages)
     def __init__(self, formula: str, data: pd.DataFrame, *, weights=None, residual_variance=None,
                  correlation=None, variance=None):
         self._setup(formula, _frame.build(formula, data, weights, residual_variance), correlation, variance)

@@ -12,9 +12,13 @@ handed on, so huge pages save nothing afterwards.  Measured on the 2-core CPU of
 the first ``bootstrap(200)`` of a 3,000-subject x 8-visit AR(1) model, empty compilation
 cache, 4.35-4.73 s against 2.64-2.65 s ("Huge pages" there).
 
+A large model's build is the same: InstEval's ``LMM(...)`` in fresh processes took
+0.18-0.27 s with huge pages, and 0.59-1.27 s in the 4 of 11 runs where they stalled;
+without, 0.21-0.24 s in all 18 (2026-12-05).
+
 :func:`small_pages` turns NumPy's request off while a block of jaxhlm's batch work runs
-(:func:`jaxhlm.batch.fit_many`, the simulators, their GLMM twins) and puts the user's
-setting back afterwards (:class:`jaxhlm.scoped.Scoped`); arrays made inside keep ordinary
+(:func:`jaxhlm.batch.fit_many`, the simulators, their GLMM twins) or a model is built
+(``LMM(...)``, ``GLMM(...)``) and puts the user's setting back afterwards (:class:`jaxhlm.scoped.Scoped`); arrays made inside keep ordinary
 pages.  A NumPy without the switch (it is private: ``numpy._core.multiarray`` in NumPy 2,
 ``numpy.core.multiarray`` before) is left as it is.
 """

@@ -82,13 +82,15 @@ def test_numpy_huge_pages_are_off_inside_and_the_users_setting_comes_back():
     switch(True)
 
 
-def test_a_batch_leaves_numpy_huge_pages_as_the_user_set_them(sleepstudy):
+def test_a_model_and_a_batch_leave_numpy_huge_pages_as_the_user_set_them(sleepstudy):
     import jaxhlm
 
     switch = pages._switch()
     if switch is None:
         pytest.skip("this NumPy has no huge-page switch")
-    model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    assert switch(True) in (True, False)
+    model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", sleepstudy)   # (built on small pages)
+    assert switch(True) is True
     res = model.fit()
     assert switch(True) is True
     sims = res.simulate(3)
