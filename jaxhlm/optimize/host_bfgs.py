@@ -128,16 +128,17 @@ def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessia
     run = run[np.isfinite(g[run]).all(axis=1) & np.isfinite(H[run]).all(axis=(1, 2))]
     status[run] = int(Status.MAX_ITERATIONS)
     H[run] = positive(H[run])
-    for it in range(1, max_iter + 1):
+    for step in range(max_iter + 1):   # (iterations: each fit's accepted steps, as the compiled loop's)
         if not run.size:
             break
-        iterations[run] = it
         xa, fa, ga, Ha = x[run], fx[run], g[run], H[run]
         d = -np.linalg.solve(Ha, ga[:, :, None])[:, :, 0]
         done = -0.5 * (ga * d).sum(1) <= ftol * (1.0 + np.abs(fa))
         status[run[done]] = int(Status.CONVERGED)
         go = ~done
         run, xa, fa, ga, Ha, d = run[go], xa[go], fa[go], ga[go], Ha[go], d[go]
+        if step == max_iter:   # those left: MAX_ITERATIONS
+            break
         # backtracking by halves to Armijo's condition, each fit its own step
         t = np.ones(run.size)
         xn, fn, gn = xa.copy(), np.full(run.size, np.inf), np.empty(xa.shape)
@@ -160,6 +161,7 @@ def _minimize(f: _Counted, x, max_iter, ftol, canonical, snap_mask, snap, hessia
         status[run[~found & ~flat]] = int(Status.LINE_SEARCH_FAILED)
         run, xa, ga, Ha, xn, fn, gn = run[found], xa[found], ga[found], Ha[found], xn[found], fn[found], gn[found]
         x[run], fx[run], g[run] = xn, fn, gn
+        iterations[run] += 1
         finite = np.isfinite(gn).all(axis=1)
         status[run[~finite]] = int(Status.NONFINITE)
         run, s, y, Ha = run[finite], (xn - xa)[finite], (gn - ga)[finite], Ha[finite]
