@@ -22,8 +22,8 @@ computes its shards, and the results are gathered so that every process gets the
 (tested with two CPU processes on one machine, jax 0.9.2, whose CPU collectives are
 gloo's).
 
-Where the model's rows fall into small independent groups (:mod:`jaxhlm.group_fit`) and
-the responses are complete, ``fit_many`` (and so the bootstrap's refits) fits on the host
+Where the model's rows fall into small independent groups (:mod:`jaxhlm.group_fit`,
+without a residual structure), ``fit_many`` (and so the bootstrap's refits) fits on the host
 first, all responses stepping together in NumPy, and hands over to the compiled program
 once the host has spent :data:`HOST_BUDGET` seconds on that program in this process
 (:func:`_fit_on_host`): a first batch compiles nothing, and a long run still ends on the
@@ -390,7 +390,7 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
     steps, and a smaller program (:func:`jaxhlm.optimize.minimize`'s ``probe``).
 
     Where the model's fit runs on the host (:mod:`jaxhlm.group_fit`, no residual
-    structure) and the responses are complete, the first fits run there too, until the
+    structure), the first fits run there too (with missing values as above), until the
     host has spent :data:`HOST_BUDGET` seconds on this program in this process
     (:func:`_fit_on_host`); the rest, and later batches, run the compiled program in
     chunks of ``batch_size``.  ``options`` naming a strategy (``Options(method="bfgs")``)
@@ -441,7 +441,7 @@ def fit_many(model, Y, reml: bool = True, *, batch_size: int | None = None,
     hessian0 = given_hessian(hessian0, padded.structure.ntheta)
     if hessian0 is not None:
         options = dataclasses.replace(options, ftol=options.ftol * GIVEN_HESSIAN_FTOL)
-    host = _on_host(model, Y, options)
+    host = _on_host(model, options)
     parts, done = [], 0
     if host is not None:
         parts, done = _fit_on_host(host, padded.structure, Y, starts, reml, options, hessian0, progress)
@@ -475,15 +475,14 @@ _HOST_SECONDS: dict = {}
 infinite once that program has run in this process."""
 
 
-def _on_host(model, Y, options: Options):
+def _on_host(model, options: Options):
     """The model's :class:`jaxhlm.group_fit.GroupFit` where ``fit_many`` may fit on the host
-    (``Options(method="auto")``, complete responses, no residual structure), else None."""
+    (``Options(method="auto")``, no residual structure), else None."""
     from . import group_fit
 
     if options.method != "auto" or not group_fit.ENABLED or model.structure.residual is not None:
         return None
-    host = model._group_fit
-    return None if host is None or np.isnan(Y).any() else host
+    return model._group_fit
 
 
 def _fit_on_host(host, key, Y, starts, reml, options, hessian0, progress):

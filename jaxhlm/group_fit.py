@@ -86,7 +86,8 @@ class _Classes(NamedTuple):
 
 class _Parts(NamedTuple):
     """One evaluation's factors for m fits: K_g, L_g, P_g = L_g^{-1} Λ', T_g = P_g K_Z,[X y],
-    Λ_g (m, G, ., .), the summed [X y] matrix (m, p + 1, p + 1), log|L_θ|^2 and log|W| (m,)."""
+    Λ_g (m, G, ., .), the summed [X y] matrix (m, p + 1, p + 1), log|L_θ|^2, log|W| and
+    the rows n (m,)."""
 
     K: np.ndarray
     L: np.ndarray
@@ -96,6 +97,7 @@ class _Parts(NamedTuple):
     M: np.ndarray
     logdet_theta: np.ndarray
     logw: np.ndarray
+    nobs: np.ndarray
 
 
 class _Fixed(NamedTuple):
@@ -122,6 +124,9 @@ def solve_lower(L, B, transposed: bool = False):
         X[..., i, :] = (B[..., i, :] - np.einsum("...j,...jk->...k", coef, X[..., done, :])) / L[..., i, i, None]
     return X
 
+
+MISSING_CHUNK = 1 << 22
+"""Products summed at once for responses with missing values (bounds the temporaries)."""
 
 SMALL = 4
 """Matrices up to this size, 64 or more of them, are factored by explicit formulas over
@@ -165,8 +170,8 @@ class GroupFit:
 
     K: np.ndarray
     classes: _Classes | None
-    nobs: float
-    logw: float
+    nobs: np.ndarray
+    logw: np.ndarray
     qmax: int
     p: int
     level_group: list
@@ -220,14 +225,18 @@ class GroupFit:
         if len(sets) * G * d ** 3 > MAX_WORK:
             return None
         K = cross_products(group, cols, sets, G, d)[None]
-        return cls(K, classes, nobs, logw, qmax, p, gr.level_group, gr.slots, st,
+        return cls(K, classes, np.array([nobs]), np.array([logw]), qmax, p, gr.level_group, gr.slots, st,
                    rows=(group, cols, vals, root) if res is None else ())
 
     def responses(self, Y) -> "GroupFit":
-        """The same design with the responses Y (R, n) instead (complete; without a residual
-        structure): their entries in K_g's last row and column, y_g' W_g [Z_g X_g y_g]."""
+        """The same design with the responses Y (R, n) instead (without a residual
+        structure): their entries in K_g's last row and column, y_g' W_g [Z_g X_g y_g]. A
+        response with missing values (NaN) is fitted on its observed rows: its own K from
+        those rows, its own n and log|W| (lme4's fit of the data without those rows)."""
         order, starts, at, entries, root = self._response_rows
-        Yw = np.asarray(Y, dtype=float) * root
+        Y = np.asarray(Y, dtype=float)
+        missing = np.isnan(Y)
+        Yw = np.where(missing, 0.0, Y) * root
         R, G, d = Yw.shape[0], self.K.shape[2], self.K.shape[3]
         ky = np.zeros((R, G * d))
         ky[:, at] = np.add.reduceat(Yw[:, order] * entries, starts, axis=1)
@@ -236,7 +245,25 @@ class GroupFit:
         K[:, 0, :, -1, :] = ky.reshape(R, G, d)
         by_group, group_starts = self._group_rows
         K[:, 0, :, -1, -1] = np.add.reduceat((Yw * Yw)[:, by_group], group_starts, axis=1)
-        return dataclasses.replace(self, K=K)
+        nobs, logw = np.repeat(self.nobs[:1], R), np.repeat(self.logw[:1], R)
+        incomplete = np.flatnonzero(missing.any(axis=1))
+        if incomplete.size:   # their own rows' products
+            group, cols, vals, _ = self.rows
+            n, width = cols.shape
+            place = (group[:, None, None] * d + cols[:, :, None]) * d + cols[:, None, :]
+            step = max(1, MISSING_CHUNK // place.size)
+            for lo in range(0, incomplete.size, step):
+                at = incomplete[lo:lo + step]
+                rows = np.concatenate([np.broadcast_to(vals[:, :-1], (at.size, n, width - 1)), Yw[at, :, None]],
+                                      axis=2) * ~missing[at, :, None]
+                index = np.arange(at.size)[:, None, None, None] * (G * d * d) + place
+                K[at, 0] = np.bincount(index.ravel(), (rows[..., :, None] * rows[..., None, :]).ravel(),
+                                       minlength=at.size * G * d * d).reshape(at.size, G, d, d)
+            w = root * root
+            kept = ~missing[incomplete] & (w > 0)
+            nobs[incomplete] = kept.sum(axis=1)
+            logw[incomplete] = np.where(kept, np.log(np.where(w > 0, w, 1.0)), 0.0).sum(axis=1)
+        return dataclasses.replace(self, K=K, nobs=nobs, logw=logw)
 
     @functools.cached_property
     def _response_rows(self):
@@ -307,7 +334,7 @@ class GroupFit:
         ``fits``."""
         if self.classes is None:
             everyone = len(fits) == self.K.shape[0]   # (fits are distinct and in order)
-            return self.K[:, 0] if everyone else self.K[fits, 0], np.full(len(fits), self.logw)
+            return self.K[:, 0] if everyone else self.K[fits, 0], self.logw[fits]
         st = self.structure
         res = st.residual
         coef, logw = [], []
@@ -331,10 +358,10 @@ class GroupFit:
         Tm = T.reshape(T.shape[0], -1, T.shape[-1])
         M = K[..., q:, q:].sum(1) - np.swapaxes(Tm, 1, 2) @ Tm
         logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum((1, 2))
-        return _Parts(K, L, P, T, Lam, M, logdet, logw)
+        return _Parts(K, L, P, T, Lam, M, logdet, logw, self.nobs[fits])
 
-    def _dof(self, reml: bool) -> float:
-        return self.nobs - self.p * reml
+    def _dof(self, parts: _Parts, reml: bool) -> np.ndarray:
+        return parts.nobs - self.p * reml
 
     def _fixed(self, M) -> _Fixed:
         """β̂, r^2 and log|F| from the summed [X y] matrices (m, p + 1, p + 1)."""
@@ -347,7 +374,7 @@ class GroupFit:
         return _Fixed(beta, r2, 2.0 * np.log(np.diagonal(C, axis1=1, axis2=2)).sum(1), F, ok)
 
     def _value(self, parts: _Parts, fixed: _Fixed, reml: bool) -> np.ndarray:
-        dof = self._dof(reml)
+        dof = self._dof(parts, reml)
         value = (parts.logdet_theta + (fixed.logdet if reml else 0.0) - parts.logw
                  + dof * (1.0 + LOG_2PI + np.log(fixed.r2 / dof)))
         return np.where(np.isfinite(value) & (fixed.r2 > 0), value, np.inf)
@@ -386,7 +413,7 @@ class GroupFit:
             U = KZR - AAt @ KZR
             u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(fits), 1))], axis=1))
             UX = U[..., :p]
-            H = (A - AAt @ A - (self._dof(reml) / fixed.r2)[:, None, None, None] * u[..., :, None] * u[..., None, :]
+            H = (A - AAt @ A - (self._dof(parts, reml) / fixed.r2)[:, None, None, None] * u[..., :, None] * u[..., None, :]
                  - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0))
             out = np.empty(theta.shape)
             k = 0
@@ -417,7 +444,7 @@ class GroupFit:
         with np.errstate(all="ignore"):
             parts = self.parts(theta, fits)
             fixed = self._fixed(parts.M)
-            s2 = fixed.r2 / self._dof(reml)
+            s2 = fixed.r2 / self._dof(parts, reml)
             vcov = s2[:, None, None] * np.linalg.inv(fixed.F)
             out = Conditional(fixed.beta, np.sqrt(s2), vcov, [], [])
             if not modes:

@@ -308,3 +308,28 @@ def test_a_response_without_a_criterion_gets_a_status_in_a_host_batch(sleepstudy
         out = model.fit_many(Y)
     assert list(out.converged) == [True, False, True]
     assert np.isnan(out.fixef[1]).all() and np.isnan(out.sigma[1])
+
+
+def test_a_host_batch_fits_responses_with_missing_values_on_their_rows(sleepstudy):
+    """Each response with NaN is fitted as lme4 fits the data without those rows (its own
+    products, n and log|W|); one with too few rows fails alone, without warnings."""
+    import warnings
+
+    f = "Reaction ~ Days + (Days | Subject)"
+    model = jaxhlm.LMM(f, sleepstudy)
+    Y = _responses(model, 4)
+    Y[1, [3, 40, 41, 100]] = np.nan
+    Y[2, 1:] = np.nan              # one row left: no fit
+    Y[3, ::7] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        many = model.fit_many(Y)
+    for i in (0, 1, 3):
+        seen = ~np.isnan(Y[i])
+        one = jaxhlm.LMM(f, sleepstudy[seen].assign(Reaction=Y[i, seen])).fit()
+        assert many.status[i] == one.status == 0
+        assert many.objective[i] == pytest.approx(one.objective, rel=1e-9)
+        np.testing.assert_allclose(many.theta[i], one.theta, atol=1e-4)
+        np.testing.assert_allclose(many.fixef[i], one.fixef, rtol=1e-5)
+        np.testing.assert_allclose(many.sigma[i], one.sigma, rtol=1e-5)
+    assert many.status[2] != 0 and np.isnan(many.fixef[2]).all()
