@@ -495,9 +495,11 @@ def _fit_on_host(host, key, Y, starts, reml, options, hessian0, progress):
     compile on a 2-core CPU; a stored one: JAX's import and the load, 0.3 s) before it
     fits anything, and then fits about twice as fast as NumPy; renting the host until its
     bill reaches the purchase price costs at most twice what the better choice, made
-    knowing the future, would.  Measured warm in one process (2-core CPU, 2026-12-05):
-    2,000 responses of a 120-row random-intercept design, 0.035 s on the host against
-    0.020 s compiled; 1,000 sleepstudy bootstrap refits, 0.137 s against about 0.06 s."""
+    knowing the future, would.  Measured warm in one process (2-core CPU, 2026-12-05,
+    ``benchmarks/first_calls.py``): 2,000 responses of a 120-row random-intercept design,
+    0.030 s on the host against 0.020 s compiled; a sleepstudy ``bootstrap(1000)``,
+    0.122 s against 0.094 s.  With missing values the host is faster even warm (0.13 s
+    against 0.32 s: the compiled batch then carries every response's own blocks)."""
     B = Y.shape[0]
     spent, done, parts = _HOST_SECONDS.get(key, 0.0), 0, []
     size = max(1, HOST_CHUNK // host.K[0, 0].size)
