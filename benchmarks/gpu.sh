@@ -70,7 +70,7 @@ if [ -z "$PY" ]; then
 fi
 export PYTHONPATH="$REPO${GPU_SH_EXTRA_PYTHONPATH:+:$GPU_SH_EXTRA_PYTHONPATH}${PYTHONPATH:+:$PYTHONPATH}"
 export JAXHLM_COMPILATION_CACHE=0
-export JAXHLM_GROUP_FIT=0   # the compiled programs on the device, not NumPy's fits on the host (jaxhlm/group_fit.py)
+export JAXHLM_HOST_FIT=0   # the compiled programs on the device, not NumPy's fits on the host (jaxhlm/host_fit.py)
 export PYTHONUNBUFFERED=1
 
 if command -v timeout >/dev/null 2>&1; then

@@ -478,9 +478,9 @@ infinite once that program has run in this process."""
 def _on_host(model, options: Options):
     """The model's :class:`jaxhlm.group_fit.GroupFit` where ``fit_many`` may fit on the host
     (``Options(method="auto")``, no residual structure), else None."""
-    from . import group_fit
+    from . import host_fit
 
-    if options.method != "auto" or not group_fit.ENABLED or model.structure.residual is not None:
+    if options.method != "auto" or not host_fit.ENABLED or model.structure.residual is not None:
         return None
     return model._group_fit
 

@@ -163,7 +163,7 @@ def _segment_sum(xp, data, ids, n: int):
     """sum of ``data`` rows by ``ids`` into n segments: NumPy (``np.bincount`` per trailing
     element) or JAX (``jax.ops.segment_sum``), so one :func:`values` serves both."""
     if xp is np:
-        flat = data.reshape(data.shape[0], -1)
+        flat = data.reshape(data.shape[0], int(np.prod(data.shape[1:])))   # (no -1: data may be empty)
         out = np.stack([np.bincount(ids, weights=flat[:, k], minlength=n) for k in range(flat.shape[1])], -1)
         return out.reshape((n,) + data.shape[1:])
     import jax

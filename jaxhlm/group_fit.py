@@ -6,8 +6,9 @@ a subject (:mod:`jaxhlm.independent_groups`). For them lme4's profiled criterion
 sum over the groups of products of small dense matrices. An evaluation then takes
 milliseconds in NumPy. Compiling the fit's program takes about a second
 (:mod:`jaxhlm.fitting`), and importing JAX 0.3 s. So :meth:`jaxhlm.LMM.fit` uses this
-module wherever it applies (``Options(method="auto")``, no prior, :data:`ENABLED`).
-Elsewhere the compiled program fits, as for a large crossed design.
+module wherever it applies (``Options(method="auto")``, no prior,
+:data:`jaxhlm.host_fit.ENABLED`). Other Gaussian LMMs, as crossed designs, are fitted on
+the host by their blocked factor (:mod:`jaxhlm.blocked_fit`).
 
 Group g has the cross-products K_g = R_g' W_g R_g of its rows R_g = [Z_g X_g y_g]. W is
 the prior weights, or a residual structure's whitening at its parameters (below).
@@ -53,23 +54,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import NamedTuple
 
 import numpy as np
 
 from .covariance import Diagonal, Unstructured
 from .independent_groups import MAX_WORK, cross_products, design, grouping, weighted
+from . import host_fit
+from .host_fit import LOG_2PI, HostFit, cholesky, solve_lower
 from .kernel import Conditional
-from .optimize.host_bfgs import minimize_many
-from .optimize.loop import Minimum
 from .residual import whiten
-
-ENABLED = os.environ.get("JAXHLM_GROUP_FIT", "1") != "0"
-"""Whether :meth:`jaxhlm.LMM.fit` fits on the host where it can; ``JAXHLM_GROUP_FIT=0``
-in the environment: always by the compiled program (tests of stored programs)."""
-
-LOG_2PI = 1.8378770664093453
 
 
 class _Classes(NamedTuple):
@@ -110,56 +104,11 @@ class _Fixed(NamedTuple):
     F: np.ndarray
 
 
-def solve_lower(L, B, transposed: bool = False):
-    """L^{-1} B (or L^{-T} B) for lower-triangular L (..., q, q) and B (..., q, k), by
-    substitution over q (NumPy's batched ``solve`` costs an LU per group: 5x more for
-    3,000 groups of q = 1)."""
-    q = L.shape[-1]
-    X = np.empty(np.broadcast_shapes(L.shape[:-2], B.shape[:-2]) + B.shape[-2:])
-    order = range(q - 1, -1, -1) if transposed else range(q)
-    for i in order:
-        done = slice(i + 1, q) if transposed else slice(0, i)
-        coef = L[..., done, i] if transposed else L[..., i, done]
-        X[..., i, :] = (B[..., i, :] - np.einsum("...j,...jk->...k", coef, X[..., done, :])) / L[..., i, i, None]
-    return X
-
-
 MISSING_CHUNK = 1 << 22
 """Products summed at once for responses with missing values (bounds the temporaries)."""
 
-SMALL = 4
-"""Matrices up to this size, 64 or more of them, are factored by explicit formulas over
-the batch: NumPy's batched LAPACK call costs about 30 ns per matrix (1.3 ms for 40,000 of
-size 1), the formulas a few microseconds per call."""
-
-
-def cholesky(A):
-    """(the Cholesky factors of A (m, ..., q, q), whether each fit's are all defined (m,)):
-    a fit whose matrices are not positive definite gets NaN, not an error for the batch."""
-    m, q = A.shape[0], A.shape[-1]
-    if q <= SMALL and A.size >= 64 * q * q:
-        L = np.zeros(A.shape)
-        with np.errstate(all="ignore"):
-            for j in range(q):
-                L[..., j, j] = np.sqrt(A[..., j, j] - (L[..., j, :j] ** 2).sum(-1))
-                for i in range(j + 1, q):
-                    L[..., i, j] = (A[..., i, j] - (L[..., i, :j] * L[..., j, :j]).sum(-1)) / L[..., j, j]
-        diag = np.diagonal(L, axis1=-2, axis2=-1).reshape(m, -1)
-        return L, (diag > 0).all(1) & np.isfinite(diag).all(1)
-    try:
-        return np.linalg.cholesky(A), np.ones(m, dtype=bool)
-    except np.linalg.LinAlgError:
-        L, ok = np.full(A.shape, np.nan), np.zeros(m, dtype=bool)
-        for i, a in enumerate(A):
-            try:
-                L[i], ok[i] = np.linalg.cholesky(a), True
-            except np.linalg.LinAlgError:
-                pass
-        return L, ok
-
-
 @dataclasses.dataclass
-class GroupFit:
+class GroupFit(HostFit):
     """A model's groups, ready for :meth:`fit`: ``K`` (R, S, G, d, d) the cross-products of
     R responses (the model's own: R = 1; :meth:`responses`), S = 1 without a residual
     structure, else one per class set; ``classes`` (None without one), where each term's
@@ -185,7 +134,7 @@ class GroupFit:
         small independent groups, σ estimated, and a residual structure (if any) of jaxhlm's
         own with row classes inside the groups."""
         frame, st = model.frame, model.structure
-        if (not ENABLED or frame.sigma is not None or not st.builtin
+        if (not host_fit.ENABLED or frame.sigma is not None or not st.builtin
                 or not all(isinstance(t.covariance, (Unstructured, Diagonal)) for t in st.terms)):
             return None
         gr = grouping(frame)
@@ -297,33 +246,6 @@ class GroupFit:
             out.append((slice(None), g[:, None, None], r[:, :, None], r[:, None, :]))
         return out
 
-    @functools.cached_property
-    def _bases(self) -> list:
-        """Per term, λ_k at each unit vector of its parameters, E_t (n_k, p_k, p_k); λ_k is
-        linear in them (lme4's unstructured and diagonal terms)."""
-        return [np.stack([np.asarray(t.covariance.lam(e), dtype=float) for e in np.eye(t.ntheta)])
-                for t in self.structure.terms]
-
-    @functools.cached_property
-    def _columns(self) -> list:
-        """Per term, its parameters' columns of theta."""
-        ends = np.cumsum([t.ntheta for t in self.structure.terms])
-        return [slice(e - t.ntheta, e) for t, e in zip(self.structure.terms, ends)]
-
-    def _lambdas(self, theta) -> list:
-        """Each term's λ_k (m, p_k, p_k) at the rows of theta (m, k)."""
-        return [(theta[:, cols] @ basis.reshape(basis.shape[0], -1)).reshape((-1,) + basis.shape[1:])
-                for cols, basis in zip(self._columns, self._bases)]
-
-    def canonical(self, theta) -> np.ndarray:
-        """The rows of theta (m, k) in lme4's half-space, the same points of the model: each
-        λ_k's columns with a negative diagonal negated (:meth:`jaxhlm.structure.Structure.canonical`)."""
-        out = np.array(theta, dtype=float)
-        for cols, lam, basis in zip(self._columns, self._lambdas(out), self._bases):
-            sign = np.where(np.diagonal(lam, axis1=1, axis2=2) < 0, -1.0, 1.0)
-            out[:, cols] = np.einsum("tab,mab->mt", basis, lam * sign[:, None, :])
-        return out
-
     def _lambda(self, lams) -> np.ndarray:
         """Λ_g (m, G, qmax, qmax) of the terms' λ_k."""
         Lam = np.zeros((lams[0].shape[0], self.K.shape[2], self.qmax, self.qmax))
@@ -417,28 +339,14 @@ class GroupFit:
             UX = U[..., :p]
             H = (A - AAt @ A - (self._dof(parts, reml) / fixed.r2)[:, None, None, None] * u[..., :, None] * u[..., None, :]
                  - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0))
-            out = np.empty(theta.shape)
-            k = 0
-            for lam, place, basis in zip(self._lambdas(theta), self._places, self._bases):
-                SL = H[place].sum(1) @ lam
-                out[:, k:k + basis.shape[0]] = 2.0 * np.einsum("tab,mab->mt", basis, SL)
-                k += basis.shape[0]
-            for i in range(k, theta.shape[1]):   # the residual structure's parameters
+            out = self._theta_gradient([2.0 * H[place].sum(1) @ lam
+                                        for lam, place in zip(self._lambdas(theta), self._places)])
+            for i in range(self.structure.ntheta_random, theta.shape[1]):   # the residual structure's parameters
                 h = np.zeros(theta.shape)
                 h[:, i] = 1e-5 * np.maximum(1.0, np.abs(theta[:, i]))
                 out[:, i] = (self.criteria(theta + h, fits, reml) - self.criteria(theta - h, fits, reml)) / (2.0 * h[:, i])
         return value, np.where(np.isfinite(value)[:, None], out, np.nan)
 
-    # ------------------------------------------------------------ one response
-    def criterion(self, theta, reml: bool) -> float:
-        """:meth:`criteria` of the model's own response at theta (k,)."""
-        return float(self.criteria(np.asarray(theta, dtype=float)[None], [0], reml)[0])
-
-    def gradient(self, theta, reml: bool) -> np.ndarray:
-        """The gradient (:meth:`evaluate`) for the model's own response at theta (k,)."""
-        return self.evaluate(np.asarray(theta, dtype=float)[None], [0], reml)[1][0]
-
-    # ------------------------------------------------------------ the fit
     def estimates(self, theta, fits, reml: bool, modes: bool = True) -> Conditional:
         """β̂ (m, p), σ̂ (m,), vcov(β̂) (m, p, p), and with ``modes`` per term the conditional
         modes (m, ℓ_k, p_k) and covariances (m, ℓ_k, p_k, p_k) of b (lme4's ``ranef`` and
@@ -461,49 +369,3 @@ class GroupFit:
                 out.b.append(np.where(lg[:, None] >= 0, b[:, g, r], 0.0))
                 out.b_var.append(np.where(lg[:, None, None] >= 0, V[:, g[:, :, None], r[:, :, None], r[:, None, :]], 0.0))
         return out
-
-    def conditional(self, theta, reml: bool) -> Conditional:
-        """:meth:`estimates` of the model's own response at theta (k,)."""
-        out = self.estimates(np.asarray(theta, dtype=float)[None], [0], reml)
-        return Conditional(out.beta[0], out.sigma[0], out.vcov[0], [b[0] for b in out.b],
-                           [v[0] for v in out.b_var])
-
-    def fit_all(self, reml: bool, options, theta0, hessian0=None, modes: bool = False):
-        """:class:`jaxhlm.fitting.FitArrays` of the fits of every response in K from the rows of
-        ``theta0`` (R, k) (their scales floored at 0.01, as the compiled fit's), the fits on
-        the first axis of each field, with :class:`jaxhlm.optimize.Minimum`'s fields."""
-        from .fitting import FitArrays
-
-        st = self.structure
-        scales = st.scales()
-        x0 = np.where(scales, np.maximum(np.abs(theta0), 0.01), theta0)
-        found = minimize_many(lambda th, fits: self.evaluate(th, fits, reml), x0, max_iter=options.max_iter,
-                              ftol=options.ftol, canonical=self.canonical, snap_mask=scales, snap=options.snap,
-                              hessian0=hessian0)
-        opt = Minimum(found.x, found.fun, found.grad, found.iterations.astype(np.int32),
-                      found.evaluations.astype(np.int32), found.status.astype(np.int32),
-                      curvature=found.curvature)
-        cond = self.estimates(found.x, np.arange(found.x.shape[0]), reml, modes)
-        bad = ~np.isfinite(found.fun)   # no estimates where the criterion is not finite (the status says so)
-        cond = Conditional(*(_nan_at(a, bad) for a in cond[:3]), [_nan_at(b, bad) for b in cond.b],
-                           [_nan_at(v, bad) for v in cond.b_var])
-        return FitArrays(opt, cond, tuple(self._lambdas(found.x)))
-
-    def fit(self, reml: bool, options, theta0):
-        """:meth:`fit_all` of the model's own response from theta0 (k,), with its conditional
-        modes."""
-        out = self.fit_all(reml, options, np.asarray(theta0, dtype=float)[None], modes=True)
-        return type(out)(*(_first(part) for part in out))
-
-
-def _nan_at(a, bad):
-    """a with NaN at the fits ``bad`` (on the first axis)."""
-    return np.where(bad.reshape((-1,) + (1,) * (a.ndim - 1)), np.nan, a)
-
-
-def _first(tree):
-    """The first fit of every array in a (nested) tuple, a NamedTuple kept as one."""
-    if isinstance(tree, np.ndarray):
-        return tree[0]
-    parts = [_first(a) for a in tree]
-    return type(tree)(*parts) if hasattr(tree, "_fields") else type(tree)(parts)

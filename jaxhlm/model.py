@@ -113,6 +113,17 @@ class LMM:
         return GroupFit.of(self)
 
     @functools.cached_property
+    def _host_fit(self):
+        """The model's fit on the host: by its groups where they are small
+        (:attr:`_group_fit`), else by its blocked factor (:mod:`jaxhlm.blocked_fit`), or
+        None where the compiled program fits it."""
+        if self._group_fit is not None:
+            return self._group_fit
+        from .blocked_fit import BlockedFit
+
+        return BlockedFit.of(self)
+
+    @functools.cached_property
     def independent_groups(self):
         """The model's rows in independent groups
         (:class:`jaxhlm.independent_groups.Groups`) where they are small, for
@@ -163,18 +174,20 @@ class LMM:
         default :attr:`theta_start`.  lme4 starts at lambda_k = I:
         ``start=model.structure.theta_start()``.
 
-        Where the rows fall into small independent groups (:mod:`jaxhlm.group_fit`: one
-        grouping factor, nested factors, residual structures within them), the fit runs on
-        the host in NumPy, compiling nothing, unless ``options`` names a strategy (or
-        ``JAXHLM_GROUP_FIT=0``); elsewhere one compiled program does it.
+        The fit runs on the host in NumPy, compiling nothing, where the rows fall into small
+        independent groups (:mod:`jaxhlm.group_fit`: one grouping factor, nested factors,
+        residual structures within them) and for other Gaussian models of lme4's
+        covariances without a residual structure (:mod:`jaxhlm.blocked_fit`: crossed
+        designs), unless ``options`` names a strategy (or ``JAXHLM_HOST_FIT=0``);
+        elsewhere one compiled program does it.
         """
         penalty = _priors.penalty(prior, self)
         theta0 = self.theta_start if start is None else np.asarray(start, dtype=float)
         if theta0.shape != (self.structure.ntheta,):
             raise ValueError(f"start must have {self.structure.ntheta} values (theta, in lme4's "
                              f"order); got shape {theta0.shape}")
-        if penalty is None and options.method == "auto" and self._group_fit is not None:
-            out = self._group_fit.fit(bool(reml), options, theta0)   # on the host: nothing to compile
+        if penalty is None and options.method == "auto" and self._host_fit is not None:
+            out = self._host_fit.fit(bool(reml), options, theta0)   # on the host: nothing to compile
             return LMMResult.from_arrays(self, out, bool(reml), options, penalty, fitted_by="bfgs on the host")
         padded = self.bucketed
         out = fit_blocks(padded.blocks, padded.structure, bool(reml), options, theta0, penalty)

@@ -93,9 +93,12 @@ class LMMResult(InformationCriteria):
         out (:func:`jaxhlm.kernel.variances_deferred`), computed now and kept."""
         if len(self._cond.b_var) != len(self._cond.b):
             model = self._model
-            padded = model.bucketed
-            out = lazy_jax.to_host(conditional_variances(padded.blocks, padded.structure, self.theta, self.reml))
-            b_var = [np.asarray(v)[:t.nlevels] for v, t in zip(out, model.structure.terms)]
+            if self._fitted_by is not None:   # a fit on the host: its variances too (jaxhlm.blocked_fit)
+                b_var = model._host_fit.conditional_variances(self.theta, self.reml)
+            else:
+                padded = model.bucketed
+                out = lazy_jax.to_host(conditional_variances(padded.blocks, padded.structure, self.theta, self.reml))
+                b_var = [np.asarray(v)[:t.nlevels] for v, t in zip(out, model.structure.terms)]
             self._cond = self._cond._replace(b_var=b_var)
         return self._cond.b_var
 

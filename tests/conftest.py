@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ.setdefault("JAXHLM_COMPILATION_CACHE", "0")  # tests compile for real
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import jaxhlm  # noqa: E402
@@ -56,9 +57,9 @@ def compiled_fits(monkeypatch):
     (:mod:`jaxhlm.group_fit`), for tests of those programs (their reuse, their storage,
     their sharding) and of batched == looped with the batch's own optimiser (a fit on the
     host stops within its own optimiser's tolerance: ``tests/test_group_fit.py``)."""
-    from jaxhlm import group_fit
+    from jaxhlm import host_fit
 
-    monkeypatch.setattr(group_fit, "ENABLED", False)
+    monkeypatch.setattr(host_fit, "ENABLED", False)
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +73,29 @@ def _host_batches_by_rule_not_by_clock(monkeypatch):
 
     monkeypatch.setattr(batch, "_HOST_SECONDS", {})
     monkeypatch.setattr(batch, "HOST_BUDGET", float("inf"))
+
+
+def assert_fits_agree(host, ref):
+    """A fit on the host (:mod:`jaxhlm.host_fit`) and the compiled program's fit of the same
+    model agree to the optimisers' tolerance: both stop at a predicted decrease of 1e-12
+    (1 + |f|), so the objectives agree to 1e-9 (the host's no higher) and theta to about
+    1e-5 on flat criteria; β̂ within 1e-4 of its standard errors, those, σ̂ and b to 1e-4."""
+    assert host.status == 0 and ref.status == 0
+    assert host.objective <= ref.objective + 1e-9 * abs(ref.objective)
+    assert host.objective == pytest.approx(ref.objective, rel=1e-9)
+    np.testing.assert_allclose(host.theta, ref.theta, atol=1e-4)
+    se = ref.fixef_se.to_numpy()
+    np.testing.assert_allclose(host.fixef.to_numpy(), ref.fixef.to_numpy(), atol=1e-4 * se.max())
+    np.testing.assert_allclose(host.fixef_se.to_numpy(), se, rtol=1e-4)
+    assert host.sigma == pytest.approx(ref.sigma, rel=1e-4)
+    for a, b in zip(host._cond.b, ref._cond.b):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(np.abs(b).max(), 1e-8))
+
+
+@pytest.fixture(scope="session")
+def fits_agree():
+    """:func:`assert_fits_agree`, for the tests of the host's fits."""
+    return assert_fits_agree
 
 
 @pytest.fixture(scope="session")

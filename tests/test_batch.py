@@ -97,8 +97,8 @@ SHARDED = """
 import json, sys
 import jax, numpy as np, jaxhlm
 assert len(jax.devices()) == 4, jax.devices()
-from jaxhlm import group_fit
-group_fit.ENABLED = False   # the compiled batch, whose axis is sharded
+from jaxhlm import host_fit
+host_fit.ENABLED = False   # the compiled batch, whose axis is sharded
 df = jaxhlm.datasets.load(sys.argv[1])
 res = jaxhlm.LMM(sys.argv[2], df).fit()
 out = res._model.fit_many(res.simulate(10, seed=11), batch_size=6)

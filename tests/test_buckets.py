@@ -272,7 +272,7 @@ assert "dpotrf" in scipy.linalg.cython_lapack.__pyx_capi__
 
 
 def _run(cache, subjects, extra=""):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_GROUP_FIT="0",   # the compiled fit's programs
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_HOST_FIT="0",   # the compiled fit's programs
                **({"JAXHLM_CACHE_MAX_MB": extra} if extra else {}))
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(subjects)], capture_output=True, text=True,
                          timeout=400, env=env)
@@ -413,7 +413,7 @@ print(json.dumps({"traces": jaxhlm.fitting.trace_count(), "m": model.structure.m
 
 
 def _run_large(cache, subjects, items):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache))
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_HOST_FIT="0")   # the compiled fit's program
     out = subprocess.run([sys.executable, "-c", LARGE, str(subjects), str(items)],
                          capture_output=True, text=True, timeout=400, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

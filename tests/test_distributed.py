@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 @pytest.mark.timeout(300)
 def test_fit_many_over_two_processes_equals_one_process(sleepstudy, monkeypatch, compiled_fits):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE="0", JAXHLM_GROUP_FIT="0")   # the compiled batch
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE="0", JAXHLM_HOST_FIT="0")   # the compiled batch
     env.pop("XLA_FLAGS", None)
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, F], env=env, text=True,

@@ -23,7 +23,7 @@ REML = 1743.6282719585
 
 
 def _run(cache):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_GROUP_FIT="0")   # the compiled fit
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_HOST_FIT="0")   # the compiled fit
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -68,7 +68,7 @@ for reml in (True, False):   # the programs under jax.jit's own name, as an olde
 def test_programs_in_jax_cache_under_another_name_are_still_stored(tmp_path):
     """JAX's cache holding the same programs, lowered under jax.jit's own name (an older
     jaxhlm, or a fit outside the store), does not keep them out of the store."""
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_GROUP_FIT="0")
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_HOST_FIT="0")
     out = subprocess.run([sys.executable, "-c", PLAIN], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert any(p.name.startswith("jit__fit_program") for p in tmp_path.iterdir())

@@ -42,7 +42,7 @@ print(json.dumps(out))
 
 
 def _run(cache, *args, env=None):
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_GROUP_FIT="0", **(env or {}))
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(cache), JAXHLM_HOST_FIT="0", **(env or {}))
     out = subprocess.run([sys.executable, "-c", FIT, *args], capture_output=True, text=True,
                          timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -253,7 +253,7 @@ def test_every_lme4_reference_fit_runs_without_jax_bit_for_bit(tmp_path):
     through JAX, then in a second process through jaxlib alone, the same numbers."""
     from pathlib import Path
 
-    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_GROUP_FIT="0")   # the compiled fits
+    env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_HOST_FIT="0")   # the compiled fits
     refs = str(Path(__file__).parent / "reference")
     runs = [subprocess.run([sys.executable, "-c", REFERENCES, refs], capture_output=True, text=True,
                            timeout=600, env=env) for _ in range(2)]

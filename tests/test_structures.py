@@ -383,9 +383,9 @@ def test_residual_batches_with_missing_values_equal_fits_of_their_observed_rows(
     kept.  Optimum 1e-9 relative, fixed effects 1e-5 (BFGS against the single fit's
     optimiser); theta is not compared for compound symmetry, whose scale depends on the
     largest group (-1 / (n_max - 1) < rho)."""
-    from jaxhlm import group_fit
+    from jaxhlm import host_fit
 
-    monkeypatch.setattr(group_fit, "ENABLED", False)   # single fits by the batch's compiled optimiser
+    monkeypatch.setattr(host_fit, "ENABLED", False)   # single fits by the batch's compiled optimiser
     cls, formula, kw = MISSING[kind]
     d = data("sleepstudy").assign(half=lambda x: np.where(x.Days < 5, "early", "late"))
     model = cls(formula, d, **kw())
@@ -459,7 +459,7 @@ def test_a_second_process_loads_residual_structure_programs(tmp_path):
     import sys
 
     def run():
-        env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_GROUP_FIT="0")
+        env = dict(os.environ, JAXHLM_COMPILATION_CACHE=str(tmp_path), JAXHLM_HOST_FIT="0")
         out = subprocess.run([sys.executable, "-c", STORED], capture_output=True, text=True,
                              timeout=400, env=env)
         assert out.returncode == 0, out.stderr[-2000:]
