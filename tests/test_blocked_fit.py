@@ -5,9 +5,9 @@ closed-form gradient and its estimates at a given theta equal the compiled kerne
 (JAX's objective, its autodiff gradient, ``GAUSSIAN.conditional``) for the pairs' and the
 dense Schur complement, REML and ML, weights, vector-valued and uncorrelated terms; the
 starting curvature equals its formula evaluated with dense n x n matrices; and the fits
-equal the compiled fits to the optimisers' tolerance.  The lme4 reference tests of
-crossed designs elsewhere in the suite (``test_reference.py``, ``test_fit_datasets.py``)
-run through this path.
+equal the compiled fits to the optimisers' tolerance.  Every lme4 reference fit, forced
+through this path, matches lme4 at ``test_reference.py``'s tolerances (InstEval's is
+there: its own test takes this path).
 """
 
 import json
@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 import jaxhlm
+from conftest import reference_names
 from jaxhlm import Options, blocks as _blocks
 from jaxhlm.blocked_fit import BlockedFit, _term1_columns
 from jaxhlm.fitting import trace_count
@@ -190,3 +191,18 @@ def test_a_start_that_does_not_converge_is_retried_from_a_probed_curvature(monke
     res = jaxhlm.LMM(model.formula, _crossed(2, subjects=300, items=12, per=4)).fit(options=Options(max_iter=20))
     assert res.status_name == "converged" and res.evaluations > 20
     assert res.objective == pytest.approx(ref.objective, rel=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in reference_names() if n != "insteval_ml"])
+def test_every_lme4_reference_through_the_blocked_factor(name, monkeypatch):
+    """Every lme4 reference fit, forced through the blocked factor even where the groups'
+    fit would take it (its starting curvature on one grouping factor, nested factors, a
+    boundary fit), to the reference tests' tolerances."""
+    from test_reference import _fit, check_against_lme4
+
+    from jaxhlm import group_fit
+
+    monkeypatch.setattr(group_fit.GroupFit, "of", classmethod(lambda cls, model: None))
+    ref, res = _fit(name)
+    assert isinstance(res._model._host_fit, BlockedFit)
+    check_against_lme4(ref, res)
