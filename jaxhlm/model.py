@@ -210,8 +210,8 @@ class LMM:
     def warmup(self, reml: bool = True, *, nsim: int = 0, responses: int = 0,
                inference: bool = False) -> "LMM":
         """Compile, and keep on disk (:mod:`jaxhlm.precompiled`), the programs that
-        ``fit(reml)`` (none where the fit runs on the host, :mod:`jaxhlm.group_fit`; with
-        ``ranef``'s conditional variances where a large fit leaves
+        ``fit(reml)`` (none where the fit runs on the host, :mod:`jaxhlm.host_fit`; with
+        ``ranef``'s conditional variances where a large compiled fit leaves
         them to their first use, :func:`jaxhlm.kernel.variances_deferred`),
         ``fit().bootstrap(nsim)`` and ``fit_many`` of ``responses``
         responses will run (their compiled programs, which those calls reach once the

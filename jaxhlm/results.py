@@ -76,7 +76,7 @@ class LMMResult(InformationCriteria):
     @property
     def _method(self) -> str:
         """The strategy the fit ran: resolved for the padded structure it was compiled for,
-        or ``"bfgs on the host"`` (:mod:`jaxhlm.group_fit`)."""
+        or ``"bfgs on the host"`` (:mod:`jaxhlm.host_fit`)."""
         return self._fitted_by or self._options.resolve(self._model.bucketed.structure)
 
     @functools.cached_property

@@ -4,7 +4,8 @@ and should not wait for a compiler.
 The compiled strategies (:mod:`jaxhlm.optimize.loop`) differentiate the criterion by
 autodiff inside one XLA program. :mod:`jaxhlm.group_fit` evaluates lme4's criterion and
 its gradient group by group in NumPy instead, so nothing is compiled, for one response or
-for a batch of them (``fit_many``, the bootstrap). Every step here is taken by all the
+for a batch of them (``fit_many``, the bootstrap), and :mod:`jaxhlm.blocked_fit` by the
+blocked factor of a crossed design. Every step here is taken by all the
 fits still running at once, as the compiled fits step together under vmap, and each fit
 keeps its own state. This optimiser follows the compiled BFGS (:mod:`jaxhlm.optimize.bfgs`)
 closely:
