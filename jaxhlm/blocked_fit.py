@@ -436,6 +436,14 @@ class BlockedFit(HostFit):
         large fit leaves to their first use (:func:`jaxhlm.kernel.variances_deferred`)."""
         return self.one_estimate(np.asarray(theta, dtype=float), reml, variances=True).b_var
 
+    def fit_all(self, reml: bool, options, theta0, hessian0=None, modes: bool = False):
+        """:meth:`jaxhlm.host_fit.HostFit.fit_all`, then the last θ's factor let go (three
+        m x m arrays: 32 MB for InstEval)."""
+        try:
+            return super().fit_all(reml, options, theta0, hessian0, modes)
+        finally:
+            self._last.clear()
+
     def start_curvature(self, x0, reml: bool):
         """BFGS's starting Hessian for the fit from the row of x0 (1, k): :meth:`curvature`
         there (None where it is not finite: the optimiser probes one)."""
