@@ -288,7 +288,10 @@ class BlockedFit(HostFit):
         k = self.structure.m - 1
         if k == 0:
             return np.zeros((0, 0)), np.zeros(0)
-        Li = _lower_inverse(f.L[:k, :k])
+        try:
+            Li = _lower_inverse(f.L[:k, :k])
+        except np.linalg.LinAlgError:   # (a block LAPACK's LU calls singular, at an extreme θ: no gradient there)
+            Li = np.full((k, k), np.nan)
         out = _gram_lower(Li), Li.T @ f.L[k, :k]
         if self._last.get("parts") is f:
             self._last["inverse"] = out
@@ -374,12 +377,17 @@ class BlockedFit(HostFit):
         """The average-information matrix at theta (k, k): a starting Hessian for BFGS that
         costs a few solves with the factor, where probing one costs k evaluations.
 
-        With V = I + ZΛΛ'Z' (relative to σ^2), P the projection that profiles β, ε = Py the
-        conditional residual, V_s = ∂V/∂θ_s = Z D_s Z' and w_s = V_s ε, the Hessian of the
-        profiled criterion is, where y y' is replaced by its expectation σ^2 V (as REML's
-        average information, Gilmour, Thompson and Cullis 1995, Biometrics 51),
+        With V = I + ZΛΛ'Z' (relative to σ^2; with prior weights, of the √w-scaled rows),
+        P the projection that profiles β, ε = Py the conditional residual, V_s = ∂V/∂θ_s =
+        Z D_s Z' and w_s = V_s ε, the Hessian of the profiled criterion is approximated as
+        REML's average information does (Gilmour, Thompson and Cullis 1995, Biometrics 51):
+        its trace terms, tr(P V_s P V_t) and those of V_st, are replaced by the quadratic
+        forms in y whose expectations they are (σ^2 = r^2 / dof per unit), which leaves
 
             H_st = (dof / r^2) w_s' P w_t - (dof / r^4) (ε'w_s)(ε'w_t).
+
+        For ML the same matrix stands in (its log|V| term has V^{-1} where REML's has P: a
+        difference of O(p / n)); it is a starting point for BFGS, not the Hessian itself.
 
         In the random effects' space: ε'w_s = r_q' D_s r_q with r_q = Z'ε, and
         w_s'Pw_t = c_s'Z'Z c_t - h_s'Ω^{-1}h_t with c_s = D_s r_q, h_s = [ZΛ X]'Z c_s and Ω
@@ -434,7 +442,10 @@ class BlockedFit(HostFit):
     def conditional_variances(self, theta, reml: bool) -> list:
         """b's conditional covariances per term at theta (lme4's ``condVar``), which a
         large fit leaves to their first use (:func:`jaxhlm.kernel.variances_deferred`)."""
-        return self.one_estimate(np.asarray(theta, dtype=float), reml, variances=True).b_var
+        try:
+            return self.one_estimate(np.asarray(theta, dtype=float), reml, variances=True).b_var
+        finally:
+            self._last.clear()
 
     def fit_all(self, reml: bool, options, theta0, hessian0=None, modes: bool = False):
         """:meth:`jaxhlm.host_fit.HostFit.fit_all`, then the last θ's factor let go (three

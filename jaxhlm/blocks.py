@@ -165,6 +165,7 @@ def _segment_sum(xp, data, ids, n: int):
     if xp is np:
         flat = data.reshape(data.shape[0], int(np.prod(data.shape[1:])))   # (no -1: data may be empty)
         out = np.stack([np.bincount(ids, weights=flat[:, k], minlength=n) for k in range(flat.shape[1])], -1)
+        out = out.astype(np.result_type(data, np.float64), copy=False)   # (empty weights: bincount gives int64)
         return out.reshape((n,) + data.shape[1:])
     import jax
 

@@ -89,7 +89,7 @@ def _dense_average_information(model, theta, reml):
     """The curvature's formula with dense n x n matrices: V = I + Z Λ Λ'Z' (relative),
     P = V^{-1} - V^{-1}X (X'V^{-1}X)^{-1} X'V^{-1}, ε = P y, w_s = Z D_s Z' ε and
     H_st = (dof / r^2) w_s'P w_t - (dof / r^4)(ε'w_s)(ε'w_t), D_s = ∂ΛΛ'/∂θ_s by central
-    differences (exact: ΛΛ' is quadratic in θ)."""
+    differences (exact: ΛΛ' is quadratic in θ); prior weights w scale the rows by √w."""
     frame, st = model.frame, model.structure
     n = frame.nobs
     Zs = []
@@ -98,8 +98,8 @@ def _dense_average_information(model, theta, reml):
         for a in range(term.spec.p):
             Z[np.arange(n), term.codes * term.spec.p + a] = term.Z[:, a]
         Zs.append(Z)
-    Z = np.hstack(Zs)
-    X, y = frame.X, frame.y
+    root = np.sqrt(np.ones(n) if frame.weights is None else np.asarray(frame.weights, dtype=float))[:, None]
+    Z, X, y = np.hstack(Zs) * root, frame.X * root, frame.y * root[:, 0]
 
     def cov(th):
         blocks = [np.kron(np.eye(t.nlevels), lam @ lam.T) for t, lam in
@@ -128,7 +128,7 @@ def _dense_average_information(model, theta, reml):
 
 
 @pytest.mark.parametrize("pairs", [True, False])
-@pytest.mark.parametrize("name", ["scalar", "vector_rest", "uncorrelated", "one_term"])
+@pytest.mark.parametrize("name", ["scalar", "vector_rest", "uncorrelated", "weights", "one_term"])
 def test_the_starting_curvature_is_the_average_information(name, pairs):
     formula, kw = FORMULAS[name]
     model = jaxhlm.LMM(formula, _crossed(1, subjects=12, items=5, per=4), **kw)
@@ -206,3 +206,39 @@ def test_every_lme4_reference_through_the_blocked_factor(name, monkeypatch):
     ref, res = _fit(name)
     assert isinstance(res._model._host_fit, BlockedFit)
     check_against_lme4(ref, res)
+
+
+def test_a_model_of_one_term_and_no_fixed_effects():
+    """``y ~ 0 + (1 | g)``: no rest and no X, so term 1 meets no COO entries; the compiled
+    kernel, the blocked factor and the groups' fit give one criterion (the empty entries'
+    sums are floats, not NumPy's integer bincount of nothing, which truncated Z_1'y)."""
+    model = jaxhlm.LMM("y ~ 0 + (1 | subj)", _crossed(5))
+    assert model._host_blocks.coo_val.dtype == np.float64
+    host = _host(model, True)
+    for theta in (np.array([0.7]), np.array([1.3])):
+        for reml in (True, False):
+            want = model.objective(theta, reml)
+            assert host.criterion(theta, reml) == pytest.approx(want, rel=1e-12)
+            assert model._group_fit.criterion(theta, reml) == pytest.approx(want, rel=1e-12)
+    fits = [model.fit(reml=False), model.fit(reml=False, options=Options(method="bfgs"))]
+    assert fits[0].objective == pytest.approx(fits[1].objective, rel=1e-9)
+
+
+def test_an_inverse_that_lapack_calls_singular_is_a_missing_gradient_not_an_error(monkeypatch):
+    """At an extreme θ NumPy's LU of a triangular block of the factor may call it singular;
+    the criterion stays, its gradient is NaN (a status for the optimiser), no exception."""
+    model = jaxhlm.LMM("y ~ x + (1 | subj) + (1 | item)", _crossed(6))
+    host = _host(model, True)
+    theta = np.array([0.8, 1.1])
+    want = model.objective(theta, True)
+    calls = []
+
+    def singular(a):
+        calls.append(a.shape)
+        raise np.linalg.LinAlgError("Singular matrix")
+
+    monkeypatch.setattr(np.linalg, "inv", singular)
+    value, grad = host.evaluate(theta[None], [0], True)
+    assert calls and value[0] == pytest.approx(want, rel=1e-12)
+    assert np.isnan(grad).all()
+
