@@ -333,6 +333,26 @@ class BlockedFit(HostFit):
         return values, grads
 
     def _gradient(self, f: _Parts, reml: bool) -> np.ndarray:
+        """The criterion's gradient (k,) at the forward pass ``f`` (the module docstring)."""
+        return self._pull(f, reml, self._dof(reml) / f.r2)
+
+    def deviance_pieces(self, theta, reml: bool):
+        """(∇ of log|L_θ|^2 [+ log|R_X|^2 for REML] (k,), ∇r^2 (k,), r^2, F^{-1} (p, p), dof) at
+        theta (k,), F = X'V^{-1}X relative to σ^2: what the deviance -2 log L(θ, σ), σ not
+        profiled, and vcov(β̂) = σ^2 F^{-1} read (:func:`jaxhlm.inference.satterthwaite.host_parts`).
+        The two gradients are the pass in reverse with r^2's coefficient 0 and 1."""
+        st = self.structure
+        mr, p = st.m_rand, st.p
+        with np.errstate(all="ignore"):
+            f = self._at(theta)
+            if f is None:
+                return None
+            logdets = self._pull(f, reml, 0.0)
+            Li = np.linalg.inv(f.L[mr:mr + p, mr:mr + p])
+            return logdets, self._pull(f, reml, 1.0) - logdets, f.r2, Li.T @ Li, self._dof(reml)
+
+    def _pull(self, f: _Parts, reml: bool, c_pw: float) -> np.ndarray:
+        """∂/∂θ of log|L_θ|^2 [+ log|R_X|^2 for REML] + c_pw r^2 (k,) at the forward pass ``f``."""
         st, b = self.structure, self.blocks
         m, mr = st.m, st.m_rand
         G = np.zeros((m, m))
@@ -343,7 +363,7 @@ class BlockedFit(HostFit):
             v = np.append(-x, 1.0)
         else:   # M is r^2 itself
             v = np.ones(1)
-        G += (self._dof(reml) / f.r2) * np.outer(v, v)
+        G += c_pw * np.outer(v, v)
         grads = [None] * len(f.lams)
         lam1 = f.lams[0]
         if mr:   # later terms: 2 Σ_l [M_0 Λ_r G]_ll

@@ -326,26 +326,46 @@ class GroupFit(HostFit):
         its parameters, ∂d/∂θ_t = 2 <E_t, S_k λ_k>, E_t = λ_k(e_t) and S_k the sum of H_g's
         diagonal blocks over term k's levels."""
         theta = np.asarray(theta, dtype=float)
-        q, p = self.qmax, self.p
         with np.errstate(all="ignore"):
             parts = self.parts(theta, fits)
             fixed = self._fixed(parts.M)
             value = self._value(parts, fixed, reml)
-            F_inv = np.linalg.inv(fixed.F)
-            A, KZR = parts.K[..., :q, :q], parts.K[..., :q, q:]
-            AAt = A @ (np.swapaxes(parts.P, -1, -2) @ parts.P)
-            U = KZR - AAt @ KZR
-            u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(fits), 1))], axis=1))
-            UX = U[..., :p]
-            H = (A - AAt @ A - (self._dof(parts, reml) / fixed.r2)[:, None, None, None] * u[..., :, None] * u[..., None, :]
-                 - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0))
-            out = self._theta_gradient([2.0 * H[place].sum(1) @ lam
-                                        for lam, place in zip(self._lambdas(theta), self._places)])
+            logdets, r2 = self._pieces(theta, parts, fixed, reml)
+            out = logdets + (self._dof(parts, reml) / fixed.r2)[:, None] * r2
             for i in range(self.structure.ntheta_random, theta.shape[1]):   # the residual structure's parameters
                 h = np.zeros(theta.shape)
                 h[:, i] = 1e-5 * np.maximum(1.0, np.abs(theta[:, i]))
                 out[:, i] = (self.criteria(theta + h, fits, reml) - self.criteria(theta - h, fits, reml)) / (2.0 * h[:, i])
         return value, np.where(np.isfinite(value)[:, None], out, np.nan)
+
+    def _pieces(self, theta, parts: _Parts, fixed: _Fixed, reml: bool):
+        """(∇ of Σ_g log|B_g| [+ log|F| for REML], ∇r^2), each (m, k) with the residual
+        structure's columns 0 (:meth:`evaluate`'s H_g without, and with only, its u_g u_g' part)."""
+        q, p = self.qmax, self.p
+        F_inv = np.linalg.inv(fixed.F)
+        A, KZR = parts.K[..., :q, :q], parts.K[..., :q, q:]
+        AAt = A @ (np.swapaxes(parts.P, -1, -2) @ parts.P)
+        U = KZR - AAt @ KZR
+        u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(theta), 1))], axis=1))
+        UX = U[..., :p]
+        H = A - AAt @ A - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0)
+        uu = -u[..., :, None] * u[..., None, :]
+        lams = self._lambdas(theta)
+        return tuple(self._theta_gradient([2.0 * M[place].sum(1) @ lam for lam, place in zip(lams, self._places)])
+                     for M in (H, uu))
+
+    def deviance_pieces(self, theta, reml: bool):
+        """(∇ of log|L_θ|^2 [+ log|R_X|^2 for REML] (k,), ∇r^2 (k,), r^2, F^{-1} (p, p), dof) at
+        theta (k,) for the model's own response without a residual structure (else None):
+        :meth:`jaxhlm.blocked_fit.BlockedFit.deviance_pieces`."""
+        if self.classes is not None:
+            return None
+        theta = np.asarray(theta, dtype=float)[None]
+        with np.errstate(all="ignore"):
+            parts = self.parts(theta, [0])
+            fixed = self._fixed(parts.M)
+            logdets, r2 = self._pieces(theta, parts, fixed, reml)
+            return logdets[0], r2[0], fixed.r2[0], np.linalg.inv(fixed.F[0]), self._dof(parts, reml)[0]
 
     def estimates(self, theta, fits, reml: bool, modes: bool = True) -> Conditional:
         """β̂ (m, p), σ̂ (m,), vcov(β̂) (m, p, p), and with ``modes`` per term the conditional

@@ -161,7 +161,7 @@ def test_a_degenerate_design_fails_with_a_status_not_an_error():
     assert res.status != 0 and res.status_name != "converged"
 
 
-def test_a_crossed_fit_and_its_conditional_variances_import_no_jax(tmp_path):
+def test_a_crossed_fit_its_conditional_variances_and_summary_import_no_jax(tmp_path):
     path = tmp_path / "crossed.csv"
     _crossed(4, subjects=600, items=40, per=10).to_csv(path, index=False)   # m_rand = 40: variances kept
     script = (
@@ -172,6 +172,7 @@ def test_a_crossed_fit_and_its_conditional_variances_import_no_jax(tmp_path):
         "r = jaxhlm.LMM('y ~ x + (x | subj) + (1 | item)', df).fit()\n"
         "deferred = len(r._cond.b_var) == 0\n"
         "ranef = r.ranef\n"
+        "r.summary()   # Satterthwaite's table on the host too\n"
         "print(json.dumps({'jax': 'jax' in sys.modules, 'deferred': deferred, 'status': r.status,\n"
         "                  'by': r._fitted_by, 'rows': len(ranef), 'sd': bool((ranef.condsd > 0).all())}))\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

@@ -169,6 +169,7 @@ def test_a_host_fit_and_a_host_batch_import_no_jax():
         "r = jaxhlm.LMM('Reaction ~ Days + (1 | Subject)', d, correlation=jaxhlm.AR1('Subject', 'Days')).fit()\n"
         "r.ranef, r.varcorr, r.fixef_se\n"
         "m = jaxhlm.LMM('Reaction ~ Days + (Days | Subject)', d)\n"
+        "m.fit().summary()   # Satterthwaite's table on the host too\n"
         "many = m.fit_many(m.frame.y + np.random.default_rng(0).normal(size=(300, m.nobs)) * 20)\n"
         "print(json.dumps({'jax': 'jax' in sys.modules, 'objective': r.objective,\n"
         "                  'converged': float(many.converged.mean())}))\n")

@@ -322,3 +322,42 @@ def test_which_models_fall_into_independent_groups():
     assert jaxhlm.LMM("Reaction ~ Days + (1 | Subject)", ss,
                       correlation=jaxhlm.AR1(group="Subject", time="Days")).independent_groups is None
     assert jaxhlm.LMM("Reaction ~ Days + cs(1 + Days | Subject)", ss).independent_groups is None
+
+
+def _crossed_for_satterthwaite():
+    rng = np.random.default_rng(7)
+    subj = np.repeat(np.arange(300), 4)
+    item = np.concatenate([rng.choice(12, 4, replace=False) for _ in range(300)])
+    x = rng.normal(size=subj.size)
+    y = 1 + x + rng.normal(size=300)[subj] + rng.normal(size=12)[item] * (1 + 0.5 * x) + rng.normal(size=subj.size)
+    return pd.DataFrame({"y": y, "x": x, "subj": subj.astype(str), "item": item.astype(str)})
+
+
+@pytest.mark.parametrize("reml", [True, False])
+@pytest.mark.parametrize("case", ["sleepstudy", "exam", "crossed"])
+def test_satterthwaite_on_the_host_equals_the_compiled_parts(case, reml):
+    """A fit on the host (jaxhlm.host_fit: the groups' fit, or the blocked factor for the
+    crossed design) reads Satterthwaite's C, J and A from central differences of its
+    closed-form deviance gradient: equal to the compiled program's autodiff to the
+    differences' truncation (1e-7 relative), so the df to 1e-6."""
+    from jaxhlm.inference.satterthwaite import Satterthwaite, host_parts, parts
+
+    if case == "crossed":
+        model = jaxhlm.LMM("y ~ x + (1 | subj) + (x | item)", _crossed_for_satterthwaite())
+    elif case == "sleepstudy":
+        model = jaxhlm.LMM("Reaction ~ Days + (Days | Subject)", jaxhlm.datasets.load("sleepstudy"))
+    else:
+        ref = json.loads((REF / "exam.json").read_text())
+        model = jaxhlm.LMM(ref["formula"], _data(ref["dataset"]))
+    res = model.fit(reml=reml)
+    assert res._fitted_by == "bfgs on the host"
+    st = model.structure
+    host = host_parts(model._host_fit, res.theta, res.sigma, reml)
+    want = [np.asarray(a) for a in parts(np.asarray(varpar(res.theta, res.sigma, st)), model.blocks, st, reml)]
+    for got, ref_, tol in zip(host, want, (1e-10, 1e-7, 1e-7)):
+        np.testing.assert_allclose(got, ref_, rtol=tol, atol=tol * np.abs(ref_).max())
+    beta = res.fixef.to_numpy()
+    for l in np.eye(st.p):
+        np.testing.assert_allclose(Satterthwaite(*host, beta).t_test(l), Satterthwaite(*want, beta).t_test(l),
+                                   rtol=1e-6)
+    assert Satterthwaite.of(res).C == pytest.approx(host[0], rel=1e-12)

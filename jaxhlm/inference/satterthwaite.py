@@ -109,6 +109,47 @@ def satterthwaite_df(phi, blocks: Blocks, st: Structure, reml: bool):
 _PARTS = Precompiled(parts, (2, 3), "satterthwaite", cpu_options=OLDER_EMITTERS, level=by_size,
                      without_jax=True)
 
+HOST_STEP = 1e-4
+"""The host's central differences of the deviance's gradient: steps of this times
+max(0.1, |theta_i|), a relative step of 1e-4 down to theta_i = 0.1 (truncation error about
+1e-8 relative, rounding about 1e-11)."""
+
+
+def host_parts(host, theta, sigma, reml: bool):
+    """:func:`parts` on the host, for a fit on the host (:mod:`jaxhlm.host_fit`) without a
+    residual structure (None otherwise): nothing compiled, JAX not imported.
+
+    The deviance -2 log L(theta, sigma) = l(theta) + dof log(2 pi sigma^2) + r^2(theta) / sigma^2
+    (l: the log-determinants) has, from the host fit's closed-form gradients of l and r^2
+    (``host.deviance_pieces``), d/dtheta = grad l + grad r^2 / sigma^2,
+    d2/dsigma dtheta = -2 grad r^2 / sigma^3 and d2/dsigma^2 = -2 dof / sigma^2 + 6 r^2 / sigma^4;
+    its theta-theta block is central differences of the first, and C = sigma^2 F^{-1}(theta)'s
+    Jacobian those of F^{-1} in theta and 2 sigma F^{-1} in sigma.  The fit's own 2k
+    factorisations, against a program to compile (the 60,000-row crossed design: 0.19 s
+    against 2.8 s on an empty cache)."""
+    first = host.deviance_pieces(theta, reml)
+    if first is None:
+        return None
+    grad_l, grad_r2, r2, F_inv, dof = first
+    theta = np.asarray(theta, dtype=float)
+    k = theta.size
+    H = np.empty((k + 1, k + 1))
+    J = np.empty(F_inv.shape + (k + 1,))
+    for i in range(k):
+        h = HOST_STEP * max(0.1, abs(theta[i]))
+        step = np.zeros(k)
+        step[i] = h
+        up, down = host.deviance_pieces(theta + step, reml), host.deviance_pieces(theta - step, reml)
+        H[:k, i] = (up[0] - down[0] + (up[1] - down[1]) / sigma ** 2) / (2.0 * h)
+        J[:, :, i] = sigma ** 2 * (up[3] - down[3]) / (2.0 * h)
+    H[:k, :k] = 0.5 * (H[:k, :k] + H[:k, :k].T)
+    H[:k, k] = H[k, :k] = -2.0 * grad_r2 / sigma ** 3
+    H[k, k] = -2.0 * dof / sigma ** 2 + 6.0 * r2 / sigma ** 4
+    J[:, :, k] = 2.0 * sigma * F_inv
+    w, V = np.linalg.eigh(H)
+    keep = w > EIGEN_TOL
+    return sigma ** 2 * F_inv, J, 2.0 * (V * np.where(keep, 1.0 / np.where(keep, w, 1.0), 0.0)) @ V.T
+
 
 def f_denominator_df(nu: np.ndarray) -> float:
     """lmerTest's ``get_Fstat_ddf``: the F test's df from its rows' t-test df."""
@@ -144,7 +185,12 @@ class Satterthwaite:
 
     @classmethod
     def of(cls, result) -> "Satterthwaite":
-        """The tests of a single fit (:class:`jaxhlm.LMMResult`)."""
+        """The tests of a single fit (:class:`jaxhlm.LMMResult`): on the host where the fit
+        ran there (:func:`host_parts`), else by the compiled :func:`parts`."""
+        if result._fitted_by is not None:
+            out = host_parts(result._model._host_fit, result.theta, result.sigma, bool(result.reml))
+            if out is not None:
+                return cls(*out, result.fixef.to_numpy())
         bucketed = result._model.bucketed   # padded exactly: the same deviance and vcov(beta)
         st = bucketed.structure
         phi = np.asarray(varpar(result.theta, result.sigma, st))
