@@ -9,9 +9,11 @@ NumPy, with the criterion's gradient in closed form, so that a fit compiles noth
 does not import JAX (a second or more of compilation, or 0.3 s to import JAX and load a
 stored program, on a 2-core CPU). BFGS starts from the average-information matrix
 (:meth:`BlockedFit.curvature`), a few solves with the factor, instead of probing the
-Hessian by k more evaluations. InstEval's ML fit (m = 1,159): 4 evaluations, 0.44 s warm
-against the compiled program's 7 and 0.59 s; a crossed design of 60,000 rows, 0.15 s
-against 0.31 s (``benchmarks/README.md``, "Crossed designs on the host").
+Hessian by k more evaluations. InstEval's ML fit (m = 1,159): 4 evaluations, 0.43 s warm
+against the compiled program's 7 and 0.61 s; a crossed design of 60,000 rows, 0.14 s
+against 0.32 s (``benchmarks/README.md``, "Crossed designs on the host"). The same pass
+with r^2's coefficient 0 and 1 gives the deviance's pieces that Satterthwaite's tests read
+(:meth:`BlockedFit.deviance_pieces`, :func:`jaxhlm.inference.satterthwaite.host_parts`).
 
 The forward pass (:mod:`jaxhlm.kernel`'s ``rest_matrix`` and ``dense_parts``): with
 A_j = Z_1j'Z_1j, P_j = λ_1'A_jλ_1 + I = C_j C_j' and W_j = λ_1 P_j^{-1} λ_1',
