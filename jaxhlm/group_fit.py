@@ -330,29 +330,33 @@ class GroupFit(HostFit):
             parts = self.parts(theta, fits)
             fixed = self._fixed(parts.M)
             value = self._value(parts, fixed, reml)
-            logdets, r2 = self._pieces(theta, parts, fixed, reml)
-            out = logdets + (self._dof(parts, reml) / fixed.r2)[:, None] * r2
+            logdets, uu = self._pieces(parts, fixed, reml)
+            out = self._projected(theta, logdets + (self._dof(parts, reml) / fixed.r2)[:, None, None, None] * uu)
             for i in range(self.structure.ntheta_random, theta.shape[1]):   # the residual structure's parameters
                 h = np.zeros(theta.shape)
                 h[:, i] = 1e-5 * np.maximum(1.0, np.abs(theta[:, i]))
                 out[:, i] = (self.criteria(theta + h, fits, reml) - self.criteria(theta - h, fits, reml)) / (2.0 * h[:, i])
         return value, np.where(np.isfinite(value)[:, None], out, np.nan)
 
-    def _pieces(self, theta, parts: _Parts, fixed: _Fixed, reml: bool):
-        """(∇ of Σ_g log|B_g| [+ log|F| for REML], ∇r^2), each (m, k) with the residual
-        structure's columns 0 (:meth:`evaluate`'s H_g without, and with only, its u_g u_g' part)."""
+    def _pieces(self, parts: _Parts, fixed: _Fixed, reml: bool):
+        """:meth:`evaluate`'s H_g without, and with only, its u_g u_g' part (each (m, G, q, q)):
+        the matrices whose :meth:`_projected` are the gradients of Σ_g log|B_g| [+ log|F|
+        for REML] and of r^2."""
         q, p = self.qmax, self.p
         F_inv = np.linalg.inv(fixed.F)
         A, KZR = parts.K[..., :q, :q], parts.K[..., :q, q:]
         AAt = A @ (np.swapaxes(parts.P, -1, -2) @ parts.P)
         U = KZR - AAt @ KZR
-        u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(theta), 1))], axis=1))
+        u = np.einsum("mgij,mj->mgi", U, np.concatenate([-fixed.beta, np.ones((len(fixed.beta), 1))], axis=1))
         UX = U[..., :p]
         H = A - AAt @ A - (UX @ F_inv[:, None] @ np.swapaxes(UX, -1, -2) if reml else 0.0)
-        uu = -u[..., :, None] * u[..., None, :]
-        lams = self._lambdas(theta)
-        return tuple(self._theta_gradient([2.0 * M[place].sum(1) @ lam for lam, place in zip(lams, self._places)])
-                     for M in (H, uu))
+        return H, -u[..., :, None] * u[..., None, :]
+
+    def _projected(self, theta, H) -> np.ndarray:
+        """The gradient (m, k) of Σ_g tr(H_g dc_g) in theta: 2 <E_t, S_k λ_k>, S_k the sum of
+        H_g's diagonal blocks over term k's levels; the residual structure's columns 0."""
+        return self._theta_gradient([2.0 * H[place].sum(1) @ lam
+                                     for lam, place in zip(self._lambdas(theta), self._places)])
 
     def deviance_pieces(self, theta, reml: bool):
         """(∇ of log|L_θ|^2 [+ log|R_X|^2 for REML] (k,), ∇r^2 (k,), r^2, F^{-1} (p, p), dof) at
@@ -364,8 +368,8 @@ class GroupFit(HostFit):
         with np.errstate(all="ignore"):
             parts = self.parts(theta, [0])
             fixed = self._fixed(parts.M)
-            logdets, r2 = self._pieces(theta, parts, fixed, reml)
-            return logdets[0], r2[0], fixed.r2[0], np.linalg.inv(fixed.F[0]), self._dof(parts, reml)[0]
+            logdets, r2 = (self._projected(theta, H)[0] for H in self._pieces(parts, fixed, reml))
+            return logdets, r2, fixed.r2[0], np.linalg.inv(fixed.F[0]), self._dof(parts, reml)[0]
 
     def estimates(self, theta, fits, reml: bool, modes: bool = True) -> Conditional:
         """β̂ (m, p), σ̂ (m,), vcov(β̂) (m, p, p), and with ``modes`` per term the conditional
